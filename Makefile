@@ -1,0 +1,36 @@
+# petclf — `make train` fine-tunes on Oxford-IIIT Pets; `make test` builds .venv from nothing and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: train test demo lint bench browser clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+train: $(STAMP)  ## fine-tune the default recipe on Pets (downloads it to data/ if missing)
+	$(BIN)/petclf train $(ARGS)
+
+demo: $(STAMP)  ## the whole pipeline offline on CPU: synthetic data, train, export, report
+	$(BIN)/petclf demo $(ARGS)
+
+browser:  ## Debian's Chromium for the browser tests (never `playwright install`)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "warning: could not install chromium; browser tests will be skipped"; }
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check petclf tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_predict.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

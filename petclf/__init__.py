@@ -1,0 +1,15 @@
+"""petclf: fine-tune a pretrained timm model on Oxford-IIIT Pets with fastai, serve it, and explain its mistakes.
+
+    petclf train --data data/oxford-iiit-pet     # or `make train`
+    petclf --help
+
+The public API is re-exported here; heavy modules (fastai, torch) load on first use.
+"""
+
+__version__ = "0.1.0"
+
+from petclf.config import TrainConfig, resolve_config, save_config  # noqa: E402
+from petclf.errors import BundleError, DataError, ImageError, PetclfError  # noqa: E402
+
+__all__ = ["__version__", "TrainConfig", "resolve_config", "save_config", "PetclfError", "DataError", "ImageError",
+           "BundleError"]

@@ -1,0 +1,111 @@
+"""The one source of training defaults, and how they are layered.
+
+Defaults live in `TrainConfig`; a YAML file (`--config FILE`) overrides them; command-line flags override both.
+Unknown or mistyped keys are an error, never silently ignored:
+
+    cfg = resolve_config("my.yaml", epochs=2)   # defaults < my.yaml < epochs=2
+    save_config(cfg, "exports/run/config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from petclf.errors import PetclfError
+
+
+class ConfigError(PetclfError):
+    """A config file or flag that petclf cannot use."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as `config.yaml` beside every export."""
+
+    data: str | None = None  # Pets folder (or any folder of `<breed>_<n>.jpg`); None: data/oxford-iiit-pet or download
+    arch: str = "resnet34"  # any timm model name; resnet34 is the fastbook anchor
+    weights: str | None = None  # local timm state dict (.pth/.safetensors) instead of the hub, for air-gapped machines
+    pretrained: bool = True  # start from ImageNet weights (hub, hub cache or `weights`)
+    epochs: int = 4  # epochs after unfreezing (fastai's fine_tune(epochs))
+    freeze_epochs: int = 1  # epochs on the head alone before unfreezing
+    lr: float | None = None  # base learning rate; None runs lr_find and uses its suggestion
+    bs: int = 32  # batch size (per process when distributed)
+    size: int = 224  # training crop size in pixels (aug_transforms size)
+    presize: int = 460  # item-level resize before batch augmentation (fastbook presizing)
+    min_scale: float = 0.75  # smallest crop scale of RandomResizedCrop in aug_transforms
+    split: str = "random"  # random | official | path to a file naming the validation images
+    valid_pct: float = 0.2  # validation share for the random split
+    seed: int = 42  # seeds the split and the run
+    device: str = "auto"  # auto (cuda > mps > cpu) | cuda | cuda:N | mps | cpu
+    workers: int | None = None  # DataLoader workers; None picks from the core count
+    out: str | None = None  # run directory; None: exports/<date>-<arch>
+    resume: str | None = None  # run directory to continue from its last checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of all settings, in declaration order."""
+        return dataclasses.asdict(self)
+
+
+def config_keys() -> list[str]:
+    """Names of all settings."""
+    return [f.name for f in fields(TrainConfig)]
+
+
+def _check_keys(overrides: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(overrides) - set(config_keys()))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(unknown)} (known: {', '.join(config_keys())})")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check a value against the field's default type; YAML ints are accepted where floats are expected."""
+    default = getattr(TrainConfig(), name)
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"setting {name!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, type(default)):
+        raise ConfigError(f"setting {name!r} must be {type(default).__name__}, got {value!r}")
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of settings; unknown keys are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    _check_keys(raw, str(path))
+    return raw
+
+
+def resolve_config(config_file: str | Path | None = None, **flags: Any) -> TrainConfig:
+    """Defaults, then `config_file`, then `flags` that are not None."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(load_config_file(config_file))
+    given = {k: v for k, v in flags.items() if v is not None}
+    _check_keys(given, "flags")
+    values.update(given)
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path

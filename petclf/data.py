@@ -1,0 +1,491 @@
+"""Oxford-IIIT Pets: find or download it, verify every image, split it, and build fastai DataLoaders.
+
+    petclf data check --data data/oxford-iiit-pet      # the same steps from the command line
+
+    from petclf.data import load_pets, make_dataloaders
+    pets = load_pets("data/oxford-iiit-pet")           # verified items, labels, split, data report
+    dls = make_dataloaders(pets, bs=32, size=224, presize=460, mean=MEAN, std=STD)
+
+Labels come from file names as in fastbook: `<breed>_<number>.<ext>`; cat breeds are Capitalized, dog breeds
+lowercase, so the species is read off the first letter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import statistics
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from fastai.vision.core import PILImage, image_extensions
+from PIL import Image
+
+from petclf.errors import DataError, ImageError
+from petclf.image import load_rgb
+
+DATA_DIR = Path("data")  # where downloads land and the default dataset is looked for
+PETS_DIRNAME = "oxford-iiit-pet"  # fastai's folder name for URLs.PETS
+NETWORK_TIMEOUT = 8.0  # seconds to decide that the download host is unreachable
+LABEL_RE = re.compile(r"^(?P<breed>[A-Za-z]+(?:_[A-Za-z]+)*)_(?P<number>\d+)$")
+FORMAT_OF_EXT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
+REPORT_NAME = "data_report.json"
+
+# The 37 Oxford-IIIT Pets breeds, as they appear in its file names.
+CAT_BREEDS = ("Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egyptian_Mau", "Maine_Coon",
+              "Persian", "Ragdoll", "Russian_Blue", "Siamese", "Sphynx")
+DOG_BREEDS = ("american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "boxer", "chihuahua",
+              "english_cocker_spaniel", "english_setter", "german_shorthaired", "great_pyrenees", "havanese",
+              "japanese_chin", "keeshond", "leonberger", "miniature_pinscher", "newfoundland", "pomeranian", "pug",
+              "saint_bernard", "samoyed", "scottish_terrier", "shiba_inu", "staffordshire_bull_terrier",
+              "wheaten_terrier", "yorkshire_terrier")
+
+
+# ---------------------------------------------------------------------------------------------------- labels
+
+
+def breed_of(path: str | Path) -> str | None:
+    """Breed from a Pets file name (`great_pyrenees_12.jpg` -> `great_pyrenees`), or None if it does not match."""
+    m = LABEL_RE.match(Path(path).stem)
+    return m["breed"] if m else None
+
+
+def species_of(breed: str) -> str:
+    """`cat` for Capitalized breeds, `dog` for lowercase ones (the Pets naming convention)."""
+    return "cat" if breed[:1].isupper() else "dog"
+
+
+def label_from_path(path: str | Path) -> str:
+    """fastai `get_y`: the breed, or an error for a file name outside the pattern."""
+    breed = breed_of(path)
+    if breed is None:
+        raise DataError(f"{Path(path).name}: file name does not match <breed>_<number>.<ext>")
+    return breed
+
+
+# ---------------------------------------------------------------------------------------------------- finding
+
+
+def _reachable(url: str, timeout: float = NETWORK_TIMEOUT) -> bool:
+    """True if `url`'s host answers within `timeout` seconds (DNS included, which has no timeout of its own)."""
+    import urllib.request
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+            result.append(True)
+        except Exception as e:  # an HTTP error status still means the host is there
+            result.append(hasattr(e, "code"))
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 1)
+    return bool(result and result[0])
+
+
+def download_pets(dest: Path = DATA_DIR) -> Path:
+    """fastai's `untar_data(URLs.PETS)` into `dest`, after a quick reachability check so offline fails fast."""
+    from fastai.data.external import URLs, untar_data
+
+    if not _reachable(URLs.PETS):
+        raise DataError(f"Oxford-IIIT Pets is not in {dest / PETS_DIRNAME} and cannot be downloaded (no network); "
+                        f"copy the extracted dataset there or pass --data DIR")
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(untar_data(URLs.PETS, data=dest))
+
+
+def find_data(data: str | Path | None = None, dest: Path = DATA_DIR) -> Path:
+    """The folder to read images from: `data` if given, else `dest/oxford-iiit-pet`, else a fresh download."""
+    if data is None:
+        root = dest / PETS_DIRNAME
+        root = root if root.is_dir() else download_pets(dest)
+    else:
+        root = Path(data).expanduser()
+        if not root.exists():
+            raise DataError(f"data folder not found: {root}")
+        if not root.is_dir():
+            raise DataError(f"--data must be a folder, not a file: {root}")
+    return root / "images" if (root / "images").is_dir() else root
+
+
+def annotations_dir(images_root: Path) -> Path | None:
+    """The Pets `annotations/` folder beside (or inside) the images folder, if any."""
+    for cand in (images_root.parent / "annotations", images_root / "annotations"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def scan_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """All files below `root`, sorted: (image files by extension, other files). Hidden files are left out."""
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            (images if p.suffix.lower() in image_extensions else others).append(p)
+    return sorted(images), sorted(others)
+
+
+# ---------------------------------------------------------------------------------------------------- verifying
+
+
+@dataclass
+class FileCheck:
+    """The verdict on one file: `ok`, `converted` (usable after a fix) or `skipped` (unusable)."""
+
+    path: str
+    status: str
+    reason: str = ""
+
+
+def check_image(path: Path) -> FileCheck:
+    """Decode `path` fully and say whether it is usable as is, usable after conversion, or not at all."""
+    try:
+        load_rgb(path)
+        with Image.open(path) as im:
+            fmt, mode, frames = im.format, im.mode, getattr(im, "n_frames", 1)
+    except ImageError as e:
+        return FileCheck(str(path), "skipped", str(e).split(": ", 1)[-1])
+    except Exception as e:  # noqa: BLE001 - anything Pillow raises on a bad file means 'skip it', never crash
+        msg = "permission denied" if isinstance(e, PermissionError) else f"not an image ({type(e).__name__})"
+        return FileCheck(str(path), "skipped", msg)
+    notes = []
+    expected = FORMAT_OF_EXT.get(path.suffix.lower())
+    if expected and fmt != expected:
+        notes.append(f"{fmt} data in a {path.suffix} file")
+    if frames > 1:
+        notes.append(f"{frames} frames, first used")
+    if mode != "RGB":
+        notes.append(f"mode {mode} converted to RGB")
+    return FileCheck(str(path), "converted" if notes else "ok", "; ".join(notes))
+
+
+def cache_dir() -> Path:
+    """Where verification results are cached (`PETCLF_CACHE_DIR`, else ~/.cache/petclf)."""
+    return Path(os.environ.get("PETCLF_CACHE_DIR", Path.home() / ".cache" / "petclf"))
+
+
+def _cache_file(root: Path) -> Path:
+    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / f"verify-{key}.json"
+
+
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _load_cache(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def verify_images(files: Sequence[Path], root: Path, use_cache: bool = True, workers: int | None = None,
+                  progress=None) -> list[FileCheck]:
+    """`check_image` on every file, in parallel, reusing cached verdicts of files whose size and mtime are unchanged."""
+    cache_file = _cache_file(root)
+    cache = _load_cache(cache_file) if use_cache else {}
+    stamps = {str(f): _stamp(f) for f in files}
+    todo = [f for f in files if cache.get(str(f), {}).get("stamp") != stamps[str(f)] or stamps[str(f)] is None]
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    fresh: dict[str, FileCheck] = {}
+    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
+        for i, chk in enumerate(pool.map(check_image, todo)):
+            fresh[chk.path] = chk
+            if progress:
+                progress(i + 1, len(todo))
+    for path, chk in fresh.items():
+        cache[path] = {"stamp": stamps[path], "status": chk.status, "reason": chk.reason}
+    if use_cache and fresh:
+        _write_atomic(cache_file, json.dumps(cache))
+    return [fresh.get(str(f)) or FileCheck(str(f), cache[str(f)]["status"], cache[str(f)]["reason"]) for f in files]
+
+
+# ---------------------------------------------------------------------------------------------------- splits
+
+
+def _read_names(path: Path) -> list[str]:
+    """First word of every non-empty, non-comment line (Pets' annotation files and plain name lists alike)."""
+    lines = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return [Path(n).stem for n in lines]
+
+
+def split_indices(items: Sequence[Path], split: str, valid_pct: float = 0.2, seed: int = 42,
+                  root: Path | None = None) -> tuple[list[int], list[int]]:
+    """(train, valid) indices into `items` for `random`, `official` or a file naming the validation images."""
+    if split == "random":
+        if not 0 < valid_pct < 1:
+            raise DataError(f"valid_pct must be between 0 and 1, got {valid_pct}")
+        from fastai.data.transforms import RandomSplitter
+
+        train, valid = RandomSplitter(valid_pct=valid_pct, seed=seed)(items)
+        return sorted(int(i) for i in train), sorted(int(i) for i in valid)
+    stems = [p.stem for p in items]
+    if split == "official":
+        ann = annotations_dir(root) if root else None
+        if ann is None or not (ann / "test.txt").is_file() or not (ann / "trainval.txt").is_file():
+            raise DataError("--split official needs annotations/trainval.txt and annotations/test.txt beside images/")
+        test, trainval = set(_read_names(ann / "test.txt")), set(_read_names(ann / "trainval.txt"))
+        return ([i for i, s in enumerate(stems) if s in trainval and s not in test],
+                [i for i, s in enumerate(stems) if s in test])
+    path = Path(split)
+    if not path.is_file():
+        raise DataError(f"--split must be random, official or a file of validation image names; not found: {split}")
+    names = set(_read_names(path))
+    valid = [i for i, s in enumerate(stems) if s in names]
+    if not valid:
+        raise DataError(f"split file {path} names none of the {len(items)} images")
+    vset = set(valid)
+    return [i for i in range(len(items)) if i not in vset], valid
+
+
+# ---------------------------------------------------------------------------------------------------- the dataset
+
+
+@dataclass
+class DataReport:
+    """What the data layer found: usable images per class, the split, and every file it skipped or fixed."""
+
+    root: str
+    n_images: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)
+    n_train: int = 0
+    n_valid: int = 0
+    split: str = "random"
+    skipped: list[dict] = field(default_factory=list)  # unreadable: left out of training
+    converted: list[dict] = field(default_factory=list)  # readable after a fix (format, mode, frames)
+    unlabelled: list[str] = field(default_factory=list)  # images whose name is not <breed>_<number>
+    ignored: list[str] = field(default_factory=list)  # files that are not images (.mat, .txt, ...)
+    unsplit: list[str] = field(default_factory=list)  # images the chosen split does not mention
+    warnings: list[str] = field(default_factory=list)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the report as `data_report.json` in `out_dir`."""
+        path = Path(out_dir) / REPORT_NAME
+        _write_atomic(path, json.dumps(asdict(self), indent=1))
+        return path
+
+    def summary(self) -> str:
+        """A few readable lines for a terminal or log."""
+        n_cat = sum(n for c, n in self.class_counts.items() if species_of(c) == "cat")
+        lines = [f"{self.n_images} usable images in {len(self.class_counts)} classes "
+                 f"({n_cat} cat, {self.n_images - n_cat} dog) under {self.root}",
+                 f"split {self.split}: {self.n_train} train, {self.n_valid} valid"]
+        for title, rows in (("skipped", self.skipped), ("converted", self.converted)):
+            if rows:
+                lines.append(f"{len(rows)} {title}:")
+                lines += [f"  {Path(r['path']).name}: {r['reason']}" for r in rows]
+        for title, names in (("unlabelled (name is not <breed>_<number>)", self.unlabelled),
+                             ("ignored (not images)", self.ignored), ("not in the split", self.unsplit)):
+            if names:
+                lines.append(f"{len(names)} {title}: " + ", ".join(Path(n).name for n in names[:20])
+                             + (" ..." if len(names) > 20 else ""))
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+@dataclass
+class Pets:
+    """Verified, labelled, split items ready for a DataBlock."""
+
+    root: Path
+    items: list[Path]
+    labels: list[str]
+    train_idx: list[int]
+    valid_idx: list[int]
+    report: DataReport
+
+    @property
+    def vocab(self) -> list[str]:
+        """Class names, sorted: Capitalized cats come before lowercase dogs."""
+        return sorted(set(self.labels))
+
+
+def few_image_classes(counts: dict[str, int]) -> list[str]:
+    """Classes with fewer than max(5, a quarter of the median) images."""
+    if not counts:
+        return []
+    limit = max(5, statistics.median(counts.values()) / 4)
+    return sorted(c for c, n in counts.items() if n < limit)
+
+
+def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: float = 0.2, seed: int = 42,
+              use_cache: bool = True, progress=None) -> Pets:
+    """Find, verify, label and split the data; raise `DataError` if training could not go on."""
+    root = find_data(data)
+    files, others = scan_files(root)
+    report = DataReport(root=str(root), split=split, ignored=[str(p) for p in others])
+    if not files:
+        raise DataError(f"no images found in {root}")
+    checks = verify_images(files, root, use_cache=use_cache, progress=progress)
+    report.skipped = [asdict(c) for c in checks if c.status == "skipped"]
+    report.converted = [asdict(c) for c in checks if c.status == "converted"]
+    usable = [Path(c.path) for c in checks if c.status != "skipped"]
+    report.unlabelled = [str(p) for p in usable if breed_of(p) is None]
+    items = [p for p in usable if breed_of(p) is not None]
+    if not items:
+        raise DataError(f"no usable images named <breed>_<number>.<ext> in {root}")
+    train_idx, valid_idx = split_indices(items, split, valid_pct, seed, root)
+    keep = sorted(set(train_idx) | set(valid_idx))
+    if len(keep) < len(items):  # the official split leaves some images out; drop them and re-index
+        report.unsplit = [str(items[i]) for i in sorted(set(range(len(items))) - set(keep))]
+        pos = {old: new for new, old in enumerate(keep)}
+        items = [items[i] for i in keep]
+        train_idx, valid_idx = [pos[i] for i in train_idx], [pos[i] for i in valid_idx]
+    labels = [label_from_path(p) for p in items]
+    report.class_counts = dict(sorted(Counter(labels).items()))
+    report.n_images, report.n_train, report.n_valid = len(items), len(train_idx), len(valid_idx)
+    if len(report.class_counts) < 2:
+        raise DataError(f"found only one class ({labels[0]}) in {root}; a classifier needs at least two")
+    if not train_idx or not valid_idx:
+        raise DataError(f"split {split!r} leaves {len(train_idx)} training and {len(valid_idx)} validation images")
+    for c in few_image_classes(report.class_counts):
+        report.warnings.append(f"class {c} has only {report.class_counts[c]} images")
+    missing = sorted(set(report.class_counts) - {labels[i] for i in train_idx})
+    if missing:
+        report.warnings.append(f"no training images for: {', '.join(missing)}")
+    return Pets(root, items, labels, train_idx, valid_idx, report)
+
+
+# ---------------------------------------------------------------------------------------------------- fastai
+
+
+class PetImage(PILImage):
+    """fastai's PILImage, decoded through `load_rgb` (EXIF, odd modes, first frame) instead of a naive convert."""
+
+    @classmethod
+    def create(cls, fn, **kwargs):
+        return fn if isinstance(fn, PILImage) else cls(load_rgb(fn))
+
+
+def make_dataloaders(pets: Pets, bs: int = 32, size: int = 224, presize: int = 460, min_scale: float = 0.75,
+                     mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                     device=None, workers: int | None = None, seed: int | None = None):
+    """fastbook's presizing DataBlock: Resize(presize) per item, aug_transforms(size) + Normalize per batch."""
+    from fastai.data.block import CategoryBlock, DataBlock
+    from fastai.data.transforms import IndexSplitter
+    from fastai.vision.augment import Resize, aug_transforms
+    from fastai.vision.data import ImageBlock, Normalize
+
+    dblock = DataBlock(blocks=(ImageBlock(cls=PetImage), CategoryBlock(vocab=pets.vocab)),
+                       get_y=label_from_path, splitter=IndexSplitter(pets.valid_idx),
+                       item_tfms=Resize(presize),
+                       batch_tfms=[*aug_transforms(size=size, min_scale=min_scale),
+                                   Normalize.from_stats(list(mean), list(std))])
+    kw = {} if workers is None else {"num_workers": workers}
+    if seed is not None:
+        from fastai.torch_core import set_seed
+
+        set_seed(seed)
+    return dblock.dataloaders(pets.items, bs=bs, device=device, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------- synthetic
+
+
+def synth_classes(n: int) -> list[str]:
+    """`n` real breed names, cats and dogs interleaved so both species appear."""
+    if not 2 <= n <= len(CAT_BREEDS) + len(DOG_BREEDS):
+        raise DataError(f"number of classes must be between 2 and 37, got {n}")
+    mixed = [b for pair in zip(CAT_BREEDS, DOG_BREEDS) for b in pair] + list(DOG_BREEDS[len(CAT_BREEDS):])
+    return mixed[:n]
+
+
+def _synth_image(cls_idx: int, n_classes: int, size: int, rng) -> Image.Image:
+    """A noisy background with one blob whose hue and stripe angle encode the class, at a random place and scale."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    low = rng.random((4, 4, 3)).astype(np.float32)
+    bg = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32)
+    bg = 0.6 * bg + 40 * rng.standard_normal((size, size, 3)).astype(np.float32)
+    hue = cls_idx / n_classes
+    color = 255 * np.clip(np.abs((hue * 6 + np.array([0, 4, 2])) % 6 - 3) - 1, 0, 1)
+    angle = np.pi * (cls_idx % 4) / 4
+    stripes = 0.5 + 0.5 * np.sign(np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi * 4))
+    cx, cy, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.2, 0.35)
+    blob = (((xx - cx) ** 2 + (yy - cy) ** 2) < r**2)[..., None]
+    fg = color * (0.55 + 0.45 * stripes[..., None])
+    img = np.where(blob, fg * rng.uniform(0.8, 1.1), bg)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _plant_bad_files(out: Path, classes: list[str], size: int, rng) -> dict[str, str]:
+    """Write one of each bad file BAD_INPUTS.md lists for the dataset; returns {file name: expected verdict}."""
+    import io
+
+    import numpy as np
+
+    cat, dog = classes[0], classes[1]
+    img = _synth_image(0, len(classes), size, rng)
+    planted = {}
+
+    def put(name: str, verdict: str, data: bytes) -> None:
+        (out / name).write_bytes(data)
+        planted[name] = verdict
+
+    def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    frames = [img, img.transpose(Image.FLIP_LEFT_RIGHT)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    put(f"{cat}_9001.jpg", "converted", gif.getvalue())  # GIF named .jpg (Egyptian_Mau_139)
+    put(f"{cat}_9002.jpg", "converted", encoded(img.convert("RGBA"), "PNG"))  # RGBA PNG named .jpg (Abyssinian_5)
+    put(f"{dog}_9003.jpg", "skipped", encoded(img, "JPEG")[: size * 4])  # truncated JPEG (beagle_116)
+    put(f"{dog}_9004.jpg", "skipped", b"")  # 0-byte file
+    put(f"{dog}_9005.jpg", "skipped", b"this is a text file, renamed\n")  # text renamed .jpg
+    put(f"{cat}_9006.jpg", "converted", encoded(img.convert("CMYK"), "JPEG"))  # CMYK JPEG
+    put(f"{cat}_9007.png", "converted", encoded(img.convert("P", palette=Image.ADAPTIVE), "PNG", transparency=0))
+    deep = Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257).astype(np.uint16))
+    put(f"{dog}_9008.png", "converted", encoded(deep, "PNG"))  # 16-bit grayscale
+    put(f"{dog}_9009.jpg", "converted", encoded(img.convert("L"), "JPEG"))  # grayscale
+    put("my dog photo.jpg", "unlabelled", encoded(img, "JPEG"))  # name outside <breed>_<number>
+    put(f"{cat}_9010.mat", "ignored", b"MATLAB 5.0 MAT-file\x00" * 4)  # .mat beside the images (Abyssinian_100)
+    return planted
+
+
+def synth_pets(out: str | Path, n_classes: int = 4, per_class: int = 20, size: int = 64, seed: int = 0,
+               bad: bool = False) -> dict[str, str]:
+    """Write a Pets-style folder of learnable synthetic images; with `bad`, plant the known bad files too.
+
+    Returns {file name: expected verdict} for the planted files (empty without `bad`).
+    """
+    import numpy as np
+
+    if per_class < 1 or size < 8:
+        raise DataError("need at least 1 image per class and a size of at least 8 px")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    classes = synth_classes(n_classes)
+    for ci, breed in enumerate(classes):
+        for k in range(1, per_class + 1):
+            _synth_image(ci, n_classes, size, rng).save(out / f"{breed}_{k}.jpg", quality=92)
+    return _plant_bad_files(out, classes, size, rng) if bad else {}
