@@ -1,0 +1,64 @@
+"""Shared fixtures: small synthetic Pets folders and one tiny trained run, made once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SIZE, PRESIZE = 64, 80  # tests train at 64 px so a CPU finishes in seconds
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep verification caches out of the user's home directory."""
+    os.environ["PETCLF_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """4 breeds (2 cats, 2 dogs) x 16 clean 64 px images."""
+    from petclf.data import synth_pets
+
+    out = tmp_path_factory.mktemp("synth")
+    synth_pets(out, n_classes=4, per_class=16, size=SIZE, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bad_synth(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A synthetic folder with every known bad file planted; returns (folder, {name: expected verdict})."""
+    from petclf.data import synth_pets
+
+    out = tmp_path_factory.mktemp("synth_bad")
+    planted = synth_pets(out, n_classes=4, per_class=12, size=SIZE, seed=1, bad=True)
+    return out, planted
+
+
+def train_tiny(data: Path, out: Path, epochs: int = 3):
+    """Train resnet18 from scratch at 64 px and export a bundle; returns the fastai Learner."""
+    import fastai.callback.all  # noqa: F401 - patches Learner with fit_one_cycle, no_bar, ...
+    from fastai.metrics import accuracy, error_rate
+    from fastai.vision.learner import vision_learner
+
+    from petclf.bundle import make_manifest, write_bundle
+    from petclf.data import load_pets, make_dataloaders
+    from petclf.model import FASTAI_HEAD, norm_stats
+
+    mean, std = norm_stats("resnet18")
+    pets = load_pets(data, seed=42)
+    dls = make_dataloaders(pets, bs=16, size=SIZE, presize=PRESIZE, mean=mean, std=std, workers=0, seed=42)
+    learn = vision_learner(dls, "resnet18", pretrained=False, metrics=[error_rate, accuracy])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(epochs, 3e-3)
+    write_bundle(learn.model, out, make_manifest("resnet18", FASTAI_HEAD, list(dls.vocab), SIZE, PRESIZE, mean, std))
+    return learn
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synth_dir):
+    """(run directory with a bundle, the trained Learner) — shared by predict, serve and report tests."""
+    out = tmp_path_factory.mktemp("run")
+    learn = train_tiny(synth_dir, out)
+    return out, learn
