@@ -10,6 +10,7 @@ Unknown or mistyped keys are an error, never silently ignored:
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -62,19 +63,22 @@ def _check_keys(overrides: dict[str, Any], where: str) -> None:
         raise ConfigError(f"unknown setting(s) in {where}: {', '.join(unknown)} (known: {', '.join(config_keys())})")
 
 
+def _field_type(name: str) -> type:
+    """The non-None type a setting is declared with (`float | None` -> float)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
 def _coerce(name: str, value: Any) -> Any:
-    """Check a value against the field's default type; YAML ints are accepted where floats are expected."""
-    default = getattr(TrainConfig(), name)
-    if value is None or default is None:
+    """Check a value against the setting's declared type; ints are accepted where floats are expected."""
+    kind = _field_type(name)
+    if value is None:
         return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"setting {name!r} must be true or false, got {value!r}")
-        return value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, type(default)):
-        raise ConfigError(f"setting {name!r} must be {type(default).__name__}, got {value!r}")
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"setting {name!r} must be {kind.__name__}, got {value!r}")
     return value
 
 

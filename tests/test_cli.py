@@ -1,0 +1,66 @@
+"""The `petclf` command as a user runs it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PETCLF = [sys.executable, "-m", "petclf"]
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([*PETCLF, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def test_help_lists_commands_and_version():
+    out = run("--help")
+    assert out.returncode == 0 and "data" in out.stdout
+    assert run("--version").stdout.startswith("petclf ")
+    sub = run("data", "--help")
+    assert "check" in sub.stdout and "synth" in sub.stdout
+
+
+def test_data_check_names_every_planted_file_and_counts_classes(bad_synth, tmp_path):
+    root, planted = bad_synth
+    out = run("data", "check", "--data", str(root), "--report", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    for name in planted:
+        assert name in out.stdout, name
+    for breed in ("Abyssinian", "Bengal", "american_bulldog", "american_pit_bull_terrier"):
+        assert breed in out.stdout
+    assert (tmp_path / "data_report.json").is_file()
+
+
+def test_missing_data_folder_exits_2_with_one_line():
+    out = run("data", "check", "--data", "/nonexistent")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "not found" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_no_network_no_local_data_fails_fast_naming_data_flag(tmp_path):
+    start = time.monotonic()
+    out = run("data", "check", cwd=tmp_path)
+    assert time.monotonic() - start < 15 + 10  # 15 s budget, plus interpreter and fastai start-up
+    if out.returncode == 0:
+        pytest.fail("expected no Pets data and no network on this machine")
+    assert out.returncode == 2 and "--data" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_one_class_is_refused_with_exit_2(tmp_path):
+    assert run("data", "synth", str(tmp_path), "--classes", "2", "--per-class", "3", "--size", "16").returncode == 0
+    for p in tmp_path.glob("Abyssinian_*"):
+        p.unlink()
+    out = run("data", "check", "--data", str(tmp_path))
+    assert out.returncode == 2 and "one class" in out.stderr
+
+
+def test_bad_usage_exits_2():
+    assert run("data", "check", "--no-such-flag").returncode == 2
+    assert run("data", "synth", "/tmp/x", "--classes", "99").returncode == 2

@@ -1,0 +1,213 @@
+"""The data layer: labels, finding data, verification (and its cache), splits, DataLoaders, synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from petclf import data as D
+from petclf.errors import DataError
+
+
+@pytest.mark.parametrize("name,breed,species", [
+    ("Abyssinian_100.jpg", "Abyssinian", "cat"),
+    ("British_Shorthair_7.jpg", "British_Shorthair", "cat"),
+    ("american_pit_bull_terrier_191.jpg", "american_pit_bull_terrier", "dog"),
+    ("great_pyrenees_12.jpeg", "great_pyrenees", "dog"),
+    ("yorkshire_terrier_2.png", "yorkshire_terrier", "dog"),
+])
+def test_labels_from_file_names(name, breed, species):
+    assert D.breed_of(name) == breed
+    assert D.label_from_path(Path("x") / name) == breed
+    assert D.species_of(breed) == species
+
+
+@pytest.mark.parametrize("name", ["my dog photo.jpg", "IMG.jpg", "beagle.jpg", "_12.jpg", "beagle_12a.jpg"])
+def test_names_outside_the_pattern_have_no_label(name):
+    assert D.breed_of(name) is None
+    with pytest.raises(DataError, match="does not match"):
+        D.label_from_path(name)
+
+
+def test_pets_breed_lists_match_the_naming_convention():
+    assert len(D.CAT_BREEDS) == 12 and len(D.DOG_BREEDS) == 25
+    assert all(D.species_of(b) == "cat" for b in D.CAT_BREEDS)
+    assert all(D.species_of(b) == "dog" for b in D.DOG_BREEDS)
+    assert D.synth_classes(37) and set(D.synth_classes(37)) == set(D.CAT_BREEDS) | set(D.DOG_BREEDS)
+
+
+def test_find_data_prefers_the_images_subfolder(tmp_path):
+    (tmp_path / "images").mkdir()
+    assert D.find_data(tmp_path) == tmp_path / "images"
+    assert D.find_data(tmp_path / "images") == tmp_path / "images"
+
+
+def test_find_data_missing_folder_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        D.find_data(tmp_path / "nope")
+
+
+def test_without_network_or_local_copy_the_error_names_data_flag(tmp_path, monkeypatch):
+    from fastai.data.external import URLs
+
+    if D._reachable(URLs.PETS, timeout=3):
+        pytest.skip("the Pets download host is reachable from this machine; this test is for offline machines")
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    with pytest.raises(DataError, match="--data"):
+        D.find_data(None, dest=tmp_path / "data")
+    assert time.monotonic() - start < 15
+
+
+def test_every_planted_bad_file_gets_its_verdict(bad_synth):
+    root, planted = bad_synth
+    pets = D.load_pets(root, use_cache=False)
+    rep = pets.report
+    verdicts = {Path(r["path"]).name: "skipped" for r in rep.skipped}
+    verdicts |= {Path(r["path"]).name: "converted" for r in rep.converted}
+    verdicts |= {Path(p).name: "unlabelled" for p in rep.unlabelled}
+    verdicts |= {Path(p).name: "ignored" for p in rep.ignored}
+    assert verdicts == planted
+    usable = {p.name for p in pets.items}
+    assert not usable & {n for n, v in planted.items() if v in ("skipped", "unlabelled", "ignored")}
+    assert {n for n, v in planted.items() if v == "converted"} <= usable
+    # 12 clean images per class plus the converted plants of that class
+    converted = [n for n, v in planted.items() if v == "converted"]
+    for breed, n in rep.class_counts.items():
+        assert n == 12 + sum(D.breed_of(c) == breed for c in converted)
+
+
+def test_converted_files_decode_to_sane_rgb(bad_synth):
+    root, planted = bad_synth
+    for name, verdict in planted.items():
+        if verdict == "converted":
+            img = D.PetImage.create(root / name)
+            assert img.mode == "RGB" and img.size == (64, 64)
+
+
+def test_verification_cache_skips_unchanged_files_and_rechecks_changed_ones(tmp_path, monkeypatch):
+    D.synth_pets(tmp_path, n_classes=2, per_class=3, size=16)
+    files, _ = D.scan_files(tmp_path)
+    calls = []
+    real = D.check_image
+    monkeypatch.setattr(D, "check_image", lambda p: calls.append(p.name) or real(p))
+    first = D.verify_images(files, tmp_path)
+    assert len(calls) == 6
+    calls.clear()
+    second = D.verify_images(files, tmp_path)
+    assert calls == [] and second == first
+    victim = files[0]
+    victim.write_bytes(b"")  # changed size: must be decoded again, and now fails
+    os.utime(victim, ns=(time.time_ns(), time.time_ns()))
+    third = D.verify_images(files, tmp_path)
+    assert calls == [victim.name]
+    assert third[0].status == "skipped" and all(c.status == "ok" for c in third[1:])
+
+
+def test_random_split_is_the_seeded_fastbook_split_and_deterministic(synth_dir):
+    a = D.load_pets(synth_dir, split="random", seed=42)
+    b = D.load_pets(synth_dir, split="random", seed=42)
+    c = D.load_pets(synth_dir, split="random", seed=7)
+    assert a.valid_idx == b.valid_idx and a.valid_idx != c.valid_idx
+    assert not set(a.train_idx) & set(a.valid_idx)
+    assert sorted(a.train_idx + a.valid_idx) == list(range(len(a.items)))
+    assert len(a.valid_idx) == int(0.2 * len(a.items))
+
+
+def _write_annotations(root: Path, test_stems: list[str], trainval_stems: list[str]) -> None:
+    ann = root / "annotations"
+    ann.mkdir()
+    (ann / "test.txt").write_text("".join(f"{s} 1 1 1\n" for s in test_stems))
+    (ann / "trainval.txt").write_text("# header comment\n" + "".join(f"{s} 1 1 1\n" for s in trainval_stems))
+
+
+def test_official_split_reads_annotations_and_drops_unlisted_images(tmp_path):
+    images = tmp_path / "images"
+    D.synth_pets(images, n_classes=2, per_class=5, size=16)
+    stems = sorted(p.stem for p in images.iterdir())
+    _write_annotations(tmp_path, stems[:3], stems[3:9])  # stems[9] is in neither file
+    pets = D.load_pets(tmp_path, split="official")
+    assert sorted(pets.items[i].stem for i in pets.valid_idx) == stems[:3]
+    assert sorted(pets.items[i].stem for i in pets.train_idx) == stems[3:9]
+    assert [Path(p).stem for p in pets.report.unsplit] == [stems[9]]
+
+
+def test_official_split_without_annotations_is_a_clear_error(synth_dir):
+    with pytest.raises(DataError, match="annotations"):
+        D.load_pets(synth_dir, split="official")
+
+
+def test_file_split_takes_names_with_or_without_extension(tmp_path, synth_dir):
+    items = D.load_pets(synth_dir).items
+    chosen = [items[1].name, items[5].stem, items[9].name]
+    split_file = tmp_path / "valid.txt"
+    split_file.write_text("\n".join(chosen) + "\n")
+    pets = D.load_pets(synth_dir, split=str(split_file))
+    assert {pets.items[i].name for i in pets.valid_idx} == {items[1].name, items[5].name, items[9].name}
+    assert len(pets.train_idx) == len(items) - 3
+
+
+def test_split_file_naming_no_image_is_refused(tmp_path, synth_dir):
+    f = tmp_path / "valid.txt"
+    f.write_text("nothing_1.jpg\n")
+    with pytest.raises(DataError, match="names none"):
+        D.load_pets(synth_dir, split=str(f))
+
+
+def test_empty_folder_and_one_class_are_refused(tmp_path):
+    with pytest.raises(DataError, match="no images"):
+        D.load_pets(tmp_path)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match="no images"):
+        D.load_pets(tmp_path)
+    for k in range(4):
+        Image.new("RGB", (16, 16)).save(tmp_path / f"beagle_{k}.jpg")
+    with pytest.raises(DataError, match="only one class"):
+        D.load_pets(tmp_path)
+
+
+def test_a_class_with_few_images_is_named_in_a_warning(tmp_path):
+    D.synth_pets(tmp_path, n_classes=3, per_class=20, size=16)
+    for p in list(tmp_path.glob("Bengal_*.jpg"))[3:]:
+        p.unlink()
+    rep = D.load_pets(tmp_path).report
+    assert any("Bengal" in w for w in rep.warnings)
+    assert not any("Abyssinian" in w for w in rep.warnings)
+
+
+def test_report_saves_json_and_summary_names_bad_files(tmp_path, bad_synth):
+    root, planted = bad_synth
+    rep = D.load_pets(root).report
+    saved = json.loads(rep.save(tmp_path).read_text())
+    assert saved["n_images"] == rep.n_images and saved["class_counts"] == rep.class_counts
+    text = rep.summary()
+    for name in planted:
+        assert name in text
+
+
+def test_dataloaders_use_presizing_normalisation_and_cats_first_vocab(synth_dir):
+    from fastai.vision.augment import RandomResizedCropGPU, Resize
+    from fastai.vision.data import Normalize
+
+    pets = D.load_pets(synth_dir)
+    dls = D.make_dataloaders(pets, bs=8, size=32, presize=48, mean=(0.5,) * 3, std=(0.5,) * 3, workers=0)
+    assert list(dls.vocab) == ["Abyssinian", "Bengal", "american_bulldog", "american_pit_bull_terrier"]
+    assert any(isinstance(t, Resize) and t.size == (48, 48) for t in dls.train.after_item.fs)
+    assert any(isinstance(t, RandomResizedCropGPU) for t in dls.train.after_batch.fs)
+    norms = [t for t in dls.after_batch.fs if isinstance(t, Normalize)]
+    assert len(norms) == 1
+    xb, yb = dls.one_batch()
+    assert xb.shape == (8, 3, 32, 32) and yb.shape == (8,)
+    assert len(dls.valid_ds) == len(pets.valid_idx)
+
+
+def test_synthetic_data_is_deterministic(tmp_path):
+    D.synth_pets(tmp_path / "a", n_classes=2, per_class=2, size=16, seed=3)
+    D.synth_pets(tmp_path / "b", n_classes=2, per_class=2, size=16, seed=3)
+    for f in (tmp_path / "a").iterdir():
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()

@@ -1,0 +1,130 @@
+"""Decoding: every mode becomes sane RGB, EXIF is applied, bad files fail with one clear line."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from petclf.errors import ImageError
+from petclf.image import MAX_PIXELS, load_rgb, to_rgb
+
+
+def _png_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def _arrow(w=40, h=20) -> Image.Image:
+    """Left half red, right half blue: orientation is visible in the pixels."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, : w // 2, 0] = 255
+    a[:, w // 2:, 2] = 255
+    return Image.fromarray(a)
+
+
+@pytest.mark.parametrize("orientation,transpose", [(3, Image.ROTATE_180), (6, Image.ROTATE_270),
+                                                   (8, Image.ROTATE_90)])
+def test_exif_orientation_is_applied(tmp_path, orientation, transpose):
+    upright = _arrow()
+    stored = upright.transpose({3: Image.ROTATE_180, 6: Image.ROTATE_90, 8: Image.ROTATE_270}[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "rot.jpg"
+    stored.save(path, exif=exif, quality=95)
+    out = np.asarray(load_rgb(path), np.int16)
+    assert out.shape == (20, 40, 3)
+    assert np.abs(out - np.asarray(upright, np.int16)).mean() < 8
+
+
+def test_alpha_is_composited_on_white_not_black():
+    a = np.zeros((4, 4, 4), np.uint8)  # fully transparent black
+    out = np.asarray(to_rgb(Image.fromarray(a, "RGBA")))
+    assert (out == 255).all()
+
+
+def test_palette_with_transparency_and_cmyk_and_gray():
+    p = Image.new("P", (4, 4), 0)
+    p.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    p.putpixel((0, 0), 1)
+    p.info["transparency"] = 0
+    out = np.asarray(load_rgb(_png_bytes(p, transparency=0)))
+    assert tuple(out[0, 0]) == (10, 200, 30) and tuple(out[1, 1]) == (255, 255, 255)
+    cmyk = to_rgb(Image.new("CMYK", (2, 2), (0, 255, 255, 0)))
+    assert cmyk.mode == "RGB" and tuple(np.asarray(cmyk)[0, 0]) == (255, 0, 0)
+    assert to_rgb(Image.new("L", (2, 2), 77)).getpixel((0, 0)) == (77, 77, 77)
+
+
+def test_16_bit_png_is_scaled_not_clipped_to_white():
+    a = np.array([[0, 32768, 65535]], np.uint16)
+    out = np.asarray(load_rgb(_png_bytes(Image.fromarray(a))))[0, :, 0]
+    assert list(out) == [0, 128, 255]
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    first = np.asarray(load_rgb(path))
+    assert first[..., 0].mean() > 200 and first[..., 2].mean() < 50
+    assert np.array_equal(first, np.asarray(load_rgb(path)))
+
+
+def test_arrays_and_pil_images_are_accepted():
+    assert load_rgb(np.zeros((5, 7), np.uint8)).size == (7, 5)
+    assert load_rgb(np.ones((5, 7, 3), np.float32)).getpixel((0, 0)) == (255, 255, 255)
+    assert load_rgb(Image.new("RGBA", (3, 3))).mode == "RGB"
+    with pytest.raises(ImageError, match="not an image"):
+        load_rgb(np.zeros((2, 2, 2, 2)))
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "empty file"),
+    (b"plain text, renamed", "not an image"),
+    (b"MATLAB 5.0 MAT-file" * 10, "not an image"),
+])
+def test_not_an_image(tmp_path, data, match):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match=match):
+        load_rgb(path)
+
+
+def test_truncated_jpeg_is_a_clear_error(tmp_path):
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buf, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageError, match="truncated"):
+        load_rgb(path)
+
+
+def _huge_png_header(w: int, h: int) -> bytes:
+    """A PNG that declares w x h pixels but carries almost no data: a decompression bomb's header."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    with pytest.raises(ImageError, match="limit|too large"):
+        load_rgb(_huge_png_header(20000, 20000))
+    assert 20000 * 20000 > MAX_PIXELS
+
+
+def test_size_limit_is_checked_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(_png_bytes(Image.new("RGB", (8, 8))) + b"\0" * 2048)
+    with pytest.raises(ImageError, match="over the"):
+        load_rgb(path, max_bytes=1024)
+
+
+def test_tiny_and_extreme_aspect_images_decode():
+    assert load_rgb(Image.new("RGB", (1, 1))).size == (1, 1)
+    assert load_rgb(Image.new("RGB", (4000, 10))).size == (4000, 10)
