@@ -12,4 +12,13 @@ from petclf.config import TrainConfig, resolve_config, save_config  # noqa: E402
 from petclf.errors import BundleError, DataError, ImageError, PetclfError  # noqa: E402
 
 __all__ = ["__version__", "TrainConfig", "resolve_config", "save_config", "PetclfError", "DataError", "ImageError",
-           "BundleError"]
+           "BundleError", "load_model"]
+
+
+def __getattr__(name: str):
+    """Lazy re-exports: `petclf.load_model` imports torch and timm only when first used."""
+    if name == "load_model":
+        from petclf.predict import load_model
+
+        return load_model
+    raise AttributeError(f"module 'petclf' has no attribute {name!r}")

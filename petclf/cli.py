@@ -123,3 +123,85 @@ def data_synth(out: Path = typer.Argument(..., help="Folder to write the images 
     typer.echo(f"wrote {classes * per_class} images of {classes} breeds to {out}")
     for name, verdict in planted.items():
         typer.echo(f"  planted {name} ({verdict})")
+
+
+ModelOpt = typer.Option(Path("exports/latest"), "--model", help="Exported model folder (model.json + weights).")
+
+
+@app.command("predict")
+@guarded
+def predict(paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
+            model: Path = ModelOpt,
+            topk: int = typer.Option(5, "--topk", min=1, help="Breeds listed per image."),
+            tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
+            bs: int = typer.Option(32, "--bs", min=1, help="Images per forward pass."),
+            fmt: str = typer.Option("table", "--format", help="table | csv | json"),
+            out: Path | None = typer.Option(None, "--out", help="Write the results here instead of stdout."),
+            onnx: bool = typer.Option(False, "--onnx", help="Run model.onnx with onnxruntime (see `export`).")) -> None:
+    """Predict breeds for images. Unreadable images get an error row; exit code 1 if any failed."""
+    from petclf.bundle import write_atomic
+    from petclf.predict import FORMATS, format_rows, load_model
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    predictor = load_model(model, backend="onnx" if onnx else "torch")
+    rows = list(predictor.predict_paths(paths, bs=bs, tta=tta))
+    text = format_rows(rows, fmt, topk)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_atomic(out, text)
+    failed = sum(not r.ok for r in rows)
+    if out is not None or failed:
+        typer.echo(f"{len(rows) - failed} predicted, {failed} failed" + (f"; results in {out}" if out else ""),
+                   err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+@guarded
+def serve(model: Path = ModelOpt,
+          host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
+          port: int = typer.Option(7860, help="Port to listen on."),
+          share: bool = typer.Option(False, "--share", help="Also publish a temporary public gradio.live link."),
+          onnx: bool = typer.Option(False, "--onnx", help="Run model.onnx with onnxruntime (no Grad-CAM).")) -> None:
+    """Serve the Gradio demo: upload a photo, see the breed, cat or dog, and Grad-CAM."""
+    from petclf.app import main as serve_demo
+
+    serve_demo(model, host=host, port=port, share=share, backend="onnx" if onnx else "torch")
+
+
+@app.command("export")
+@guarded
+def export(model: Path = ModelOpt,
+           onnx: bool = typer.Option(False, "--onnx", help="Write model.onnx beside the bundle, checked against "
+                                                           "torch.")) -> None:
+    """Export a bundle to other runtimes (ONNX), checking the outputs against torch."""
+    from petclf.onnx import export_onnx
+
+    if not onnx:
+        fail("nothing to export: pass --onnx")
+    info = export_onnx(model)
+    typer.echo(f"wrote {Path(model) / info['file']} (opset {info['opset']}, max |logit diff| vs torch "
+               f"{info['max_abs_diff']:.2g})")
+
+
+@app.command("report")
+@guarded
+def report(model: Path = typer.Option(Path("exports/latest"), "--model", help="Exported model folder (its run)."),
+           data: Path | None = typer.Option(None, "--data", help="Data folder; default: the one the run "
+                                                                    "recorded (config.yaml / model.json)."),
+           split: str = typer.Option("valid", "--split", help="valid (the run's own split) | test (official "
+                                                                "test list) | FILE naming the images."),
+           out: Path | None = typer.Option(None, "--out", help="Folder for report.html, report.json and "
+                                                                  "figures/; default MODEL/report."),
+           bs: int = typer.Option(64, "--bs", min=1, help="Images per forward pass."),
+           min_val: int = typer.Option(1, "--min-val", min=1, help="Smallest count listed as a confused pair."),
+           top_k: int = typer.Option(9, "--top-losses", min=1, help="Top-loss images shown with Grad-CAM.")) -> None:
+    """Write the interpretation report: one self-contained HTML page, plus JSON and PNG figures."""
+    from petclf.report import write_report
+
+    paths = write_report(model, data=data, split=split, out=out, bs=bs, min_val=min_val, top_k=top_k,
+                         progress=True)
+    typer.echo(f"report: {paths['html']}")

@@ -1,0 +1,70 @@
+"""ONNX export of a bundle for onnxruntime, checked against the torch network before it is kept.
+
+    petclf export --onnx --model exports/latest      # writes model.onnx + model.onnx.json beside the bundle
+    petclf predict photos/ --onnx                    # then predict with onnxruntime
+
+    from petclf.onnx import export_onnx
+    info = export_onnx("exports/latest")             # {'file', 'sha256', 'max_abs_diff', ...}
+
+The graph takes the normalised input batch (any batch size) and returns logits; the temperature is applied
+outside it, so recalibrating a bundle does not require a new export. `model.onnx.json` records the ONNX file's
+checksum and the weights' checksum, so a stale or tampered graph is refused at load time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from petclf.errors import PetclfError
+
+OPSET = 17  # onnxruntime >= 1.14 runs it; every op a timm CNN + fastai head uses exists there
+ATOL = 1e-3  # largest logit difference between torch and onnxruntime accepted at export
+
+
+def _export_graph(net: torch.nn.Module, size: int, path: Path, opset: int) -> None:
+    """The TorchScript-based exporter (the dynamo one needs `onnxscript`), batch dimension dynamic."""
+    x = torch.randn(2, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices are not the user's concern
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3, seed: int = 0) -> float:
+    """Largest |logit difference| between torch and onnxruntime on `n` random inputs."""
+    from petclf.predict import OnnxNet
+
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        ref = net(x).float()
+    return float((OnnxNet(path)(x) - ref).abs().max())
+
+
+def export_onnx(model_dir: str | Path, opset: int = OPSET, atol: float = ATOL) -> dict[str, Any]:
+    """Write `model.onnx` beside the bundle in `model_dir` once it matches torch within `atol`; returns its info."""
+    from petclf.bundle import load_network, sha256_file, write_atomic
+    from petclf.predict import ONNX_INFO_NAME, ONNX_NAME
+
+    model_dir = Path(model_dir)
+    net, manifest = load_network(model_dir)
+    size = int(manifest["input"]["size"])
+    final = model_dir / ONNX_NAME
+    tmp = final.with_name(f".{ONNX_NAME}.tmp{os.getpid()}")
+    try:
+        _export_graph(net, size, tmp, opset)
+        diff = check_onnx(net, tmp, size)
+        if not diff <= atol:
+            raise PetclfError(f"ONNX export differs from torch by {diff:.2g} (> {atol:g}); model.onnx not written")
+        info = {"file": ONNX_NAME, "sha256": sha256_file(tmp), "weights_sha256": manifest["weights"]["sha256"],
+                "opset": opset, "input_size": size, "max_abs_diff": diff, "torch": torch.__version__.split("+")[0]}
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_atomic(model_dir / ONNX_INFO_NAME, json.dumps(info, indent=1))
+    return info

@@ -1,0 +1,474 @@
+"""Fast inference from an exported bundle: one image, or folders of them in overlapped batches.
+
+    petclf predict photos/ cat.jpg 'more/*.png' --model exports/latest --topk 5 --format csv --out preds.csv
+
+    from petclf import load_model
+    p = load_model("exports/latest")                   # pickle-free: safetensors + model.json, checksum verified
+    p.predict("cat.jpg")                               # {breed: prob}, most likely first
+    for row in p.predict_paths(["photos/"], bs=32):    # decoding in threads, overlapped with the forward pass
+        print(row.file, row.top(3), row.species)
+
+Preprocessing is fastai's validation preprocessing, step for step, as the manifest's `input` records it (see
+`valid_resize` and `gpu_resize`); no fastai DataLoader is built. Probabilities are `softmax(logits / temperature)`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from petclf.errors import BundleError, ImageError, PetclfError
+from petclf.image import ImageSource, load_rgb
+
+DEFAULT_MODEL = "exports/latest"  # where `petclf train` points its newest export
+ONNX_NAME = "model.onnx"  # written beside the bundle by `petclf export --onnx`
+ONNX_INFO_NAME = "model.onnx.json"  # checksum of model.onnx and of the weights it was made from
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}  # what a folder search picks up
+
+
+# ---------------------------------------------------------------------------------------------------- preprocessing
+
+
+def valid_resize(img: Image.Image, presize: int) -> Image.Image:
+    """fastai's `Resize(presize)` (ResizeMethod.Crop) on the validation set: centre crop to a square, PIL bilinear.
+
+    The integer arithmetic follows fastai's `Resize.encodes` and `crop_pad` exactly, quirks included
+    (`int(m * presize)` can round a side down by one pixel), so the pixels match training's.
+    """
+    w, h = img.size
+    m = w / presize if w / presize < h / presize else h / presize
+    cw, ch = int(m * presize), int(m * presize)
+    left, top = int(0.5 * (w - cw)), int(0.5 * (h - ch))
+    img = img.crop((max(left, 0), max(top, 0), min(left + cw, w), min(top + ch, h)))
+    return img.resize((presize, presize), Image.BILINEAR)
+
+
+def to_uint8(imgs: Sequence[Image.Image]) -> torch.Tensor:
+    """RGB PIL images of equal size -> N x 3 x H x W uint8 tensor (fastai's `ToTensor`)."""
+    return torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in imgs])).permute(0, 3, 1, 2)
+
+
+_GRIDS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _identity_grid(size: int, device: torch.device) -> torch.Tensor:
+    """fastai's `affine_grid` of the identity matrix at `size`, cached (1 x size x size x 2)."""
+    key = (size, hash(device))
+    if key not in _GRIDS:
+        theta = torch.eye(3, device=device)[None, :2]
+        _GRIDS[key] = F.affine_grid(theta, [1, 3, size, size], align_corners=True)
+    return _GRIDS[key]
+
+
+def gpu_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """fastai's `RandomResizedCropGPU` on the validation set for a square batch: `_grid_sample` to `size`.
+
+    fastai first area-downsamples when shrinking by more than 2x (its 'smoother downwards resampling' hack),
+    then samples bilinearly with reflection padding and `align_corners=True`.
+    """
+    grid = _identity_grid(size, x.device)
+    z = 1 / (grid.max() - grid.min()).item() * 2
+    d = min(x.shape[-2] / size, x.shape[-1] / size) / 2
+    if d > 1 and d > z:
+        x = F.interpolate(x, scale_factor=1 / d, mode="area", recompute_scale_factor=True)
+    grid = grid.expand(len(x), -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The validation preprocessing recorded in a manifest's `input`."""
+
+    size: int
+    presize: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> Preprocess:
+        """Read `input` from a bundle manifest; refuse recipes this predictor does not reproduce."""
+        inp = manifest["input"]
+        if inp.get("resize_method", "crop") != "crop" or inp.get("resample", "bilinear") != "bilinear":
+            raise BundleError(f"unsupported preprocessing in model.json: {inp.get('resize_method')}/"
+                              f"{inp.get('resample')} (this petclf reproduces crop/bilinear)")
+        return cls(int(inp["size"]), int(inp["presize"]), tuple(inp["mean"]), tuple(inp["std"]))
+
+    def item(self, src: ImageSource) -> Image.Image:
+        """Decode (through `load_rgb`) and apply the item transform; runs in worker threads."""
+        return valid_resize(load_rgb(src), self.presize)
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x presize x presize -> normalised float N x 3 x size x size (fastai's batch transforms)."""
+        x = gpu_resize(x.float().div_(255.0), self.size)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def __call__(self, srcs: Sequence[ImageSource]) -> torch.Tensor:
+        """Images -> the model's input batch."""
+        return self.batch(to_uint8([self.item(s) for s in srcs]))
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class Prediction:
+    """One image's result: probabilities over all breeds (most likely first), or the error that stopped it."""
+
+    file: str
+    probs: dict[str, float] = field(default_factory=dict)
+    species_probs: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was predicted."""
+        return self.error is None
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The `k` most likely breeds with their probabilities."""
+        return list(self.probs.items())[:k]
+
+    @property
+    def species(self) -> str | None:
+        """`cat` or `dog`, whichever has more probability summed over its breeds."""
+        return max(self.species_probs, key=self.species_probs.get) if self.species_probs else None
+
+
+# ---------------------------------------------------------------------------------------------------- paths
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _folder_images(root: Path) -> list[Path]:
+    """Image files below `root`, recursively and sorted; hidden files and folders are left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / n for n in filenames
+                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTS]
+    return sorted(found)
+
+
+def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Prediction]]:
+    """Files, folders (recursive) and globs -> (image files, error rows for arguments that name no image)."""
+    files: list[Path] = []
+    errors: list[Prediction] = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            found = _folder_images(p)
+            files += found
+            if not found:
+                errors.append(Prediction(str(p), error=f"{p}: no images in this folder"))
+        elif p.exists():
+            files.append(p)
+        elif _is_glob(str(arg)):
+            matched = sorted(Path(m) for m in glob.glob(str(arg), recursive=True))
+            for m in matched:
+                files += _folder_images(m) if m.is_dir() else [m]
+            if not matched:
+                errors.append(Prediction(str(arg), error=f"{arg}: no files match"))
+        else:
+            errors.append(Prediction(str(arg), error=f"{p.name}: file not found"))
+    return list(dict.fromkeys(files)), errors
+
+
+def _bounded_map(fn: Callable, items: Sequence, pool: ThreadPoolExecutor, ahead: int) -> Iterator[Future]:
+    """`pool.submit(fn, item)` for each item, keeping at most `ahead` unfinished futures; yields them in order."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
+
+
+# ---------------------------------------------------------------------------------------------------- the predictor
+
+
+class OnnxNet:
+    """An onnxruntime session that looks like the network to the predictor: float tensor in, logits out."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a preprocessed batch."""
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.cpu().numpy()})[0])
+
+
+class Predictor:
+    """A loaded model and its preprocessing: `predict(image)`, `predict_paths(paths)`, `topk(image)`."""
+
+    def __init__(self, net: Callable[[torch.Tensor], torch.Tensor], manifest: dict[str, Any],
+                 device: str | torch.device = "cpu", backend: str = "torch"):
+        self.net, self.manifest, self.backend = net, manifest, backend
+        self.device = torch.device(device)
+        self.pre = Preprocess.from_manifest(manifest)
+        self.classes = [c["name"] for c in manifest["classes"]]
+        self.species = {c["name"]: c.get("species", "?") for c in manifest["classes"]}
+        self.temperature = float(manifest.get("temperature") or 1.0)
+        self._species_idx = {s: torch.tensor([i for i, c in enumerate(self.classes) if self.species[c] == s])
+                             for s in sorted(set(self.species.values()))}
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch network (for Grad-CAM); not available on the ONNX backend."""
+        if not isinstance(self.net, torch.nn.Module):
+            raise PetclfError("the ONNX backend has no torch network; load the model with backend='torch'")
+        return self.net
+
+    def preprocess(self, images: Sequence[ImageSource]) -> torch.Tensor:
+        """Images (paths, bytes, PIL, arrays) -> normalised input batch on the predictor's device."""
+        return self.pre(images).to(self.device)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw network outputs for a preprocessed batch."""
+        with torch.inference_mode():
+            return self.net(x.to(self.device)).float().cpu()
+
+    def probs(self, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """`softmax(logits / temperature)`; with `tta`, averaged with the horizontally flipped batch."""
+        p = torch.softmax(self.logits(x) / self.temperature, dim=1)
+        if tta:
+            p = (p + torch.softmax(self.logits(x.flip(-1)) / self.temperature, dim=1)) / 2
+        return p
+
+    def to_dict(self, p: torch.Tensor) -> dict[str, float]:
+        """One row of probabilities -> {breed: prob}, most likely first."""
+        order = torch.argsort(p, descending=True).tolist()
+        return {self.classes[i]: float(p[i]) for i in order}
+
+    def species_probs(self, p: torch.Tensor) -> dict[str, float]:
+        """One row of breed probabilities -> {species: summed prob}."""
+        return {s: float(p[idx].sum()) for s, idx in self._species_idx.items()}
+
+    def predict(self, image: ImageSource, tta: bool = False) -> dict[str, float]:
+        """{breed: prob} for one image (path, bytes, PIL image or array), most likely first."""
+        return self.to_dict(self.probs(self.preprocess([image]), tta)[0])
+
+    def topk(self, image: ImageSource, k: int = 5, tta: bool = False) -> list[tuple[str, float]]:
+        """The `k` most likely (breed, prob) pairs for one image."""
+        return list(self.predict(image, tta).items())[:k]
+
+    def _decode(self, path: Path) -> Image.Image | ImageError:
+        try:
+            return self.pre.item(path)
+        except ImageError as e:
+            return e
+
+    def _rows(self, files: Sequence[Path], imgs: list[Image.Image | ImageError], tta: bool) -> list[Prediction]:
+        good = [i for i, im in enumerate(imgs) if not isinstance(im, ImageError)]
+        rows = [Prediction(str(f), error=str(im)) if isinstance(im, ImageError) else None
+                for f, im in zip(files, imgs, strict=True)]
+        if good:
+            p = self.probs(self.pre.batch(to_uint8([imgs[i] for i in good])).to(self.device), tta)
+            for j, i in enumerate(good):
+                rows[i] = Prediction(str(files[i]), self.to_dict(p[j]), self.species_probs(p[j]))
+        return rows
+
+    def predict_paths(self, paths: Iterable[str | Path], bs: int = 32, tta: bool = False,
+                      workers: int | None = None) -> Iterator[Prediction]:
+        """One `Prediction` per image under `paths` (files, folders, globs), in order; bad files get error rows.
+
+        Images are decoded by a thread pool (Pillow releases the GIL) a few batches ahead of the forward pass.
+        """
+        files, errors = expand_paths(paths)
+        yield from errors
+        workers = workers or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="petclf-decode") as pool:
+            batch_files: list[Path] = []
+            batch_imgs: list[Image.Image | ImageError] = []
+            for f, fut in zip(files, _bounded_map(self._decode, files, pool, ahead=2 * bs), strict=True):
+                batch_files.append(f)
+                batch_imgs.append(fut.result())
+                if len(batch_files) == bs:
+                    yield from self._rows(batch_files, batch_imgs, tta)
+                    batch_files, batch_imgs = [], []
+            if batch_files:
+                yield from self._rows(batch_files, batch_imgs, tta)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def onnx_path(model_dir: str | Path) -> Path:
+    """Where `petclf export --onnx` puts the ONNX graph of a bundle."""
+    return Path(model_dir) / ONNX_NAME
+
+
+def _check_onnx(model_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The bundle's model.onnx, after checking it is intact and made from these very weights."""
+    import json
+
+    from petclf.bundle import sha256_file
+
+    path, info_path = onnx_path(model_dir), model_dir / ONNX_INFO_NAME
+    if not path.is_file() or not info_path.is_file():
+        raise BundleError(f"no {ONNX_NAME} in {model_dir}: run `petclf export --onnx --model {model_dir}`")
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError:
+        raise BundleError(f"corrupt model file: {info_path} is not valid JSON") from None
+    if info.get("weights_sha256") != manifest["weights"].get("sha256"):
+        raise BundleError(f"{ONNX_NAME} in {model_dir} was made from other weights: run `petclf export --onnx` again")
+    if sha256_file(path) != info.get("sha256"):
+        raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
+    return path
+
+
+def load_model(model_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", backend: str = "torch") -> Predictor:
+    """A `Predictor` for the bundle in `model_dir` (`backend`: torch, or onnx for onnxruntime on model.onnx)."""
+    from petclf.bundle import load_network, read_manifest
+
+    model_dir = Path(model_dir)
+    if backend == "torch":
+        net, manifest = load_network(model_dir, device=device)
+        return Predictor(net, manifest, device, "torch")
+    if backend == "onnx":
+        manifest = read_manifest(model_dir)
+        return Predictor(OnnxNet(_check_onnx(model_dir, manifest)), manifest, "cpu", "onnx")
+    raise PetclfError(f"unknown backend {backend!r} (torch or onnx)")
+
+
+# ---------------------------------------------------------------------------------------------------- serving
+
+
+class Batcher:
+    """Groups concurrent `probs` calls from server threads into one forward pass (dynamic batching).
+
+    Callers decode and preprocess in their own threads, then wait here; one worker thread takes whatever has
+    queued up (at most `max_batch`), runs the network once, and hands each caller its row.
+    """
+
+    def __init__(self, predictor: Predictor, max_batch: int = 8, timeout: float = 60.0):
+        self.predictor, self.max_batch, self.timeout = predictor, max_batch, timeout
+        self._q: queue.Queue = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="petclf-batcher", daemon=True)
+        self._worker.start()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities (1 x n_classes) for one preprocessed image (1 x 3 x H x W)."""
+        fut: Future = Future()
+        self._q.put((x, fut))
+        return fut.result(self.timeout)
+
+    def _take(self) -> list[tuple[torch.Tensor, Future]]:
+        items = [self._q.get()]
+        while len(items) < self.max_batch:
+            try:
+                items.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _run(self) -> None:
+        while True:
+            items = self._take()
+            live = [it for it in items if it is not None]
+            if live:
+                self._forward(live)
+            if len(live) < len(items):  # close() was called
+                return
+
+    def _forward(self, items: list[tuple[torch.Tensor, Future]]) -> None:
+        try:
+            p = self.predictor.probs(torch.cat([x for x, _ in items]))
+        except Exception as e:  # noqa: BLE001 - hand the failure to every waiting caller
+            for _, f in items:
+                f.set_exception(e)
+            return
+        for i, (_, f) in enumerate(items):
+            f.set_result(p[i:i + 1])
+
+    def close(self) -> None:
+        """Stop the worker thread once the queue drains."""
+        self._q.put(None)
+        self._worker.join(5)
+
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+FORMATS = ("table", "csv", "json")  # what `petclf predict --format` writes
+
+
+def row_dict(row: Prediction, k: int = 5) -> dict[str, Any]:
+    """A result as plain data: file, top-k [{breed, prob}], species, species_prob, error."""
+    return {"file": row.file, "top": [{"breed": b, "prob": round(p, 6)} for b, p in row.top(k)],
+            "species": row.species,
+            "species_prob": round(row.species_probs[row.species], 6) if row.species else None, "error": row.error}
+
+
+def to_json(rows: Sequence[Prediction], k: int = 5) -> str:
+    """Results as a JSON list, one object per image."""
+    import json
+
+    return json.dumps([row_dict(r, k) for r in rows], indent=1) + "\n"
+
+
+def to_csv(rows: Sequence[Prediction], k: int = 5) -> str:
+    """Results as CSV: file, breed_1, prob_1, ..., breed_k, prob_k, species, species_prob, error."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("breed", "prob")], "species",
+                "species_prob", "error"])
+    for r in rows:
+        d = row_dict(r, k)
+        top = [v for t in d["top"] for v in (t["breed"], f"{t['prob']:.6f}")]
+        top += [""] * (2 * k - len(top))
+        sp = "" if d["species_prob"] is None else f"{d['species_prob']:.6f}"
+        w.writerow([r.file, *top, d["species"] or "", sp, r.error or ""])
+    return buf.getvalue()
+
+
+def to_table(rows: Sequence[Prediction], k: int = 5, width: int = 160) -> str:
+    """Results as an aligned text table (rich), errors in their own column."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("file", "top breeds", "species", "error", box=None, pad_edge=False)
+    for r in rows:
+        top = ", ".join(f"{b} {p:.1%}" for b, p in r.top(k))
+        sp = f"{r.species} {r.species_probs[r.species]:.0%}" if r.species else ""
+        table.add_row(r.file, top, sp, r.error or "")
+    buf = io.StringIO()
+    Console(file=buf, width=width, no_color=True, highlight=False).print(table)
+    return buf.getvalue()
+
+
+def format_rows(rows: Sequence[Prediction], fmt: str = "table", k: int = 5) -> str:
+    """Results in one of `FORMATS`."""
+    writers = {"table": to_table, "csv": to_csv, "json": to_json}
+    if fmt not in writers:
+        raise PetclfError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    return writers[fmt](rows, k)
