@@ -46,6 +46,15 @@ class TrainConfig:
     workers: int | None = None  # DataLoader workers; None picks from the core count
     out: str | None = None  # run directory; None: exports/<date>-<arch>
     resume: str | None = None  # run directory to continue from its last checkpoint
+    recipe: str = "auto"  # auto | fastbook | probe; auto: probe below `small_data` training images per class
+    small_data: int = 50  # median training images per class under which `auto` uses the probe recipe
+    lr_mult: float = 100.0  # head LR / lowest body LR after unfreezing (fastai fine_tune's lr_mult)
+    probe_c: float = 1.0  # inverse L2 strength of the probe's logistic regression (on standardised features)
+    probe_lr_scale: float = 0.1  # probe recipe: fine-tune head LR = lr_find suggestion x this (gentle; head is trained)
+    bn_freeze: str = "auto"  # auto (on for the probe recipe) | on | off: keep backbone BatchNorm statistics frozen
+    lr_find_steps: int = 100  # at most this many lr_find steps (fewer on small data; stops on divergence)
+    precision: str = "auto"  # auto (bf16 > fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16
+    threads: int | None = None  # torch CPU threads; None: every core this process may use
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all settings, in declaration order."""

