@@ -1,0 +1,196 @@
+"""The Gradio demo, live on 127.0.0.1 and called through `gradio_client`, plus its pure parts called directly."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from petclf.app import UNSURE_BELOW, build_demo, example_files, launch_kwargs, model_card, pretty, verdict
+from petclf.predict import load_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    return load_model(tiny_run[0])
+
+
+@pytest.fixture(scope="module")
+def images(tiny_run) -> list[Path]:
+    return [Path(p) for p in tiny_run[1].dls.valid_ds.items[:6]]
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    """(demo, url) of the demo served on a free 127.0.0.1 port for this module."""
+    demo = build_demo(predictor)
+    demo.launch(**launch_kwargs(port=free_port()), prevent_thread_lock=True, quiet=True)
+    yield demo, demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[1], verbose=False)
+
+
+def classify(client, path):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), api_name="/classify")
+
+
+# ---------------------------------------------------------------------------------------------------- pure parts
+
+
+def test_model_card_and_verdict(predictor):
+    card = model_card({**predictor.manifest, "metrics": {"error_rate": 0.0725, "epochs": 4}})
+    assert "resnet18" in card and "7.25%" in card and predictor.manifest["created"] in card and "epochs" in card
+    assert "Abyssinian" in card and "american bulldog" in card
+    sure = {"Bengal": 0.9, "beagle": 0.1}
+    assert verdict(sure, predictor.species).startswith("**Bengal** (cat), 90%")
+    unsure = {"beagle": UNSURE_BELOW - 0.01, "Bengal": 0.51}
+    assert "Not sure this is a cat or a dog" in verdict(unsure, predictor.species)
+
+
+def test_examples_ship_with_the_package():
+    names = [Path(p).name for p in example_files()]
+    assert "cat_chelsea.jpg" in names and len(names) >= 3
+
+
+# ---------------------------------------------------------------------------------------------------- live server
+
+
+@pytest.mark.slow
+def test_classify_endpoint_equals_the_predictor(client, predictor, images):
+    for path in images[:4]:
+        breeds, species = classify(client, path)
+        want = predictor.topk(path, 5)
+        got = [(c["label"], c["confidence"]) for c in breeds["confidences"]]
+        assert [b for b, _ in got] == [pretty(b) for b, _ in want]
+        assert max(abs(g - w) for (_, g), (_, w) in zip(got, want, strict=True)) < 1e-6
+        row = next(predictor.predict_paths([path]))
+        assert species["label"] == row.species
+        assert {c["label"]: c["confidence"] for c in species["confidences"]} == pytest.approx(row.species_probs)
+
+
+@pytest.mark.slow
+def test_concurrent_callers_get_their_own_answers(server, predictor, images):
+    from gradio_client import Client
+
+    clients = [Client(server[1], verbose=False) for _ in range(4)]
+    jobs = [(clients[i % 4], images[i % len(images)]) for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda job: classify(*job), jobs))
+    for (_, path), (breeds, _) in zip(jobs, results, strict=True):
+        assert breeds["label"] == pretty(predictor.topk(path, 1)[0][0])
+
+
+def _bad_uploads(images) -> dict[str, bytes]:
+    good = images[0].read_bytes()
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(bomb, "PNG")  # 144 Mpx: over petclf's limit, tiny on disk
+    return {"empty.jpg": b"", "text.jpg": b"I am a text file", "truncated.jpg": good[: len(good) // 3],
+            "bomb.png": bomb.getvalue()}
+
+
+@pytest.mark.slow
+def test_bad_uploads_get_one_friendly_line(client, images, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    expected = {"empty.jpg": "not an image", "text.jpg": "not an image", "truncated.jpg": "truncated",
+                "bomb.png": "limit"}
+    for name, data in _bad_uploads(images).items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(AppError) as err:
+            classify(client, tmp_path / name)
+        msg = str(err.value)
+        assert msg.startswith("Could not read this image") and expected[name] in msg, msg
+        assert "Traceback" not in msg and "File \"" not in msg
+
+
+@pytest.mark.slow
+def test_tiny_and_odd_images_are_classified(client, predictor, tmp_path):
+    Image.new("RGB", (1, 1), (200, 120, 40)).save(tmp_path / "dot.png")
+    Image.new("RGBA", (4000, 10), (0, 0, 0, 0)).save(tmp_path / "strip.png")
+    for name in ("dot.png", "strip.png"):
+        breeds, species = classify(client, tmp_path / name)
+        assert len(breeds["confidences"]) == min(5, len(predictor.classes)) and species["label"] in ("cat", "dog")
+
+
+@pytest.mark.slow
+def test_oversized_upload_is_refused(client, tmp_path):
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as f:
+        f.write(b"\xff\xd8\xff")
+        f.truncate(25 * 2**20)
+    with pytest.raises(Exception) as err:  # refused at upload time, before the function runs
+        classify(client, big)
+    assert "Traceback" not in str(err.value)
+
+
+def _raw_get(url: str, path: str) -> tuple[int, bytes]:
+    """GET `path` exactly as written (no client-side `..` normalisation)."""
+    host, port = url.split("//")[1].strip("/").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+@pytest.mark.slow
+def test_no_files_beyond_its_own_are_served(server, tiny_run):
+    demo, url = server
+    assert demo.allowed_paths == [] and demo.max_file_size == launch_kwargs()["max_file_size"]
+    cwd_dotfile = Path.cwd() / ".git" / "config"
+    attempts = ["/gradio_api/file=../../etc/passwd", "/gradio_api/file=..%2F..%2F..%2Fetc%2Fpasswd",
+                "/gradio_api/file=/etc/passwd", "/file=../../etc/passwd", "/gradio_api/file=%2Fetc%2Fpasswd",
+                f"/gradio_api/file={cwd_dotfile}", f"/gradio_api/file={Path.cwd() / '.venv' / 'pyvenv.cfg'}",
+                f"/gradio_api/file={tiny_run[0] / 'model.safetensors'}", f"/gradio_api/file={tiny_run[0]}/model.json",
+                "/gradio_api/file=.env", "/static/../../../../etc/passwd", "/assets/..%2F..%2F..%2Fsetup.cfg"]
+    for path in attempts:
+        status, body = _raw_get(url, path)
+        assert status >= 400, (path, status)
+        assert b"root:" not in body and b"[core]" not in body and b"petclf-bundle" not in body, path
+
+
+@pytest.mark.slow
+def test_a_full_queue_says_busy_instead_of_hanging(predictor, images):
+    """BAD_INPUTS row 10: more simultaneous requests than the queue holds are turned away, quickly."""
+    from gradio_client import Client
+
+    demo = build_demo(predictor, queue_size=2)
+    demo.launch(**launch_kwargs(port=free_port()), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        start = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(lambda p: _try_classify(client, p), [images[i % 6] for i in range(48)]))
+        elapsed = time.monotonic() - start
+    finally:
+        demo.close()
+    busy = [o for o in outcomes if o != "ok"]
+    assert elapsed < 90 and "ok" in outcomes and busy, outcomes
+    assert all("queue" in o.lower() or "busy" in o.lower() for o in busy), busy
+
+
+def _try_classify(client, path) -> str:
+    try:
+        classify(client, path)
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - the message is the result
+        return str(e)

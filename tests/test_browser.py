@@ -1,0 +1,79 @@
+"""The demo in a real browser: headless Debian Chromium driven by Playwright uploads a photo and reads the label.
+
+Uses the system Chromium (`make browser` installs it with apt); never `playwright install`. Set PETCLF_SCREENSHOTS=DIR
+to keep the screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from petclf.app import build_demo, example_files, launch_kwargs, pretty
+from petclf.predict import load_model
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+TIMEOUT_MS = 30_000  # any single browser step
+
+
+def chromium() -> str | None:
+    """Debian's Chromium binary, if installed."""
+    for cand in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if cand and Path(cand).is_file():
+            return cand
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = chromium()
+    if exe is None:
+        pytest.skip("Chromium not found at /usr/bin/chromium (run `make browser` as root to install it with apt)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS)
+        yield b
+        b.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_upload_shows_breed_verdict_and_gradcam(browser, tiny_run, tmp_path):
+    predictor = load_model(tiny_run[0])
+    photo = next(p for p in example_files() if Path(p).name == "cat_chelsea.jpg")
+    want = pretty(predictor.topk(photo, 1)[0][0])
+    demo = build_demo(predictor)
+    demo.launch(**launch_kwargs(port=free_port()), prevent_thread_lock=True, quiet=True)
+    shots = Path(os.environ.get("PETCLF_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(demo.local_url)
+        page.locator("input[type=file]").first.set_input_files(photo)
+        label = page.locator("[data-testid='label-output-value']").first
+        label.wait_for(state="visible")
+        page.wait_for_function("w => document.querySelector(\"[data-testid='label-output-value']\")"
+                               "?.textContent.trim() === w", arg=want, timeout=TIMEOUT_MS)
+        assert label.inner_text().strip() == want
+        page.locator("#verdict").get_by_text(want, exact=False).first.wait_for(state="visible")
+        page.locator("#gradcam img").first.wait_for(state="visible")
+        cam_src = page.locator("#gradcam img").first.get_attribute("src")
+    finally:
+        page.screenshot(path=str(shots / "demo.png"), full_page=True)
+        demo.close()
+    assert cam_src and "/gradio_api/file=" in cam_src
+    assert (shots / "demo.png").stat().st_size > 10_000
+    print(f"screenshot: {shots / 'demo.png'}")
