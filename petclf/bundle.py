@@ -125,6 +125,21 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+FIXED_FIELDS = ("format", "format_version", "weights")  # update_manifest never touches these
+
+
+def update_manifest(bundle_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """Set `fields` in `model.json` atomically (e.g. the fitted temperature); the weights and checksum stay as is."""
+    fixed = sorted(set(fields) & set(FIXED_FIELDS))
+    if fixed:
+        raise ValueError(f"update_manifest cannot change {fixed}")
+    manifest = read_manifest(bundle_dir)
+    manifest.update(fields)
+    manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_atomic(Path(bundle_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
+    return manifest
+
+
 def read_weights(bundle_dir: str | Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Verify the weights file's SHA-256 against the manifest, then read it (safetensors: no code runs)."""
     from safetensors import SafetensorError

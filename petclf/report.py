@@ -1,0 +1,681 @@
+"""Interpretation report: where a trained model fails and why, as one self-contained HTML page.
+
+    petclf report --model exports/latest --split valid --out exports/latest/report
+
+    from petclf.report import write_report
+    paths = write_report("exports/latest")             # {"html": ..., "json": ..., "dir": ...}
+
+One pass of the model over the split (fastai `Learner.get_preds(with_loss=True)`, with a progress bar) gives the
+raw outputs; fastai's `ClassificationInterpretation` and scikit-learn turn them into the numbers; matplotlib draws
+the figures, which are saved as PNG and embedded as data URIs in `report.html` (no CDN, opens offline).
+`report.json` holds every number. On the validation split the fitted temperature is stored in the bundle.
+
+Pipeline: `evaluate` (model + data -> outputs), `compute_report` (outputs -> numbers), `draw_figures`
+(numbers + model -> PNGs), `render_html` (numbers + PNGs -> page); `write_report` runs all four.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback  # noqa: F401 - patches Learner.no_bar
+from fastai.interpret import ClassificationInterpretation
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy, error_rate, top_k_accuracy
+from fastai.torch_core import TensorBase, noop
+
+from petclf import __version__
+from petclf.bundle import load_network, read_manifest, update_manifest
+from petclf.calibrate import N_BINS, ece, fit_temperature, nll, reliability_bins, softmax
+from petclf.data import Pets, load_pets, make_dataloaders, species_of
+from petclf.errors import PetclfError
+from petclf.progress import bar
+
+DEFAULT_MODEL = Path("exports/latest")  # where `petclf train` points at its newest run
+TOP_K = 9  # top losses shown, each with its Grad-CAM
+MIN_VAL = 1  # most_confused: smallest off-diagonal count listed (fastai's `min_val`)
+MAX_PAIRS = 12  # most-confused pairs listed with example images
+PAIR_EXAMPLES = 3  # example images per confused pair
+LABEL_ERROR_CONF = 0.9  # suspected label error: another breed predicted with at least this probability ...
+LABEL_ERROR_LOSS = 4.0  # ... and a loss this high (the labelled breed got under exp(-4) = 1.8%)
+MAX_LABEL_ERRORS = 24  # suspected label errors listed
+THUMB = 192  # largest side of example images in pixels
+NOT_RECORDED = "not recorded"
+
+
+class ReportError(PetclfError):
+    """The report cannot be made with these inputs."""
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_yaml(path: Path) -> dict | None:
+    """A YAML mapping, or None when it is missing or unreadable."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """The run folder `model` names: itself, or the folder named inside a `latest` file (where symlinks fail)."""
+    path = Path(model)
+    if path.is_file() and path.name == "latest":
+        return path.parent / path.read_text().strip()
+    return path
+
+
+def read_run(model_dir: str | Path) -> dict[str, Any]:
+    """The run's artefacts beside the bundle (metrics, config, lr_find plot, data report); None where absent."""
+    d = Path(model_dir)
+    lr_find = d / "lr_find.png"
+    return {"metrics": _read_json(d / "metrics.json"), "config": _read_yaml(d / "config.yaml"),
+            "lr_find": lr_find if lr_find.is_file() else None, "data_report": _read_json(d / "data_report.json")}
+
+
+def _recorded_data(manifest: dict, run: dict) -> str | None:
+    """The data root the run was trained on: config.yaml, else the manifest, else the run's data report."""
+    cands = [(run["config"] or {}).get("data"), manifest.get("data"), (run["data_report"] or {}).get("root")]
+    for c in cands:
+        c = c.get("root") if isinstance(c, dict) else c
+        if isinstance(c, str) and c:
+            return c
+    return None
+
+
+def resolve_split(split: str, config: dict | None) -> tuple[str, float, int]:
+    """`valid` -> the run's own split, `test` -> the official test list, FILE -> that list: (split, valid_pct, seed)."""
+    cfg = config or {}
+    if split == "valid":
+        return str(cfg.get("split") or "random"), float(cfg.get("valid_pct") or 0.2), int(cfg.get("seed") or 42)
+    if split == "test":
+        return "official", 0.2, 42
+    if not Path(split).is_file():
+        raise ReportError(f"--split must be valid, test or a file naming the images to evaluate; not found: {split}")
+    return split, 0.2, 42
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _ModelPets(Pets):
+    """Pets whose vocab is the model's class list, so targets index the model's outputs."""
+
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def vocab(self) -> list[str]:
+        return self.classes
+
+
+def _with_model_vocab(pets: Pets, classes: list[str]) -> Pets:
+    """`pets` relabelled in the model's class order; breeds the model does not know are an error."""
+    unknown = sorted(set(pets.labels) - set(classes))
+    if unknown:
+        raise ReportError(f"the data has {len(unknown)} breed(s) this model was not trained on: "
+                          f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    return _ModelPets(**{f.name: getattr(pets, f.name) for f in fields(Pets)}, classes=classes)
+
+
+def pick_device(device: str | None = None) -> str:
+    """`device` if given, else cuda when available, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_learner(model_dir: str | Path, pets: Pets, bs: int = 64, device: str | None = None,
+                 workers: int | None = None):
+    """A fastai Learner over the bundle's network and `pets`, preprocessed exactly as the manifest says."""
+    device = pick_device(device)
+    model, manifest = load_network(model_dir, device)
+    inp = manifest["input"]
+    pets = _with_model_vocab(pets, [c["name"] for c in manifest["classes"]])
+    dls = make_dataloaders(pets, bs=bs, size=inp["size"], presize=inp["presize"], mean=inp["mean"],
+                           std=inp["std"], device=torch.device(device), workers=workers)
+    return Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[error_rate, accuracy])
+
+
+def _progress_callback(progress: Callable[[int, int], None], total: int):
+    """A fastai callback that reports images done after every batch."""
+    class ReportProgress(Callback):
+        order = 100
+
+        def before_validate(self) -> None:
+            self.done = 0
+
+        def after_batch(self) -> None:
+            self.done += len(self.yb[0])
+            progress(self.done, total)
+
+    return ReportProgress()
+
+
+@dataclass
+class Evaluation:
+    """One pass of a bundle's network over a split: raw outputs, and what is needed to explain them."""
+
+    model_dir: Path
+    manifest: dict[str, Any]
+    run: dict[str, Any]
+    learn: Any  # fastai Learner
+    pets: Pets
+    split: str  # as asked: valid | test | FILE
+    split_used: str  # as the data layer applied it: random | official | FILE
+    items: list[Path]
+    logits: np.ndarray  # N x C raw outputs
+    targs: np.ndarray  # N class indices
+    losses: np.ndarray  # N cross-entropy losses
+    seconds: float  # time of the pass
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in the model's output order."""
+        return [c["name"] for c in self.manifest["classes"]]
+
+
+def predict_split(learn, progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, ...]:
+    """(logits, targets, losses) over the learner's validation set, in item order."""
+    dl = learn.dls.valid
+    cbs = [_progress_callback(progress, len(dl.dataset))] if progress else []
+    with learn.no_bar(), torch.no_grad():
+        logits, targs, losses = learn.get_preds(dl=dl, with_loss=True, act=noop, cbs=cbs)
+    return logits.float().cpu().numpy(), targs.cpu().numpy().astype(int), losses.float().cpu().numpy()
+
+
+def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, split: str = "valid",
+             bs: int = 64, device: str | None = None, workers: int | None = None,
+             progress: bool = False) -> Evaluation:
+    """Load the bundle and the data the way its run split them, and run the network over the chosen split."""
+    model_dir = resolve_model_dir(model)
+    manifest = read_manifest(model_dir)
+    run = read_run(model_dir)
+    split_used, valid_pct, seed = resolve_split(split, run["config"])
+    data = data if data is not None else _recorded_data(manifest, run)
+    with _bar("verifying images", progress) as report_progress:
+        pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress)
+    learn = make_learner(model_dir, pets, bs=bs, device=device, workers=workers)
+    start = time.perf_counter()
+    with _bar(f"predicting {split}", progress) as report_progress:
+        logits, targs, losses = predict_split(learn, report_progress)
+    seconds = time.perf_counter() - start
+    return Evaluation(model_dir, manifest, run, learn, pets, split, split_used, list(learn.dls.valid.items),
+                      logits, targs, losses, seconds)
+
+
+@contextmanager
+def _bar(description: str, show: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """petclf's progress bar when `show`, else nothing."""
+    if not show:
+        yield None
+        return
+    with bar(description) as progress:
+        yield progress
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+
+
+class _Interpretation(ClassificationInterpretation):
+    """fastai's ClassificationInterpretation over outputs already computed, so the data is read only once."""
+
+    def __init__(self, learn, dl, losses, preds: np.ndarray, targs: np.ndarray):
+        super().__init__(learn, dl, losses)
+        self.preds, self.targs = preds, targs
+
+    def confusion_matrix(self) -> np.ndarray:
+        """Counts, rows actual and columns predicted (fastai's layout, from the stored outputs)."""
+        from sklearn.metrics import confusion_matrix
+
+        return confusion_matrix(self.targs, self.preds, labels=list(range(len(self.vocab))))
+
+
+def interpretation(ev: Evaluation) -> ClassificationInterpretation:
+    """fastai's interpretation of the evaluation (confusion matrix, most_confused, top_losses)."""
+    losses = TensorBase(torch.as_tensor(ev.losses))
+    return _Interpretation(ev.learn, ev.learn.dls.valid, losses, ev.logits.argmax(1), ev.targs)
+
+
+def species_list(manifest: dict) -> list[str]:
+    """`cat` or `dog` for every class, in the model's output order."""
+    return [c.get("species") or species_of(c["name"]) for c in manifest["classes"]]
+
+
+def display_order(species: list[str]) -> list[int]:
+    """Class indices with cats first, then dogs, each in model order (the sorted vocab already is)."""
+    return sorted(range(len(species)), key=lambda i: (species[i] != "cat", i))
+
+
+def _recorded(metrics: dict | None, key: str) -> Any:
+    return None if metrics is None else metrics.get(key)
+
+
+def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
+    """Headline numbers of the evaluation, beside those `metrics.json` recorded at the end of training."""
+    n, classes = len(ev.targs), ev.classes
+    species = np.array(species_list(ev.manifest))
+    preds = ev.logits.argmax(1)
+    k = min(5, len(classes))
+    metrics = ev.run["metrics"]
+    acc = float(np.trace(cm) / n)
+    return {"arch": ev.manifest["arch"], "model_dir": str(ev.model_dir), "data": str(ev.pets.root),
+            "split": ev.split, "split_used": ev.split_used, "n_classes": len(classes),
+            "n_images": ev.pets.report.n_images, "n_train": len(ev.pets.train_idx), "n_evaluated": n,
+            "input_size": ev.manifest["input"]["size"],
+            "accuracy": acc, "error_rate": 1.0 - acc,
+            "top5_k": k, "top5_accuracy": float(top_k_accuracy(torch.as_tensor(ev.logits), torch.as_tensor(ev.targs),
+                                                                k=k)),
+            "cat_dog_accuracy": float(np.mean(species[preds] == species[ev.targs])),
+            "valid_loss": float(ev.losses.mean()),
+            "recorded": {key: _recorded(metrics, key) for key in ("error_rate", "accuracy", "valid_loss",
+                                                                  "train_seconds", "images_per_second")},
+            "agrees_with_recorded": _agrees(metrics, 1.0 - acc, n) if ev.split == "valid" else None}
+
+
+def _agrees(metrics: dict | None, error_rate: float, n: int) -> bool | None:
+    """Whether the recorded error rate matches this one to within one image (mixed precision may flip one)."""
+    recorded = _recorded(metrics, "error_rate")
+    return None if not _number(recorded) else abs(recorded - error_rate) <= 1.5 / n
+
+
+def training(run: dict) -> dict[str, Any]:
+    """What the run recorded about training: per-epoch history, learning rate, lr_find; None where not recorded."""
+    m = run["metrics"] or {}
+    return {"metrics_recorded": run["metrics"] is not None, "history": m.get("history") or None, "lr": m.get("lr"),
+            "lr_find": m.get("lr_find"), "lr_find_plot": run["lr_find"] is not None,
+            "train_seconds": m.get("train_seconds"), "config": run["config"]}
+
+
+def confusion(cm: np.ndarray, classes: list[str], species: list[str]) -> dict[str, Any]:
+    """The confusion matrix in display order (cats, then dogs): counts and row-normalised rates."""
+    order = display_order(species)
+    counts = cm[np.ix_(order, order)]
+    rows = counts.sum(1, keepdims=True)
+    rates = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    return {"classes": [classes[i] for i in order], "species": [species[i] for i in order],
+            "counts": counts.tolist(), "row_normalised": np.round(rates, 4).tolist(),
+            "total": int(counts.sum()), "correct": int(np.trace(counts))}
+
+
+def _examples(ev: Evaluation, actual: int, predicted: int, n: int) -> list[int]:
+    """Indices of up to `n` images of `actual` predicted as `predicted`, highest loss first."""
+    idx = np.flatnonzero((ev.targs == actual) & (ev.logits.argmax(1) == predicted))
+    return [int(i) for i in idx[np.argsort(-ev.losses[idx], kind="stable")][:n]]
+
+
+def most_confused(interp, ev: Evaluation, min_val: int = MIN_VAL) -> list[dict[str, Any]]:
+    """fastai's `most_confused(min_val)` pairs; the first MAX_PAIRS with example images."""
+    pos = {c: i for i, c in enumerate(ev.classes)}
+    pairs = []
+    for rank, (a, p, count) in enumerate(interp.most_confused(min_val)):
+        ex = _examples(ev, pos[a], pos[p], PAIR_EXAMPLES) if rank < MAX_PAIRS else []
+        pairs.append({"actual": a, "predicted": p, "count": int(count),
+                      "examples": [{"index": i, "file": ev.items[i].name, "loss": float(ev.losses[i]),
+                                    "image": f"confused/{rank + 1:02d}_{j + 1}.png"} for j, i in enumerate(ex)]})
+    return pairs
+
+
+def _item(ev: Evaluation, probs: np.ndarray, i: int) -> dict[str, Any]:
+    """One image's file, labels, loss and probabilities."""
+    p = int(probs[i].argmax())
+    return {"index": int(i), "file": ev.items[i].name, "path": str(ev.items[i]),
+            "actual": ev.classes[ev.targs[i]], "predicted": ev.classes[p], "loss": float(ev.losses[i]),
+            "probability": float(probs[i, p]), "actual_probability": float(probs[i, ev.targs[i]])}
+
+
+def top_losses(interp, ev: Evaluation, probs: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
+    """fastai's `top_losses(k)`: the images the model got most wrong, with names of their image and Grad-CAM."""
+    _, idx = interp.top_losses(min(k, len(ev.targs)))
+    return [{**_item(ev, probs, int(i)), "image": f"top_losses/{r + 1:02d}.png",
+             "cam": f"top_losses/{r + 1:02d}_cam.png"} for r, i in enumerate(idx.tolist())]
+
+
+def per_class(ev: Evaluation) -> dict[str, Any]:
+    """scikit-learn precision, recall, F1 and support per class, worst F1 first (absent classes last)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels, preds = list(range(len(ev.classes))), ev.logits.argmax(1)
+    p, r, f, s = precision_recall_fscore_support(ev.targs, preds, labels=labels, zero_division=0)
+    species = species_list(ev.manifest)
+    rows = [{"class": ev.classes[i], "species": species[i], "precision": float(p[i]), "recall": float(r[i]),
+             "f1": float(f[i]), "support": int(s[i])} for i in labels]
+    rows.sort(key=lambda row: (row["support"] == 0, row["f1"], row["recall"], -row["support"]))
+    avg = {}
+    for kind in ("macro", "weighted"):
+        ap, ar, af, _ = precision_recall_fscore_support(ev.targs, preds, labels=labels, average=kind,
+                                                        zero_division=0)
+        avg[kind] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
+    return {"classes": rows, "average": avg}
+
+
+def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
+    """ECE before and after temperature scaling; the temperature is fitted here on the validation split only."""
+    fitted = ev.split == "valid"
+    t = fit_temperature(ev.logits, ev.targs) if fitted else float(ev.manifest.get("temperature") or 1.0)
+    before, after = softmax(ev.logits), softmax(ev.logits, t)
+    return {"n_bins": n_bins, "temperature": t, "fitted": fitted, "stored": False,
+            "source": "fitted on this validation split" if fitted else "the bundle's (fitted on validation)",
+            "ece_before": ece(before, ev.targs, n_bins), "ece_after": ece(after, ev.targs, n_bins),
+            "nll_before": nll(ev.logits, ev.targs), "nll_after": nll(ev.logits, ev.targs, t),
+            "bins_before": reliability_bins(before, ev.targs, n_bins),
+            "bins_after": reliability_bins(after, ev.targs, n_bins)}
+
+
+def suspected_label_errors(ev: Evaluation, probs: np.ndarray, min_prob: float = LABEL_ERROR_CONF,
+                           min_loss: float = LABEL_ERROR_LOSS) -> list[dict[str, Any]]:
+    """Images confidently predicted as another breed with a very high loss: likely mislabelled, worst first."""
+    preds, conf = probs.argmax(1), probs.max(1)
+    idx = np.flatnonzero((preds != ev.targs) & (conf >= min_prob) & (ev.losses >= min_loss))
+    idx = idx[np.argsort(-ev.losses[idx], kind="stable")][:MAX_LABEL_ERRORS]
+    return [{**_item(ev, probs, int(i)), "image": f"label_errors/{r + 1:02d}.png"} for r, i in enumerate(idx)]
+
+
+def data_quality(ev: Evaluation, probs: np.ndarray, min_prob: float = LABEL_ERROR_CONF,
+                 min_loss: float = LABEL_ERROR_LOSS) -> dict[str, Any]:
+    """Files the data layer skipped (as the run recorded them, else as found now) and suspected label errors."""
+    from dataclasses import asdict
+
+    recorded = ev.run["data_report"]
+    dr = recorded if recorded is not None else asdict(ev.pets.report)
+    return {"source": "the run's data_report.json" if recorded is not None else "this report's scan of the data",
+            "skipped": [{"file": Path(r["path"]).name, "path": r["path"], "reason": r.get("reason", "")}
+                        for r in dr.get("skipped", [])],
+            "n_converted": len(dr.get("converted", [])), "unlabelled": [Path(p).name for p in dr.get("unlabelled", [])],
+            "warnings": dr.get("warnings", []),
+            "label_errors": suspected_label_errors(ev, probs, min_prob, min_loss),
+            "label_error_rule": {"min_probability": min_prob, "min_loss": min_loss}}
+
+
+def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K,
+                   label_error: tuple[float, float] = (LABEL_ERROR_CONF, LABEL_ERROR_LOSS)) -> dict[str, Any]:
+    """Every number of the report, as plain JSON-ready data; `label_error` is (min probability, min loss)."""
+    interp = interpretation(ev)
+    cm = interp.confusion_matrix()
+    probs = softmax(ev.logits)
+    n = len(ev.targs)
+    return {"petclf_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "summary": summary(ev, cm), "training": training(ev.run),
+            "confusion": confusion(cm, ev.classes, species_list(ev.manifest)),
+            "most_confused": most_confused(interp, ev, min_val), "min_val": min_val,
+            "top_losses": top_losses(interp, ev, probs, top_k), "per_class": per_class(ev),
+            "calibration": calibration(ev), "data_quality": data_quality(ev, probs, *label_error),
+            "timing": {"device": str(ev.learn.dls.device), "images": n, "inference_seconds": ev.seconds,
+                       "images_per_second": n / ev.seconds if ev.seconds > 0 else None}}
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+CAT_COLOR, DOG_COLOR = "#b35900", "#1f4e99"  # label colours: cat breeds orange-brown, dog breeds blue
+
+
+def _png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight", facecolor="white")
+    return buf.getvalue()
+
+
+def _pil_png(img) -> bytes:
+    """A PIL image as PNG bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _pretty(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def plot_confusion(conf: dict[str, Any]):
+    """Row-normalised confusion matrix, cats then dogs, with percentages in the cells and counts in the labels."""
+    from matplotlib.colors import PowerNorm
+    from matplotlib.figure import Figure
+
+    rates, counts = np.asarray(conf["row_normalised"]), np.asarray(conf["counts"])
+    n = len(conf["classes"])
+    side = max(5.0, 0.27 * n + 3.2)
+    fig = Figure(figsize=(side, side), dpi=150)
+    ax = fig.subplots()
+    im = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))  # sqrt: rare confusions stay visible
+    fs = 10 if n > 20 else 11
+    ax.set_xticks(range(n), [_pretty(c) for c in conf["classes"]], rotation=90, fontsize=fs)
+    ax.set_yticks(range(n), [f"{_pretty(c)} ({int(r)})" for c, r in zip(conf["classes"], counts.sum(1), strict=True)],
+                  fontsize=fs)
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for lab, sp in zip(labels, conf["species"], strict=True):
+            lab.set_color(CAT_COLOR if sp == "cat" else DOG_COLOR)
+    ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(n + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="#dfe4ea", lw=0.5)  # faint cell borders keep long rows and columns traceable
+    ax.tick_params(which="minor", length=0)
+    for i, j in zip(*np.nonzero(counts), strict=True):
+        v = rates[i, j]
+        ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7 if n > 20 else 10,
+                color="white" if v > 0.45 else "black")
+    n_cats = sum(s == "cat" for s in conf["species"])
+    if 0 < n_cats < n:
+        for f in (ax.axhline, ax.axvline):
+            f(n_cats - 0.5, color="#444", lw=1)
+    ax.set_xlabel("predicted", fontsize=11)
+    ax.set_ylabel("actual (images in the split)", fontsize=11)
+    ax.set_title("row-normalised confusion matrix, % of each actual breed; cats (brown) then dogs (blue)",
+                 fontsize=11)
+    cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    cb.set_label("share of the row")
+    return fig
+
+
+def plot_history(history: list[dict[str, Any]]):
+    """Training and validation loss, and error rate, per epoch across all phases."""
+    from matplotlib.figure import Figure
+
+    x = np.arange(1, len(history) + 1)
+    fig = Figure(figsize=(10, 3.4), dpi=110)
+    ax_loss, ax_err = fig.subplots(1, 2)
+    for key, style in (("train_loss", "-o"), ("valid_loss", "-s")):
+        ax_loss.plot(x, [h.get(key, math.nan) for h in history], style, label=key.replace("_", " "), ms=4)
+    ax_err.plot(x, [h.get("error_rate", math.nan) for h in history], "-o", color="#c0392b", ms=4)
+    phases = [h.get("phase", "") for h in history]
+    for ax in (ax_loss, ax_err):
+        for k in range(1, len(phases)):
+            if phases[k] != phases[k - 1]:
+                ax.axvline(k + 0.5, color="#888", ls="--", lw=1)
+                ax.text(k + 0.55, 0.98, phases[k], transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+    ax_loss.set_title("loss")
+    ax_loss.legend()
+    ax_err.set_title("validation error rate")
+    return fig
+
+
+def plot_reliability(cal: dict[str, Any]):
+    """Reliability diagrams before and after temperature scaling: accuracy against confidence per bin."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=110)
+    titles = ("before (T = 1)", f"after temperature scaling (T = {cal['temperature']:.3g})")
+    for ax, key, title in zip(fig.subplots(1, 2, sharey=True), ("before", "after"), titles, strict=True):
+        bins = cal[f"bins_{key}"]
+        width = 1 / len(bins)
+        mids = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        acc = [b["accuracy"] or 0 for b in bins]
+        conf = [b["confidence"] or 0 for b in bins]
+        ax.bar(mids, acc, width=width, edgecolor="#1f4e99", color="#7aa6e0", label="accuracy")
+        ax.bar(mids, np.subtract(conf, acc), bottom=acc, width=width, color="none", edgecolor="#c0392b",
+               hatch="//", lw=0.6, label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)",
+               title=f"{title}\nECE = {100 * cal[f'ece_{key}']:.2f}%")
+        ax.grid(alpha=0.3)
+    fig.axes[0].set_ylabel("accuracy")
+    fig.axes[0].legend(loc="upper left")
+    return fig
+
+
+def _inputs(learn, items: list[Path]) -> torch.Tensor:
+    """The preprocessed tensors of `items`, exactly as validation saw them."""
+    dl = learn.dls.test_dl(items, num_workers=0)
+    return torch.cat([b[0] for b in dl])
+
+
+def _to_image(x: torch.Tensor, mean: list[float], std: list[float]):
+    """A normalised 3xHxW tensor back to a PIL image."""
+    from PIL import Image
+
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    a = ((x.detach().cpu().float() * s + m).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(a)
+
+
+def _thumb(img):
+    """`img` scaled so its longest side is at most THUMB pixels."""
+    img = img.copy()
+    img.thumbnail((THUMB, THUMB))
+    return img
+
+
+def example_images(ev: Evaluation, entries: list[dict[str, Any]], cam: bool = False) -> dict[str, bytes]:
+    """PNG thumbnails for report entries (`index`, `image`), plus their Grad-CAM for the predicted class (`cam`)."""
+    from petclf.cam import gradcam, overlay
+
+    if not entries:
+        return {}
+    inp = ev.manifest["input"]
+    x = _inputs(ev.learn, [ev.items[e["index"]] for e in entries])
+    images = [_to_image(xi, inp["mean"], inp["std"]) for xi in x]
+    out = {e["image"]: _pil_png(_thumb(img)) for e, img in zip(entries, images, strict=True)}
+    if cam:
+        pos = {c: i for i, c in enumerate(ev.classes)}
+        model = ev.learn.model
+        heat = gradcam(model, x.to(next(model.parameters()).device), [pos[e["predicted"]] for e in entries])
+        cams = [overlay(img, h) for img, h in zip(images, heat, strict=True)]
+        out.update({e["cam"]: _pil_png(_thumb(c)) for e, c in zip(entries, cams, strict=True)})
+    return out
+
+
+def draw_figures(report: dict[str, Any], ev: Evaluation) -> dict[str, bytes]:
+    """Every figure of the report as {relative file name: PNG bytes}."""
+    figures = {"confusion_matrix.png": _png(plot_confusion(report["confusion"])),
+               "reliability.png": _png(plot_reliability(report["calibration"]))}
+    if report["training"]["history"]:
+        figures["training_curves.png"] = _png(plot_history(report["training"]["history"]))
+    if ev.run["lr_find"] is not None:
+        figures["lr_find.png"] = ev.run["lr_find"].read_bytes()
+    figures.update(example_images(ev, report["top_losses"], cam=True))
+    figures.update(example_images(ev, [e for p in report["most_confused"] for e in p["examples"]]))
+    figures.update(example_images(ev, report["data_quality"]["label_errors"]))
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def data_uri(png: bytes) -> str:
+    """PNG bytes as a `data:` URI to embed in HTML."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    """A number for the page; anything missing says 'not recorded'."""
+    if isinstance(v, str):
+        return v
+    if not _number(v):
+        return NOT_RECORDED
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
+
+
+def _pct(v: Any, digits: int = 1) -> str:
+    """A rate as a percentage."""
+    return f"{100 * v:.{digits}f}%" if _number(v) else NOT_RECORDED
+
+
+def _duration(s: Any) -> str:
+    """Seconds as seconds or minutes."""
+    if not _number(s):
+        return NOT_RECORDED
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
+    """The report as one self-contained HTML page (figures embedded as data URIs, no external resources)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("petclf", "templates"), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=_fmt, pct=_pct, duration=_duration, pretty=_pretty, species=species_of)
+    uris = {name: data_uri(png) for name, png in figures.items()}
+    return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED)
+
+
+def store_temperature(model_dir: str | Path, cal: dict[str, Any]) -> bool:
+    """Write the fitted temperature (and the ECE it gives) into the bundle's manifest; False if it cannot."""
+    try:
+        update_manifest(model_dir, temperature=cal["temperature"],
+                        calibration={"n_bins": cal["n_bins"], "ece_before": cal["ece_before"],
+                                     "ece_after": cal["ece_after"], "fitted_on": "valid"})
+    except OSError:
+        return False
+    return True
+
+
+def save_outputs(report: dict[str, Any], figures: dict[str, bytes], out: str | Path) -> dict[str, Path]:
+    """Write figures (PNG), `report.json` and `report.html` into `out`; returns their paths."""
+    from petclf.bundle import write_atomic
+
+    out = Path(out)
+    for name, png in figures.items():
+        (out / "figures" / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / "figures" / name).write_bytes(png)
+    report = {**report, "figures": sorted(f"figures/{name}" for name in figures)}
+    json_path = write_atomic(out / "report.json", json.dumps(report, indent=1))
+    html_path = write_atomic(out / "report.html", render_html(report, figures))
+    return {"dir": out, "html": html_path, "json": json_path}
+
+
+def write_report(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, split: str = "valid",
+                 out: str | Path | None = None, bs: int = 64, device: str | None = None,
+                 workers: int | None = None, min_val: int = MIN_VAL, top_k: int = TOP_K,
+                 label_error: tuple[float, float] = (LABEL_ERROR_CONF, LABEL_ERROR_LOSS),
+                 progress: bool = False) -> dict[str, Path]:
+    """Evaluate, compute, draw and write the report (default `out`: MODEL/report); store the fitted temperature."""
+    start = time.perf_counter()
+    ev = evaluate(model, data, split, bs=bs, device=device, workers=workers, progress=progress)
+    report = compute_report(ev, min_val=min_val, top_k=top_k, label_error=label_error)
+    figures = draw_figures(report, ev)
+    if report["calibration"]["fitted"]:
+        report["calibration"]["stored"] = store_temperature(ev.model_dir, report["calibration"])
+    report["timing"]["total_seconds"] = time.perf_counter() - start
+    return save_outputs(report, figures, out if out is not None else ev.model_dir / "report")
