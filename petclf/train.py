@@ -135,8 +135,14 @@ class Phase:
     div: float
 
 
-def plan_schedule(cfg: TrainConfig, lr: float, recipe: str) -> list[Phase]:
-    """fastai's fine_tune as data: head alone (skipped after a probe), then unfrozen with discriminative LRs."""
+def plan_schedule(cfg: TrainConfig, lr: float, recipe: str, pretrained: bool = True) -> list[Phase]:
+    """fastai's fine_tune as data: head alone (skipped after a probe), then unfrozen with discriminative LRs.
+
+    From random weights there is nothing to protect: one plain fit_one_cycle of `freeze_epochs + epochs` at `lr`.
+    """
+    if not pretrained:
+        n = cfg.freeze_epochs + cfg.epochs
+        return [Phase("unfrozen", n, (lr, lr), pct_start=0.25, div=25.0)] if n > 0 else []
     phases = []
     if cfg.freeze_epochs > 0 and recipe != "probe":
         phases.append(Phase("frozen", cfg.freeze_epochs, (lr, lr), pct_start=0.99, div=25.0))
@@ -343,14 +349,18 @@ class EpochProgress(Callback):
             self.bar.advance(self.task)
         if not self.training or self.estimated:
             return
+        k = max(1, min(self.ESTIMATE_AFTER, len(self.learn.dls.train) - 1))  # tiny data: fewer timed batches
         if self.n_batches == 1:
             self.t_first = time.monotonic()
-        elif self.n_batches == self.ESTIMATE_AFTER + 1:
-            per_batch = (time.monotonic() - self.t_first) / self.ESTIMATE_AFTER
-            per_epoch = per_batch * (len(self.learn.dls.train) + len(self.learn.dls.valid) / 3)
-            log(f"estimated {_fmt_secs(per_epoch)} per epoch, about {_fmt_secs(per_epoch * self.epochs_left)} "
-                f"for the {self.epochs_left} epoch(s) left")
-            self.estimated = True
+        elif self.n_batches == k + 1 or len(self.learn.dls.train) == 1:
+            per_batch = (time.monotonic() - self.t_first) / k
+            self.estimate(per_batch * (len(self.learn.dls.train) + len(self.learn.dls.valid) / 3))
+
+    def estimate(self, per_epoch: float) -> None:
+        """Print the estimated time per epoch and for the rest of the run, once."""
+        log(f"estimated {_fmt_secs(per_epoch)} per epoch, about {_fmt_secs(per_epoch * self.epochs_left)} "
+            f"for the {self.epochs_left} epoch(s) left")
+        self.estimated = True
 
     def after_epoch(self):
         if self.epoch < self.start_epoch or not self.learn.recorder.values:
@@ -740,7 +750,7 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
         log(f"resuming {run_dir} at phase {state.phase}, epoch {state.epoch} ({len(state.history)} epochs done)")
     else:
         state, opt_state = start_state(learn, cfg, recipe, run_dir), None
-    phases = plan_schedule(cfg, state.lr, recipe)
+    phases = plan_schedule(cfg, state.lr, recipe, pretrained)
     bn_freeze = cfg.bn_freeze == "on" or (cfg.bn_freeze == "auto" and recipe == "probe")
     try:
         run_schedule(learn, phases, state, run_dir, bn_freeze, opt_state, cbs)

@@ -37,23 +37,13 @@ def bad_synth(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def train_tiny(data: Path, out: Path, epochs: int = 3):
-    """Train resnet18 from scratch at 64 px and export a bundle; returns the fastai Learner."""
-    import fastai.callback.all  # noqa: F401 - patches Learner with fit_one_cycle, no_bar, ...
-    from fastai.metrics import accuracy, error_rate
-    from fastai.vision.learner import vision_learner
+    """Train resnet18 from scratch at 64 px with `petclf.train.train` (run folder = `out`); returns the Learner."""
+    from petclf.config import TrainConfig
+    from petclf.train import train
 
-    from petclf.bundle import make_manifest, write_bundle
-    from petclf.data import load_pets, make_dataloaders
-    from petclf.model import FASTAI_HEAD, norm_stats
-
-    mean, std = norm_stats("resnet18")
-    pets = load_pets(data, seed=42)
-    dls = make_dataloaders(pets, bs=16, size=SIZE, presize=PRESIZE, mean=mean, std=std, workers=0, seed=42)
-    learn = vision_learner(dls, "resnet18", pretrained=False, metrics=[error_rate, accuracy])
-    with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(epochs, 3e-3)
-    write_bundle(learn.model, out, make_manifest("resnet18", FASTAI_HEAD, list(dls.vocab), SIZE, PRESIZE, mean, std))
-    return learn
+    cfg = TrainConfig(data=str(data), arch="resnet18", pretrained=False, epochs=epochs, freeze_epochs=0, lr=3e-3,
+                      bs=16, size=SIZE, presize=PRESIZE, workers=0, seed=42, out=str(out))
+    return train(cfg).learn
 
 
 @pytest.fixture(scope="session")

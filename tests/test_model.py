@@ -1,0 +1,123 @@
+"""petclf.model: building networks and loading pretrained weights from a file, the hub cache, or failing fast."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from petclf.errors import PetclfError
+from petclf.model import (
+    build_model,
+    cached_hub_weights,
+    classifier_names,
+    efficientnet_lite0_weights,
+    imagenet_model,
+    make_network,
+    norm_stats,
+    read_state_dict,
+)
+
+CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+@pytest.fixture(scope="module")
+def lite0_file(tmp_path_factory) -> Path:
+    """Real ImageNet EfficientNet-Lite0 weights from the pip package, as a timm safetensors state dict."""
+    return efficientnet_lite0_weights(tmp_path_factory.mktemp("w") / "lite0.safetensors")
+
+
+def _chelsea(size: int = 224) -> torch.Tensor:
+    from PIL import Image
+    from skimage import data
+
+    img = Image.fromarray(data.chelsea()).convert("RGB").resize((size, size), Image.BILINEAR)
+    mean, std = norm_stats("tf_efficientnet_lite0")
+    x = torch.tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1) / 255
+    return ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None]
+
+
+def test_lite0_weights_see_a_cat(lite0_file):
+    model = imagenet_model("tf_efficientnet_lite0", lite0_file)
+    with torch.no_grad():
+        top = int(model(_chelsea()).argmax())
+    assert top in CAT_CLASSES
+
+
+def test_weights_file_fills_the_backbone_and_ignores_the_classifier(lite0_file, tmp_path):
+    state = read_state_dict(lite0_file)
+    assert any(k.startswith("classifier.") for k in state)  # the file has the ImageNet head ...
+    pth = tmp_path / "lite0.pth"
+    torch.save({"state_dict": state}, pth)  # ... and a training checkpoint wrapping works too
+    for src in (lite0_file, pth):
+        net = make_network("tf_efficientnet_lite0", 5, weights=src)
+        body = net[0].model.state_dict()
+        assert torch.equal(body["conv_stem.weight"], state["conv_stem.weight"])
+        assert torch.equal(body["bn2.running_var"], state["bn2.running_var"])
+        assert net[1][-1].out_features == 5  # ... which is replaced by a 5-class head
+
+
+def test_weights_for_another_arch_are_refused(lite0_file):
+    with pytest.raises(PetclfError, match="do not fit resnet18"):
+        make_network("resnet18", 4, weights=lite0_file)
+
+
+def test_bad_weights_files(tmp_path):
+    with pytest.raises(PetclfError, match="not found"):
+        make_network("resnet18", 4, weights=tmp_path / "nope.pth")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(PetclfError, match="cannot read weights"):
+        read_state_dict(junk)
+
+
+def test_classifier_names_come_from_timm():
+    assert classifier_names("resnet18") == ["fc"]
+    assert classifier_names("tf_efficientnet_lite0") == ["classifier"]
+
+
+def test_offline_without_cache_names_weights_flag_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(PetclfError, match="--weights"):
+        make_network("resnet18", 4)
+    assert time.monotonic() - t0 < 15
+
+
+def _fake_hub_cache(root: Path, repo: str, state: dict) -> Path:
+    """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<rev>/model.safetensors}."""
+    from safetensors.torch import save_file
+
+    rev = "0" * 40
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    snap = repo_dir / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(rev)
+    save_file(state, str(snap / "model.safetensors"))
+    return snap / "model.safetensors"
+
+
+def test_offline_uses_the_hub_cache(tmp_path, monkeypatch):
+    import timm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    torch.manual_seed(0)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    repo = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    path = _fake_hub_cache(tmp_path / "hub", repo, state)
+    assert cached_hub_weights("resnet18") == path
+    net = make_network("resnet18", 3)
+    assert torch.equal(net[0].model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+
+
+def test_build_model_linear_head_shapes():
+    net = build_model("resnet18", 7, head={"kind": "linear"})
+    out = net.eval()(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 7)

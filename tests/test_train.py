@@ -1,0 +1,294 @@
+"""petclf.train: the run folder, the bundle it exports, resume after an interrupt, the probe recipe, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from petclf.config import TrainConfig
+from petclf.errors import PetclfError
+from petclf.train import (
+    RUN_FILES,
+    Phase,
+    StopAfter,
+    choose_recipe,
+    default_workers,
+    fit_probe,
+    lr_find_steps,
+    pick_device,
+    pick_precision,
+    pick_threads,
+    plan_schedule,
+    train,
+)
+
+SIZE, PRESIZE = 64, 80
+
+
+def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    """resnet18 from scratch at 64 px: seconds per epoch on a CPU."""
+    base = dict(data=str(data), arch="resnet18", pretrained=False, epochs=2, freeze_epochs=1, lr=3e-3, bs=16,
+                size=SIZE, presize=PRESIZE, workers=0, threads=1, out=str(out))
+    return TrainConfig(**{**base, **kw})
+
+
+def valid_probs(learn) -> tuple[np.ndarray, list]:
+    """The Learner's own validation probabilities, and the validation items in order."""
+    probs, _ = learn.get_preds(ds_idx=1)
+    return probs.numpy(), list(learn.dls.valid.items)
+
+
+def bundle_probs(run_dir: Path, learn) -> np.ndarray:
+    """The same validation batches through the network rebuilt from the bundle (no pickle)."""
+    from petclf.bundle import load_network
+
+    net, _ = load_network(run_dir)
+    with torch.no_grad():
+        return torch.cat([net(xb).softmax(-1) for xb, _ in learn.dls.valid]).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------- pure logic
+
+
+def test_pick_device():
+    assert pick_device("auto", cuda=True, mps=True) == "cuda"
+    assert pick_device("auto", cuda=False, mps=True) == "mps"
+    assert pick_device("auto", cuda=False, mps=False) == "cpu"
+    assert pick_device("cuda:1", cuda=True, mps=False) == "cuda:1"
+    with pytest.raises(PetclfError, match="no CUDA"):
+        pick_device("cuda", cuda=False, mps=False)
+    with pytest.raises(PetclfError, match="MPS"):
+        pick_device("mps", cuda=True, mps=False)
+    with pytest.raises(PetclfError, match="--device"):
+        pick_device("tpu", cuda=True, mps=True)
+
+
+def test_pick_precision_and_threads():
+    assert pick_precision("cuda", "auto", bf16_ok=True) == "bf16"
+    assert pick_precision("cuda:0", "auto", bf16_ok=False) == "fp16"
+    assert pick_precision("cpu", "auto", bf16_ok=False) == "fp32"
+    assert pick_precision("mps", "auto", bf16_ok=True) == "fp32"
+    assert pick_precision("cuda", "fp32", bf16_ok=True) == "fp32"
+    with pytest.raises(PetclfError):
+        pick_precision("cpu", "fp8", bf16_ok=False)
+    assert pick_threads(8) == 8 and pick_threads(8, 2) == 2 and pick_threads(0) == 1
+    assert default_workers("cpu", cores=2) == 1 and default_workers("cpu", cores=1) == 0
+    assert default_workers("cuda", cores=16) == 8
+
+
+def test_lr_find_steps_shrink_on_small_data():
+    assert lr_find_steps(3) == 20
+    assert lr_find_steps(30) == 60
+    assert lr_find_steps(185) == 100
+
+
+def test_recipe_choice():
+    small, large = {"a": 8, "b": 9}, {"a": 150, "b": 160}
+    assert choose_recipe(TrainConfig(), small, pretrained=True) == "probe"
+    assert choose_recipe(TrainConfig(), large, pretrained=True) == "fastbook"
+    assert choose_recipe(TrainConfig(), small, pretrained=False) == "fastbook"
+    assert choose_recipe(TrainConfig(recipe="probe"), large, pretrained=True) == "probe"
+    with pytest.raises(PetclfError, match="--recipe"):
+        choose_recipe(TrainConfig(recipe="magic"), small, pretrained=True)
+
+
+def test_schedule_mirrors_fine_tune():
+    cfg = TrainConfig(epochs=4, freeze_epochs=1)
+    frozen, unfrozen = plan_schedule(cfg, 1e-3, "fastbook")
+    assert frozen == Phase("frozen", 1, (1e-3, 1e-3), 0.99, 25.0)
+    assert unfrozen.epochs == 4 and unfrozen.lr == pytest.approx((5e-6, 5e-4)) and unfrozen.div == 5.0
+    (only,) = plan_schedule(cfg, 1e-3, "probe")  # the probe already trained the head
+    assert only.name == "unfrozen" and only.lr[1] == pytest.approx(1e-3 * cfg.probe_lr_scale)
+    (scratch,) = plan_schedule(cfg, 1e-3, "fastbook", pretrained=False)
+    assert scratch.epochs == 5 and scratch.lr == (1e-3, 1e-3)
+
+
+def test_fit_probe_maps_back_to_raw_features():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (3, 16))
+    y = np.repeat([0, 2], 20)  # class 1 absent from training
+    x = centers[y] + rng.normal(0, 0.5, (40, 16)) + 100  # far from zero: the standardisation must be folded in
+    w, b = fit_probe(x, y, n_classes=3, c=1.0)
+    pred = (x @ w.T + b).argmax(1)
+    assert (pred == y).mean() == 1.0
+    assert w.shape == (3, 16) and b[1] < -1e3
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+
+
+def test_fixture_run_matches_its_bundle(tiny_run):
+    """The shared fixture trains through `train`; the bundle reproduces the Learner's validation predictions."""
+    run_dir, learn = tiny_run
+    probs, _ = valid_probs(learn)
+    rebuilt = bundle_probs(run_dir, learn)
+    assert (probs.argmax(1) == rebuilt.argmax(1)).all()
+    assert np.abs(probs - rebuilt).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_train_writes_the_whole_run_folder(synth_dir, tmp_path, capsys):
+    from petclf.bundle import BundleError, load_network
+
+    out = tmp_path / "runs" / "r1"
+    res = train(tiny_cfg(synth_dir, out, lr=None, lr_find_steps=20))
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "last.pt").is_file() and (out / "checkpoints" / "best.safetensors").is_file()
+    assert (tmp_path / "runs" / "latest").resolve() == out.resolve()
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert m == json.loads(json.dumps(res.metrics))
+    assert {"error_rate", "accuracy", "valid_loss", "history", "lr", "lr_find", "train_seconds",
+            "images_per_second"} <= set(m)
+    assert m["lr"] == m["lr_find"]["suggestion"] and m["lr_find"]["seconds"] > 0
+    assert [h["epoch"] for h in m["history"]] == [0, 1, 2]
+    assert {h["phase"] for h in m["history"]} == {"unfrozen"}  # random init: nothing to freeze
+    assert set(m["history"][0]) == {"epoch", "phase", "train_loss", "valid_loss", "error_rate", "accuracy",
+                                    "seconds"}
+    assert m["error_rate"] == pytest.approx(1 - m["accuracy"])
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["arch"] == "resnet18" and saved["out"] == str(out) and saved["lr_find_steps"] == 20
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["metrics"]["error_rate"] == m["error_rate"] and manifest["temperature"] == 1.0
+    assert manifest["data"]["sizes"] == {"train": 52, "valid": 12} and manifest["trained_at"]
+    assert json.loads((out / "data_report.json").read_text())["n_images"] == 64
+
+    probs, _ = valid_probs(res.learn)
+    rebuilt = bundle_probs(out, res.learn)
+    assert (probs.argmax(1) == rebuilt.argmax(1)).all() and np.abs(probs - rebuilt).max() < 1e-4
+
+    err = capsys.readouterr().err
+    epoch_lines = [ln for ln in err.splitlines() if ln.startswith("epoch ")]
+    assert len(epoch_lines) == 3 and "\r" not in err  # piped: one plain line per epoch
+    assert "estimated" in err and "device cpu" in err
+
+    with pytest.raises(PetclfError, match="already holds a trained model"):
+        train(tiny_cfg(synth_dir, out))
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(BundleError, match="checksum"):
+        load_network(out)
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_on_schedule(synth_dir, tmp_path):
+    from fastai.callback.schedule import combined_cos
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(synth_dir, out, epochs=3, freeze_epochs=0)  # 4 batches/epoch: stop in the middle of epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cbs=[StopAfter(6)])
+    assert (out / "checkpoints" / "last.pt").is_file()
+    assert not (out / "model.json").exists() and not (tmp_path / "latest").exists()
+    with pytest.raises(PetclfError, match="--resume"):
+        train(cfg)  # a fresh run into an unfinished folder is refused
+
+    lrs_seen: list[float] = []
+
+    class FirstLR(StopAfter):
+        def before_step(self):  # after ParamScheduler has set this batch's LR
+            if self.learn.training and not lrs_seen:
+                lrs_seen.append(self.learn.opt.hypers[-1]["lr"])
+
+    res = train(TrainConfig(resume=str(out), workers=0, threads=1), cbs=[FirstLR(10**9)])
+    hist = res.metrics["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]  # epoch 0 not repeated, 1 and 2 run after the resume
+    (phase,) = plan_schedule(cfg, cfg.lr, "fastbook", pretrained=False)
+    expected = combined_cos(phase.pct_start, cfg.lr / phase.div, cfg.lr, cfg.lr / 1e5)(1 / 3)
+    assert lrs_seen[0] == pytest.approx(expected, rel=1e-6)  # the one-cycle schedule continues at epoch 1 of 3
+    assert (out / "model.json").is_file() and (tmp_path / "latest").resolve() == out.resolve()
+    with pytest.raises(PetclfError, match="already complete"):
+        train(TrainConfig(resume=str(out)))
+
+
+@pytest.mark.slow
+def test_probe_recipe_on_small_data(synth_dir, tmp_path):
+    from petclf.bundle import load_network
+    from petclf.model import efficientnet_lite0_weights, read_state_dict
+
+    weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
+    out = tmp_path / "probe"
+    res = train(tiny_cfg(synth_dir, out, arch="tf_efficientnet_lite0", weights=str(weights), pretrained=True,
+                         lr=1e-3, epochs=1))
+    m = res.metrics
+    assert m["recipe"]["name"] == "probe" and m["recipe"]["kept"] in ("probe", "fine-tune")
+    assert m["probe"]["error_rate"] <= 0.25  # ImageNet features separate the synthetic breeds linearly
+    assert m["error_rate"] <= m["probe"]["error_rate"] + 1e-9  # the better of probe and fine-tune is kept
+    net, manifest = load_network(out)
+    assert manifest["head"] == {"kind": "linear"} and manifest["recipe"] == m["recipe"]
+    src = read_state_dict(weights)  # BatchNorm statistics stayed frozen through fine-tuning
+    assert torch.equal(net[0].model.state_dict()["bn2.running_mean"], src["bn2.running_mean"])
+
+
+def _epochs_saved(ckpt: Path) -> int:
+    try:
+        return len(torch.load(ckpt, weights_only=True)["state"]["history"])
+    except (OSError, RuntimeError, KeyError, EOFError):
+        return 0
+
+
+@pytest.mark.slow
+def test_cli_sigint_keeps_checkpoint_then_resumes(synth_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from petclf.cli import app
+
+    out = tmp_path / "cli_run"
+    cmd = [sys.executable, "-m", "petclf", "train", "--data", str(synth_dir), "--arch", "resnet18",
+           "--no-pretrained", "--epochs", "4", "--freeze-epochs", "0", "--lr", "3e-3", "--bs", "16", "--size", "64",
+           "--presize", "80", "--workers", "0", "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ckpt = out / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and _epochs_saved(ckpt) < 1:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends, during epoch 1
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    done = _epochs_saved(ckpt)
+    assert 1 <= done < 4 and not (out / "model.json").exists()
+
+    res = CliRunner().invoke(app, ["train", "--resume", str(out), "--workers", "0", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    hist = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_cli_train_offline_message(synth_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from petclf.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hub"))
+    t0 = time.monotonic()
+    res = CliRunner().invoke(app, ["train", "--data", str(synth_dir), "--arch", "resnet18", "--out",
+                                   str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--weights" in res.output and "Traceback" not in res.output
+    assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.slow
+def test_demo_runs_offline(tmp_path):
+    from petclf.demo import run_demo
+
+    paths = run_demo(tmp_path / "demo", epochs=1, threads=1)
+    run = paths["run"]
+    assert all((run / name).is_file() for name in RUN_FILES)
+    assert paths["latest"].resolve() == run.resolve()
+    assert json.loads((run / "metrics.json").read_text())["error_rate"] <= 0.25
