@@ -205,3 +205,84 @@ def report(model: Path = typer.Option(Path("exports/latest"), "--model", help="E
     paths = write_report(model, data=data, split=split, out=out, bs=bs, min_val=min_val, top_k=top_k,
                          progress=True)
     typer.echo(f"report: {paths['html']}")
+
+
+# ---------------------------------------------------------------------------------------------------- training
+# Every flag defaults to None so that the layering defaults < --config FILE < flags holds (petclf.config).
+
+ArchOpt = typer.Option(None, "--arch", help="timm model name (default resnet34).")
+WeightsOpt = typer.Option(None, "--weights", help="Local timm state dict (.pth/.safetensors) instead of the hub.")
+PretrainedOpt = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (default on).")
+BsOpt = typer.Option(None, "--bs", help="Batch size (default 32).")
+SizeOpt = typer.Option(None, "--size", help="Training crop size in px (default 224).")
+PresizeOpt = typer.Option(None, "--presize", help="Item resize before batch augmentation (default 460).")
+TrainSplitOpt = typer.Option(None, "--split", help="random | official | FILE naming the validation images.")
+SeedOpt = typer.Option(None, "--seed", help="Seed of the split and the run (default 42).")
+DeviceOpt = typer.Option(None, "--device", help="auto (cuda > mps > cpu) | cpu | mps | cuda | cuda:N.")
+ConfigOpt = typer.Option(None, "--config", help="YAML file of settings (flags override it).")
+RecipeOpt = typer.Option(None, "--recipe", help="auto | fastbook | probe (auto: probe on small data).")
+WorkersOpt = typer.Option(None, "--workers", help="DataLoader workers (default: from the device and core count).")
+
+
+def _train_config(config: Path | None, **flags):
+    from petclf.config import resolve_config
+
+    return resolve_config(config, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
+
+
+@app.command("train")
+@guarded
+def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: Path | None = WeightsOpt,
+              pretrained: bool | None = PretrainedOpt,
+              epochs: int | None = typer.Option(None, "--epochs", help="Epochs after unfreezing (default 4)."),
+              freeze_epochs: int | None = typer.Option(None, "--freeze-epochs",
+                                                          help="Epochs on the head alone first (default 1)."),
+              lr: float | None = typer.Option(None, "--lr", help="Base learning rate; default: lr_find's."),
+              bs: int | None = BsOpt, size: int | None = SizeOpt, presize: int | None = PresizeOpt,
+              split: str | None = TrainSplitOpt, seed: int | None = SeedOpt, device: str | None = DeviceOpt,
+              recipe: str | None = RecipeOpt, workers: int | None = WorkersOpt,
+              precision: str | None = typer.Option(None, "--precision", help="auto | fp32 | fp16 | bf16."),
+              threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads (default: all)."),
+              config: Path | None = ConfigOpt,
+              out: Path | None = typer.Option(None, "--out", help="Run folder (default exports/<date>-<arch>)."),
+              resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder.")) -> None:
+    """Fine-tune a pretrained timm model: lr_find, fit_one_cycle (frozen, then unfrozen), export the run folder."""
+    from petclf.train import train
+
+    cfg = _train_config(config, data=data, arch=arch, weights=weights, pretrained=pretrained, epochs=epochs,
+                        freeze_epochs=freeze_epochs, lr=lr, bs=bs, size=size, presize=presize, split=split,
+                        seed=seed, device=device, recipe=recipe, workers=workers, precision=precision,
+                        threads=threads, out=out, resume=resume)
+    result = train(cfg)
+    m = result.metrics
+    typer.echo(f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}")
+    typer.echo(f"run folder: {result.run_dir} (model.safetensors + model.json, metrics.json, lr_find.png, "
+               f"export.pkl); {result.run_dir.parent / 'latest'} points to it")
+
+
+@app.command("lr-find")
+@guarded
+def lr_find_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: Path | None = WeightsOpt,
+                pretrained: bool | None = PretrainedOpt, bs: int | None = BsOpt, size: int | None = SizeOpt,
+                presize: int | None = PresizeOpt, split: str | None = TrainSplitOpt,
+                seed: int | None = SeedOpt, device: str | None = DeviceOpt, recipe: str | None = RecipeOpt,
+                workers: int | None = WorkersOpt, config: Path | None = ConfigOpt,
+                out: Path | None = typer.Option(None, "--out", help="Folder for lr_find.png (default exports).")
+                ) -> None:
+    """Run fastai's lr_find on the training setup, save the plot and print the suggested learning rate."""
+    from petclf.train import run_lr_find
+
+    cfg = _train_config(config, data=data, arch=arch, weights=weights, pretrained=pretrained, bs=bs, size=size,
+                        presize=presize, split=split, seed=seed, device=device, recipe=recipe, workers=workers)
+    found, png = run_lr_find(cfg, out)
+    typer.echo(f"suggested lr {found.suggestion:.2e}{' (fallback)' if found.fallback else ''}; plot: {png}")
+
+
+@app.command("demo")
+@guarded
+def demo_cmd(out: Path = typer.Option(Path("exports/demo"), "--out", help="Folder for the synthetic data and run."),
+             epochs: int = typer.Option(3, "--epochs", help="Epochs after unfreezing.")) -> None:
+    """The whole pipeline offline on CPU in a few minutes: synthetic data, a small model, train, export."""
+    from petclf.demo import run_demo
+
+    run_demo(out, epochs=epochs)
