@@ -53,7 +53,8 @@ PAIR_EXAMPLES = 3  # example images per confused pair
 LABEL_ERROR_CONF = 0.9  # suspected label error: another breed predicted with at least this probability ...
 LABEL_ERROR_LOSS = 4.0  # ... and a loss this high (the labelled breed got under exp(-4) = 1.8%)
 MAX_LABEL_ERRORS = 24  # suspected label errors listed
-THUMB = 192  # largest side of example images in pixels
+THUMB = 192  # largest side of top-loss and label-error images, in pixels
+THUMB_SMALL = 128  # ... and of the confused pairs' examples, shown smaller
 NOT_RECORDED = "not recorded"
 
 
@@ -401,6 +402,8 @@ def data_quality(ev: Evaluation, probs: np.ndarray, min_prob: float = LABEL_ERRO
     from dataclasses import asdict
 
     recorded = ev.run["data_report"]
+    if recorded is not None and Path(recorded.get("root", "")).resolve() != Path(ev.pets.root).resolve():
+        recorded = None  # the run was trained on other data; what counts is the data evaluated here
     dr = recorded if recorded is not None else asdict(ev.pets.report)
     return {"source": "the run's data_report.json" if recorded is not None else "this report's scan of the data",
             "skipped": [{"file": Path(r["path"]).name, "path": r["path"], "reason": r.get("reason", "")}
@@ -554,14 +557,15 @@ def _to_image(x: torch.Tensor, mean: list[float], std: list[float]):
     return Image.fromarray(a)
 
 
-def _thumb(img):
-    """`img` scaled so its longest side is at most THUMB pixels."""
+def _thumb(img, side: int = THUMB):
+    """`img` scaled so its longest side is at most `side` pixels."""
     img = img.copy()
-    img.thumbnail((THUMB, THUMB))
+    img.thumbnail((side, side))
     return img
 
 
-def example_images(ev: Evaluation, entries: list[dict[str, Any]], cam: bool = False) -> dict[str, bytes]:
+def example_images(ev: Evaluation, entries: list[dict[str, Any]], cam: bool = False,
+                   side: int = THUMB) -> dict[str, bytes]:
     """PNG thumbnails for report entries (`index`, `image`), plus their Grad-CAM for the predicted class (`cam`)."""
     from petclf.cam import gradcam, overlay
 
@@ -570,13 +574,13 @@ def example_images(ev: Evaluation, entries: list[dict[str, Any]], cam: bool = Fa
     inp = ev.manifest["input"]
     x = _inputs(ev.learn, [ev.items[e["index"]] for e in entries])
     images = [_to_image(xi, inp["mean"], inp["std"]) for xi in x]
-    out = {e["image"]: _pil_png(_thumb(img)) for e, img in zip(entries, images, strict=True)}
+    out = {e["image"]: _pil_png(_thumb(img, side)) for e, img in zip(entries, images, strict=True)}
     if cam:
         pos = {c: i for i, c in enumerate(ev.classes)}
         model = ev.learn.model
         heat = gradcam(model, x.to(next(model.parameters()).device), [pos[e["predicted"]] for e in entries])
         cams = [overlay(img, h) for img, h in zip(images, heat, strict=True)]
-        out.update({e["cam"]: _pil_png(_thumb(c)) for e, c in zip(entries, cams, strict=True)})
+        out.update({e["cam"]: _pil_png(_thumb(c, side)) for e, c in zip(entries, cams, strict=True)})
     return out
 
 
@@ -589,7 +593,7 @@ def draw_figures(report: dict[str, Any], ev: Evaluation) -> dict[str, bytes]:
     if ev.run["lr_find"] is not None:
         figures["lr_find.png"] = ev.run["lr_find"].read_bytes()
     figures.update(example_images(ev, report["top_losses"], cam=True))
-    figures.update(example_images(ev, [e for p in report["most_confused"] for e in p["examples"]]))
+    figures.update(example_images(ev, [e for p in report["most_confused"] for e in p["examples"]], side=THUMB_SMALL))
     figures.update(example_images(ev, report["data_quality"]["label_errors"]))
     return figures
 
@@ -651,11 +655,21 @@ def store_temperature(model_dir: str | Path, cal: dict[str, Any]) -> bool:
     return True
 
 
+def _remove_old_figures(out: Path) -> None:
+    """Delete the figures an earlier report in `out` listed, so none outlives the report that made it."""
+    old = _read_json(out / "report.json") or {}
+    for rel in old.get("figures", []):
+        path = (out / rel).resolve()
+        if path.suffix == ".png" and (out / "figures").resolve() in path.parents:
+            path.unlink(missing_ok=True)
+
+
 def save_outputs(report: dict[str, Any], figures: dict[str, bytes], out: str | Path) -> dict[str, Path]:
     """Write figures (PNG), `report.json` and `report.html` into `out`; returns their paths."""
     from petclf.bundle import write_atomic
 
     out = Path(out)
+    _remove_old_figures(out)
     for name, png in figures.items():
         (out / "figures" / name).parent.mkdir(parents=True, exist_ok=True)
         (out / "figures" / name).write_bytes(png)

@@ -207,6 +207,14 @@ def test_report_without_run_artefacts_says_not_recorded(tiny_run, synth_dir, tmp
     assert html.count("not recorded") >= 3
     assert r["data_quality"]["source"] == "this report's scan of the data"
 
+    # Again into the same folder with fewer top losses: no figure of the first report is left behind.
+    assert (out / "figures" / "top_losses" / "03_cam.png").is_file()
+    res = CliRunner().invoke(app, ["report", "--model", str(run), "--data", str(synth_dir), "--top-losses", "2"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "report.json").read_text())
+    on_disk = sorted(str(p.relative_to(out)) for p in (out / "figures").rglob("*.png"))
+    assert on_disk == r["figures"] and len(r["top_losses"]) == 2
+
 
 @pytest.mark.slow
 def test_report_on_a_file_split_with_bad_files_and_a_planted_label_error(tiny_run, bad_synth, tmp_path):
