@@ -133,6 +133,7 @@ class _ModelPets(Pets):
 
     @property
     def vocab(self) -> list[str]:
+        """The model's classes, in its output order."""
         return self.classes
 
 
@@ -218,6 +219,8 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     run = read_run(model_dir)
     split_used, valid_pct, seed = resolve_split(split, run["config"])
     data = data if data is not None else _recorded_data(manifest, run)
+    if split == "test":
+        _check_test_list(data)
     with _bar("verifying images", progress) as report_progress:
         pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress)
     learn = make_learner(model_dir, pets, bs=bs, device=device, workers=workers)
@@ -227,6 +230,16 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     seconds = time.perf_counter() - start
     return Evaluation(model_dir, manifest, run, learn, pets, split, split_used, list(learn.dls.valid.items),
                       logits, targs, losses, seconds)
+
+
+def _check_test_list(data: str | Path | None) -> None:
+    """Fail with one line unless the data has the official test list that `--split test` reads."""
+    from petclf.data import annotations_dir, find_data
+
+    ann = annotations_dir(find_data(data))
+    if ann is None or not (ann / "test.txt").is_file() or not (ann / "trainval.txt").is_file():
+        raise ReportError("--split test needs the official Pets lists annotations/test.txt and trainval.txt beside "
+                          "images/; pass --split valid or a file naming the images instead")
 
 
 @contextmanager
@@ -273,6 +286,7 @@ def display_order(species: list[str]) -> list[int]:
 
 
 def _recorded(metrics: dict | None, key: str) -> Any:
+    """`metrics[key]`, or None when the run recorded no metrics."""
     return None if metrics is None else metrics.get(key)
 
 
@@ -451,6 +465,7 @@ def _pil_png(img) -> bytes:
 
 
 def _pretty(name: str) -> str:
+    """A breed name for people: `great_pyrenees` -> `great pyrenees`."""
     return name.replace("_", " ")
 
 

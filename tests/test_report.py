@@ -207,6 +207,10 @@ def test_report_without_run_artefacts_says_not_recorded(tiny_run, synth_dir, tmp
     assert html.count("not recorded") >= 3
     assert r["data_quality"]["source"] == "this report's scan of the data"
 
+    for split, says in (("test", "--split test needs"), (str(tmp_path / "missing.txt"), "--split must be")):
+        res = CliRunner().invoke(app, ["report", "--model", str(run), "--data", str(synth_dir), "--split", split])
+        assert res.exit_code == 2 and says in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
     # Again into the same folder with fewer top losses: no figure of the first report is left behind.
     assert (out / "figures" / "top_losses" / "03_cam.png").is_file()
     res = CliRunner().invoke(app, ["report", "--model", str(run), "--data", str(synth_dir), "--top-losses", "2"])
