@@ -1,0 +1,379 @@
+"""Prediction and demo-server speed: petclf's predictor vs fastai's `learn.predict` vs the raw network, and the demo
+under load vs a typical fastai Space, on the same model (random weights: no hub access needed).
+
+    .venv/bin/python benchmarks/bench_predict.py                     # resnet34 at 224 px, ~5 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_predict.py --duration 10 --arch resnet18 --out bench.json   # quicker
+
+All ratios come from one run on one machine, so they compare like with like even when absolute times drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SPACE_APP = '''
+import sys, warnings
+warnings.filterwarnings("ignore")
+import gradio as gr
+from fastai.vision.all import load_learner
+
+from petclf.data import PetImage  # the learner's image type (fastai's PILImage, decoded through load_rgb)
+
+learn = load_learner(sys.argv[1])
+labels = learn.dls.vocab
+
+def predict(img):
+    img = PetImage.create(img)
+    _, _, probs = learn.predict(img)
+    return {labels[i]: float(probs[i]) for i in range(len(labels))}
+
+gr.Interface(fn=predict, inputs=gr.Image(type="pil"), outputs=gr.Label(num_top_classes=3),
+             title="Pet breed classifier").launch(server_name="127.0.0.1", server_port=int(sys.argv[2]))
+'''
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+
+
+def make_photos(out: Path, n: int, classes: list[str], seed: int = 0) -> list[Path]:
+    """`n` Pets-sized (500 x 375) JPEG photos, named `<breed>_<k>.jpg`: jittered crops of a real cat photo."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    base = Image.fromarray(data.chelsea())
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = base.size
+        cw, ch = int(w * rng.uniform(0.7, 1)), int(h * rng.uniform(0.7, 1))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        im = base.crop((x0, y0, x0 + cw, y0 + ch)).resize((500, 375), Image.BICUBIC)
+        if rng.random() < 0.5:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = np.clip(np.asarray(im, np.float32) * rng.uniform(0.8, 1.2, 3), 0, 255).astype(np.uint8)
+        path = out / f"{classes[i % len(classes)]}_{i + 1}.jpg"
+        Image.fromarray(arr).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def make_learner(folder: Path, arch: str, size: int, presize: int):
+    """A fastai Learner (random weights) over the photo folder, exactly as petclf trains one."""
+    import fastai.callback.all  # noqa: F401 - patches Learner
+    from fastai.vision.learner import vision_learner
+
+    from petclf.data import load_pets, make_dataloaders
+    from petclf.model import norm_stats
+
+    mean, std = norm_stats(arch)
+    dls = make_dataloaders(load_pets(folder, valid_pct=0.5, use_cache=False), bs=32, size=size, presize=presize,
+                           mean=mean, std=std, workers=0)
+    learn = vision_learner(dls, arch, pretrained=False)
+    return learn, mean, std
+
+
+def export_both(learn, arch: str, size: int, presize: int, mean, std, out: Path) -> tuple[Path, Path]:
+    """The same model twice: a petclf bundle and fastai's `export.pkl` (what a typical Space loads)."""
+    from petclf.bundle import make_manifest, write_bundle
+    from petclf.model import FASTAI_HEAD
+
+    bundle = out / "bundle"
+    write_bundle(learn.model, bundle, make_manifest(arch, FASTAI_HEAD, list(learn.dls.vocab), size, presize,
+                                                    mean, std))
+    pkl = out / "export.pkl"
+    learn.export(pkl)
+    return bundle, pkl
+
+
+# ---------------------------------------------------------------------------------------------------- timing
+
+
+def median_ms(fn, items, warmup: int = 3, reps: int = 1) -> float:
+    """Median wall time of `fn(item)` in ms over `items` (repeated `reps` times), after `warmup` calls."""
+    for it in items[:warmup]:
+        fn(it)
+    times = []
+    for _ in range(reps):
+        for it in items:
+            t = time.perf_counter()
+            fn(it)
+            times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def bench_single(predictor, learn, paths: list[Path]) -> dict[str, float]:
+    """One image at a time: predictor, learn.predict, preprocessing alone, raw forward on a ready tensor."""
+    model = predictor.model
+    x = predictor.preprocess([paths[0]])
+
+    def raw(_):
+        with torch.inference_mode():
+            model(x)
+
+    with learn.no_bar():
+        fastai_ms = median_ms(lambda p: learn.predict(p), paths)
+    return {"predictor_ms": median_ms(predictor.predict, paths, reps=2),
+            "fastai_predict_ms": fastai_ms,
+            "preprocess_ms": median_ms(lambda p: predictor.preprocess([p]), paths, reps=2),
+            "raw_forward_ms": median_ms(raw, paths, reps=2)}
+
+
+def bench_folder(predictor, folder: Path, n: int, bs: int = 32) -> dict[str, float]:
+    """A folder at batch `bs`: predictor images/s (decode included) vs the raw batched forward on ready tensors."""
+    model = predictor.model
+    list(predictor.predict_paths([folder], bs=bs))  # warm up
+    t = time.perf_counter()
+    rows = list(predictor.predict_paths([folder], bs=bs))
+    pred_s = time.perf_counter() - t
+    assert len(rows) == n and all(r.ok for r in rows)
+    x = torch.randn(bs, 3, predictor.pre.size, predictor.pre.size)
+    with torch.inference_mode():
+        model(x)
+        t = time.perf_counter()
+        for _ in range(max(1, n // bs)):
+            model(x)
+        raw_s = time.perf_counter() - t
+    return {"predictor_img_s": n / pred_s, "raw_forward_img_s": max(1, n // bs) * bs / raw_s}
+
+
+def bench_onnx(bundle: Path, predictor, paths: list[Path], bs: int = 32, reps: int = 5) -> dict[str, float]:
+    """onnxruntime vs torch on the same preprocessed input, one image and a batch; the ONNX-backed predictor."""
+    from petclf.onnx import export_onnx
+    from petclf.predict import load_model
+
+    info = export_onnx(bundle)
+    ort = load_model(bundle, backend="onnx")
+    out = {"onnx_max_abs_diff": info["max_abs_diff"], "predictor_onnx_ms": median_ms(ort.predict, paths, reps=2),
+           "predictor_ms": median_ms(predictor.predict, paths, reps=2)}
+    for n in (1, bs):
+        x = torch.randn(n, 3, predictor.pre.size, predictor.pre.size)
+        out[f"torch_b{n}_ms"] = median_ms(predictor.logits, [x] * reps, warmup=2)
+        out[f"onnx_b{n}_ms"] = median_ms(ort.logits, [x] * reps, warmup=2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(cmd: list[str], port: int, log: Path, timeout: float = 240) -> subprocess.Popen:
+    """Start a server process and wait until it answers on 127.0.0.1:`port`."""
+    import httpx
+
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server did not start within {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+def load_test(url: str, api_name: str, paths: list[Path], callers: int, duration: float) -> dict[str, float]:
+    """`callers` threads, each with its own gradio_client, calling `api_name` back to back for `duration` s."""
+    from gradio_client import Client, handle_file
+
+    clients = [Client(url, verbose=False) for _ in range(callers)]
+    for c in clients[:2]:
+        c.predict(handle_file(str(paths[0])), api_name=api_name)  # warm up
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + duration
+
+    def caller(i: int) -> None:
+        k = i
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            try:
+                clients[i].predict(handle_file(str(paths[k % len(paths)])), api_name=api_name)
+                with lock:
+                    lat.append(time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001 - counted, not fatal
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}"[:200])
+            k += callers
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(callers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(duration + 120)
+    wall = time.monotonic() - t0
+    lat_ms = np.array(lat) * 1000
+    return {"requests": len(lat), "req_s": len(lat) / wall, "p50_ms": float(np.percentile(lat_ms, 50)),
+            "p99_ms": float(np.percentile(lat_ms, 99)), "errors": len(errors),
+            "first_error": errors[0] if errors else ""}
+
+
+def bench_server(name: str, cmd: list[str], port: int, api_name: str, paths: list[Path], callers: int,
+                 duration: float, workdir: Path, warmup: float = 10.0) -> dict[str, float]:
+    """Start one server, warm it with the same load for `warmup` s, then load it and record memory before/after."""
+    proc = start_server(cmd, port, workdir / f"{name}.log")
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        load_test(url, api_name, paths, callers, warmup)  # same load, not counted: memory reaches steady state
+        before = rss_mb(proc.pid)
+        res = load_test(url, api_name, paths, callers, duration)
+        res.update(rss_before_mb=before, rss_after_mb=rss_mb(proc.pid))
+        return res
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def table(r: dict) -> str:
+    """The markdown table for BENCHMARKS.md."""
+    s, f, o, sp, pc = r["single"], r["folder"], r["onnx"], r["space"], r["petclf"]
+    base = s["raw_forward_ms"] + s["preprocess_ms"]
+    lines = [
+        f"| measure ({r['arch']}, {r['size']} px, {r['threads']} torch threads) | value | goal | met |",
+        "|---|---|---|---|",
+        f"| one image: petclf predictor | {s['predictor_ms']:.1f} ms | | |",
+        f"| one image: fastai `learn.predict` | {s['fastai_predict_ms']:.1f} ms | | |",
+        f"| one image: raw forward (ready tensor) + preprocessing | {s['raw_forward_ms']:.1f} + "
+        f"{s['preprocess_ms']:.1f} = {base:.1f} ms | | |",
+        f"| predictor / (raw forward + preprocessing) | {s['predictor_ms'] / base:.2f} x | <= 1.15 x | "
+        f"{'yes' if s['predictor_ms'] / base <= 1.15 else 'no'} |",
+        f"| `learn.predict` / predictor | {s['fastai_predict_ms'] / s['predictor_ms']:.2f} x faster | >= 1.7 x | "
+        f"{'yes' if s['fastai_predict_ms'] / s['predictor_ms'] >= 1.7 else 'no'} |",
+        f"| folder of {r['n_images']} at bs 32: predictor (decode included) | {f['predictor_img_s']:.1f} img/s | | |",
+        f"| raw batched forward (ready tensors) | {f['raw_forward_img_s']:.1f} img/s | | |",
+        f"| predictor / raw batched forward | {f['predictor_img_s'] / f['raw_forward_img_s']:.2f} x | >= 0.9 x | "
+        f"{'yes' if f['predictor_img_s'] / f['raw_forward_img_s'] >= 0.9 else 'no'} |",
+        f"| one image: petclf predictor with `backend='onnx'` (vs torch predictor in the same pass) | "
+        f"{o['predictor_onnx_ms']:.1f} ms (vs {o['predictor_ms']:.1f} ms); `learn.predict` / it = "
+        f"{s['fastai_predict_ms'] / o['predictor_onnx_ms']:.2f} x | >= 1.7 x | "
+        f"{'yes' if s['fastai_predict_ms'] / o['predictor_onnx_ms'] >= 1.7 else 'no'} |",
+        f"| ONNX Runtime / torch time, 1 image | {o['onnx_b1_ms']:.1f} / {o['torch_b1_ms']:.1f} ms = "
+        f"{o['onnx_b1_ms'] / o['torch_b1_ms']:.2f} x | report | |",
+        f"| ONNX Runtime / torch time, batch 32 | {o['onnx_b32_ms']:.0f} / {o['torch_b32_ms']:.0f} ms = "
+        f"{o['onnx_b32_ms'] / o['torch_b32_ms']:.2f} x | report | |",
+    ]
+    for key, label in (("space", "typical fastai Space"), ("petclf", "petclf serve")):
+        d = r[key]
+        lines.append(f"| demo, {r['callers']} callers x {r['duration']:.0f} s: {label} | {d['req_s']:.1f} req/s, "
+                     f"p50 {d['p50_ms']:.0f} ms, p99 {d['p99_ms']:.0f} ms, {d['errors']} errors, "
+                     f"RSS {d['rss_before_mb']:.0f} -> {d['rss_after_mb']:.0f} MB | | |")
+    growth = pc["rss_after_mb"] - pc["rss_before_mb"]
+    lines += [
+        f"| petclf / Space requests/s | {pc['req_s'] / sp['req_s']:.2f} x | >= 2 x | "
+        f"{'yes' if pc['req_s'] >= 2 * sp['req_s'] else 'no'} |",
+        f"| petclf p99 / Space p99 | {pc['p99_ms'] / sp['p99_ms']:.2f} | <= 0.5 | "
+        f"{'yes' if pc['p99_ms'] <= 0.5 * sp['p99_ms'] else 'no'} |",
+        f"| petclf errors; memory growth under load | {pc['errors']}; {growth:+.0f} MB | 0; < 50 MB | "
+        f"{'yes' if pc['errors'] == 0 and growth < 50 else 'no'} |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="resnet34")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--presize", type=int, default=460)
+    ap.add_argument("--images", type=int, default=128, help="photos in the benchmark folder")
+    ap.add_argument("--callers", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds of load per server")
+    ap.add_argument("--warmup", type=float, default=10.0, help="seconds of the same load before measuring")
+    ap.add_argument("--skip-servers", action="store_true")
+    ap.add_argument("--out", type=Path, help="also write the raw numbers as JSON")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (photos, models, server logs)")
+    args = ap.parse_args(argv)
+
+    from petclf.data import synth_classes
+    from petclf.predict import load_model
+
+    work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    try:
+        classes = sorted(synth_classes(37))
+        paths = make_photos(work / "photos", args.images, classes)
+        learn, mean, std = make_learner(work / "photos", args.arch, args.size, args.presize)
+        bundle, pkl = export_both(learn, args.arch, args.size, args.presize, mean, std, work)
+        predictor = load_model(bundle)
+        r = {"arch": args.arch, "size": args.size, "threads": torch.get_num_threads(), "n_images": args.images,
+             "callers": args.callers, "duration": args.duration}
+        print("single image ...", flush=True)
+        r["single"] = bench_single(predictor, learn, paths[:20])
+        print(r["single"], "\nfolder ...", flush=True)
+        r["folder"] = bench_folder(predictor, work / "photos", args.images)
+        print(r["folder"], "\nonnx ...", flush=True)
+        r["onnx"] = bench_onnx(bundle, predictor, paths[:20])
+        print(r["onnx"], flush=True)
+        if not args.skip_servers:
+            del learn, predictor
+            space = work / "space_app.py"
+            space.write_text(SPACE_APP)
+            port = free_port()
+            print("fastai Space under load ...", flush=True)
+            r["space"] = bench_server("space", [sys.executable, str(space), str(pkl), str(port)], port, "/predict",
+                                      paths, args.callers, args.duration, work, args.warmup)
+            print(r["space"], "\npetclf serve under load ...", flush=True)
+            port = free_port()
+            r["petclf"] = bench_server("petclf", [sys.executable, "-m", "petclf", "serve", "--model", str(bundle),
+                                                  "--port", str(port)], port, "/classify", paths, args.callers,
+                                       args.duration, work, args.warmup)
+            print(r["petclf"], flush=True)
+            print("\n" + table(r))
+        r["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.out:
+            args.out.write_text(json.dumps(r, indent=1))
+        return r
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    main()
