@@ -58,9 +58,9 @@ def test_upload_shows_breed_verdict_and_gradcam(browser, tiny_run, tmp_path):
     demo.launch(**launch_kwargs(port=free_port()), prevent_thread_lock=True, quiet=True)
     shots = Path(os.environ.get("PETCLF_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
         page.goto(demo.local_url)
         page.locator("input[type=file]").first.set_input_files(photo)
         label = page.locator("[data-testid='label-output-value']").first
