@@ -397,9 +397,10 @@ def build_dataloaders(cfg: TrainConfig, pets, device: str):
 
 
 def default_workers(device: str, cores: int | None = None) -> int:
-    """DataLoader workers: on CPU, one (decoding overlaps compute without starving it); on GPU, all cores up to 8."""
+    """DataLoader workers: on CPU none (a worker steals cores from compute: benchmarks/bench_train.py measured the
+    loop slower with 1 worker than with 0 on 2 cores); on GPU every core up to 8."""
     cores = cores or available_cores()
-    return min(1, cores - 1) if device == "cpu" else min(8, cores)
+    return 0 if device == "cpu" else min(8, cores)
 
 
 def head_spec(recipe: str) -> dict[str, Any]:

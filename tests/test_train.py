@@ -82,7 +82,7 @@ def test_pick_precision_and_threads():
     with pytest.raises(PetclfError):
         pick_precision("cpu", "fp8", bf16_ok=False)
     assert pick_threads(8) == 8 and pick_threads(8, 2) == 2 and pick_threads(0) == 1
-    assert default_workers("cpu", cores=2) == 1 and default_workers("cpu", cores=1) == 0
+    assert default_workers("cpu", cores=2) == 0 and default_workers("cuda", cores=4) == 4
     assert default_workers("cuda", cores=16) == 8
 
 
