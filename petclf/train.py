@@ -295,7 +295,7 @@ class EpochEnd(Callback):
 
 
 class StopAfter(Callback):
-    """Raise KeyboardInterrupt after `n` training batches (what Ctrl-C does); for tests and `--stop-after`."""
+    """Raise KeyboardInterrupt after `n` training batches, as Ctrl-C would (tests use it to interrupt a run)."""
 
     def __init__(self, n: int):
         self.n, self.seen = n, 0
