@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from petclf import distributed
 from petclf.config import TrainConfig, load_config_file, resolve_config, save_config
 from petclf.errors import PetclfError
 
@@ -93,10 +94,12 @@ def resolve_device(cfg: TrainConfig) -> tuple[str, str]:
     """(device, precision) for this machine, threads set on CPU; printed by the caller."""
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     device = pick_device(cfg.device, torch.cuda.is_available(), mps)
+    if device == "cuda" and distributed.is_distributed():
+        device = f"cuda:{distributed.local_rank()}"  # one GPU per process
     bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
     precision = pick_precision(device, cfg.precision, bf16)
-    if device == "cpu":
-        torch.set_num_threads(pick_threads(available_cores(), cfg.threads))
+    if device == "cpu":  # processes on one machine share its cores
+        torch.set_num_threads(pick_threads(available_cores() // distributed.local_world_size(), cfg.threads))
     return device, precision
 
 
@@ -105,9 +108,7 @@ def resolve_device(cfg: TrainConfig) -> tuple[str, str]:
 
 def is_main_process() -> bool:
     """True on the process that writes files (rank 0, or the only process)."""
-    from fastai.torch_core import rank_distrib
-
-    return rank_distrib() == 0
+    return distributed.is_main()
 
 
 def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
@@ -208,7 +209,7 @@ def save_checkpoint(learn, state: RunState, run_dir: Path) -> None:
 
     buf = io.BytesIO()
     opt = _plain(learn.opt.state_dict()) if learn.opt is not None else None
-    torch.save({"model": learn.model.state_dict(), "opt": opt, "state": asdict(state)}, buf)
+    torch.save({"model": distributed.unwrap(learn.model).state_dict(), "opt": opt, "state": asdict(state)}, buf)
     write_atomic(run_dir / CKPT_DIR / "last.pt", buf.getvalue())
 
 
@@ -227,7 +228,7 @@ def save_weights(model: nn.Module, path: Path) -> None:
     """Model weights as safetensors, atomically."""
     from petclf.bundle import save_state_dict
 
-    save_state_dict(model.state_dict(), path)
+    save_state_dict(distributed.unwrap(model).state_dict(), path)
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -257,7 +258,7 @@ class FreezeBN(Callback):
     run_after = TrainEvalCallback
 
     def before_train(self):
-        for m in self.learn.model[0].modules():
+        for m in distributed.unwrap(self.learn.model)[0].modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
 
@@ -559,8 +560,9 @@ def fit_phase(learn, phase: Phase, state: RunState, run_dir: Path, epochs_left: 
     global_start = sum(1 for h in state.history if h["phase"] != phase.name)
     extra = [EpochEnd(state, phase, run_dir, start, global_start),
              EpochProgress(phase, epochs_left, start, global_start), *(cbs or [])]
-    learn.fit_one_cycle(phase.epochs, slice(*phase.lr) if phase.lr[0] != phase.lr[1] else phase.lr[1],
-                        pct_start=phase.pct_start, div=phase.div, cbs=extra, start_epoch=start)
+    with distributed.distrib_ctx(learn):
+        learn.fit_one_cycle(phase.epochs, slice(*phase.lr) if phase.lr[0] != phase.lr[1] else phase.lr[1],
+                            pct_start=phase.pct_start, div=phase.div, cbs=extra, start_epoch=start)
 
 
 def set_phase_trainable(learn, phase: Phase) -> None:
@@ -682,7 +684,7 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
     manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), cfg.size,
                              cfg.presize, mean, std, **extra)
     write_bundle(learn.model, run_dir, manifest)
-    tmp = run_dir / f".export.pkl.tmp{os.getpid()}"
+    tmp = (run_dir / f".export.pkl.tmp{os.getpid()}").resolve()  # fastai joins a relative name onto learn.path
     learn.export(tmp)
     os.replace(tmp, run_dir / "export.pkl")
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
@@ -729,13 +731,17 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
     """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory."""
     from petclf.data import load_pets
 
+    distributed.init_process_group()  # only when launched as several processes (accelerate launch, torchrun)
     if cfg.resume:
         run_dir = Path(cfg.resume)
         cfg = resume_config(run_dir, cfg)
     device, precision = resolve_device(cfg)
-    pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed)
+    # rank 0 downloads and verifies first; the others then find the data and the verification cache ready
+    pets = distributed.main_first(
+        lambda: load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed))
     if not cfg.resume:
-        run_dir = prepare_run_dir(cfg)
+        # rank 0 names (and checks) the run directory; every rank then uses that name
+        run_dir = Path(distributed.broadcast(str(prepare_run_dir(cfg)) if is_main_process() else None))
         cfg = replace(cfg, out=str(run_dir))
         on_main(save_config, cfg, run_dir / "config.yaml")
     on_main(pets.report.save, run_dir)
@@ -745,12 +751,18 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
         cfg, train_class_counts(pets.labels, pets.train_idx), pretrained)
     log(describe(cfg, device, precision, recipe, pets))
     dls = build_dataloaders(cfg, pets, device)
-    learn = build_learner(cfg, dls, recipe, device, precision, path=run_dir / CKPT_DIR)
+    learn = distributed.main_first(  # rank 0 fills the hub cache before the others read it
+        lambda: build_learner(cfg, dls, recipe, device, precision, path=run_dir / CKPT_DIR))
     if ckpt:
         state, opt_state = restore(learn, ckpt)
         log(f"resuming {run_dir} at phase {state.phase}, epoch {state.epoch} ({len(state.history)} epochs done)")
     else:
-        state, opt_state = start_state(learn, cfg, recipe, run_dir), None
+        # probe and lr_find run once, on rank 0; its weights reach the others when DDP wraps the model
+        state = None
+        if is_main_process():
+            with distributed.this_process_only():
+                state = start_state(learn, cfg, recipe, run_dir)
+        state, opt_state = distributed.broadcast(state), None
     phases = plan_schedule(cfg, state.lr, recipe, pretrained)
     bn_freeze = cfg.bn_freeze == "on" or (cfg.bn_freeze == "auto" and recipe == "probe")
     try:
@@ -762,15 +774,18 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
 
 
 def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> TrainResult:
-    """Pick the better of probe and fine-tune, export, and point `latest` at the run."""
-    winner = keep_better(learn, state, run_dir)
-    metrics = final_metrics(learn, state)
-    metrics["recipe"] = {"name": state.recipe, "kept": winner}
-    on_main(export_run, learn, cfg, pets, run_dir, metrics)
+    """Pick the better of probe and fine-tune, export, and point `latest` at the run (rank 0; others get metrics)."""
     state.done = True
-    on_main(update_latest, run_dir)
+    if not is_main_process():
+        return TrainResult(learn, run_dir, distributed.broadcast(None))
+    with distributed.this_process_only():
+        winner = keep_better(learn, state, run_dir)
+        metrics = final_metrics(learn, state)
+        metrics["recipe"] = {"name": state.recipe, "kept": winner}
+        export_run(learn, cfg, pets, run_dir, metrics)
+        update_latest(run_dir)
     log(f"valid error_rate {metrics['error_rate']:.4f} (kept {winner}); run directory {run_dir}")
-    return TrainResult(learn, run_dir, metrics)
+    return TrainResult(learn, run_dir, distributed.broadcast(metrics))
 
 
 def run_lr_find(cfg: TrainConfig, out: Path | None = None) -> tuple[LRFind, Path]:
