@@ -121,6 +121,21 @@ def median_ms(fn, items, warmup: int = 3, reps: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved_ms(fns: dict, items, warmup: int = 3, reps: int = 2) -> dict[str, float]:
+    """Median ms of each `fn(item)`, the functions taking turns on every item so load changes hit all alike."""
+    for it in items[:warmup]:
+        for fn in fns.values():
+            fn(it)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for it in items:
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                fn(it)
+                times[k].append((time.perf_counter() - t) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def bench_single(predictor, learn, paths: list[Path]) -> dict[str, float]:
     """One image at a time: predictor, learn.predict, preprocessing alone, raw forward on a ready tensor."""
     model = predictor.model
@@ -131,29 +146,37 @@ def bench_single(predictor, learn, paths: list[Path]) -> dict[str, float]:
             model(x)
 
     with learn.no_bar():
-        fastai_ms = median_ms(lambda p: learn.predict(p), paths)
-    return {"predictor_ms": median_ms(predictor.predict, paths, reps=2),
-            "fastai_predict_ms": fastai_ms,
-            "preprocess_ms": median_ms(lambda p: predictor.preprocess([p]), paths, reps=2),
-            "raw_forward_ms": median_ms(raw, paths, reps=2)}
+        ms = interleaved_ms({"predictor_ms": predictor.predict, "fastai_predict_ms": learn.predict,
+                             "preprocess_ms": lambda p: predictor.preprocess([p]), "raw_forward_ms": raw}, paths)
+    return ms
 
 
-def bench_folder(predictor, folder: Path, n: int, bs: int = 32) -> dict[str, float]:
-    """A folder at batch `bs`: predictor images/s (decode included) vs the raw batched forward on ready tensors."""
+def bench_folder(predictor, folder: Path, n: int, bs: int = 32, rounds: int = 3) -> dict[str, float]:
+    """A folder at batch `bs`: predictor images/s (decode included) vs the raw batched forward on ready tensors.
+
+    The two take turns for `rounds` rounds; each reports its median round.
+    """
     model = predictor.model
-    list(predictor.predict_paths([folder], bs=bs))  # warm up
-    t = time.perf_counter()
-    rows = list(predictor.predict_paths([folder], bs=bs))
-    pred_s = time.perf_counter() - t
-    assert len(rows) == n and all(r.ok for r in rows)
     x = torch.randn(bs, 3, predictor.pre.size, predictor.pre.size)
-    with torch.inference_mode():
-        model(x)
+    n_raw = max(1, n // bs) * bs
+
+    def pred_round() -> float:
         t = time.perf_counter()
-        for _ in range(max(1, n // bs)):
-            model(x)
-        raw_s = time.perf_counter() - t
-    return {"predictor_img_s": n / pred_s, "raw_forward_img_s": max(1, n // bs) * bs / raw_s}
+        rows = list(predictor.predict_paths([folder], bs=bs))
+        assert len(rows) == n and all(r.ok for r in rows)
+        return n / (time.perf_counter() - t)
+
+    def raw_round() -> float:
+        with torch.inference_mode():
+            t = time.perf_counter()
+            for _ in range(n_raw // bs):
+                model(x)
+            return n_raw / (time.perf_counter() - t)
+
+    pred_round(), raw_round()  # warm up
+    rates = [(pred_round(), raw_round()) for _ in range(rounds)]
+    return {"predictor_img_s": statistics.median(p for p, _ in rates),
+            "raw_forward_img_s": statistics.median(r for _, r in rates)}
 
 
 def bench_onnx(bundle: Path, predictor, paths: list[Path], bs: int = 32, reps: int = 5) -> dict[str, float]:
@@ -163,8 +186,8 @@ def bench_onnx(bundle: Path, predictor, paths: list[Path], bs: int = 32, reps: i
 
     info = export_onnx(bundle)
     ort = load_model(bundle, backend="onnx")
-    out = {"onnx_max_abs_diff": info["max_abs_diff"], "predictor_onnx_ms": median_ms(ort.predict, paths, reps=2),
-           "predictor_ms": median_ms(predictor.predict, paths, reps=2)}
+    out = {"onnx_max_abs_diff": info["max_abs_diff"],
+           **interleaved_ms({"predictor_onnx_ms": ort.predict, "predictor_ms": predictor.predict}, paths)}
     for n in (1, bs):
         x = torch.randn(n, 3, predictor.pre.size, predictor.pre.size)
         out[f"torch_b{n}_ms"] = median_ms(predictor.logits, [x] * reps, warmup=2)
