@@ -723,8 +723,11 @@ def describe(cfg: TrainConfig, device: str, precision: str, recipe: str, pets) -
     """The one line printed before training starts."""
     threads = f", {torch.get_num_threads()} threads" if device == "cpu" else ""
     weights = cfg.weights or ("ImageNet (timm hub)" if cfg.pretrained else "random init")
+    n = distributed.world_size()
+    procs = (f"; {n} processes, batch {cfg.bs} per process = {n * cfg.bs} global, LR not scaled"
+             if n > 1 else "")
     return (f"device {device} ({precision}{threads}); {cfg.arch} from {weights}; recipe {recipe}; "
-            f"{len(pets.train_idx)} train / {len(pets.valid_idx)} valid images, {len(pets.vocab)} classes")
+            f"{len(pets.train_idx)} train / {len(pets.valid_idx)} valid images, {len(pets.vocab)} classes{procs}")
 
 
 def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
@@ -778,10 +781,12 @@ def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> Tra
     state.done = True
     if not is_main_process():
         return TrainResult(learn, run_dir, distributed.broadcast(None))
+    n = distributed.world_size()
     with distributed.this_process_only():
         winner = keep_better(learn, state, run_dir)
         metrics = final_metrics(learn, state)
         metrics["recipe"] = {"name": state.recipe, "kept": winner}
+        metrics["processes"] = {"count": n, "bs_per_process": cfg.bs, "global_bs": n * cfg.bs}
         export_run(learn, cfg, pets, run_dir, metrics)
         update_latest(run_dir)
     log(f"valid error_rate {metrics['error_rate']:.4f} (kept {winner}); run directory {run_dir}")
