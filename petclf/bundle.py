@@ -100,9 +100,17 @@ def write_bundle(model: nn.Module, out_dir: str | Path, manifest: dict[str, Any]
     return write_atomic(out_dir / MANIFEST_NAME, json.dumps(full, indent=1))
 
 
+def resolve_bundle_dir(path: str | Path) -> Path:
+    """The folder `path` names: itself, or the run named inside a `latest` file (written where symlinks fail)."""
+    path = Path(path)
+    if path.is_file() and path.name == "latest":
+        return path.parent / path.read_text().strip()
+    return path
+
+
 def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     """Parse and sanity-check `model.json`; raise `BundleError` with one clear line otherwise."""
-    bundle_dir = Path(bundle_dir)
+    bundle_dir = resolve_bundle_dir(bundle_dir)
     path = bundle_dir / MANIFEST_NAME
     if not bundle_dir.exists():
         raise BundleError(f"no model at {bundle_dir} (train one with `petclf train`, or pass --model DIR)")
@@ -136,7 +144,7 @@ def update_manifest(bundle_dir: str | Path, **fields: Any) -> dict[str, Any]:
     manifest = read_manifest(bundle_dir)
     manifest.update(fields)
     manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_atomic(Path(bundle_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
+    write_atomic(resolve_bundle_dir(bundle_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -145,7 +153,7 @@ def read_weights(bundle_dir: str | Path, manifest: dict[str, Any]) -> dict[str, 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(bundle_dir) / manifest["weights"].get("file", WEIGHTS_NAME)
+    path = resolve_bundle_dir(bundle_dir) / manifest["weights"].get("file", WEIGHTS_NAME)
     if not path.is_file():
         raise BundleError(f"corrupt model file: {path.name} missing from {bundle_dir}")
     if sha256_file(path) != manifest["weights"].get("sha256"):

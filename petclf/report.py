@@ -39,7 +39,7 @@ from fastai.metrics import accuracy, error_rate, top_k_accuracy
 from fastai.torch_core import TensorBase, noop
 
 from petclf import __version__
-from petclf.bundle import load_network, read_manifest, update_manifest
+from petclf.bundle import load_network, read_manifest, resolve_bundle_dir, update_manifest
 from petclf.calibrate import N_BINS, ece, fit_temperature, nll, reliability_bins, softmax
 from petclf.data import Pets, load_pets, make_dataloaders, species_of
 from petclf.errors import PetclfError
@@ -82,14 +82,6 @@ def _read_yaml(path: Path) -> dict | None:
     except (OSError, yaml.YAMLError):
         return None
     return raw if isinstance(raw, dict) else None
-
-
-def resolve_model_dir(model: str | Path) -> Path:
-    """The run folder `model` names: itself, or the folder named inside a `latest` file (where symlinks fail)."""
-    path = Path(model)
-    if path.is_file() and path.name == "latest":
-        return path.parent / path.read_text().strip()
-    return path
 
 
 def read_run(model_dir: str | Path) -> dict[str, Any]:
@@ -214,7 +206,7 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
              bs: int = 64, device: str | None = None, workers: int | None = None,
              progress: bool = False) -> Evaluation:
     """Load the bundle and the data the way its run split them, and run the network over the chosen split."""
-    model_dir = resolve_model_dir(model)
+    model_dir = resolve_bundle_dir(model)
     manifest = read_manifest(model_dir)
     run = read_run(model_dir)
     split_used, valid_pct, seed = resolve_split(split, run["config"])

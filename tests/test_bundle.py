@@ -114,3 +114,11 @@ def test_no_pickle_is_involved(bundle, monkeypatch):
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(torch, "load", refuse)
     load_network(bundle[0])
+
+
+def test_a_latest_file_naming_the_run_is_followed(bundle, tmp_path):
+    # where symlinks fail, `petclf train` writes `latest` as a file holding the run folder's name
+    run = _copy(bundle[0], tmp_path)
+    (tmp_path / "latest").write_text(run.name + "\n")
+    net, man = load_network(tmp_path / "latest")
+    assert man["arch"] == "resnet18"
