@@ -14,15 +14,17 @@ import functools
 import os
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from petclf import __version__
+from petclf.config import TrainConfig
 from petclf.errors import PetclfError
 
 # torch warns about its own deprecated jit at fastai import; users cannot act on it
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
+
+D = TrainConfig()  # defaults shown in --help are read from here, their one source
 
 app = typer.Typer(help="Fine-tune, serve and interpret pet-breed classifiers (Oxford-IIIT Pets, fastai + timm).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -78,10 +80,10 @@ SplitOpt = typer.Option("random", "--split", help="random | official | FILE nami
 
 @data_app.command("check")
 @guarded
-def data_check(data: Optional[Path] = DataOpt, split: str = SplitOpt,
-               valid_pct: float = typer.Option(0.2, help="Validation share of the random split."),
-               seed: int = typer.Option(42, help="Seed of the random split."),
-               report: Optional[Path] = typer.Option(None, help="Folder to write data_report.json into."),
+def data_check(data: Path | None = DataOpt, split: str = SplitOpt,
+               valid_pct: float = typer.Option(D.valid_pct, help="Validation share of the random split."),
+               seed: int = typer.Option(D.seed, help="Seed of the random split."),
+               report: Path | None = typer.Option(None, help="Folder to write data_report.json into."),
                no_cache: bool = typer.Option(False, "--no-cache", help="Decode every image again.")) -> None:
     """Verify every image, count classes and split sizes, list bad files. Exits 2 if training could not go on."""
     from petclf.data import load_pets
@@ -125,6 +127,15 @@ def data_synth(out: Path = typer.Argument(..., help="Folder to write the images 
         typer.echo(f"  planted {name} ({verdict})")
 
 
+def backend_arg(backend: str, onnx: bool) -> str:
+    """--backend, with --onnx as its shorthand; a usage error for an unknown name."""
+    from petclf.predict import BACKENDS
+
+    if backend not in BACKENDS:
+        fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return "onnx" if onnx else backend
+
+
 ModelOpt = typer.Option(Path("exports/latest"), "--model", help="Exported model folder (model.json + weights).")
 
 
@@ -137,14 +148,16 @@ def predict(paths: list[str] = typer.Argument(..., help="Image files, folders (s
             bs: int = typer.Option(32, "--bs", min=1, help="Images per forward pass."),
             fmt: str = typer.Option("table", "--format", help="table | csv | json"),
             out: Path | None = typer.Option(None, "--out", help="Write the results here instead of stdout."),
-            onnx: bool = typer.Option(False, "--onnx", help="Run model.onnx with onnxruntime (see `export`).")) -> None:
+            backend: str = typer.Option("auto", "--backend", help="auto (onnxruntime when model.onnx verifies, on "
+                                                                  "CPU) | torch | onnx"),
+            onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
     """Predict breeds for images. Unreadable images get an error row; exit code 1 if any failed."""
     from petclf.bundle import write_atomic
     from petclf.predict import FORMATS, format_rows, load_model
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    predictor = load_model(model, backend="onnx" if onnx else "torch")
+    predictor = load_model(model, backend=backend_arg(backend, onnx))
     rows = list(predictor.predict_paths(paths, bs=bs, tta=tta))
     text = format_rows(rows, fmt, topk)
     if out is None:
@@ -165,11 +178,14 @@ def serve(model: Path = ModelOpt,
           host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
           port: int = typer.Option(7860, help="Port to listen on."),
           share: bool = typer.Option(False, "--share", help="Also publish a temporary public gradio.live link."),
-          onnx: bool = typer.Option(False, "--onnx", help="Run model.onnx with onnxruntime (no Grad-CAM).")) -> None:
+          backend: str = typer.Option("auto", "--backend", help="What runs classify: auto (onnxruntime when "
+                                                                "model.onnx verifies) | torch | onnx; Grad-CAM "
+                                                                "always uses torch."),
+          onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
     """Serve the Gradio demo: upload a photo, see the breed, cat or dog, and Grad-CAM."""
     from petclf.app import main as serve_demo
 
-    serve_demo(model, host=host, port=port, share=share, backend="onnx" if onnx else "torch")
+    serve_demo(model, host=host, port=port, share=share, backend=backend_arg(backend, onnx))
 
 
 @app.command("export")
@@ -210,14 +226,14 @@ def report(model: Path = typer.Option(Path("exports/latest"), "--model", help="E
 # ---------------------------------------------------------------------------------------------------- training
 # Every flag defaults to None so that the layering defaults < --config FILE < flags holds (petclf.config).
 
-ArchOpt = typer.Option(None, "--arch", help="timm model name (default resnet34).")
+ArchOpt = typer.Option(None, "--arch", help=f"timm model name (default {D.arch}).")
 WeightsOpt = typer.Option(None, "--weights", help="Local timm state dict (.pth/.safetensors) instead of the hub.")
 PretrainedOpt = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (default on).")
-BsOpt = typer.Option(None, "--bs", help="Batch size (default 32).")
-SizeOpt = typer.Option(None, "--size", help="Training crop size in px (default 224).")
-PresizeOpt = typer.Option(None, "--presize", help="Item resize before batch augmentation (default 460).")
+BsOpt = typer.Option(None, "--bs", help=f"Batch size (default {D.bs}).")
+SizeOpt = typer.Option(None, "--size", help=f"Training crop size in px (default {D.size}).")
+PresizeOpt = typer.Option(None, "--presize", help=f"Item resize before batch augmentation (default {D.presize}).")
 TrainSplitOpt = typer.Option(None, "--split", help="random | official | FILE naming the validation images.")
-SeedOpt = typer.Option(None, "--seed", help="Seed of the split and the run (default 42).")
+SeedOpt = typer.Option(None, "--seed", help=f"Seed of the split and the run (default {D.seed}).")
 DeviceOpt = typer.Option(None, "--device", help="auto (cuda > mps > cpu) | cpu | mps | cuda | cuda:N.")
 ConfigOpt = typer.Option(None, "--config", help="YAML file of settings (flags override it).")
 RecipeOpt = typer.Option(None, "--recipe", help="auto | fastbook | probe (auto: probe on small data).")
@@ -234,9 +250,10 @@ def _train_config(config: Path | None, **flags):
 @guarded
 def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: Path | None = WeightsOpt,
               pretrained: bool | None = PretrainedOpt,
-              epochs: int | None = typer.Option(None, "--epochs", help="Epochs after unfreezing (default 4)."),
-              freeze_epochs: int | None = typer.Option(None, "--freeze-epochs",
-                                                          help="Epochs on the head alone first (default 1)."),
+              epochs: int | None = typer.Option(None, "--epochs",
+                                                help=f"Epochs after unfreezing (default {D.epochs})."),
+              freeze_epochs: int | None = typer.Option(
+                  None, "--freeze-epochs", help=f"Epochs on the head alone first (default {D.freeze_epochs})."),
               lr: float | None = typer.Option(None, "--lr", help="Base learning rate; default: lr_find's."),
               bs: int | None = BsOpt, size: int | None = SizeOpt, presize: int | None = PresizeOpt,
               split: str | None = TrainSplitOpt, seed: int | None = SeedOpt, device: str | None = DeviceOpt,
