@@ -211,3 +211,23 @@ def test_synthetic_data_is_deterministic(tmp_path):
     D.synth_pets(tmp_path / "b", n_classes=2, per_class=2, size=16, seed=3)
     for f in (tmp_path / "a").iterdir():
         assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
+
+
+def test_crop_runs_before_the_warp_and_validation_is_fastais(synth_dir, monkeypatch):
+    import torch
+    from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU, aug_transforms
+
+    pets = D.load_pets(synth_dir)
+    kw = dict(bs=8, size=32, presize=48, mean=(0.5,) * 3, std=(0.5,) * 3, workers=0)
+    dls = D.make_dataloaders(pets, **kw)
+    names = [type(t) for t in dls.train.after_batch.fs]
+    crop = next(i for i, t in enumerate(names) if issubclass(t, RandomResizedCropGPU))
+    warp = next(i for i, t in enumerate(names) if issubclass(t, AffineCoordTfm))
+    assert crop < warp
+    xb, _ = dls.train.one_batch()
+    assert xb.shape == (8, 3, 32, 32)
+    monkeypatch.setattr(D, "augmentations", lambda size, min_scale: aug_transforms(size=size, min_scale=min_scale))
+    plain = D.make_dataloaders(pets, **kw)
+    # on validation fastai still resamples through an identity grid, now at `size` instead of the presize:
+    # the same image up to float rounding
+    assert torch.allclose(dls.valid.one_batch()[0], plain.valid.one_batch()[0], atol=1e-4)
