@@ -96,10 +96,12 @@ def export_both(learn, arch: str, size: int, presize: int, mean, std, out: Path)
     """The same model twice: a petclf bundle and fastai's `export.pkl` (what a typical Space loads)."""
     from petclf.bundle import make_manifest, write_bundle
     from petclf.model import FASTAI_HEAD
+    from petclf.onnx import export_onnx
 
     bundle = out / "bundle"
     write_bundle(learn.model, bundle, make_manifest(arch, FASTAI_HEAD, list(learn.dls.vocab), size, presize,
                                                     mean, std))
+    export_onnx(bundle)  # as `petclf train` does at the end of every run, so `load_model` picks onnxruntime
     pkl = out / "export.pkl"
     learn.export(pkl)
     return bundle, pkl
@@ -136,33 +138,36 @@ def interleaved_ms(fns: dict, items, warmup: int = 3, reps: int = 2) -> dict[str
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_single(predictor, learn, paths: list[Path]) -> dict[str, float]:
-    """One image at a time: predictor, learn.predict, preprocessing alone, raw forward on a ready tensor."""
-    model = predictor.model
-    x = predictor.preprocess([paths[0]])
+def bench_single(predictor, torch_p, learn, paths: list[Path]) -> dict[str, float]:
+    """One image at a time: petclf's default predictor and its torch backend, learn.predict, preprocessing alone,
+    and the raw torch forward on a ready tensor (the same eval-mode network for every torch contender)."""
+    model = torch_p.model
+    x = torch_p.preprocess([paths[0]])
 
     def raw(_):
         with torch.inference_mode():
             model(x)
 
     with learn.no_bar():
-        ms = interleaved_ms({"predictor_ms": predictor.predict, "fastai_predict_ms": learn.predict,
-                             "preprocess_ms": lambda p: predictor.preprocess([p]), "raw_forward_ms": raw}, paths)
+        ms = interleaved_ms({"predictor_ms": predictor.predict, "predictor_torch_ms": torch_p.predict,
+                             "fastai_predict_ms": learn.predict,
+                             "preprocess_ms": lambda p: torch_p.preprocess([p]), "raw_forward_ms": raw}, paths)
     return ms
 
 
-def bench_folder(predictor, folder: Path, n: int, bs: int = 32, rounds: int = 3) -> dict[str, float]:
-    """A folder at batch `bs`: predictor images/s (decode included) vs the raw batched forward on ready tensors.
+def bench_folder(predictors: dict, model, folder: Path, n: int, size: int, bs: int = 32,
+                 rounds: int = 3) -> dict[str, float]:
+    """A folder at batch `bs`: each predictor's images/s (decode included) vs the raw batched torch forward on
+    ready tensors. All take turns for `rounds` rounds; each reports its median round.
 
-    The two take turns for `rounds` rounds; each reports its median round.
+    `predictors`: {name: (predictor, decode workers or None for the default)}.
     """
-    model = predictor.model
-    x = torch.randn(bs, 3, predictor.pre.size, predictor.pre.size)
+    x = torch.randn(bs, 3, size, size)
     n_raw = max(1, n // bs) * bs
 
-    def pred_round() -> float:
+    def pred_round(p, workers) -> float:
         t = time.perf_counter()
-        rows = list(predictor.predict_paths([folder], bs=bs))
+        rows = list(p.predict_paths([folder], bs=bs, workers=workers))
         assert len(rows) == n and all(r.ok for r in rows)
         return n / (time.perf_counter() - t)
 
@@ -173,25 +178,48 @@ def bench_folder(predictor, folder: Path, n: int, bs: int = 32, rounds: int = 3)
                 model(x)
             return n_raw / (time.perf_counter() - t)
 
-    pred_round(), raw_round()  # warm up
-    rates = [(pred_round(), raw_round()) for _ in range(rounds)]
-    return {"predictor_img_s": statistics.median(p for p, _ in rates),
-            "raw_forward_img_s": statistics.median(r for _, r in rates)}
+    fns = {f"{k}_img_s": (lambda p=p, w=w: pred_round(p, w)) for k, (p, w) in predictors.items()}
+    fns["raw_forward_img_s"] = raw_round
+    for fn in fns.values():  # warm up
+        fn()
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            rates[k].append(fn())
+    return {k: statistics.median(v) for k, v in rates.items()}
 
 
-def bench_onnx(bundle: Path, predictor, paths: list[Path], bs: int = 32, reps: int = 5) -> dict[str, float]:
-    """onnxruntime vs torch on the same preprocessed input, one image and a batch; the ONNX-backed predictor."""
-    from petclf.onnx import export_onnx
-    from petclf.predict import load_model
+def fused_channels_last(model: torch.nn.Module):
+    """The torch-side options: conv+BN folded (torch.fx), channels_last; returns a forward function."""
+    import copy
 
-    info = export_onnx(bundle)
-    ort = load_model(bundle, backend="onnx")
-    out = {"onnx_max_abs_diff": info["max_abs_diff"],
-           **interleaved_ms({"predictor_onnx_ms": ort.predict, "predictor_ms": predictor.predict}, paths)}
+    from torch.fx.experimental.optimization import fuse
+
+    fused = fuse(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
+    return lambda x: fused(x.contiguous(memory_format=torch.channels_last))
+
+
+def bench_onnx(predictor, torch_p, bs: int = 32, reps: int = 5) -> dict[str, float]:
+    """Forward pass only, on the same preprocessed input: onnxruntime (petclf's session) vs torch vs torch with
+    conv+BN folding and channels_last, one image and a batch; interleaved."""
+    model = torch_p.model
+    fcl = fused_channels_last(model)
+    out = {}
     for n in (1, bs):
-        x = torch.randn(n, 3, predictor.pre.size, predictor.pre.size)
-        out[f"torch_b{n}_ms"] = median_ms(predictor.logits, [x] * reps, warmup=2)
-        out[f"onnx_b{n}_ms"] = median_ms(ort.logits, [x] * reps, warmup=2)
+        x = torch.randn(n, 3, torch_p.pre.size, torch_p.pre.size)
+        with torch.inference_mode():
+            out["fused_cl_max_abs_diff"] = max(out.get("fused_cl_max_abs_diff", 0.0),
+                                               float((fcl(x) - model(x)).abs().max()))
+        out["onnx_max_abs_diff"] = max(out.get("onnx_max_abs_diff", 0.0),
+                                       float((predictor.logits(x) - torch_p.logits(x)).abs().max()))
+
+        def fused(x):
+            with torch.inference_mode():
+                return fcl(x)
+
+        ms = interleaved_ms({"torch": torch_p.logits, "onnx": predictor.logits, "torch_fused_cl": fused},
+                            [x] * (reps * (4 if n == 1 else 1)), warmup=2, reps=1)
+        out.update({f"{k}_b{n}_ms": v for k, v in ms.items()})
     return out
 
 
@@ -293,35 +321,52 @@ def bench_server(name: str, cmd: list[str], port: int, api_name: str, paths: lis
 # ---------------------------------------------------------------------------------------------------- report
 
 
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
 def table(r: dict) -> str:
-    """The markdown table for BENCHMARKS.md."""
-    s, f, o, sp, pc = r["single"], r["folder"], r["onnx"], r["space"], r["petclf"]
+    """The markdown tables for BENCHMARKS.md (the server rows only when the servers ran)."""
+    s, f, o, be = r["single"], r["folder"], r["onnx"], r["backend"]
     base = s["raw_forward_ms"] + s["preprocess_ms"]
+    speedup, speedup_t = s["fastai_predict_ms"] / s["predictor_ms"], s["fastai_predict_ms"] / s["predictor_torch_ms"]
+    ratio, ratio_t = s["predictor_ms"] / base, s["predictor_torch_ms"] / base
     lines = [
-        f"| measure ({r['arch']}, {r['size']} px, {r['threads']} torch threads) | value | goal | met |",
+        f"| measure ({r['arch']}, {r['size']} px, {r['threads']} threads) | value | goal | met |",
         "|---|---|---|---|",
-        f"| one image: petclf predictor | {s['predictor_ms']:.1f} ms | | |",
-        f"| one image: fastai `learn.predict` | {s['fastai_predict_ms']:.1f} ms | | |",
-        f"| one image: raw forward (ready tensor) + preprocessing | {s['raw_forward_ms']:.1f} + "
+        f"| one image: petclf predictor, default backend (`{be}`) | {s['predictor_ms']:.1f} ms | | |",
+        f"| one image: petclf predictor, `backend='torch'` | {s['predictor_torch_ms']:.1f} ms | | |",
+        f"| one image: fastai `learn.predict` (torch) | {s['fastai_predict_ms']:.1f} ms | | |",
+        f"| one image: raw torch forward (ready tensor) + preprocessing | {s['raw_forward_ms']:.1f} + "
         f"{s['preprocess_ms']:.1f} = {base:.1f} ms | | |",
-        f"| predictor / (raw forward + preprocessing) | {s['predictor_ms'] / base:.2f} x | <= 1.15 x | "
-        f"{'yes' if s['predictor_ms'] / base <= 1.15 else 'no'} |",
-        f"| `learn.predict` / predictor | {s['fastai_predict_ms'] / s['predictor_ms']:.2f} x faster | >= 1.7 x | "
-        f"{'yes' if s['fastai_predict_ms'] / s['predictor_ms'] >= 1.7 else 'no'} |",
-        f"| folder of {r['n_images']} at bs 32: predictor (decode included) | {f['predictor_img_s']:.1f} img/s | | |",
-        f"| raw batched forward (ready tensors) | {f['raw_forward_img_s']:.1f} img/s | | |",
-        f"| predictor / raw batched forward | {f['predictor_img_s'] / f['raw_forward_img_s']:.2f} x | >= 0.9 x | "
-        f"{'yes' if f['predictor_img_s'] / f['raw_forward_img_s'] >= 0.9 else 'no'} |",
-        f"| one image: petclf predictor with `backend='onnx'` (vs torch predictor in the same pass) | "
-        f"{o['predictor_onnx_ms']:.1f} ms (vs {o['predictor_ms']:.1f} ms); `learn.predict` / it = "
-        f"{s['fastai_predict_ms'] / o['predictor_onnx_ms']:.2f} x | >= 1.7 x | "
-        f"{'yes' if s['fastai_predict_ms'] / o['predictor_onnx_ms'] >= 1.7 else 'no'} |",
-        f"| ONNX Runtime / torch time, 1 image | {o['onnx_b1_ms']:.1f} / {o['torch_b1_ms']:.1f} ms = "
-        f"{o['onnx_b1_ms'] / o['torch_b1_ms']:.2f} x | report | |",
-        f"| ONNX Runtime / torch time, batch 32 | {o['onnx_b32_ms']:.0f} / {o['torch_b32_ms']:.0f} ms = "
-        f"{o['onnx_b32_ms'] / o['torch_b32_ms']:.2f} x | report | |",
+        f"| `learn.predict` / predictor (`{be}`) | {speedup:.2f} x | >= 1.7 x | {_met(speedup >= 1.7)} |",
+        f"| `learn.predict` / predictor (`torch`) | {speedup_t:.2f} x | >= 1.7 x | {_met(speedup_t >= 1.7)} |",
+        f"| predictor (`{be}`) / (raw torch forward + preprocessing) | {ratio:.2f} x | <= 1.15 x | "
+        f"{_met(ratio <= 1.15)} |",
+        f"| predictor (`torch`) / (raw torch forward + preprocessing) | {ratio_t:.2f} x | <= 1.15 x | "
+        f"{_met(ratio_t <= 1.15)} |",
+        f"| folder of {r['n_images']} at bs 32, raw batched torch forward (ready tensors) | "
+        f"{f['raw_forward_img_s']:.1f} img/s | | |",
     ]
-    for key, label in (("space", "typical fastai Space"), ("petclf", "petclf serve")):
+    for k, label in (("predictor", f"predictor (`{be}`), 2 decode threads (default)"),
+                     ("predictor_w1", f"predictor (`{be}`), 1 decode thread"),
+                     ("predictor_torch", "predictor (`torch`), 2 decode threads")):
+        if f"{k}_img_s" in f:
+            q = f[f"{k}_img_s"] / f["raw_forward_img_s"]
+            lines.append(f"| folder: {label}, decoding included | {f[f'{k}_img_s']:.1f} img/s = {q:.2f} x raw | "
+                         f">= 0.9 x | {_met(q >= 0.9)} |")
+    for n in (1, 32):
+        lines.append(f"| forward only, batch {n}: onnxruntime / torch fused+channels_last / torch | "
+                     f"{o[f'onnx_b{n}_ms']:.1f} / {o[f'torch_fused_cl_b{n}_ms']:.1f} / {o[f'torch_b{n}_ms']:.1f} ms "
+                     f"= {o[f'onnx_b{n}_ms'] / o[f'torch_b{n}_ms']:.2f} / "
+                     f"{o[f'torch_fused_cl_b{n}_ms'] / o[f'torch_b{n}_ms']:.2f} / 1 | report | |")
+    lines.append(f"| max logit diff vs torch: onnxruntime / fused+channels_last | {o['onnx_max_abs_diff']:.1e} / "
+                 f"{o['fused_cl_max_abs_diff']:.1e} | | |")
+    if "petclf" not in r:
+        return "\n".join(lines)
+    sp, pc = r["space"], r["petclf"]
+    sb = r["serve_backend"] if r["serve_backend"] != "auto" else f"auto -> {be}"
+    for key, label in (("space", "typical fastai Space (torch)"), ("petclf", f"petclf serve (`{sb}`)")):
         d = r[key]
         lines.append(f"| demo, {r['callers']} callers x {r['duration']:.0f} s: {label} | {d['req_s']:.1f} req/s, "
                      f"p50 {d['p50_ms']:.0f} ms, p99 {d['p99_ms']:.0f} ms, {d['errors']} errors, "
@@ -329,11 +374,11 @@ def table(r: dict) -> str:
     growth = pc["rss_after_mb"] - pc["rss_before_mb"]
     lines += [
         f"| petclf / Space requests/s | {pc['req_s'] / sp['req_s']:.2f} x | >= 2 x | "
-        f"{'yes' if pc['req_s'] >= 2 * sp['req_s'] else 'no'} |",
+        f"{_met(pc['req_s'] >= 2 * sp['req_s'])} |",
         f"| petclf p99 / Space p99 | {pc['p99_ms'] / sp['p99_ms']:.2f} | <= 0.5 | "
-        f"{'yes' if pc['p99_ms'] <= 0.5 * sp['p99_ms'] else 'no'} |",
+        f"{_met(pc['p99_ms'] <= 0.5 * sp['p99_ms'])} |",
         f"| petclf errors; memory growth under load | {pc['errors']}; {growth:+.0f} MB | 0; < 50 MB | "
-        f"{'yes' if pc['errors'] == 0 and growth < 50 else 'no'} |",
+        f"{_met(pc['errors'] == 0 and growth < 50)} |",
     ]
     return "\n".join(lines)
 
@@ -348,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of load per server")
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds of the same load before measuring")
     ap.add_argument("--skip-servers", action="store_true")
+    ap.add_argument("--serve-backend", default="auto", help="`petclf serve --backend` (auto picks onnxruntime)")
     ap.add_argument("--out", type=Path, help="also write the raw numbers as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (photos, models, server logs)")
     args = ap.parse_args(argv)
@@ -361,18 +407,24 @@ def main(argv: list[str] | None = None) -> dict:
         paths = make_photos(work / "photos", args.images, classes)
         learn, mean, std = make_learner(work / "photos", args.arch, args.size, args.presize)
         bundle, pkl = export_both(learn, args.arch, args.size, args.presize, mean, std, work)
-        predictor = load_model(bundle)
+        predictor = load_model(bundle)  # the default: onnxruntime on CPU when model.onnx verifies
+        torch_p = load_model(bundle, backend="torch")
         r = {"arch": args.arch, "size": args.size, "threads": torch.get_num_threads(), "n_images": args.images,
-             "callers": args.callers, "duration": args.duration}
-        print("single image ...", flush=True)
-        r["single"] = bench_single(predictor, learn, paths[:20])
+             "callers": args.callers, "duration": args.duration, "backend": predictor.backend,
+             "load_avg_start": os.getloadavg()}
+        print(f"single image (default backend: {predictor.backend}) ...", flush=True)
+        r["single"] = bench_single(predictor, torch_p, learn, paths[:20])
         print(r["single"], "\nfolder ...", flush=True)
-        r["folder"] = bench_folder(predictor, work / "photos", args.images)
-        print(r["folder"], "\nonnx ...", flush=True)
-        r["onnx"] = bench_onnx(bundle, predictor, paths[:20])
+        r["folder"] = bench_folder({"predictor": (predictor, None), "predictor_w1": (predictor, 1),
+                                    "predictor_torch": (torch_p, None)}, torch_p.model, work / "photos",
+                                   args.images, args.size)
+        print(r["folder"], "\nforward only ...", flush=True)
+        r["onnx"] = bench_onnx(predictor, torch_p)
         print(r["onnx"], flush=True)
+        r["load_avg_mid"] = os.getloadavg()
         if not args.skip_servers:
-            del learn, predictor
+            del learn, predictor, torch_p
+            r["serve_backend"] = args.serve_backend
             space = work / "space_app.py"
             space.write_text(SPACE_APP)
             port = free_port()
@@ -381,11 +433,16 @@ def main(argv: list[str] | None = None) -> dict:
                                       paths, args.callers, args.duration, work, args.warmup)
             print(r["space"], "\npetclf serve under load ...", flush=True)
             port = free_port()
-            r["petclf"] = bench_server("petclf", [sys.executable, "-m", "petclf", "serve", "--model", str(bundle),
-                                                  "--port", str(port)], port, "/classify", paths, args.callers,
-                                       args.duration, work, args.warmup)
+            serve = [sys.executable, "-m", "petclf", "serve", "--model", str(bundle), "--port", str(port),
+                     "--backend", args.serve_backend]
+            r["petclf"] = bench_server("petclf", serve, port, "/classify", paths, args.callers, args.duration, work,
+                                       args.warmup)
             print(r["petclf"], flush=True)
-            print("\n" + table(r))
+        r["load_avg_end"] = os.getloadavg()
+        print("\n" + table(r))
+        print("load average (1, 5, 15 min) at start / after the predictor part / end:",
+              *(" ".join(f"{v:.2f}" for v in r[k]) for k in ("load_avg_start", "load_avg_mid", "load_avg_end")),
+              sep="\n  ")
         r["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if args.out:
             args.out.write_text(json.dumps(r, indent=1))

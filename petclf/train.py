@@ -684,10 +684,24 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
     manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), cfg.size,
                              cfg.presize, mean, std, **extra)
     write_bundle(learn.model, run_dir, manifest)
+    export_onnx_quietly(run_dir)
     tmp = (run_dir / f".export.pkl.tmp{os.getpid()}").resolve()  # fastai joins a relative name onto learn.path
     learn.export(tmp)
     os.replace(tmp, run_dir / "export.pkl")
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+
+
+def export_onnx_quietly(run_dir: Path) -> None:
+    """model.onnx + its checksum file beside the bundle (`load_model` prefers it on CPU); a failure only logs."""
+    from petclf.onnx import export_onnx
+
+    try:
+        info = export_onnx(run_dir)
+    except Exception as e:  # noqa: BLE001 - the run is good without ONNX; torch serves it
+        log(f"ONNX export skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "predict/serve will use torch")
+        return
+    log(f"wrote {info['file']} (max |logit diff| vs torch {info['max_abs_diff']:.2g})")
 
 
 # ---------------------------------------------------------------------------------------------------- train

@@ -28,7 +28,15 @@ def run_dir(tiny_run) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(run_dir):
-    return load_model(run_dir)
+    return load_model(run_dir, backend="torch")
+
+
+@pytest.fixture(scope="module")
+def onnx_predictor(run_dir):
+    """What `load_model` picks by default on CPU: training wrote a verified model.onnx beside the bundle."""
+    p = load_model(run_dir)
+    assert p.backend == "onnx"
+    return p
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +67,19 @@ def test_probabilities_equal_fastai_get_preds(tiny_run, predictor, valid_items):
     mine = torch.tensor([[r.probs[c] for c in learn.dls.vocab] for r in rows])
     assert (mine - preds).abs().max().item() < 1e-4
     single = predictor.predict(valid_items[0])
+    assert max(abs(single[c] - preds[0, i].item()) for i, c in enumerate(learn.dls.vocab)) < 1e-4
+
+
+def test_onnx_backend_probabilities_equal_fastai_get_preds(tiny_run, onnx_predictor, valid_items):
+    """The default CPU backend meets the same 1e-4 as torch: onnxruntime's fused conv+BN kernels only reorder float
+    sums (logits differ by ~1e-6), far below what 1e-4 in a probability could hide (a changed top-1 or pixel)."""
+    _, learn = tiny_run
+    preds, _ = learn.get_preds()
+    rows = list(onnx_predictor.predict_paths(valid_items, bs=7))
+    assert [r.file for r in rows] == [str(p) for p in valid_items] and all(r.ok for r in rows)
+    mine = torch.tensor([[r.probs[c] for c in learn.dls.vocab] for r in rows])
+    assert (mine - preds).abs().max().item() < 1e-4
+    single = onnx_predictor.predict(valid_items[0])
     assert max(abs(single[c] - preds[0, i].item()) for i, c in enumerate(learn.dls.vocab)) < 1e-4
 
 
@@ -397,5 +418,21 @@ def test_onnx_export_matches_torch_and_refuses_tampering(run_dir, tmp_path, vali
     (bundle / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="checksum mismatch"):
         load_model(bundle, backend="onnx")
+    assert load_model(bundle).backend == "torch"  # auto: a tampered graph is never run; torch serves the bundle
+    bare = tmp_path / "no_onnx"
+    shutil.copytree(run_dir, bare)
+    (bare / "model.onnx").unlink()
     with pytest.raises(BundleError, match="petclf export --onnx"):
-        load_model(run_dir, backend="onnx")
+        load_model(bare, backend="onnx")
+    assert load_model(bare).backend == "torch"
+
+
+def test_training_exports_onnx_and_auto_picks_it_on_cpu(run_dir, onnx_predictor, predictor, valid_items):
+    from petclf.predict import ONNX_INFO_NAME
+
+    info = json.loads((run_dir / ONNX_INFO_NAME).read_text())
+    assert info["max_abs_diff"] < 1e-3 and (run_dir / "model.onnx").is_file()
+    assert onnx_predictor.has_model  # Grad-CAM's torch network, loaded on first use, is the bundle's network
+    x = predictor.preprocess(valid_items[:2])
+    with torch.no_grad():
+        assert torch.equal(onnx_predictor.model(x), predictor.model(x))
