@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -53,11 +52,7 @@ def main() -> None:
         try:
             print(bp.load_test(f"http://127.0.0.1:{port}/", "/classify", paths, args.callers, args.duration))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            bp.stop_server(proc)
         print("load average (1, 5, 15 min):", *(f"{v:.2f}" for v in os.getloadavg()))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -311,11 +311,16 @@ def bench_server(name: str, cmd: list[str], port: int, api_name: str, paths: lis
         res.update(rss_before_mb=before, rss_after_mb=rss_mb(proc.pid))
         return res
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Terminate a server process, killing it if it does not exit within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 # ---------------------------------------------------------------------------------------------------- report

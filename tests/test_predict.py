@@ -59,7 +59,11 @@ def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
 # ---------------------------------------------------------------------------------------------------- exactness
 
 
-def test_probabilities_equal_fastai_get_preds(tiny_run, predictor, valid_items):
+@pytest.mark.parametrize("which", ["predictor", "onnx_predictor"])
+def test_probabilities_equal_fastai_get_preds(tiny_run, valid_items, request, which):
+    """Both backends meet 1e-4: onnxruntime's fused conv+BN kernels only reorder float sums (logits differ by
+    ~1e-6), far below what 1e-4 in a probability could hide (a changed top-1 or pixel)."""
+    predictor = request.getfixturevalue(which)
     _, learn = tiny_run
     preds, _ = learn.get_preds()
     rows = list(predictor.predict_paths(valid_items, bs=7))
@@ -67,19 +71,6 @@ def test_probabilities_equal_fastai_get_preds(tiny_run, predictor, valid_items):
     mine = torch.tensor([[r.probs[c] for c in learn.dls.vocab] for r in rows])
     assert (mine - preds).abs().max().item() < 1e-4
     single = predictor.predict(valid_items[0])
-    assert max(abs(single[c] - preds[0, i].item()) for i, c in enumerate(learn.dls.vocab)) < 1e-4
-
-
-def test_onnx_backend_probabilities_equal_fastai_get_preds(tiny_run, onnx_predictor, valid_items):
-    """The default CPU backend meets the same 1e-4 as torch: onnxruntime's fused conv+BN kernels only reorder float
-    sums (logits differ by ~1e-6), far below what 1e-4 in a probability could hide (a changed top-1 or pixel)."""
-    _, learn = tiny_run
-    preds, _ = learn.get_preds()
-    rows = list(onnx_predictor.predict_paths(valid_items, bs=7))
-    assert [r.file for r in rows] == [str(p) for p in valid_items] and all(r.ok for r in rows)
-    mine = torch.tensor([[r.probs[c] for c in learn.dls.vocab] for r in rows])
-    assert (mine - preds).abs().max().item() < 1e-4
-    single = onnx_predictor.predict(valid_items[0])
     assert max(abs(single[c] - preds[0, i].item()) for i, c in enumerate(learn.dls.vocab)) < 1e-4
 
 
