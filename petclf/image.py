@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,7 +20,7 @@ MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~9459 x 9459); larger
 MAX_BYTES = 20 * 1024 * 1024  # files above this are refused before decoding
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as a browser shows them
 
-ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
 # Pillow's own bomb check raises at 2x MAX_IMAGE_PIXELS; ours refuses at 1x before decoding a single pixel.
 Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS
