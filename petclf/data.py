@@ -27,6 +27,7 @@ from pathlib import Path
 from fastai.vision.core import PILImage, image_extensions
 from PIL import Image
 
+from petclf.bundle import write_atomic
 from petclf.errors import DataError, ImageError
 from petclf.image import load_rgb
 
@@ -73,7 +74,7 @@ def label_from_path(path: str | Path) -> str:
 # ---------------------------------------------------------------------------------------------------- finding
 
 
-def _reachable(url: str, timeout: float = NETWORK_TIMEOUT) -> bool:
+def reachable(url: str, timeout: float = NETWORK_TIMEOUT) -> bool:
     """True if `url`'s host answers within `timeout` seconds (DNS included, which has no timeout of its own)."""
     import urllib.request
 
@@ -96,7 +97,7 @@ def download_pets(dest: Path = DATA_DIR) -> Path:
     """fastai's `untar_data(URLs.PETS)` into `dest`, after a quick reachability check so offline fails fast."""
     from fastai.data.external import URLs, untar_data
 
-    if not _reachable(URLs.PETS):
+    if not reachable(URLs.PETS):
         raise DataError(f"Oxford-IIIT Pets is not in {dest / PETS_DIRNAME} and cannot be downloaded (no network); "
                         f"copy the extracted dataset there or pass --data DIR")
     dest.mkdir(parents=True, exist_ok=True)
@@ -197,13 +198,6 @@ def _load_cache(file: Path) -> dict:
         return {}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def verify_images(files: Sequence[Path], root: Path, use_cache: bool = True, workers: int | None = None,
                   progress=None) -> list[FileCheck]:
     """`check_image` on every file, in parallel, reusing cached verdicts of files whose size and mtime are unchanged."""
@@ -221,7 +215,7 @@ def verify_images(files: Sequence[Path], root: Path, use_cache: bool = True, wor
     for path, chk in fresh.items():
         cache[path] = {"stamp": stamps[path], "status": chk.status, "reason": chk.reason}
     if use_cache and fresh:
-        _write_atomic(cache_file, json.dumps(cache))
+        write_atomic(cache_file, json.dumps(cache))
     return [fresh.get(str(f)) or FileCheck(str(f), cache[str(f)]["status"], cache[str(f)]["reason"]) for f in files]
 
 
@@ -286,7 +280,7 @@ class DataReport:
     def save(self, out_dir: str | Path) -> Path:
         """Write the report as `data_report.json` in `out_dir`."""
         path = Path(out_dir) / REPORT_NAME
-        _write_atomic(path, json.dumps(asdict(self), indent=1))
+        write_atomic(path, json.dumps(asdict(self), indent=1))
         return path
 
     def summary(self) -> str:

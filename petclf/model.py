@@ -89,9 +89,9 @@ def hub_reachable(timeout: float = HUB_TIMEOUT) -> bool:
     """True if huggingface.co answers within `timeout` s; False at once when HF_HUB_OFFLINE is set."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    from petclf.data import _reachable
+    from petclf.data import reachable
 
-    return _reachable(HF_URL, timeout)
+    return reachable(HF_URL, timeout)
 
 
 def hub_cache_dir() -> Path:

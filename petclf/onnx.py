@@ -14,7 +14,6 @@ checksum and the weights' checksum, so a stale or tampered graph is refused at l
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -48,23 +47,18 @@ def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3, seed: in
 
 def export_onnx(model_dir: str | Path, opset: int = OPSET, atol: float = ATOL) -> dict[str, Any]:
     """Write `model.onnx` beside the bundle in `model_dir` once it matches torch within `atol`; returns its info."""
-    from petclf.bundle import load_network, sha256_file, write_atomic
+    from petclf.bundle import atomic_path, load_network, sha256_file, write_atomic
     from petclf.predict import ONNX_INFO_NAME, ONNX_NAME
 
     model_dir = Path(model_dir)
     net, manifest = load_network(model_dir)
     size = int(manifest["input"]["size"])
-    final = model_dir / ONNX_NAME
-    tmp = final.with_name(f".{ONNX_NAME}.tmp{os.getpid()}")
-    try:
+    with atomic_path(model_dir / ONNX_NAME) as tmp:
         _export_graph(net, size, tmp, opset)
         diff = check_onnx(net, tmp, size)
         if not diff <= atol:
             raise PetclfError(f"ONNX export differs from torch by {diff:.2g} (> {atol:g}); model.onnx not written")
         info = {"file": ONNX_NAME, "sha256": sha256_file(tmp), "weights_sha256": manifest["weights"]["sha256"],
                 "opset": opset, "input_size": size, "max_abs_diff": diff, "torch": torch.__version__.split("+")[0]}
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     write_atomic(model_dir / ONNX_INFO_NAME, json.dumps(info, indent=1))
     return info

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from petclf import distributed
+from petclf.bundle import atomic_path, save_state_dict, write_atomic
 from petclf.config import TrainConfig, load_config_file, resolve_config, save_config
 from petclf.errors import PetclfError
 
@@ -205,8 +206,6 @@ def save_checkpoint(learn, state: RunState, run_dir: Path) -> None:
     """Model, optimizer and RunState in one file, written atomically (temp file, then rename)."""
     import io
 
-    from petclf.bundle import write_atomic
-
     buf = io.BytesIO()
     opt = _plain(learn.opt.state_dict()) if learn.opt is not None else None
     torch.save({"model": distributed.unwrap(learn.model).state_dict(), "opt": opt, "state": asdict(state)}, buf)
@@ -226,8 +225,6 @@ def load_checkpoint(run_dir: Path) -> dict:
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Model weights as safetensors, atomically."""
-    from petclf.bundle import save_state_dict
-
     save_state_dict(distributed.unwrap(model).state_dict(), path)
 
 
@@ -495,11 +492,9 @@ def plot_lr_find(res: LRFind, path: Path) -> Path:
     ax.axvline(res.suggestion, color="tab:red", linestyle="--")
     ax.set_title(f"lr_find: suggestion {res.suggestion:.2e}" + (" (fallback)" if res.fallback else ""))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -672,7 +667,7 @@ def keep_better(learn, state: RunState, run_dir: Path) -> str:
 
 def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> None:
     """Bundle (weights + manifest), export.pkl and metrics.json; then the run is complete."""
-    from petclf.bundle import make_manifest, write_atomic, write_bundle
+    from petclf.bundle import make_manifest, write_bundle
     from petclf.model import norm_stats
 
     mean, std = norm_stats(cfg.arch)
@@ -685,9 +680,8 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
                              cfg.presize, mean, std, **extra)
     write_bundle(learn.model, run_dir, manifest)
     export_onnx_quietly(run_dir)
-    tmp = (run_dir / f".export.pkl.tmp{os.getpid()}").resolve()  # fastai joins a relative name onto learn.path
-    learn.export(tmp)
-    os.replace(tmp, run_dir / "export.pkl")
+    with atomic_path(run_dir / "export.pkl") as tmp:  # absolute: fastai joins a relative name onto learn.path
+        learn.export(tmp)
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
 
 

@@ -55,7 +55,7 @@ def test_find_data_missing_folder_is_a_data_error(tmp_path):
 def test_without_network_or_local_copy_the_error_names_data_flag(tmp_path, monkeypatch):
     from fastai.data.external import URLs
 
-    if D._reachable(URLs.PETS, timeout=3):
+    if D.reachable(URLs.PETS, timeout=3):
         pytest.skip("the Pets download host is reachable from this machine; this test is for offline machines")
     monkeypatch.chdir(tmp_path)
     start = time.monotonic()
