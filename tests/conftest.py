@@ -17,6 +17,22 @@ def _isolated_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium through Playwright, shared by the browser tests; skipped, saying why, if missing."""
+    from helpers import CHROMIUM_ARGS, chromium_path
+
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("Chromium not found at /usr/bin/chromium (run `make browser` as root to install it with apt)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True, timeout=30_000)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """4 breeds (2 cats, 2 dogs) x 16 clean 64 px images."""
     from petclf.data import synth_pets

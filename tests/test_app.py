@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import http.client
 import io
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from PIL import Image
 
 from petclf.app import UNSURE_BELOW, build_demo, example_files, launch_kwargs, model_card, pretty, verdict
 from petclf.predict import load_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,45 +7,15 @@ to keep the screenshot.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from petclf.app import build_demo, example_files, launch_kwargs, pretty
 from petclf.predict import load_model
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 TIMEOUT_MS = 30_000  # any single browser step
-
-
-def chromium() -> str | None:
-    """Debian's Chromium binary, if installed."""
-    for cand in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
-        if cand and Path(cand).is_file():
-            return cand
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    exe = chromium()
-    if exe is None:
-        pytest.skip("Chromium not found at /usr/bin/chromium (run `make browser` as root to install it with apt)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS)
-        yield b
-        b.close()
 
 
 @pytest.mark.slow

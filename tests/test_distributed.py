@@ -5,24 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from petclf.data import synth_pets
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(*args: str, cwd: Path) -> list[str]:

@@ -7,25 +7,11 @@ error, and the 37-class confusion matrix is shown large enough to read.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; never `playwright install`
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
-
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def chromium() -> str:
-    """Path of the Chromium binary, or skip the test saying why."""
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    path = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
-    if not path:
-        pytest.skip(f"chromium not found at {CHROMIUM} or on PATH (run `make browser`)")
-    return path
 
 
 def all_breeds_run(out: Path, data: Path) -> Path:
@@ -54,38 +40,33 @@ def all_breeds_run(out: Path, data: Path) -> Path:
     return out
 
 
-def open_page(html: Path, screenshot: Path) -> dict:
+def open_page(browser, html: Path, screenshot: Path) -> dict:
     """Load `html` in headless Chromium; return console errors, image sizes and the confusion matrix's width."""
-    from playwright.sync_api import sync_playwright
-
     errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-            page.goto(html.resolve().as_uri(), wait_until="load")
-            widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-            cm_width = page.evaluate("document.querySelector('#confusion img').getBoundingClientRect().width")
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    try:
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+        page.goto(html.resolve().as_uri(), wait_until="load")
+        widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        cm_width = page.evaluate("document.querySelector('#confusion img').getBoundingClientRect().width")
+        page.screenshot(path=str(screenshot), full_page=True)
+    finally:
+        page.close()
     return {"errors": errors, "widths": widths, "cm_width": cm_width}
 
 
-def test_report_page_loads_every_image_without_console_errors(tmp_path):
+def test_report_page_loads_every_image_without_console_errors(browser, tmp_path):
     from petclf.data import synth_pets
     from petclf.report import write_report
 
-    chromium()
     data = tmp_path / "data"
     synth_pets(data, n_classes=37, per_class=3, size=64, seed=5, bad=True)
     run = all_breeds_run(tmp_path / "run", data)
     paths = write_report(run, out=tmp_path / "out", workers=0)
     shot = tmp_path / "report.png"
-    page = open_page(paths["html"], shot)
+    page = open_page(browser, paths["html"], shot)
     print(f"screenshot: {shot}")
     assert page["errors"] == []
     assert page["widths"] and all(w > 0 for w in page["widths"]), page["widths"]
