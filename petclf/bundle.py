@@ -149,16 +149,26 @@ def update_manifest(bundle_dir: str | Path, **fields: Any) -> dict[str, Any]:
     return manifest
 
 
+def weights_path(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """The weights file a manifest names."""
+    return resolve_bundle_dir(bundle_dir) / manifest["weights"].get("file", WEIGHTS_NAME)
+
+
+def verify_weights(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse weights whose SHA-256 differs from the manifest's (changed after export)."""
+    if sha256_file(path) != manifest["weights"].get("sha256"):
+        raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
+
+
 def read_weights(bundle_dir: str | Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Verify the weights file's SHA-256 against the manifest, then read it (safetensors: no code runs)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = resolve_bundle_dir(bundle_dir) / manifest["weights"].get("file", WEIGHTS_NAME)
+    path = weights_path(bundle_dir, manifest)
     if not path.is_file():
         raise BundleError(f"corrupt model file: {path.name} missing from {bundle_dir}")
-    if sha256_file(path) != manifest["weights"].get("sha256"):
-        raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
+    verify_weights(path, manifest)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

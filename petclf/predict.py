@@ -346,7 +346,7 @@ def _check_onnx(model_dir: Path, manifest: dict[str, Any]) -> Path:
     """The bundle's model.onnx, after checking it is intact and made from these very weights."""
     import json
 
-    from petclf.bundle import WEIGHTS_NAME, sha256_file
+    from petclf.bundle import sha256_file, verify_weights, weights_path
 
     path, info_path = onnx_path(model_dir), model_dir / ONNX_INFO_NAME
     if not path.is_file() or not info_path.is_file():
@@ -359,10 +359,9 @@ def _check_onnx(model_dir: Path, manifest: dict[str, Any]) -> Path:
         raise BundleError(f"{ONNX_NAME} in {model_dir} was made from other weights: run `petclf export --onnx` again")
     if sha256_file(path) != info.get("sha256"):
         raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
-    weights = model_dir / manifest["weights"].get("file", WEIGHTS_NAME)
-    if weights.is_file() and sha256_file(weights) != manifest["weights"].get("sha256"):
-        # the graph is intact, but a bundle whose weights were tampered with is refused whole, whatever runs it
-        raise BundleError(f"checksum mismatch: {weights} differs from the one exported; refusing to load it")
+    weights = weights_path(model_dir, manifest)
+    if weights.is_file():  # the graph is intact, but a bundle with tampered weights is refused whole, whatever runs it
+        verify_weights(weights, manifest)
     return path
 
 
