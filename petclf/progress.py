@@ -16,14 +16,19 @@ def is_terminal(stream=None) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
+def rich_bar():
+    """petclf's terminal progress bar (description, bar, done/total, time left), transient: it leaves no trace."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    transient=True)
+
+
 @contextmanager
 def bar(description: str, log_every: float = 10.0) -> Iterator[ProgressFn]:
     """Yield `progress(done, total)`: a rich bar on a terminal, else one line per `log_every` seconds and at the end."""
     if is_terminal():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      transient=True) as p:
+        with rich_bar() as p:
             task = p.add_task(description, total=None)
             yield lambda done, total: p.update(task, completed=done, total=total)
         return

@@ -329,10 +329,9 @@ class EpochProgress(Callback):
 
     def before_fit(self):
         if self.terminal and is_main_process():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from petclf.progress import rich_bar
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), transient=True)
+            self.bar = rich_bar()
             self.bar.start()
 
     def before_epoch(self):
