@@ -27,6 +27,7 @@ import gradio as gr
 from PIL import Image
 
 from petclf.cam import gradcam, overlay
+from petclf.data import pretty_breed as pretty
 from petclf.errors import ImageError, PetclfError
 from petclf.image import MAX_BYTES, load_rgb
 from petclf.predict import DEFAULT_MODEL, Batcher, Predictor, load_model, valid_resize
@@ -63,11 +64,6 @@ class UploadedImage(gr.Image):
             except (ValueError, IndexError):
                 raise gr.Error("That upload is not an image.") from None
         return payload.path
-
-
-def pretty(breed: str) -> str:
-    """`great_pyrenees` -> `great pyrenees`."""
-    return breed.replace("_", " ")
 
 
 def friendly(e: Exception) -> str:

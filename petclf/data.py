@@ -63,6 +63,11 @@ def species_of(breed: str) -> str:
     return "cat" if breed[:1].isupper() else "dog"
 
 
+def pretty_breed(breed: str) -> str:
+    """A breed name for people: `great_pyrenees` -> `great pyrenees`."""
+    return breed.replace("_", " ")
+
+
 def label_from_path(path: str | Path) -> str:
     """fastai `get_y`: the breed, or an error for a file name outside the pattern."""
     breed = breed_of(path)

@@ -72,11 +72,6 @@ def build_model(arch: str, n_out: int, head: dict[str, Any] | None = None, pretr
     return model
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in model.parameters())
-
-
 
 # ---------------------------------------------------------------------------------------------------- weights
 

@@ -41,7 +41,7 @@ from fastai.torch_core import TensorBase, noop
 from petclf import __version__
 from petclf.bundle import load_network, read_manifest, resolve_bundle_dir, update_manifest
 from petclf.calibrate import N_BINS, ece, fit_temperature, nll, reliability_bins, softmax
-from petclf.data import Pets, load_pets, make_dataloaders, species_of
+from petclf.data import Pets, load_pets, make_dataloaders, pretty_breed, species_of
 from petclf.errors import PetclfError
 from petclf.progress import bar
 
@@ -456,11 +456,6 @@ def _pil_png(img) -> bytes:
     return buf.getvalue()
 
 
-def _pretty(name: str) -> str:
-    """A breed name for people: `great_pyrenees` -> `great pyrenees`."""
-    return name.replace("_", " ")
-
-
 def plot_confusion(conf: dict[str, Any]):
     """Row-normalised confusion matrix, cats then dogs, with percentages in the cells and counts in the labels."""
     from matplotlib.colors import PowerNorm
@@ -473,9 +468,9 @@ def plot_confusion(conf: dict[str, Any]):
     ax = fig.subplots()
     im = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))  # sqrt: rare confusions stay visible
     fs = 10 if n > 20 else 11
-    ax.set_xticks(range(n), [_pretty(c) for c in conf["classes"]], rotation=90, fontsize=fs)
-    ax.set_yticks(range(n), [f"{_pretty(c)} ({int(r)})" for c, r in zip(conf["classes"], counts.sum(1), strict=True)],
-                  fontsize=fs)
+    ax.set_xticks(range(n), [pretty_breed(c) for c in conf["classes"]], rotation=90, fontsize=fs)
+    rows = zip(conf["classes"], counts.sum(1), strict=True)
+    ax.set_yticks(range(n), [f"{pretty_breed(c)} ({int(r)})" for c, r in rows], fontsize=fs)
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
         for lab, sp in zip(labels, conf["species"], strict=True):
             lab.set_color(CAT_COLOR if sp == "cat" else DOG_COLOR)
@@ -646,7 +641,7 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
 
     env = Environment(loader=PackageLoader("petclf", "templates"), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=_fmt, pct=_pct, duration=_duration, pretty=_pretty, species=species_of)
+    env.filters.update(num=_fmt, pct=_pct, duration=_duration, pretty=pretty_breed, species=species_of)
     uris = {name: data_uri(png) for name, png in figures.items()}
     return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED)
 
