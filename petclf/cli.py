@@ -260,6 +260,8 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
               recipe: str | None = RecipeOpt, workers: int | None = WorkersOpt,
               precision: str | None = typer.Option(None, "--precision", help="auto | fp32 | fp16 | bf16."),
               threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads (default: all)."),
+              channels_last: str | None = typer.Option(
+                  None, "--channels-last", help="auto | on | off: train in channels_last (auto: CUDA and CPU)."),
               config: Path | None = ConfigOpt,
               out: Path | None = typer.Option(None, "--out", help="Run folder (default exports/<date>-<arch>)."),
               resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder.")) -> None:
@@ -269,7 +271,7 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
     cfg = _train_config(config, data=data, arch=arch, weights=weights, pretrained=pretrained, epochs=epochs,
                         freeze_epochs=freeze_epochs, lr=lr, bs=bs, size=size, presize=presize, split=split,
                         seed=seed, device=device, recipe=recipe, workers=workers, precision=precision,
-                        threads=threads, out=out, resume=resume)
+                        threads=threads, channels_last=channels_last, out=out, resume=resume)
     result = train(cfg)
     m = result.metrics
     typer.echo(f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}")

@@ -55,6 +55,7 @@ class TrainConfig:
     lr_find_steps: int = 100  # at most this many lr_find steps (fewer on small data; stops on divergence)
     precision: str = "auto"  # auto (bf16 > fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16
     threads: int | None = None  # torch CPU threads; None: every core this process may use
+    channels_last: str = "auto"  # auto (on for CUDA and CPU, off for MPS) | on | off: the layout the network trains in
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all settings, in declaration order."""

@@ -25,6 +25,7 @@ from petclf.train import (
     default_workers,
     fit_probe,
     lr_find_steps,
+    pick_channels_last,
     pick_device,
     pick_precision,
     pick_threads,
@@ -86,6 +87,14 @@ def test_pick_precision_and_threads():
     assert default_workers("cuda", cores=16) == 8
 
 
+def test_pick_channels_last():
+    assert pick_channels_last("cpu", "auto") and pick_channels_last("cuda:1", "auto")
+    assert not pick_channels_last("mps", "auto") and pick_channels_last("mps", "on")
+    assert not pick_channels_last("cuda", "off")
+    with pytest.raises(PetclfError, match="--channels-last"):
+        pick_channels_last("cpu", "yes")
+
+
 def test_lr_find_steps_shrink_on_small_data():
     assert lr_find_steps(3) == 20
     assert lr_find_steps(30) == 60
@@ -130,6 +139,8 @@ def test_fit_probe_maps_back_to_raw_features():
 def test_fixture_run_matches_its_bundle(tiny_run):
     """The shared fixture trains through `train`; the bundle reproduces the Learner's validation predictions."""
     run_dir, learn = tiny_run
+    stem = next(m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.weight.is_contiguous(memory_format=torch.channels_last) and not stem.weight.is_contiguous()
     probs, _ = valid_probs(learn)
     rebuilt = bundle_probs(run_dir, learn)
     assert (probs.argmax(1) == rebuilt.argmax(1)).all()
@@ -172,7 +183,7 @@ def test_train_writes_the_whole_run_folder(synth_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     epoch_lines = [ln for ln in err.splitlines() if ln.startswith("epoch ")]
     assert len(epoch_lines) == 3 and "\r" not in err  # piped: one plain line per epoch
-    assert "estimated" in err and "device cpu" in err
+    assert "estimated" in err and "device cpu (fp32, channels_last, 1 threads)" in err
 
     with pytest.raises(PetclfError, match="already holds a trained model"):
         train(tiny_cfg(synth_dir, out))
@@ -187,7 +198,8 @@ def test_interrupted_run_resumes_on_schedule(synth_dir, tmp_path):
     from fastai.callback.schedule import combined_cos
 
     out = tmp_path / "run"
-    cfg = tiny_cfg(synth_dir, out, epochs=3, freeze_epochs=0)  # 4 batches/epoch: stop in the middle of epoch 1
+    # 4 batches/epoch: stop in the middle of epoch 1; the plain layout here (the fixture covers channels_last)
+    cfg = tiny_cfg(synth_dir, out, epochs=3, freeze_epochs=0, channels_last="off")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, cbs=[StopAfter(6)])
     assert (out / "checkpoints" / "last.pt").is_file()
@@ -204,6 +216,8 @@ def test_interrupted_run_resumes_on_schedule(synth_dir, tmp_path):
 
     res = train(TrainConfig(resume=str(out), workers=0, threads=1), cbs=[FirstLR(10**9)])
     hist = res.metrics["history"]
+    stem = next(m for m in res.learn.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.weight.is_contiguous()  # the resumed run keeps the saved layout setting
     assert [h["epoch"] for h in hist] == [0, 1, 2]  # epoch 0 not repeated, 1 and 2 run after the resume
     (phase,) = plan_schedule(cfg, cfg.lr, "fastbook", pretrained=False)
     expected = combined_cos(phase.pct_start, cfg.lr / phase.div, cfg.lr, cfg.lr / 1e5)(1 / 3)
