@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from petclf.errors import ImageError
 
@@ -117,7 +117,8 @@ def load_rgb(src: ImageSource, max_pixels: int = MAX_PIXELS, max_bytes: int = MA
     _check_pixels(im, name, max_pixels)
     try:
         im.seek(0)  # animated GIF/WebP/PNG: always the first frame
-        im = ImageOps.exif_transpose(im) or im
+        if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # most photos are upright: no copy for them
+            im = ImageOps.exif_transpose(im)
         im.load()
         return to_rgb(im)
     except Image.DecompressionBombError:
