@@ -50,7 +50,8 @@ def main() -> None:
         port = bp.free_port()
         proc = bp.start_server([sys.executable, str(work / "app.py"), str(port), str(bp.ROOT)], port, work / "log")
         try:
-            print(bp.load_test(f"http://127.0.0.1:{port}/", "/classify", paths, args.callers, args.duration))
+            print(bp.load_test(f"http://127.0.0.1:{port}/", "/classify", paths, args.callers, args.duration,
+                              server_pid=proc.pid))
         finally:
             bp.stop_server(proc)
         print("load average (1, 5, 15 min):", *(f"{v:.2f}" for v in os.getloadavg()))

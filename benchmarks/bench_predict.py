@@ -242,6 +242,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, all threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(cmd: list[str], port: int, log: Path, timeout: float = 240) -> subprocess.Popen:
     """Start a server process and wait until it answers on 127.0.0.1:`port`."""
     import httpx
@@ -261,11 +267,15 @@ def start_server(cmd: list[str], port: int, log: Path, timeout: float = 240) -> 
     raise RuntimeError(f"server did not start within {timeout:.0f} s: {log.read_text()[-2000:]}")
 
 
-def load_test(url: str, api_name: str, paths: list[Path], callers: int, duration: float) -> dict[str, float]:
-    """`callers` threads, each with its own gradio_client, calling `api_name` back to back for `duration` s."""
+def load_test(url: str, api_name: str, paths: list[Path], callers: int, duration: float,
+              server_pid: int | None = None) -> dict[str, float]:
+    """`callers` threads, each with its own gradio_client, calling `api_name` back to back for `duration` s.
+
+    With `server_pid`, also the CPU time per request spent by the server and by the callers (this process).
+    """
     from gradio_client import Client, handle_file
 
-    clients = [Client(url, verbose=False) for _ in range(callers)]
+    clients = [Client(url, verbose=False, ssl_verify=False) for _ in range(callers)]
     for c in clients[:2]:
         c.predict(handle_file(str(paths[0])), api_name=api_name)  # warm up
     lat: list[float] = []
@@ -286,17 +296,21 @@ def load_test(url: str, api_name: str, paths: list[Path], callers: int, duration
                     errors.append(f"{type(e).__name__}: {e}"[:200])
             k += callers
 
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
+    server0 = cpu_seconds(server_pid) if server_pid else 0.0
     threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(callers)]
     for th in threads:
         th.start()
     for th in threads:
         th.join(duration + 120)
-    wall = time.monotonic() - t0
+    wall, n = time.monotonic() - t0, max(len(lat), 1)
     lat_ms = np.array(lat) * 1000
-    return {"requests": len(lat), "req_s": len(lat) / wall, "p50_ms": float(np.percentile(lat_ms, 50)),
-            "p99_ms": float(np.percentile(lat_ms, 99)), "errors": len(errors),
-            "first_error": errors[0] if errors else ""}
+    res = {"requests": len(lat), "req_s": len(lat) / wall, "p50_ms": float(np.percentile(lat_ms, 50)),
+           "p99_ms": float(np.percentile(lat_ms, 99)), "errors": len(errors),
+           "first_error": errors[0] if errors else "", "client_cpu_ms_per_req": (time.process_time() - cpu0) * 1000 / n}
+    if server_pid:
+        res["server_cpu_ms_per_req"] = (cpu_seconds(server_pid) - server0) * 1000 / n
+    return res
 
 
 def bench_server(name: str, cmd: list[str], port: int, api_name: str, paths: list[Path], callers: int,
@@ -307,7 +321,7 @@ def bench_server(name: str, cmd: list[str], port: int, api_name: str, paths: lis
         url = f"http://127.0.0.1:{port}/"
         load_test(url, api_name, paths, callers, warmup)  # same load, not counted: memory reaches steady state
         before = rss_mb(proc.pid)
-        res = load_test(url, api_name, paths, callers, duration)
+        res = load_test(url, api_name, paths, callers, duration, server_pid=proc.pid)
         res.update(rss_before_mb=before, rss_after_mb=rss_mb(proc.pid))
         return res
     finally:
@@ -375,7 +389,8 @@ def table(r: dict) -> str:
         d = r[key]
         lines.append(f"| demo, {r['callers']} callers x {r['duration']:.0f} s: {label} | {d['req_s']:.1f} req/s, "
                      f"p50 {d['p50_ms']:.0f} ms, p99 {d['p99_ms']:.0f} ms, {d['errors']} errors, "
-                     f"RSS {d['rss_before_mb']:.0f} -> {d['rss_after_mb']:.0f} MB | | |")
+                     f"RSS {d['rss_before_mb']:.0f} -> {d['rss_after_mb']:.0f} MB; CPU per request: server "
+                     f"{d['server_cpu_ms_per_req']:.0f} ms, callers {d['client_cpu_ms_per_req']:.0f} ms | | |")
     growth = pc["rss_after_mb"] - pc["rss_before_mb"]
     lines += [
         f"| petclf / Space requests/s | {pc['req_s'] / sp['req_s']:.2f} x | >= 2 x | "
