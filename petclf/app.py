@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before
 QUEUE_SIZE = 64  # waiting requests beyond this are told the demo is busy instead of hanging
 CONCURRENCY = 8  # classify requests decoded at once; their forward passes are batched together
 MAX_BATCH = 8  # most images in one batched forward pass
+DECODE_THREADS = 2  # threads that decode and preprocess uploads for classify
 TINY = 32  # images with a side below this many pixels get a warning
 CAM_SIDE = 336  # the Grad-CAM overlay is drawn at least this many pixels wide
 CAM_CONCURRENCY = 2  # Grad-CAM needs a backward pass through the head; keep it from starving classify
@@ -115,13 +117,14 @@ def decode(image: str | bytes) -> Image.Image:
         raise gr.Error(friendly(RuntimeError())) from None
 
 
-def make_classify(predictor: Predictor, batcher: Batcher):
+def make_classify(predictor: Predictor, batcher: Batcher, decoder: ThreadPoolExecutor):
     """The `classify` endpoint: image -> ({breed: prob} top 5, {cat: p, dog: p})."""
 
     def classify(image: str | bytes | None) -> tuple[dict[str, float] | None, dict[str, float] | None]:
         if image is None:
             return None, None
-        p = batcher(predictor.preprocess([decode(image)]))[0]
+        x = decoder.submit(lambda: predictor.preprocess([decode(image)])).result()
+        p = batcher(x)[0]
         top = dict(list(predictor.to_dict(p).items())[:TOPK])
         return {pretty(b): v for b, v in top.items()}, predictor.species_probs(p)
 
@@ -156,10 +159,14 @@ def example_files() -> list[str]:
 def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     """The demo's Blocks: image in; breeds, cat/dog, Grad-CAM and a verdict out; a model card panel."""
     batcher = Batcher(predictor, max_batch=MAX_BATCH)
+    # decoding and preprocessing run on a few long-lived threads rather than on Gradio's many request threads:
+    # each thread that allocates gets its own glibc malloc arena, and with a dozen threads passing multi-megabyte
+    # images around the arenas fragmented (the server grew ~40 KB per request under bench_predict's load)
+    decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="petclf-decode")
     has_cam = predictor.has_model  # Grad-CAM needs the torch network's gradients, whatever runs classify
     if has_cam:
         predictor.model  # noqa: B018 - load it now (ONNX backend: lazily), not during the first visitor's request
-    classify, explain = make_classify(predictor, batcher), make_explain(predictor, batcher, threshold)
+    classify, explain = make_classify(predictor, batcher, decoder), make_explain(predictor, batcher, threshold)
     with gr.Blocks(title="petclf: which pet breed?") as demo:
         gr.Markdown("# Which breed is this pet?\nUpload, paste or snap a photo of a cat or a dog "
                     f"({len(predictor.classes)} Oxford-IIIT Pets breeds).")
