@@ -97,9 +97,10 @@ def gpu_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     n, c, h, w = x.shape
     d = min(h / size, w / size) / 2  # fastai downsamples both axes by the same factor first
     mh, mw = resize_matrix(h, size, d, x.device), resize_matrix(w, size, d, x.device)
-    y = torch.sparse.mm(mh, x.permute(2, 0, 1, 3).reshape(h, -1)).view(size, n, c, w)  # rows resized
-    z = torch.sparse.mm(mw, y.permute(3, 1, 2, 0).reshape(w, -1)).view(size, n, c, size)  # then columns
-    return z.permute(1, 2, 3, 0).contiguous()
+    rows = x.permute(2, 0, 3, 1).reshape(h, -1)  # H x (N W C): no copy for one image in `to_uint8`'s layout
+    y = torch.sparse.mm(mh, rows).view(size, n, w, c)  # rows resized
+    z = torch.sparse.mm(mw, y.permute(2, 1, 0, 3).reshape(w, -1)).view(size, n, size, c)  # then columns
+    return z.permute(1, 3, 2, 0).contiguous()
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,10 @@ class Preprocess:
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x presize x presize -> normalised float N x 3 x size x size (fastai's batch transforms)."""
-        x = gpu_resize(x.float().div_(255.0), self.size)
+        x = gpu_resize(x.float().div_(255.0), self.size)  # a new tensor: normalised in place
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return x.sub_(mean).div_(std)
 
     def __call__(self, srcs: Sequence[ImageSource]) -> torch.Tensor:
         """Images -> the model's input batch."""
