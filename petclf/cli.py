@@ -194,13 +194,12 @@ def export(model: Path = ModelOpt,
            onnx: bool = typer.Option(False, "--onnx", help="Write model.onnx beside the bundle, checked against "
                                                            "torch.")) -> None:
     """Export a bundle to other runtimes (ONNX), checking the outputs against torch."""
-    from petclf.onnx import export_onnx
+    from petclf.onnx import describe, export_onnx
 
     if not onnx:
         fail("nothing to export: pass --onnx")
     info = export_onnx(model)
-    typer.echo(f"wrote {Path(model) / info['file']} (opset {info['opset']}, max |logit diff| vs torch "
-               f"{info['max_abs_diff']:.2g})")
+    typer.echo(f"wrote {Path(model) / info['file']} (opset {info['opset']}, {describe(info)})")
 
 
 @app.command("report")

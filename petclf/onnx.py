@@ -4,7 +4,7 @@
     petclf predict photos/ --onnx                    # then predict with onnxruntime
 
     from petclf.onnx import export_onnx
-    info = export_onnx("exports/latest")             # {'file', 'sha256', 'max_abs_diff', ...}
+    info = export_onnx("exports/latest")             # {'file', 'sha256', 'max_abs_diff', 'max_abs_logit', ...}
 
 The graph takes the normalised input batch (any batch size) and returns logits; the temperature is applied
 outside it, so recalibrating a bundle does not require a new export. `model.onnx.json` records the ONNX file's
@@ -23,7 +23,7 @@ import torch
 from petclf.errors import PetclfError
 
 OPSET = 17  # onnxruntime >= 1.14 runs it; every op a timm CNN + fastai head uses exists there
-ATOL = 1e-3  # largest logit difference between torch and onnxruntime accepted at export
+RTOL = 1e-4  # largest torch/onnxruntime logit difference accepted at export, relative to the largest |logit|
 
 
 def _export_graph(net: torch.nn.Module, size: int, path: Path, opset: int) -> None:
@@ -35,18 +35,27 @@ def _export_graph(net: torch.nn.Module, size: int, path: Path, opset: int) -> No
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3, seed: int = 0) -> float:
-    """Largest |logit difference| between torch and onnxruntime on `n` random inputs."""
+def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3, seed: int = 0) -> tuple[float, float]:
+    """(largest |logit difference| between torch and onnxruntime, largest |logit|) on `n` random inputs.
+
+    Random inputs can drive a head fitted by the probe recipe to logits in the thousands, where float32 rounding
+    alone differs by 1e-3; the difference is judged against that scale (`RTOL`), not as an absolute number.
+    """
     from petclf.predict import OnnxNet
 
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         ref = net(x).float()
-    return float((OnnxNet(path)(x) - ref).abs().max())
+    return float((OnnxNet(path)(x) - ref).abs().max()), float(ref.abs().max())
 
 
-def export_onnx(model_dir: str | Path, opset: int = OPSET, atol: float = ATOL) -> dict[str, Any]:
-    """Write `model.onnx` beside the bundle in `model_dir` once it matches torch within `atol`; returns its info."""
+def describe(info: dict[str, Any]) -> str:
+    """How closely an export matched torch, for a log line."""
+    return f"max |logit diff| vs torch {info['max_abs_diff']:.2g} on logits up to {info['max_abs_logit']:.3g}"
+
+
+def export_onnx(model_dir: str | Path, opset: int = OPSET, rtol: float = RTOL) -> dict[str, Any]:
+    """Write `model.onnx` beside the bundle in `model_dir` once it matches torch within `rtol`; returns its info."""
     from petclf.bundle import atomic_path, load_network, sha256_file, write_atomic
     from petclf.predict import ONNX_INFO_NAME, ONNX_NAME
 
@@ -55,10 +64,12 @@ def export_onnx(model_dir: str | Path, opset: int = OPSET, atol: float = ATOL) -
     size = int(manifest["input"]["size"])
     with atomic_path(model_dir / ONNX_NAME) as tmp:
         _export_graph(net, size, tmp, opset)
-        diff = check_onnx(net, tmp, size)
-        if not diff <= atol:
-            raise PetclfError(f"ONNX export differs from torch by {diff:.2g} (> {atol:g}); model.onnx not written")
+        diff, scale = check_onnx(net, tmp, size)
+        if not diff <= rtol * max(1.0, scale):
+            raise PetclfError(f"ONNX export differs from torch by {diff:.2g} on logits up to {scale:.3g} (more than "
+                              f"{rtol:g} of them); model.onnx not written")
         info = {"file": ONNX_NAME, "sha256": sha256_file(tmp), "weights_sha256": manifest["weights"]["sha256"],
-                "opset": opset, "input_size": size, "max_abs_diff": diff, "torch": torch.__version__.split("+")[0]}
+                "opset": opset, "input_size": size, "max_abs_diff": diff, "max_abs_logit": scale, "rtol": rtol,
+                "torch": torch.__version__.split("+")[0]}
     write_atomic(model_dir / ONNX_INFO_NAME, json.dumps(info, indent=1))
     return info

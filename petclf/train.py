@@ -693,7 +693,7 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
 
 def export_onnx_quietly(run_dir: Path) -> None:
     """model.onnx + its checksum file beside the bundle (`load_model` prefers it on CPU); a failure only logs."""
-    from petclf.onnx import export_onnx
+    from petclf.onnx import describe, export_onnx
 
     try:
         info = export_onnx(run_dir)
@@ -701,7 +701,7 @@ def export_onnx_quietly(run_dir: Path) -> None:
         log(f"ONNX export skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "predict/serve will use torch")
         return
-    log(f"wrote {info['file']} (max |logit diff| vs torch {info['max_abs_diff']:.2g})")
+    log(f"wrote {info['file']} ({describe(info)})")
 
 
 # ---------------------------------------------------------------------------------------------------- train
