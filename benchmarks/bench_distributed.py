@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -98,14 +97,10 @@ def worker(args: argparse.Namespace) -> None:
             "allreduce_seconds": sync}))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(processes: int, data: Path, out: Path, argv: list[str]) -> dict:
     """Start a run of `processes` processes (a plain process for 1, `accelerate launch` for more)."""
+    from bench_predict import free_port  # the benchmarks' one port finder (this folder is on sys.path)
+
     me = [str(HERE), *argv, "--worker", str(data), str(out)]
     if processes == 1:
         cmd = [sys.executable, *me]

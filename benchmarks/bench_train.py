@@ -78,7 +78,7 @@ def main() -> None:
         synth_pets(data, n_classes=n_cls, per_class=int(args.images * 1.25) // n_cls, size=500, seed=0)
         base = TrainConfig(data=str(data), arch=args.arch, pretrained=False, bs=args.bs, size=args.size,
                            epochs=1, freeze_epochs=0, lr=1e-3, recipe="fastbook")
-        device, _ = resolve_device(base)
+        device = resolve_device(base).device
         a = compute_bound(args.arch, args.size, args.bs, args.steps, device)
         a_cl = compute_bound(args.arch, args.size, args.bs, args.steps, device, channels_last=True)
         print(f"device {device}, {torch.get_num_threads()} threads; {args.arch} {args.size} px batch {args.bs}")

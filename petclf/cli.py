@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 
 from petclf import __version__
-from petclf.config import TrainConfig
+from petclf.config import DEFAULT_MODEL, TrainConfig
 from petclf.errors import PetclfError
 
 # torch warns about its own deprecated jit at fastai import; users cannot act on it
@@ -136,7 +136,7 @@ def backend_arg(backend: str, onnx: bool) -> str:
     return "onnx" if onnx else backend
 
 
-ModelOpt = typer.Option(Path("exports/latest"), "--model", help="Exported model folder (model.json + weights).")
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Exported model folder (model.json + weights).")
 
 
 @app.command("predict")
@@ -194,17 +194,17 @@ def export(model: Path = ModelOpt,
            onnx: bool = typer.Option(False, "--onnx", help="Write model.onnx beside the bundle, checked against "
                                                            "torch.")) -> None:
     """Export a bundle to other runtimes (ONNX), checking the outputs against torch."""
-    from petclf.onnx import describe, export_onnx
+    from petclf.onnx import export_onnx, match_summary
 
     if not onnx:
         fail("nothing to export: pass --onnx")
     info = export_onnx(model)
-    typer.echo(f"wrote {Path(model) / info['file']} (opset {info['opset']}, {describe(info)})")
+    typer.echo(f"wrote {Path(model) / info['file']} (opset {info['opset']}, {match_summary(info)})")
 
 
 @app.command("report")
 @guarded
-def report(model: Path = typer.Option(Path("exports/latest"), "--model", help="Exported model folder (its run)."),
+def report(model: Path = typer.Option(DEFAULT_MODEL, "--model", help="Exported model folder (its run)."),
            data: Path | None = typer.Option(None, "--data", help="Data folder; default: the one the run "
                                                                     "recorded (config.yaml / model.json)."),
            split: str = typer.Option("valid", "--split", help="valid (the run's own split) | test (official "

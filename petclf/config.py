@@ -19,6 +19,9 @@ import yaml
 
 from petclf.errors import PetclfError
 
+EXPORTS = Path("exports")  # default parent of run directories
+DEFAULT_MODEL = EXPORTS / "latest"  # what predict, serve and report load: `petclf train` points it at its newest run
+
 
 class ConfigError(PetclfError):
     """A config file or flag that petclf cannot use."""

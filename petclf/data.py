@@ -29,7 +29,7 @@ from PIL import Image
 
 from petclf.bundle import write_atomic
 from petclf.errors import DataError, ImageError
-from petclf.image import load_rgb
+from petclf.image import encode, load_rgb
 
 DATA_DIR = Path("data")  # where downloads land and the default dataset is looked for
 PETS_DIRNAME = "oxford-iiit-pet"  # fastai's folder name for URLs.PETS
@@ -463,25 +463,20 @@ def _plant_bad_files(out: Path, classes: list[str], size: int, rng) -> dict[str,
         (out / name).write_bytes(data)
         planted[name] = verdict
 
-    def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
-        buf = io.BytesIO()
-        im.save(buf, fmt, **kw)
-        return buf.getvalue()
-
     frames = [img, img.transpose(Image.FLIP_LEFT_RIGHT)]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
     put(f"{cat}_9001.jpg", "converted", gif.getvalue())  # GIF named .jpg (Egyptian_Mau_139)
-    put(f"{cat}_9002.jpg", "converted", encoded(img.convert("RGBA"), "PNG"))  # RGBA PNG named .jpg (Abyssinian_5)
-    put(f"{dog}_9003.jpg", "skipped", encoded(img, "JPEG")[: size * 4])  # truncated JPEG (beagle_116)
+    put(f"{cat}_9002.jpg", "converted", encode(img.convert("RGBA"), "PNG"))  # RGBA PNG named .jpg (Abyssinian_5)
+    put(f"{dog}_9003.jpg", "skipped", encode(img, "JPEG")[: size * 4])  # truncated JPEG (beagle_116)
     put(f"{dog}_9004.jpg", "skipped", b"")  # 0-byte file
     put(f"{dog}_9005.jpg", "skipped", b"this is a text file, renamed\n")  # text renamed .jpg
-    put(f"{cat}_9006.jpg", "converted", encoded(img.convert("CMYK"), "JPEG"))  # CMYK JPEG
-    put(f"{cat}_9007.png", "converted", encoded(img.convert("P", palette=Image.ADAPTIVE), "PNG", transparency=0))
+    put(f"{cat}_9006.jpg", "converted", encode(img.convert("CMYK"), "JPEG"))  # CMYK JPEG
+    put(f"{cat}_9007.png", "converted", encode(img.convert("P", palette=Image.ADAPTIVE), "PNG", transparency=0))
     deep = Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257).astype(np.uint16))
-    put(f"{dog}_9008.png", "converted", encoded(deep, "PNG"))  # 16-bit grayscale
-    put(f"{dog}_9009.jpg", "converted", encoded(img.convert("L"), "JPEG"))  # grayscale
-    put("my dog photo.jpg", "unlabelled", encoded(img, "JPEG"))  # name outside <breed>_<number>
+    put(f"{dog}_9008.png", "converted", encode(deep, "PNG"))  # 16-bit grayscale
+    put(f"{dog}_9009.jpg", "converted", encode(img.convert("L"), "JPEG"))  # grayscale
+    put("my dog photo.jpg", "unlabelled", encode(img, "JPEG"))  # name outside <breed>_<number>
     put(f"{cat}_9010.mat", "ignored", b"MATLAB 5.0 MAT-file\x00" * 4)  # .mat beside the images (Abyssinian_100)
     return planted
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -103,6 +104,13 @@ def _from_array(a: np.ndarray) -> Image.Image:
         a = a * 255.0 if a.size and a.max() <= 1.0 else a
         a = np.clip(a + 0.5, 0, 255).astype(np.uint8)
     return Image.fromarray(a)
+
+
+def encode(im: Image.Image, fmt: str, **kw: Any) -> bytes:
+    """`im` saved in `fmt` (JPEG, PNG, ...) as bytes; `kw` goes to Pillow's `save`."""
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
 
 
 def load_rgb(src: ImageSource, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Image.Image:

@@ -35,12 +35,16 @@ def check_arch(arch: str) -> None:
         raise PetclfError(f"unknown timm architecture {arch!r} (timm {timm.__version__}){hint}")
 
 
+def pretrained_cfg(arch: str) -> dict[str, Any]:
+    """timm's pretrained config of `arch` as a plain dict (empty when timm has none)."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})
+
+
 def norm_stats(arch: str) -> tuple[list[float], list[float]]:
     """(mean, std) the backbone's pretrained weights expect, from timm's pretrained config."""
     check_arch(arch)
-    cfg = timm.models.get_pretrained_cfg(arch) or {}
-    if hasattr(cfg, "to_dict"):
-        cfg = cfg.to_dict()
+    cfg = pretrained_cfg(arch)
     return list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
 
 
@@ -72,7 +76,6 @@ def build_model(arch: str, n_out: int, head: dict[str, Any] | None = None, pretr
     return model
 
 
-
 # ---------------------------------------------------------------------------------------------------- weights
 
 HF_URL = "https://huggingface.co"  # probed before any download so offline fails (or falls back) fast
@@ -98,8 +101,7 @@ def hub_cache_dir() -> Path:
 
 def hub_source(arch: str) -> tuple[str | None, list[str]]:
     """(hub repo id, file names to look for) of `arch`'s default pretrained weights."""
-    cfg = timm.models.get_pretrained_cfg(arch)
-    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})
+    cfg = pretrained_cfg(arch)
     names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else list(HUB_FILES)
     return cfg.get("hf_hub_id"), names
 
@@ -143,9 +145,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def classifier_names(arch: str) -> list[str]:
     """Module names of `arch`'s ImageNet classifier (its keys are ignored when loading a backbone)."""
-    cfg = timm.models.get_pretrained_cfg(arch)
-    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})
-    names = cfg.get("classifier") or "fc"
+    names = pretrained_cfg(arch).get("classifier") or "fc"
     return [names] if isinstance(names, str) else list(names)
 
 

@@ -49,7 +49,7 @@ def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3, seed: in
     return float((OnnxNet(path)(x) - ref).abs().max()), float(ref.abs().max())
 
 
-def describe(info: dict[str, Any]) -> str:
+def match_summary(info: dict[str, Any]) -> str:
     """How closely an export matched torch, for a log line."""
     return f"max |logit diff| vs torch {info['max_abs_diff']:.2g} on logits up to {info['max_abs_logit']:.3g}"
 

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from petclf.config import DEFAULT_MODEL
 from petclf.errors import BundleError, ImageError, PetclfError
 from petclf.image import ImageSource, load_rgb
 
-DEFAULT_MODEL = "exports/latest"  # where `petclf train` points its newest export
 ONNX_NAME = "model.onnx"  # written beside the bundle by `petclf export --onnx`
 ONNX_INFO_NAME = "model.onnx.json"  # checksum of model.onnx and of the weights it was made from
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}  # what a folder search picks up
@@ -406,11 +406,10 @@ def load_model(model_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", backe
     model_dir = resolve_bundle_dir(model_dir)
     if backend not in BACKENDS:
         raise PetclfError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
-    if backend == "torch" or (backend == "auto" and device != "cpu"):
-        net, manifest = load_network(model_dir, device=device)
-        return Predictor(net, manifest, device, "torch")
-    manifest = read_manifest(model_dir)
-    path = auto_onnx(model_dir, manifest, device) if backend == "auto" else _check_onnx(model_dir, manifest)
+    path, manifest = None, None
+    if backend != "torch":  # auto gets None off the CPU or without a verified model.onnx, and falls back to torch
+        manifest = read_manifest(model_dir)
+        path = _check_onnx(model_dir, manifest) if backend == "onnx" else auto_onnx(model_dir, manifest, device)
     if path is None:
         net, manifest = load_network(model_dir, device=device)
         return Predictor(net, manifest, device, "torch")
@@ -471,7 +470,6 @@ class Batcher:
         """Stop the worker thread once the queue drains."""
         self._q.put(None)
         self._worker.join(5)
-
 
 
 # ---------------------------------------------------------------------------------------------------- output

@@ -41,11 +41,12 @@ from fastai.torch_core import TensorBase, noop
 from petclf import __version__
 from petclf.bundle import load_network, read_manifest, resolve_bundle_dir, update_manifest
 from petclf.calibrate import N_BINS, ece, fit_temperature, nll, reliability_bins, softmax
+from petclf.config import DEFAULT_MODEL
 from petclf.data import Pets, load_pets, make_dataloaders, pretty_breed, species_of
 from petclf.errors import PetclfError
+from petclf.image import encode
 from petclf.progress import bar
 
-DEFAULT_MODEL = Path("exports/latest")  # where `petclf train` points at its newest run
 TOP_K = 9  # top losses shown, each with its Grad-CAM
 MIN_VAL = 1  # most_confused: smallest off-diagonal count listed (fastai's `min_val`)
 MAX_PAIRS = 12  # most-confused pairs listed with example images
@@ -449,13 +450,6 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _pil_png(img) -> bytes:
-    """A PIL image as PNG bytes."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
 def plot_confusion(conf: dict[str, Any]):
     """Row-normalised confusion matrix, cats then dogs, with percentages in the cells and counts in the labels."""
     from matplotlib.colors import PowerNorm
@@ -559,11 +553,11 @@ def _to_image(x: torch.Tensor, mean: list[float], std: list[float]):
     return Image.fromarray(a)
 
 
-def _thumb(img, side: int = THUMB):
-    """`img` scaled so its longest side is at most `side` pixels."""
+def _thumb_png(img, side: int = THUMB) -> bytes:
+    """`img` scaled so its longest side is at most `side` pixels, as PNG bytes."""
     img = img.copy()
     img.thumbnail((side, side))
-    return img
+    return encode(img, "PNG", optimize=True)
 
 
 def example_images(ev: Evaluation, entries: list[dict[str, Any]], cam: bool = False,
@@ -576,13 +570,13 @@ def example_images(ev: Evaluation, entries: list[dict[str, Any]], cam: bool = Fa
     inp = ev.manifest["input"]
     x = _inputs(ev.learn, [ev.items[e["index"]] for e in entries])
     images = [_to_image(xi, inp["mean"], inp["std"]) for xi in x]
-    out = {e["image"]: _pil_png(_thumb(img, side)) for e, img in zip(entries, images, strict=True)}
+    out = {e["image"]: _thumb_png(img, side) for e, img in zip(entries, images, strict=True)}
     if cam:
         pos = {c: i for i, c in enumerate(ev.classes)}
         model = ev.learn.model
         heat = gradcam(model, x.to(next(model.parameters()).device), [pos[e["predicted"]] for e in entries])
         cams = [overlay(img, h) for img, h in zip(images, heat, strict=True)]
-        out.update({e["cam"]: _pil_png(_thumb(c, side)) for e, c in zip(entries, cams, strict=True)})
+        out.update({e["cam"]: _thumb_png(c, side) for e, c in zip(entries, cams, strict=True)})
     return out
 
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from statistics import median
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -40,11 +40,10 @@ from torch import nn
 
 from petclf import distributed
 from petclf.bundle import atomic_path, save_state_dict, write_atomic
-from petclf.config import TrainConfig, load_config_file, resolve_config, save_config
+from petclf.config import EXPORTS, TrainConfig, load_config_file, resolve_config, save_config
 from petclf.errors import PetclfError
 
 T = TypeVar("T")
-EXPORTS = Path("exports")  # default parent of run directories
 CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors, probe.safetensors
 FALLBACK_LR = 2e-3  # fastai fine_tune's base_lr, used when lr_find cannot suggest one
 RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.json", "lr_find.png", "export.pkl",
@@ -99,36 +98,39 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_device(cfg: TrainConfig) -> tuple[str, str]:
-    """(device, precision) for this machine, threads set on CPU; printed by the caller."""
+class Compute(NamedTuple):
+    """Where and how the network runs: resolved once per run from the config and this machine."""
+
+    device: str
+    precision: str
+    channels_last: bool
+
+
+def resolve_device(cfg: TrainConfig) -> Compute:
+    """Device, precision and layout for this machine, threads set on CPU; printed by the caller."""
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     device = pick_device(cfg.device, torch.cuda.is_available(), mps)
     if device == "cuda" and distributed.is_distributed():
         device = f"cuda:{distributed.local_rank()}"  # one GPU per process
     bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
     precision = pick_precision(device, cfg.precision, bf16)
-    pick_channels_last(device, cfg.channels_last)  # a bad value fails here, before any data is read
+    channels_last = pick_channels_last(device, cfg.channels_last)
     if device == "cpu":  # processes on one machine share its cores
         torch.set_num_threads(pick_threads(available_cores() // distributed.local_world_size(), cfg.threads))
-    return device, precision
+    return Compute(device, precision, channels_last)
 
 
 # ---------------------------------------------------------------------------------------------------- rank 0
 
 
-def is_main_process() -> bool:
-    """True on the process that writes files (rank 0, or the only process)."""
-    return distributed.is_main()
-
-
 def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Run `fn` only on rank 0: every file a run writes goes through here."""
-    return fn(*args, **kwargs) if is_main_process() else None
+    return fn(*args, **kwargs) if distributed.is_main() else None
 
 
 def log(msg: str) -> None:
     """One line to stderr, rank 0 only."""
-    if is_main_process():
+    if distributed.is_main():
         print(msg, file=sys.stderr, flush=True)
 
 
@@ -337,7 +339,7 @@ class EpochProgress(Callback):
         self.estimated, self.bar = False, None
 
     def before_fit(self):
-        if self.terminal and is_main_process():
+        if self.terminal and distributed.is_main():
             from petclf.progress import rich_bar
 
             self.bar = rich_bar()
@@ -416,7 +418,7 @@ def head_spec(recipe: str) -> dict[str, Any]:
     return {"kind": "linear"} if recipe == "probe" else dict(FASTAI_HEAD)
 
 
-def build_learner(cfg: TrainConfig, dls, recipe: str, device: str, precision: str, path: Path | None = None):
+def build_learner(cfg: TrainConfig, dls, recipe: str, compute: Compute, path: Path | None = None):
     """A fastai Learner over `make_network` (as vision_learner builds it), with petclf's progress instead of
     fastprogress; `path` is where fastai may put temporary files (lr_find's weights), never the current folder."""
     import fastai.callback.all  # noqa: F401 - patches Learner with fit_one_cycle, lr_find, to_fp16, ...
@@ -438,10 +440,10 @@ def build_learner(cfg: TrainConfig, dls, recipe: str, device: str, precision: st
     learn.logger = noop
     if pretrained:
         learn.freeze()
-    if pick_channels_last(device, cfg.channels_last):
+    if compute.channels_last:
         learn.add_cb(ChannelsLast())
-    if precision in ("fp16", "bf16"):
-        learn.to_bf16() if precision == "bf16" else learn.to_fp16()
+    if compute.precision in ("fp16", "bf16"):
+        learn.to_bf16() if compute.precision == "bf16" else learn.to_fp16()
     return learn
 
 
@@ -693,7 +695,7 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
 
 def export_onnx_quietly(run_dir: Path) -> None:
     """model.onnx + its checksum file beside the bundle (`load_model` prefers it on CPU); a failure only logs."""
-    from petclf.onnx import describe, export_onnx
+    from petclf.onnx import export_onnx, match_summary
 
     try:
         info = export_onnx(run_dir)
@@ -701,7 +703,7 @@ def export_onnx_quietly(run_dir: Path) -> None:
         log(f"ONNX export skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "predict/serve will use torch")
         return
-    log(f"wrote {info['file']} ({describe(info)})")
+    log(f"wrote {info['file']} ({match_summary(info)})")
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -733,10 +735,11 @@ def restore(learn, ckpt: dict) -> tuple[RunState, dict | None]:
     return RunState(**ckpt["state"]), ckpt.get("opt")
 
 
-def describe(cfg: TrainConfig, device: str, precision: str, recipe: str, pets) -> str:
+def describe(cfg: TrainConfig, compute: Compute, recipe: str, pets) -> str:
     """The one line printed before training starts."""
+    device, precision = compute.device, compute.precision
     threads = f", {torch.get_num_threads()} threads" if device == "cpu" else ""
-    layout = ", channels_last" if pick_channels_last(device, cfg.channels_last) else ""
+    layout = ", channels_last" if compute.channels_last else ""
     weights = cfg.weights or ("ImageNet (timm hub)" if cfg.pretrained else "random init")
     n = distributed.world_size()
     procs = (f"; {n} processes, batch {cfg.bs} per process = {n * cfg.bs} global, LR not scaled"
@@ -753,13 +756,13 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
     if cfg.resume:
         run_dir = Path(cfg.resume)
         cfg = resume_config(run_dir, cfg)
-    device, precision = resolve_device(cfg)
+    compute = resolve_device(cfg)
     # rank 0 downloads and verifies first; the others then find the data and the verification cache ready
     pets = distributed.main_first(
         lambda: load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed))
     if not cfg.resume:
         # rank 0 names (and checks) the run directory; every rank then uses that name
-        run_dir = Path(distributed.broadcast(str(prepare_run_dir(cfg)) if is_main_process() else None))
+        run_dir = Path(distributed.broadcast(str(prepare_run_dir(cfg)) if distributed.is_main() else None))
         cfg = replace(cfg, out=str(run_dir))
         on_main(save_config, cfg, run_dir / "config.yaml")
     on_main(pets.report.save, run_dir)
@@ -767,17 +770,17 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
     ckpt = load_checkpoint(run_dir) if cfg.resume else None
     recipe = ckpt["state"]["recipe"] if ckpt else choose_recipe(
         cfg, train_class_counts(pets.labels, pets.train_idx), pretrained)
-    log(describe(cfg, device, precision, recipe, pets))
-    dls = build_dataloaders(cfg, pets, device)
+    log(describe(cfg, compute, recipe, pets))
+    dls = build_dataloaders(cfg, pets, compute.device)
     learn = distributed.main_first(  # rank 0 fills the hub cache before the others read it
-        lambda: build_learner(cfg, dls, recipe, device, precision, path=run_dir / CKPT_DIR))
+        lambda: build_learner(cfg, dls, recipe, compute, path=run_dir / CKPT_DIR))
     if ckpt:
         state, opt_state = restore(learn, ckpt)
         log(f"resuming {run_dir} at phase {state.phase}, epoch {state.epoch} ({len(state.history)} epochs done)")
     else:
         # probe and lr_find run once, on rank 0; its weights reach the others when DDP wraps the model
         state = None
-        if is_main_process():
+        if distributed.is_main():
             with distributed.this_process_only():
                 state = start_state(learn, cfg, recipe, run_dir)
         state, opt_state = distributed.broadcast(state), None
@@ -794,7 +797,7 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
 def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> TrainResult:
     """Pick the better of probe and fine-tune, export, and point `latest` at the run (rank 0; others get metrics)."""
     state.done = True
-    if not is_main_process():
+    if not distributed.is_main():
         return TrainResult(learn, run_dir, distributed.broadcast(None))
     n = distributed.world_size()
     with distributed.this_process_only():
@@ -812,13 +815,14 @@ def run_lr_find(cfg: TrainConfig, out: Path | None = None) -> tuple[LRFind, Path
     """`petclf lr-find`: build data and learner as `train` would, run lr_find, save the plot."""
     from petclf.data import load_pets
 
-    device, precision = resolve_device(cfg)
+    compute = resolve_device(cfg)
     pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed)
     recipe = choose_recipe(cfg, train_class_counts(pets.labels, pets.train_idx),
                            cfg.pretrained or cfg.weights is not None)
-    log(describe(cfg, device, precision, recipe, pets))
+    log(describe(cfg, compute, recipe, pets))
     with tempfile.TemporaryDirectory() as tmp:
-        learn = build_learner(cfg, build_dataloaders(cfg, pets, device), recipe, device, precision, path=Path(tmp))
+        dls = build_dataloaders(cfg, pets, compute.device)
+        learn = build_learner(cfg, dls, recipe, compute, path=Path(tmp))
         found = lr_find(learn, cfg.lr_find_steps)
     out = Path(out or cfg.out or EXPORTS)
     return found, plot_lr_find(found, out / "lr_find.png")

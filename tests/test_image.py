@@ -11,13 +11,7 @@ import pytest
 from PIL import Image
 
 from petclf.errors import ImageError
-from petclf.image import MAX_PIXELS, load_rgb, to_rgb
-
-
-def _png_bytes(im: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "PNG", **kw)
-    return buf.getvalue()
+from petclf.image import MAX_PIXELS, encode, load_rgb, to_rgb
 
 
 def _arrow(w=40, h=20) -> Image.Image:
@@ -53,7 +47,7 @@ def test_palette_with_transparency_and_cmyk_and_gray():
     p.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
     p.putpixel((0, 0), 1)
     p.info["transparency"] = 0
-    out = np.asarray(load_rgb(_png_bytes(p, transparency=0)))
+    out = np.asarray(load_rgb(encode(p, "PNG", transparency=0)))
     assert tuple(out[0, 0]) == (10, 200, 30) and tuple(out[1, 1]) == (255, 255, 255)
     cmyk = to_rgb(Image.new("CMYK", (2, 2), (0, 255, 255, 0)))
     assert cmyk.mode == "RGB" and tuple(np.asarray(cmyk)[0, 0]) == (255, 0, 0)
@@ -62,7 +56,7 @@ def test_palette_with_transparency_and_cmyk_and_gray():
 
 def test_16_bit_png_is_scaled_not_clipped_to_white():
     a = np.array([[0, 32768, 65535]], np.uint16)
-    out = np.asarray(load_rgb(_png_bytes(Image.fromarray(a))))[0, :, 0]
+    out = np.asarray(load_rgb(encode(Image.fromarray(a), "PNG")))[0, :, 0]
     assert list(out) == [0, 128, 255]
 
 
@@ -120,7 +114,7 @@ def test_decompression_bomb_is_refused_before_decoding():
 
 def test_size_limit_is_checked_before_decoding(tmp_path):
     path = tmp_path / "big.png"
-    path.write_bytes(_png_bytes(Image.new("RGB", (8, 8))) + b"\0" * 2048)
+    path.write_bytes(encode(Image.new("RGB", (8, 8)), "PNG") + b"\0" * 2048)
     with pytest.raises(ImageError, match="over the"):
         load_rgb(path, max_bytes=1024)
 

@@ -18,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from petclf.errors import BundleError, ImageError
+from petclf.image import encode
 from petclf.predict import FORMATS, Batcher, Preprocess, expand_paths, format_rows, load_model
 
 
@@ -50,10 +51,6 @@ def cli(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------- exactness
@@ -257,12 +254,12 @@ def test_unreadable_files_are_one_line_errors(predictor, tmp_path, name, data, m
 
 def test_truncated_jpeg_and_oversized_file(predictor, tmp_path, valid_items):
     img = Image.open(valid_items[0]).resize((256, 256))
-    (tmp_path / "cut.jpg").write_bytes(encoded(img, "JPEG")[:2000])
+    (tmp_path / "cut.jpg").write_bytes(encode(img, "JPEG")[:2000])
     with pytest.raises(ImageError, match="truncated"):
         predictor.predict(tmp_path / "cut.jpg")
     big = tmp_path / "huge.jpg"
     with open(big, "wb") as f:
-        f.write(encoded(img, "JPEG"))
+        f.write(encode(img, "JPEG"))
         f.truncate(25 * 2**20)  # sparse: 25 MB on paper, refused before a byte is decoded
     with pytest.raises(ImageError, match="over the 20 MB limit"):
         predictor.predict(big)
@@ -307,12 +304,12 @@ def test_exif_orientation_is_applied(predictor, confident, tmp_path, orientation
 
 def _modes(img: Image.Image) -> dict[str, bytes]:
     deep = Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257).astype(np.uint16))
-    return {"cmyk.jpg": encoded(img.convert("CMYK"), "JPEG"),
-            "palette_transparent.png": encoded(img.convert("P", palette=Image.ADAPTIVE), "PNG", transparency=0),
-            "rgba.png": encoded(img.convert("RGBA"), "PNG"),
-            "gray.png": encoded(img.convert("L"), "PNG"),
-            "gray16.png": encoded(deep, "PNG"),
-            "photo.webp": encoded(img, "WEBP", lossless=True)}
+    return {"cmyk.jpg": encode(img.convert("CMYK"), "JPEG"),
+            "palette_transparent.png": encode(img.convert("P", palette=Image.ADAPTIVE), "PNG", transparency=0),
+            "rgba.png": encode(img.convert("RGBA"), "PNG"),
+            "gray.png": encode(img.convert("L"), "PNG"),
+            "gray16.png": encode(deep, "PNG"),
+            "photo.webp": encode(img, "WEBP", lossless=True)}
 
 
 def test_every_pil_mode_becomes_sane_rgb(predictor, confident, tmp_path):
