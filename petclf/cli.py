@@ -263,7 +263,9 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
                   None, "--channels-last", help="auto | on | off: train in channels_last (auto: CUDA and CPU)."),
               config: Path | None = ConfigOpt,
               out: Path | None = typer.Option(None, "--out", help="Run folder (default exports/<date>-<arch>)."),
-              resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder.")) -> None:
+              resume: Path | None = typer.Option(
+                  None, "--resume", help="Continue the run in this folder (only --device, --workers and --threads "
+                                         "may change).")) -> None:
     """Fine-tune a pretrained timm model: lr_find, fit_one_cycle (frozen, then unfrozen), export the run folder."""
     from petclf.train import train
 

@@ -600,6 +600,9 @@ def default_out(arch: str, now: datetime | None = None) -> Path:
     return out
 
 
+MACHINE_KEYS = ("device", "workers", "threads")  # what `--resume` may change: this machine's, not the recipe's
+
+
 def prepare_run_dir(cfg: TrainConfig) -> Path:
     """The run directory for a fresh run: created; refused if it already holds a run."""
     out = Path(cfg.out) if cfg.out else default_out(cfg.arch)
@@ -614,14 +617,22 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
 
 
 def resume_config(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
-    """The saved config of `run_dir`, with this machine's device, workers and threads."""
+    """The saved config of `run_dir`, with this machine's `MACHINE_KEYS`; other settings in `cfg` that are not
+    defaults must agree with the saved run, or it is refused (a silently ignored `--epochs` would be a surprise)."""
     if not (run_dir / "config.yaml").is_file():
         raise PetclfError(f"--resume {run_dir}: not a petclf run directory (config.yaml missing)")
     if (run_dir / "metrics.json").is_file() and (run_dir / "model.json").is_file():
         raise PetclfError(f"--resume {run_dir}: that run is already complete")
     saved = resolve_config(None, **load_config_file(run_dir / "config.yaml"))
-    return replace(saved, resume=str(run_dir), out=str(run_dir), device=cfg.device, workers=cfg.workers,
-                   threads=cfg.threads)
+    resumed = replace(saved, resume=str(run_dir), out=str(run_dir), **{k: getattr(cfg, k) for k in MACHINE_KEYS})
+    default, same_out = TrainConfig(), cfg.out is None or Path(cfg.out).resolve() == run_dir.resolve()
+    clash = [f"--{k.replace('_', '-')} {v} (the run has {getattr(resumed, k)})" for k, v in cfg.to_dict().items()
+             if k not in ("resume", "out") and v != getattr(default, k) and v != getattr(resumed, k)]
+    clash += [] if same_out else [f"--out {cfg.out} (the run is in {run_dir})"]
+    if clash:
+        raise PetclfError(f"--resume {run_dir} continues the run as it was set up; it cannot take "
+                          f"{', '.join(clash)}. Only {', '.join('--' + k for k in MACHINE_KEYS)} may change")
+    return resumed
 
 
 def update_latest(run_dir: Path) -> Path:

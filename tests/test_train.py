@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from petclf.train import (
     pick_precision,
     pick_threads,
     plan_schedule,
+    resume_config,
     train,
 )
 
@@ -206,6 +208,10 @@ def test_interrupted_run_resumes_on_schedule(synth_dir, tmp_path):
     assert not (out / "model.json").exists() and not (tmp_path / "latest").exists()
     with pytest.raises(PetclfError, match="--resume"):
         train(cfg)  # a fresh run into an unfinished folder is refused
+    with pytest.raises(PetclfError, match=r"cannot take --epochs 9 \(the run has 3\), --out .*--device"):
+        train(TrainConfig(resume=str(out), epochs=9, out=str(tmp_path / "elsewhere")))  # not silently dropped
+    assert replace(cfg, workers=0, threads=1, resume=str(out)) == resume_config(out, replace(cfg, resume=str(out),
+                                                                                              workers=0, threads=1))
 
     lrs_seen: list[float] = []
 
