@@ -27,7 +27,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from petclf.cam import gradcam, overlay
+from petclf.cam import gradcam_logits, overlay
 from petclf.data import pretty_breed as pretty
 from petclf.errors import ImageError, PetclfError
 from petclf.image import MAX_BYTES, load_rgb
@@ -141,12 +141,12 @@ def make_explain(predictor: Predictor, batcher: Batcher, threshold: float = UNSU
         if min(img.size) < TINY:
             gr.Warning(f"This image is only {img.size[0]}x{img.size[1]} pixels; the prediction may be poor.")
         x = predictor.preprocess([img])
-        probs = predictor.to_dict(batcher(x)[0])
         if not show_cam or not predictor.has_model:
-            return None, verdict(probs, predictor.species, threshold)
-        heat = gradcam(predictor.model, x, predictor.classes.index(next(iter(probs))))[0]
+            return None, verdict(predictor.to_dict(batcher(x)[0]), predictor.species, threshold)
+        heats, logits = gradcam_logits(predictor.model, x)  # the top class's map; its forward pass gives the verdict
+        probs = predictor.to_dict(predictor.softmax(logits)[0])
         seen = valid_resize(img, max(predictor.pre.presize, CAM_SIDE))  # the crop the model saw, big enough to read
-        return overlay(seen, heat), verdict(probs, predictor.species, threshold)
+        return overlay(seen, heats[0]), verdict(probs, predictor.species, threshold)
 
     return explain
 

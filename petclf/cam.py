@@ -33,6 +33,12 @@ def _scale(cam: torch.Tensor) -> torch.Tensor:
 
 def gradcam(model: nn.Module, x: torch.Tensor, class_idx: int | list[int] | None = None) -> np.ndarray:
     """Grad-CAM maps (N x H x W in [0, 1]) for a batch `x`; `class_idx` defaults to each image's top class."""
+    return gradcam_logits(model, x, class_idx)[0]
+
+
+def gradcam_logits(model: nn.Module, x: torch.Tensor,
+                   class_idx: int | list[int] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """`gradcam`, and the logits of the forward pass it ran (N x n_classes), for callers that need both."""
     was_training = model.training
     model.eval()
     try:
@@ -54,7 +60,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, class_idx: int | list[int] | None
         cam = F.relu((grads.mean((2, 3), keepdim=True) * feats).sum(1))
         cam = F.interpolate(_scale(cam)[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         cam = _scale(cam.clamp_min(0))
-    return np.nan_to_num(cam.float().cpu().numpy())
+    return np.nan_to_num(cam.float().cpu().numpy()), logits.detach().float().cpu()
 
 
 def _jet(v: np.ndarray) -> np.ndarray:

@@ -284,11 +284,15 @@ class Predictor:
         with torch.inference_mode():
             return self.net(x.to(self.device)).float().cpu()
 
+    def softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> probabilities: `softmax(logits / temperature)` (the calibrated temperature from the manifest)."""
+        return torch.softmax(logits / self.temperature, dim=1)
+
     def probs(self, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """`softmax(logits / temperature)`; with `tta`, averaged with the horizontally flipped batch."""
-        p = torch.softmax(self.logits(x) / self.temperature, dim=1)
+        """Probabilities for a preprocessed batch; with `tta`, averaged with the horizontally flipped batch."""
+        p = self.softmax(self.logits(x))
         if tta:
-            p = (p + torch.softmax(self.logits(x.flip(-1)) / self.temperature, dim=1)) / 2
+            p = (p + self.softmax(self.logits(x.flip(-1)))) / 2
         return p
 
     def to_dict(self, p: torch.Tensor) -> dict[str, float]:

@@ -12,8 +12,18 @@ import pytest
 from helpers import free_port
 from PIL import Image
 
-from petclf.app import UNSURE_BELOW, build_demo, example_files, launch_kwargs, model_card, pretty, verdict
-from petclf.predict import load_model
+from petclf.app import (
+    CAM_SIDE,
+    UNSURE_BELOW,
+    build_demo,
+    example_files,
+    launch_kwargs,
+    make_explain,
+    model_card,
+    pretty,
+    verdict,
+)
+from petclf.predict import Batcher, load_model
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +69,19 @@ def test_model_card_and_verdict(predictor):
     assert verdict(sure, predictor.species).startswith("**Bengal** (cat), 90%")
     unsure = {"beagle": UNSURE_BELOW - 0.01, "Bengal": 0.51}
     assert "Not sure this is a cat or a dog" in verdict(unsure, predictor.species)
+
+
+def test_explain_gives_the_predictors_verdict_with_or_without_the_map(predictor, images):
+    batcher = Batcher(predictor)
+    explain = make_explain(predictor, batcher)
+    try:
+        for path in images[:3]:
+            expected = verdict(predictor.predict(path), predictor.species)
+            cam, said = explain(str(path), True)  # the verdict comes from Grad-CAM's own forward pass here
+            assert said == expected and cam.size == (max(predictor.pre.presize, CAM_SIDE),) * 2
+            assert explain(str(path), False) == (None, expected)  # and from the batched forward pass here
+    finally:
+        batcher.close()
 
 
 def test_examples_ship_with_the_package():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from petclf.cam import gradcam, overlay, target_layer
+from petclf.cam import gradcam, gradcam_logits, overlay, target_layer
 from petclf.model import build_model
 
 
@@ -27,6 +27,16 @@ def test_gradcam_equals_the_grad_cam_package(class_idx):
     assert mine.shape == ref.shape == (2, 96, 96)
     assert np.abs(mine - ref).max() < 1e-4
     assert mine.min() >= 0 and mine.max() <= 1
+
+
+def test_gradcam_logits_are_the_networks_outputs():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    heat, logits = gradcam_logits(model, x)
+    with torch.no_grad():
+        assert torch.allclose(logits, model(x), atol=1e-5)
+    assert np.array_equal(heat, gradcam(model, x, logits.argmax(1).tolist()))  # None means each image's top class
 
 
 def test_gradcam_works_inside_inference_mode_and_leaves_no_hooks():
