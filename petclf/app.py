@@ -64,8 +64,15 @@ class UploadedImage(gr.Image):
             try:
                 return base64.b64decode(payload.url.split(",", 1)[1], validate=True)
             except (ValueError, IndexError):
-                raise gr.Error("That upload is not an image.") from None
+                raise rejected("That upload is not an image.") from None
         return payload.path
+
+
+def rejected(msg: str) -> gr.Error:
+    """The error for an upload petclf cannot use: the visitor sees `msg`; the server log gets one line, not
+    Gradio's traceback (a bad upload is an everyday event, not a server fault)."""
+    log.warning("upload rejected: %s", msg)
+    return gr.Error(msg, print_exception=False)
 
 
 def friendly(e: Exception) -> str:
@@ -111,10 +118,10 @@ def decode(image: str | bytes) -> Image.Image:
     try:
         return load_rgb(image)
     except PetclfError as e:
-        raise gr.Error(friendly(e)) from None
+        raise rejected(friendly(e)) from None
     except Exception:  # noqa: BLE001 - log it for us, show the visitor one line
         log.exception("unexpected error decoding an upload")
-        raise gr.Error(friendly(RuntimeError())) from None
+        raise rejected(friendly(RuntimeError())) from None
 
 
 def make_classify(predictor: Predictor, batcher: Batcher, decoder: ThreadPoolExecutor):

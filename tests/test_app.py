@@ -126,7 +126,7 @@ def _bad_uploads(images) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_bad_uploads_get_one_friendly_line(client, images, tmp_path):
+def test_bad_uploads_get_one_friendly_line(client, images, tmp_path, capfd, caplog):
     from gradio_client.exceptions import AppError
 
     expected = {"empty.jpg": "not an image", "text.jpg": "not an image", "truncated.jpg": "truncated",
@@ -138,6 +138,8 @@ def test_bad_uploads_get_one_friendly_line(client, images, tmp_path):
         msg = str(err.value)
         assert msg.startswith("Could not read this image") and expected[name] in msg, msg
         assert "Traceback" not in msg and "File \"" not in msg
+    assert "Traceback" not in capfd.readouterr().err  # the server's log: one line per rejected upload
+    assert sum("upload rejected: Could not read this image" in r.getMessage() for r in caplog.records) == 4
 
 
 @pytest.mark.slow
