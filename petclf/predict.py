@@ -9,7 +9,8 @@
         print(row.file, row.top(3), row.species)
 
 Preprocessing is fastai's validation preprocessing, step for step, as the manifest's `input` records it (see
-`valid_resize` and `gpu_resize`); no fastai DataLoader is built. Probabilities are `softmax(logits / temperature)`.
+`valid_resize` and `valid_batch_resize`); no fastai DataLoader is built. Probabilities are
+`softmax(logits / temperature)`.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def resize_matrix(n: int, size: int, d: float, scale: float = 1.0) -> scipy.spar
     return scipy.sparse.csr_matrix(m.numpy() * np.float32(scale))
 
 
-def gpu_resize(x: np.ndarray, size: int, scale: float = 1.0) -> np.ndarray:
+def valid_batch_resize(x: np.ndarray, size: int, scale: float = 1.0) -> np.ndarray:
     """fastai's `RandomResizedCropGPU` on the validation set: N x H x W x C -> N x C x `size` x `size` float32,
     times `scale`.
 
@@ -130,7 +131,7 @@ class Preprocess:
 
     def batch(self, x: np.ndarray) -> torch.Tensor:
         """uint8 N x presize x presize x 3 -> normalised float N x 3 x size x size (fastai's batch transforms)."""
-        y = gpu_resize(x, self.size, scale=1 / 255)  # fastai's IntToFloatTensor (/255) folded into the resize
+        y = valid_batch_resize(x, self.size, scale=1 / 255)  # fastai's IntToFloatTensor (/255), folded in
         y -= np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
         y /= np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
         return torch.from_numpy(y)

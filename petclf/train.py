@@ -625,10 +625,11 @@ def resume_config(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
         raise PetclfError(f"--resume {run_dir}: that run is already complete")
     saved = resolve_config(None, **load_config_file(run_dir / "config.yaml"))
     resumed = replace(saved, resume=str(run_dir), out=str(run_dir), **{k: getattr(cfg, k) for k in MACHINE_KEYS})
-    default, same_out = TrainConfig(), cfg.out is None or Path(cfg.out).resolve() == run_dir.resolve()
+    default = TrainConfig()
     clash = [f"--{k.replace('_', '-')} {v} (the run has {getattr(resumed, k)})" for k, v in cfg.to_dict().items()
              if k not in ("resume", "out") and v != getattr(default, k) and v != getattr(resumed, k)]
-    clash += [] if same_out else [f"--out {cfg.out} (the run is in {run_dir})"]
+    if cfg.out is not None and Path(cfg.out).resolve() != run_dir.resolve():
+        clash.append(f"--out {cfg.out} (the run is in {run_dir})")
     if clash:
         raise PetclfError(f"--resume {run_dir} continues the run as it was set up; it cannot take "
                           f"{', '.join(clash)}. Only {', '.join('--' + k for k in MACHINE_KEYS)} may change")

@@ -51,8 +51,6 @@ def cli(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-
-
 # ---------------------------------------------------------------------------------------------------- exactness
 
 
