@@ -202,6 +202,9 @@ def export(model: Path = ModelOpt,
     typer.echo(f"wrote {Path(model) / info['file']} (opset {info['opset']}, {match_summary(info)})")
 
 
+DeviceOpt = typer.Option(None, "--device", help="auto (cuda > mps > cpu) | cpu | mps | cuda | cuda:N.")
+
+
 @app.command("report")
 @guarded
 def report(model: Path = typer.Option(DEFAULT_MODEL, "--model", help="Exported model folder (its run)."),
@@ -213,12 +216,13 @@ def report(model: Path = typer.Option(DEFAULT_MODEL, "--model", help="Exported m
                                                                   "figures/; default MODEL/report."),
            bs: int = typer.Option(64, "--bs", min=1, help="Images per forward pass."),
            min_val: int = typer.Option(1, "--min-val", min=1, help="Smallest count listed as a confused pair."),
-           top_k: int = typer.Option(9, "--top-losses", min=1, help="Top-loss images shown with Grad-CAM.")) -> None:
+           top_k: int = typer.Option(9, "--top-losses", min=1, help="Top-loss images shown with Grad-CAM."),
+           device: str | None = DeviceOpt) -> None:
     """Write the interpretation report: one self-contained HTML page, plus JSON and PNG figures."""
     from petclf.report import write_report
 
     paths = write_report(model, data=data, split=split, out=out, bs=bs, min_val=min_val, top_k=top_k,
-                         progress=True)
+                         device=device, progress=True)
     typer.echo(f"report: {paths['html']}")
 
 
@@ -233,7 +237,6 @@ SizeOpt = typer.Option(None, "--size", help=f"Training crop size in px (default 
 PresizeOpt = typer.Option(None, "--presize", help=f"Item resize before batch augmentation (default {D.presize}).")
 TrainSplitOpt = typer.Option(None, "--split", help="random | official | FILE naming the validation images.")
 SeedOpt = typer.Option(None, "--seed", help=f"Seed of the split and the run (default {D.seed}).")
-DeviceOpt = typer.Option(None, "--device", help="auto (cuda > mps > cpu) | cpu | mps | cuda | cuda:N.")
 ConfigOpt = typer.Option(None, "--config", help="YAML file of settings (flags override it).")
 RecipeOpt = typer.Option(None, "--recipe", help="auto | fastbook | probe (auto: probe on small data).")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader workers (default: from the device and core count).")

@@ -46,6 +46,7 @@ from petclf.data import Pets, load_pets, make_dataloaders, pretty_breed, species
 from petclf.errors import PetclfError
 from petclf.image import encode
 from petclf.progress import bar
+from petclf.train import machine_device
 
 TOP_K = 9  # top losses shown, each with its Grad-CAM
 MIN_VAL = 1  # most_confused: smallest off-diagonal count listed (fastai's `min_val`)
@@ -139,15 +140,10 @@ def _with_model_vocab(pets: Pets, classes: list[str]) -> Pets:
     return _ModelPets(**{f.name: getattr(pets, f.name) for f in fields(Pets)}, classes=classes)
 
 
-def pick_device(device: str | None = None) -> str:
-    """`device` if given, else cuda when available, else cpu."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def make_learner(model_dir: str | Path, pets: Pets, bs: int = 64, device: str | None = None,
                  workers: int | None = None):
     """A fastai Learner over the bundle's network and `pets`, preprocessed exactly as the manifest says."""
-    device = pick_device(device)
+    device = machine_device(device or "auto")
     model, manifest = load_network(model_dir, device)
     inp = manifest["input"]
     pets = _with_model_vocab(pets, [c["name"] for c in manifest["classes"]])

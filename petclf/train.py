@@ -66,6 +66,12 @@ def pick_device(requested: str, cuda: bool, mps: bool) -> str:
     return requested
 
 
+def machine_device(requested: str = "auto") -> str:
+    """`pick_device` against what this machine has (training, and the report's evaluation)."""
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    return pick_device(requested, torch.cuda.is_available(), mps)
+
+
 def pick_precision(device: str, requested: str, bf16_ok: bool) -> str:
     """`auto`: bf16 on a GPU that has it, else fp16 on GPU; fp32 on CPU and MPS."""
     if requested not in ("auto", "fp32", "fp16", "bf16"):
@@ -108,8 +114,7 @@ class Compute(NamedTuple):
 
 def resolve_device(cfg: TrainConfig) -> Compute:
     """Device, precision and layout for this machine, threads set on CPU; printed by the caller."""
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    device = pick_device(cfg.device, torch.cuda.is_available(), mps)
+    device = machine_device(cfg.device)
     if device == "cuda" and distributed.is_distributed():
         device = f"cuda:{distributed.local_rank()}"  # one GPU per process
     bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()

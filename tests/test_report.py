@@ -211,9 +211,14 @@ def test_report_without_run_artefacts_says_not_recorded(tiny_run, synth_dir, tmp
         res = CliRunner().invoke(app, ["report", "--model", str(run), "--data", str(synth_dir), "--split", split])
         assert res.exit_code == 2 and says in res.output and len(res.output.strip().splitlines()) == 1, res.output
 
-    # Again into the same folder with fewer top losses: no figure of the first report is left behind.
+    res = CliRunner().invoke(app, ["report", "--model", str(run), "--data", str(synth_dir), "--device", "tpu"])
+    assert res.exit_code == 2 and "--device must be" in res.output and len(res.output.strip().splitlines()) == 1
+
+    # Again into the same folder with fewer top losses (and --device auto, the CLI's documented default): no figure
+    # of the first report is left behind.
     assert (out / "figures" / "top_losses" / "03_cam.png").is_file()
-    res = CliRunner().invoke(app, ["report", "--model", str(run), "--data", str(synth_dir), "--top-losses", "2"])
+    res = CliRunner().invoke(app, ["report", "--model", str(run), "--data", str(synth_dir), "--top-losses", "2",
+                                   "--device", "auto"])
     assert res.exit_code == 0, res.output
     r = json.loads((out / "report.json").read_text())
     on_disk = sorted(str(p.relative_to(out)) for p in (out / "figures").rglob("*.png"))
