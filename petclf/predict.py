@@ -104,11 +104,6 @@ def valid_resize_bands(img: Image.Image, presize: int, pool: Executor, parts: in
     return out
 
 
-def stack_uint8(imgs: Sequence[Image.Image]) -> np.ndarray:
-    """RGB PIL images of equal size -> N x H x W x 3 uint8 array (fastai's `ToTensor`, channels last)."""
-    return np.asarray(imgs[0])[None] if len(imgs) == 1 else np.stack([np.asarray(im) for im in imgs])
-
-
 def _identity_grid(size: int) -> torch.Tensor:
     """fastai's `affine_grid` of the identity matrix at `size` (1 x size x size x 2)."""
     theta = torch.eye(3)[None, :2]
@@ -144,7 +139,10 @@ def valid_batch_resize(x: np.ndarray, size: int, scale: float = 1.0) -> np.ndarr
     d = min(h / size, w / size) / 2  # fastai downsamples both axes by the same factor first
     rows = x.transpose(1, 0, 2, 3).reshape(h, -1)  # H x (N W C): no copy for one image
     y = (resize_matrix(h, size, d, scale) @ rows).reshape(size, n, w, c)  # rows resized (float32)
-    z = resize_matrix(w, size, d) @ y.transpose(2, 1, 0, 3).reshape(w, -1)  # then columns
+    # then columns: W first. Each pixel's C floats move as one opaque item, half the time of a float-wise transpose
+    pixels = y.view(np.dtype((np.void, y.itemsize * c)))[..., 0]  # size x N x W
+    cols = np.ascontiguousarray(pixels.transpose(2, 1, 0)).view(np.float32).reshape(w, -1)  # W x (N size C)
+    z = resize_matrix(w, size, d) @ cols
     return np.ascontiguousarray(z.reshape(size, n, size, c).transpose(1, 3, 2, 0))
 
 
@@ -166,10 +164,6 @@ class Preprocess:
                               f"{inp.get('resample')} (this petclf reproduces crop/bilinear)")
         return cls(int(inp["size"]), int(inp["presize"]), tuple(inp["mean"]), tuple(inp["std"]))
 
-    def item(self, src: ImageSource) -> Image.Image:
-        """Decode (through `load_rgb`) and apply the item transform; runs in worker threads."""
-        return valid_resize(load_rgb(src), self.presize)
-
     def batch(self, x: np.ndarray) -> torch.Tensor:
         """uint8 N x presize x presize x 3 -> normalised float N x 3 x size x size (fastai's batch transforms)."""
         y = valid_batch_resize(x, self.size, scale=1 / 255)  # fastai's IntToFloatTensor (/255), folded in
@@ -178,8 +172,9 @@ class Preprocess:
         return torch.from_numpy(y)
 
     def __call__(self, srcs: Sequence[ImageSource]) -> torch.Tensor:
-        """Images -> the model's input batch."""
-        return self.batch(stack_uint8([self.item(s) for s in srcs]))
+        """Images -> the model's input batch, preprocessed one by one (the batch step is ~4x cheaper per image on
+        one image's cache-sized arrays than on 32 at once)."""
+        return torch.cat([self.one(s) for s in srcs])
 
     def one(self, src: ImageSource, pool: Executor | None = None, parts: int = 1) -> torch.Tensor:
         """One image -> its 1 x 3 x size x size input; with `pool`, the item resize runs in `parts` bands at once."""
@@ -369,18 +364,18 @@ class Predictor:
         """The `k` most likely (breed, prob) pairs for one image."""
         return list(self.predict(image, tta).items())[:k]
 
-    def _decode(self, path: Path) -> Image.Image | ImageError:
-        try:
-            return self.pre.item(path)
+    def _decode(self, path: Path) -> torch.Tensor | ImageError:
+        try:  # the whole preprocessing, per image: 4x cheaper than the batch step on 32 at once (cache-sized arrays)
+            return self.pre.one(path)
         except ImageError as e:
             return e
 
-    def _rows(self, files: Sequence[Path], imgs: list[Image.Image | ImageError], tta: bool) -> list[Prediction]:
-        good = [i for i, im in enumerate(imgs) if not isinstance(im, ImageError)]
-        rows = [Prediction(str(f), error=str(im)) if isinstance(im, ImageError) else None
-                for f, im in zip(files, imgs, strict=True)]
+    def _rows(self, files: Sequence[Path], xs: list[torch.Tensor | ImageError], tta: bool) -> list[Prediction]:
+        good = [i for i, x in enumerate(xs) if not isinstance(x, ImageError)]
+        rows = [Prediction(str(f), error=str(x)) if isinstance(x, ImageError) else None
+                for f, x in zip(files, xs, strict=True)]
         if good:
-            p = self.probs(self.pre.batch(stack_uint8([imgs[i] for i in good])).to(self.device), tta)
+            p = self.probs(torch.cat([xs[i] for i in good]).to(self.device), tta)
             for j, i in enumerate(good):
                 rows[i] = Prediction(str(files[i]), self.to_dict(p[j]), self.species_probs(p[j]))
         return rows
@@ -389,22 +384,23 @@ class Predictor:
                       workers: int | None = None) -> Iterator[Prediction]:
         """One `Prediction` per image under `paths` (files, folders, globs), in order; bad files get error rows.
 
-        Images are decoded by a thread pool (Pillow releases the GIL) a few batches ahead of the forward pass.
+        Images are decoded and preprocessed by a thread pool (Pillow and scipy release the GIL) a few batches ahead
+        of the forward pass.
         """
         files, errors = expand_paths(paths)
         yield from errors
         workers = workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers, thread_name_prefix="petclf-decode") as pool:
             batch_files: list[Path] = []
-            batch_imgs: list[Image.Image | ImageError] = []
+            batch_xs: list[torch.Tensor | ImageError] = []
             for f, fut in zip(files, _bounded_map(self._decode, files, pool, ahead=2 * bs), strict=True):
                 batch_files.append(f)
-                batch_imgs.append(fut.result())
+                batch_xs.append(fut.result())
                 if len(batch_files) == bs:
-                    yield from self._rows(batch_files, batch_imgs, tta)
-                    batch_files, batch_imgs = [], []
+                    yield from self._rows(batch_files, batch_xs, tta)
+                    batch_files, batch_xs = [], []
             if batch_files:
-                yield from self._rows(batch_files, batch_imgs, tta)
+                yield from self._rows(batch_files, batch_xs, tta)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
