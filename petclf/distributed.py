@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from petclf.errors import PetclfError
+
 T = TypeVar("T")
 
 
@@ -110,12 +112,25 @@ def broadcast(value: T, src: int = 0) -> T:
 
 
 def main_first(fn: Callable[[], T]) -> T:
-    """Run `fn` on rank 0 first (downloads, caches), then on the others once it is done."""
+    """Run `fn` on rank 0 first (downloads, caches), then on the others once it is done.
+
+    If it fails on rank 0, the other ranks raise too, saying why, instead of waiting on a peer that has gone (NCCL
+    waits out its timeout; gloo reports a closed connection).
+    """
     if not dist.is_initialized():
         return fn()
-    result = fn() if is_main() else None
-    barrier()
-    return fn() if not is_main() else result
+    if not is_main():
+        failed = broadcast(None)
+        if failed:
+            raise PetclfError(f"rank 0 failed, so this rank stops too: {failed}")
+        return fn()
+    try:
+        result = fn()
+    except BaseException as e:
+        broadcast(f"{type(e).__name__}: {e}")
+        raise
+    broadcast(None)
+    return result
 
 
 @contextmanager

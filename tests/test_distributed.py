@@ -119,3 +119,42 @@ def test_killed_distributed_run_resumes_through_the_cli(dist_data, tmp_path):
     from petclf.bundle import load_network
 
     load_network(run)
+
+
+RANK_SCRIPT = """
+import sys
+from datetime import timedelta
+
+import torch.distributed as dist
+
+from petclf.distributed import main_first
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+
+def fill_cache():
+    if dist.get_rank() == 0:
+        raise ValueError("hub unreachable")
+    return "cached"
+
+print(main_first(fill_cache))
+"""
+
+
+def test_main_first_failing_on_rank_0_stops_the_others_with_its_reason(tmp_path):
+    """Rank 0 fills caches first while the rest wait; when it fails, they must stop too and say why, not sit at a
+    barrier for a peer that is gone (NCCL would wait out its timeout)."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**env(), "RANK": str(r), "WORLD_SIZE": "2",
+                                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+             for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert "ValueError: hub unreachable" in outs[0][1]
+    assert "rank 0 failed, so this rank stops too: ValueError: hub unreachable" in outs[1][1], outs[1][1]
