@@ -179,9 +179,9 @@ class Preprocess:
     def one(self, src: ImageSource, pool: Executor | None = None, parts: int = 1) -> torch.Tensor:
         """One image -> its 1 x 3 x size x size input; with `pool`, the item resize runs in `parts` bands at once."""
         img = load_rgb(src)
-        if pool is None or parts < 2:
-            return self.batch(np.asarray(valid_resize(img, self.presize))[None])
-        return self.batch(valid_resize_bands(img, self.presize, pool, parts)[None])
+        a = np.asarray(valid_resize(img, self.presize)) if pool is None else \
+            valid_resize_bands(img, self.presize, pool, parts)
+        return self.batch(a[None])
 
 
 # ---------------------------------------------------------------------------------------------------- results
