@@ -117,7 +117,7 @@ def main() -> None:
     args = parse_args()
     if args.worker:
         return worker(args)
-    from petclf.data import synth_pets
+    from petclf.synth import synth_pets
 
     argv = sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:

@@ -428,8 +428,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (photos, models, server logs)")
     args = ap.parse_args(argv)
 
-    from petclf.data import synth_classes
     from petclf.predict import load_model
+    from petclf.synth import synth_classes
 
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     try:

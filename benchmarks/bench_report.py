@@ -29,8 +29,8 @@ def make_run(tmp: Path, arch: str, n_images: int, size: int, presize: int) -> Pa
     """A 37-breed synthetic data folder and a random-weight bundle whose run split names `n_images` for validation."""
     from petclf.bundle import make_manifest, write_bundle
     from petclf.config import TrainConfig, save_config
-    from petclf.data import synth_pets
     from petclf.model import FASTAI_HEAD, build_model, norm_stats
+    from petclf.synth import synth_pets
 
     per_class = -(-(n_images + 37) // 37)  # enough for the split plus at least one training image per class
     synth_pets(tmp / "data", n_classes=37, per_class=per_class, size=448, seed=0)

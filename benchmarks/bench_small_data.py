@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from petclf.config import TrainConfig  # noqa: E402
-from petclf.data import synth_pets  # noqa: E402
 from petclf.model import efficientnet_lite0_weights  # noqa: E402
+from petclf.synth import synth_pets  # noqa: E402
 from petclf.train import train  # noqa: E402
 
 ARCH, SIZE, PRESIZE, IMG = "tf_efficientnet_lite0", 96, 112, 112

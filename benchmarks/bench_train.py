@@ -24,8 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from petclf.config import TrainConfig  # noqa: E402
-from petclf.data import load_pets, synth_pets  # noqa: E402
+from petclf.data import load_pets
 from petclf.model import build_model  # noqa: E402
+from petclf.synth import synth_pets  # noqa: E402
 from petclf.train import build_dataloaders, resolve_device, train  # noqa: E402
 
 

@@ -6,17 +6,16 @@
 The public API is re-exported here; heavy modules (fastai, torch) load on first use.
 """
 
-__version__ = "0.1.0"
-
-from petclf.config import TrainConfig, resolve_config, save_config  # noqa: E402
-from petclf.errors import BundleError, DataError, ImageError, PetclfError  # noqa: E402
+from petclf.config import TrainConfig, resolve_config, save_config
+from petclf.errors import BundleError, DataError, ImageError, PetclfError
+from petclf.version import __version__
 
 __all__ = ["__version__", "TrainConfig", "resolve_config", "save_config", "PetclfError", "DataError", "ImageError",
            "BundleError", "load_model"]
 
 
 def __getattr__(name: str):
-    """Lazy re-exports: `petclf.load_model` imports torch and timm only when first used."""
+    """Lazy re-exports: `petclf.load_model` imports the predictor only when first used."""
     if name == "load_model":
         from petclf.predict import load_model
 

@@ -11,7 +11,7 @@
 
 Loads only the pickle-free bundle, once. Uploads are decoded by `petclf.image.load_rgb` (size limits, bomb refusal,
 EXIF), never by Gradio's own PIL call; bad uploads get one friendly line, never a traceback. Concurrent requests
-to `classify` are grouped into one forward pass (`petclf.predict.Batcher`), run by onnxruntime when the bundle has a
+to `classify` are grouped into one forward pass (`Batcher`), run by onnxruntime when the bundle has a
 verified model.onnx (faster on CPU); Grad-CAM (`explain`) always uses the torch network.
 """
 
@@ -20,21 +20,26 @@ from __future__ import annotations
 import base64
 import gc
 import logging
+import queue
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
+import torch
 from PIL import Image
 
 from petclf.cam import gradcam_logits, overlay
-from petclf.data import pretty_breed as pretty
+from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
 from petclf.errors import ImageError, PetclfError
 from petclf.image import MAX_BYTES, load_rgb
-from petclf.predict import DEFAULT_MODEL, Batcher, Predictor, load_model, valid_resize
+from petclf.labels import pretty_breed as pretty
+from petclf.predict import Predictor, load_model
+from petclf.preprocess import valid_resize
 
-TOPK = 5  # breeds shown in the label
 UNSURE_BELOW = 0.5  # below this top-breed probability the demo says it is not sure this is a cat or a dog
 MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before they reach petclf
 QUEUE_SIZE = 64  # waiting requests beyond this are told the demo is busy instead of hanging
@@ -47,6 +52,61 @@ CAM_CONCURRENCY = 2  # Grad-CAM needs a backward pass through the head; keep it 
 EXAMPLES_DIR = Path(__file__).parent / "examples"  # shipped example photos, the only files the demo serves
 
 log = logging.getLogger("petclf.app")
+
+
+class Batcher:
+    """Groups concurrent `probs` calls from server threads into one forward pass (dynamic batching).
+
+    Callers decode and preprocess in their own threads, then wait here; one worker thread takes whatever has
+    queued up (at most `max_batch`), runs the network once, and hands each caller its row. Gradio's own
+    `batch=True` waits for a batch to fill (`max_batch_size`, `batch_wait`) and batches the whole request,
+    decoding included; this batches only the forward pass, which is where batching pays (bench_predict.py).
+    """
+
+    def __init__(self, predictor: Predictor, max_batch: int = 8, timeout: float = 60.0):
+        self.predictor, self.max_batch, self.timeout = predictor, max_batch, timeout
+        self._q: queue.Queue = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="petclf-batcher", daemon=True)
+        self._worker.start()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (1 x n_classes) for one preprocessed image (1 x 3 x H x W)."""
+        fut: Future = Future()
+        self._q.put((x, fut))
+        return fut.result(self.timeout)
+
+    def _take(self) -> list[tuple[np.ndarray, Future] | None]:
+        items = [self._q.get()]
+        while len(items) < self.max_batch:
+            try:
+                items.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _run(self) -> None:
+        while True:
+            items = self._take()
+            live = [it for it in items if it is not None]
+            if live:
+                self._forward(live)
+            if len(live) < len(items):  # close() was called
+                return
+
+    def _forward(self, items: list[tuple[np.ndarray, Future]]) -> None:
+        try:
+            p = self.predictor.probs(np.concatenate([x for x, _ in items]))
+        except Exception as e:  # noqa: BLE001 - hand the failure to every waiting caller
+            for _, f in items:
+                f.set_exception(e)
+            return
+        for i, (_, f) in enumerate(items):
+            f.set_result(p[i:i + 1])
+
+    def close(self) -> None:
+        """Stop the worker thread once the queue drains."""
+        self._q.put(None)
+        self._worker.join(5)
 
 
 class UploadedImage(gr.Image):
@@ -151,8 +211,10 @@ def make_explain(predictor: Predictor, batcher: Batcher, threshold: float = UNSU
         x = predictor.preprocess([img])
         if not show_cam or not predictor.has_model:
             return None, verdict(predictor.to_dict(batcher(x)[0]), predictor.species, threshold)
-        heats, logits = gradcam_logits(predictor.model, x)  # the top class's map; its forward pass gives the verdict
-        probs = predictor.to_dict(predictor.softmax(logits)[0])
+        model = predictor.model
+        x = torch.from_numpy(x).to(next(model.parameters()).device)
+        heats, logits = gradcam_logits(model, x)  # the top class's map; its forward pass gives the verdict
+        probs = predictor.to_dict(predictor.softmax(logits.numpy())[0])
         seen = valid_resize(img, max(predictor.pre.presize, CAM_SIDE))  # the crop the model saw, big enough to read
         return overlay(seen, heats[0]), verdict(probs, predictor.species, threshold)
 
@@ -200,13 +262,13 @@ def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size
     return demo
 
 
-def launch_kwargs(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> dict[str, Any]:
+def launch_kwargs(host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False) -> dict[str, Any]:
     """Safe `launch` settings: file size limit, nothing served beyond the demo's own files."""
     return {"server_name": host, "server_port": port, "share": share, "max_file_size": MAX_FILE_SIZE,
             "allowed_paths": [], "show_error": False, "ssr_mode": False}
 
 
-def main(model_dir: str | Path = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+def main(model_dir: str | Path = DEFAULT_MODEL, host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False,
          backend: str = "auto") -> None:
     """Load the bundle once (`auto`: classify with onnxruntime when model.onnx verifies), build the demo, serve."""
     demo = build_demo(load_model(model_dir, backend=backend))

@@ -10,20 +10,19 @@ arch, head, classes (with species), input size and normalisation, temperature, m
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from petclf import __version__
 from petclf.errors import BundleError
+from petclf.io import save_state_dict, sha256_file, write_atomic
+from petclf.labels import species_of
+from petclf.version import __version__
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 WEIGHTS_NAME = "model.safetensors"
 MANIFEST_NAME = "model.json"
@@ -31,57 +30,14 @@ FORMAT = "petclf-bundle"
 FORMAT_VERSION = 1  # bump when the manifest changes incompatibly; readers refuse newer versions
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a bundle depends on."""
     import fastai
     import timm
+    import torch
 
     return {"petclf": __version__, "fastai": fastai.__version__, "timm": timm.__version__,
             "torch": torch.__version__.split("+")[0]}
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield an absolute temp path beside `path` to write to; it replaces `path` only if the block succeeds.
-
-    A crash, a full disk or an exception mid-write leaves the previous `path` intact and no temp file behind.
-    """
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write `data` to a temp file beside `path`, fsync it, then rename over `path`."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    return Path(path)
-
-
-def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> str:
-    """Write tensors as safetensors atomically; returns the file's SHA-256."""
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-        digest = sha256_file(tmp)
-    return digest
 
 
 def write_bundle(model: nn.Module, out_dir: str | Path, manifest: dict[str, Any]) -> Path:
@@ -131,21 +87,6 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     for key in ("arch", "head", "classes", "input", "weights"):
         if key not in manifest:
             raise BundleError(f"corrupt model file: {path} lacks {key!r}")
-    return manifest
-
-
-FIXED_FIELDS = ("format", "format_version", "weights")  # update_manifest never touches these
-
-
-def update_manifest(bundle_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """Set `fields` in `model.json` atomically (e.g. the fitted temperature); the weights and checksum stay as is."""
-    fixed = sorted(set(fields) & set(FIXED_FIELDS))
-    if fixed:
-        raise ValueError(f"update_manifest cannot change {fixed}")
-    manifest = read_manifest(bundle_dir)
-    manifest.update(fields)
-    manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_atomic(resolve_bundle_dir(bundle_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -205,8 +146,6 @@ def make_manifest(arch: str, head: dict[str, Any], vocab: list[str], size: int, 
     Validation preprocessing (fastbook presizing, as fastai applies it to the validation set): centre-crop to a
     square and resize to `presize` (PIL, bilinear), scale to [0, 1], resize to `size` (bilinear), normalise.
     """
-    from petclf.data import species_of
-
     return {"arch": arch, "head": head,
             "classes": [{"name": c, "species": species_of(c)} for c in vocab],
             "input": {"size": size, "presize": presize, "resize_method": "crop", "resample": "bilinear",

@@ -1,31 +1,25 @@
 """Calibration: expected calibration error, reliability bins and temperature scaling (Guo et al., 2017).
 
-    from petclf.calibrate import ece, fit_temperature, softmax
-    t = fit_temperature(logits, targets)               # LBFGS on the NLL of logits / t, on the validation set
-    ece(softmax(logits), targets), ece(softmax(logits, t), targets)   # 15 equal-width confidence bins
+    from petclf.calibrate import choose_temperature, ece, softmax
+    cal = choose_temperature(logits, targets)          # fitted at the end of training, kept only if it helps
+    ece(softmax(logits), targets), ece(softmax(logits / cal["temperature"]), targets)
 
-Predictors apply the fitted temperature as `softmax(logits / manifest["temperature"])`; it never changes the
-top-1 prediction, only how confident the probabilities are.
+Predictors apply the bundle's temperature as `softmax(logits / temperature)`; it never changes the top-1
+prediction, only how confident the probabilities are.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax  # noqa: F401 - softmax is re-exported for the report
 
 N_BINS = 15  # equal-width confidence bins for ECE and the reliability diagram (Guo et al. use 15)
 T_MIN, T_MAX = 0.05, 20.0  # a fitted temperature outside this range means the fit ran away (e.g. 100% accuracy)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of `logits / temperature`, computed stably."""
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+CV_FOLDS = 5  # folds of the validation outputs a temperature is fitted on and judged on
 
 
 def reliability_bins(probs: np.ndarray, targs: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
@@ -52,25 +46,39 @@ def ece(probs: np.ndarray, targs: np.ndarray, n_bins: int = N_BINS) -> float:
 
 def nll(logits: np.ndarray, targs: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the targets under `softmax(logits / temperature)`."""
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
-    return float(F.cross_entropy(z, torch.as_tensor(np.asarray(targs), dtype=torch.long)))
+    logp = log_softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+    return float(-logp[np.arange(len(logp)), np.asarray(targs)].mean())
 
 
-def fit_temperature(logits: np.ndarray, targs: np.ndarray, max_iter: int = 100) -> float:
-    """The temperature minimising the NLL of `logits / t` (LBFGS over log t); 1.0 if the fit does not help."""
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(targs), dtype=torch.long)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # log keeps t positive
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+def fit_temperature(logits: np.ndarray, targs: np.ndarray) -> float:
+    """The temperature minimising the NLL of `logits / t` (bounded search over log t); 1.0 if it does not help."""
+    res = minimize_scalar(lambda log_t: nll(logits, targs, math.exp(log_t)), method="bounded",
+                          bounds=(math.log(T_MIN), math.log(T_MAX)))
+    t = math.exp(res.x)
+    return t if math.isfinite(t) and nll(logits, targs, t) < nll(logits, targs, 1.0) else 1.0
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    t = float(log_t.detach().exp().clamp(T_MIN, T_MAX))
-    if not math.isfinite(t) or nll(logits, targs, t) > nll(logits, targs, 1.0):
-        return 1.0
-    return t
+def cv_folds(n: int, k: int = CV_FOLDS, seed: int = 0) -> list[np.ndarray]:
+    """`n` indices shuffled and cut into `k` folds (fewer when there are fewer items)."""
+    idx = np.random.default_rng(seed).permutation(n)
+    return [f for f in np.array_split(idx, min(k, n)) if len(f)]
+
+
+def choose_temperature(logits: np.ndarray, targs: np.ndarray, k: int = CV_FOLDS) -> dict[str, Any]:
+    """The temperature to ship: fitted on all validation outputs, kept only if fitting on k-1 folds lowers the NLL
+    of the held-out fold on average (a temperature fitted and judged on the same few images can make things worse).
+
+    Returns {temperature, kept, fitted, n, cv_folds, cv_nll_before, cv_nll_after}.
+    """
+    logits, targs = np.asarray(logits, np.float64), np.asarray(targs)
+    before = after = 0.0
+    for fold in cv_folds(len(targs), k):
+        rest = np.setdiff1d(np.arange(len(targs)), fold)
+        t = fit_temperature(logits[rest], targs[rest]) if len(rest) else 1.0
+        before += nll(logits[fold], targs[fold]) * len(fold)
+        after += nll(logits[fold], targs[fold], t) * len(fold)
+    n = max(len(targs), 1)
+    fitted = fit_temperature(logits, targs)
+    kept = after < before
+    return {"temperature": fitted if kept else 1.0, "kept": kept, "fitted": fitted, "n": int(len(targs)),
+            "cv_folds": len(cv_folds(len(targs), k)), "cv_nll_before": before / n, "cv_nll_after": after / n}

@@ -5,7 +5,8 @@
     petclf data synth data/synth --classes 4 --per-class 20 --bad
 
 Exit codes: 0 done, 1 the job failed, 2 bad usage or bad input (one line on stderr, no traceback;
-set PETCLF_DEBUG=1 for the traceback).
+set PETCLF_DEBUG=1 for the traceback). Choices are listed in --help; every default comes from the module that owns
+it (`TrainConfig` for training, `petclf.config` for the other commands), never from a literal here.
 """
 
 from __future__ import annotations
@@ -13,22 +14,45 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from enum import Enum
 from pathlib import Path
 
 import typer
 
-from petclf import __version__
-from petclf.config import DEFAULT_MODEL, TrainConfig
+from petclf import demo as demo_defaults
+from petclf import synth as synth_defaults
+from petclf.config import (
+    DEFAULT_MODEL,
+    DEVICES,
+    PREDICT_BS,
+    REPORT_BS,
+    REPORT_MIN_VAL,
+    REPORT_TOP_LOSSES,
+    SERVE_HOST,
+    SERVE_PORT,
+    SPLITS,
+    TOPK,
+    Backend,
+    ConfigError,
+    OutputFormat,
+    Precision,
+    Recipe,
+    Switch,
+    TrainConfig,
+    check_device,
+)
 from petclf.errors import PetclfError
+from petclf.version import __version__
 
 # torch warns about its own deprecated jit at fastai import; users cannot act on it
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
 
 D = TrainConfig()  # defaults shown in --help are read from here, their one source
+HELP = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(help="Fine-tune, serve and interpret pet-breed classifiers (Oxford-IIIT Pets, fastai + timm).",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Inspect and generate datasets.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, context_settings=HELP)
+data_app = typer.Typer(help="Inspect and generate datasets.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(data_app, name="data")
 
 
@@ -73,14 +97,56 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """petclf: fine-tune a pretrained timm model on Oxford-IIIT Pets with fastai, then serve and interpret it."""
 
 
-DataOpt = typer.Option(None, "--data", help="Pets folder (DIR/images) or any folder of <breed>_<n>.jpg images; "
-                                            "default data/oxford-iiit-pet, downloaded when missing.")
-SplitOpt = typer.Option("random", "--split", help="random | official | FILE naming the validation images.")
+def _device(value: str | None) -> str | None:
+    """--device's parser: a usage error (exit 2) for a device petclf does not know."""
+    try:
+        return None if value is None else check_device(value)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _value(v):
+    """Enums and paths as the plain strings the settings hold."""
+    return v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
+
+
+# ---------------------------------------------------------------------------------------------------- options
+
+DataOpt = typer.Option(None, "--data", "-d", help="Pets folder (DIR/images) or any folder of <breed>_<n>.jpg "
+                                                  "images; default data/oxford-iiit-pet, downloaded when missing.")
+SplitOpt = typer.Option(None, "--split", metavar=f"[{'|'.join(SPLITS)}]",
+                        help="Validation split: random (valid_pct, seed), official (annotations/test.txt) or a "
+                             "FILE naming the validation images.", show_default=str(D.split))
+DeviceOpt = typer.Option(None, "--device", parser=_device, metavar=f"[{'|'.join(DEVICES)}]",
+                         autocompletion=lambda: list(DEVICES[:-1]),
+                         help="auto picks cuda > mps > cpu.", show_default=str(D.device))
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Trained model: a run folder, its model.json, or "
+                                                             "a `latest` link.")
+BackendOpt = typer.Option(Backend.auto, "--backend", help="What runs the network: auto is onnxruntime on CPU when "
+                                                          "model.onnx verifies, torch otherwise.")
+# Training flags default to None so that the layering defaults < --config FILE < flags holds (petclf.config).
+ArchOpt = typer.Option(None, "--arch", "-a", help="timm model name.", show_default=str(D.arch))
+WeightsOpt = typer.Option(None, "--weights", help="Local timm state dict (.pth/.safetensors) instead of the hub.")
+PretrainedOpt = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights.",
+                             show_default="pretrained" if D.pretrained else "no-pretrained")
+BsOpt = typer.Option(None, "--bs", min=1, help="Batch size (per process).", show_default=str(D.bs))
+SizeOpt = typer.Option(None, "--size", min=1, help="Training crop size in px.", show_default=str(D.size))
+PresizeOpt = typer.Option(None, "--presize", min=1, help="Item resize before batch augmentation.",
+                          show_default=str(D.presize))
+SeedOpt = typer.Option(None, "--seed", help="Seed of the split and the run.", show_default=str(D.seed))
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file of settings (flags override it).")
+RecipeOpt = typer.Option(None, "--recipe", help=f"auto: probe below {D.small_data} training images per class, "
+                                                f"fastbook otherwise.", show_default=str(D.recipe))
+WorkersOpt = typer.Option(None, "--workers", min=0, help="DataLoader workers.",
+                          show_default="from the device and cores")
+
+
+# ---------------------------------------------------------------------------------------------------- data
 
 
 @data_app.command("check")
 @guarded
-def data_check(data: Path | None = DataOpt, split: str = SplitOpt,
+def data_check(data: Path | None = DataOpt, split: str | None = SplitOpt,
                valid_pct: float = typer.Option(D.valid_pct, help="Validation share of the random split."),
                seed: int = typer.Option(D.seed, help="Seed of the random split."),
                report: Path | None = typer.Option(None, help="Folder to write data_report.json into."),
@@ -90,7 +156,7 @@ def data_check(data: Path | None = DataOpt, split: str = SplitOpt,
     from petclf.progress import bar
 
     with bar("verifying images") as progress:
-        pets = load_pets(data, split=split, valid_pct=valid_pct, seed=seed, use_cache=not no_cache,
+        pets = load_pets(data, split=split or D.split, valid_pct=valid_pct, seed=seed, use_cache=not no_cache,
                          progress=progress)
     typer.echo(pets.report.summary())
     _print_class_table(pets.report.class_counts)
@@ -102,7 +168,7 @@ def _print_class_table(counts: dict[str, int]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from petclf.data import species_of
+    from petclf.labels import species_of
 
     table = Table("class", "species", "images", box=None, pad_edge=False)
     for c, n in counts.items():
@@ -113,13 +179,13 @@ def _print_class_table(counts: dict[str, int]) -> None:
 @data_app.command("synth")
 @guarded
 def data_synth(out: Path = typer.Argument(..., help="Folder to write the images into."),
-               classes: int = typer.Option(4, help="Number of breeds (2-37)."),
-               per_class: int = typer.Option(20, help="Images per breed."),
-               size: int = typer.Option(64, help="Image side in pixels."),
-               seed: int = typer.Option(0, help="Random seed."),
+               classes: int = typer.Option(synth_defaults.CLASSES, help="Number of breeds (2-37)."),
+               per_class: int = typer.Option(synth_defaults.PER_CLASS, help="Images per breed."),
+               size: int = typer.Option(synth_defaults.SIZE, help="Image side in pixels."),
+               seed: int = typer.Option(synth_defaults.SEED, help="Random seed."),
                bad: bool = typer.Option(False, "--bad", help="Also plant the known bad files of real Pets.")) -> None:
     """Write a synthetic Pets-style dataset a small CNN learns in a minute on CPU."""
-    from petclf.data import synth_pets
+    from petclf.synth import synth_pets
 
     planted = synth_pets(out, n_classes=classes, per_class=per_class, size=size, seed=seed, bad=bad)
     typer.echo(f"wrote {classes * per_class} images of {classes} breeds to {out}")
@@ -127,145 +193,37 @@ def data_synth(out: Path = typer.Argument(..., help="Folder to write the images 
         typer.echo(f"  planted {name} ({verdict})")
 
 
-def backend_arg(backend: str, onnx: bool) -> str:
-    """--backend, with --onnx as its shorthand; a usage error for an unknown name."""
-    from petclf.predict import BACKENDS
-
-    if backend not in BACKENDS:
-        fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    return "onnx" if onnx else backend
-
-
-ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Exported model folder (model.json + weights).")
-
-
-@app.command("predict")
-@guarded
-def predict(paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
-            model: Path = ModelOpt,
-            topk: int = typer.Option(5, "--topk", min=1, help="Breeds listed per image."),
-            tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
-            bs: int = typer.Option(32, "--bs", min=1, help="Images per forward pass."),
-            fmt: str = typer.Option("table", "--format", help="table | csv | json"),
-            out: Path | None = typer.Option(None, "--out", help="Write the results here instead of stdout."),
-            backend: str = typer.Option("auto", "--backend", help="auto (onnxruntime when model.onnx verifies, on "
-                                                                  "CPU) | torch | onnx"),
-            onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
-    """Predict breeds for images. Unreadable images get an error row; exit code 1 if any failed."""
-    from petclf.bundle import write_atomic
-    from petclf.predict import FORMATS, format_rows, load_model
-
-    if fmt not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    predictor = load_model(model, backend=backend_arg(backend, onnx))
-    rows = list(predictor.predict_paths(paths, bs=bs, tta=tta))
-    text = format_rows(rows, fmt, topk)
-    if out is None:
-        typer.echo(text, nl=False)
-    else:
-        write_atomic(out, text)
-    failed = sum(not r.ok for r in rows)
-    if out is not None or failed:
-        typer.echo(f"{len(rows) - failed} predicted, {failed} failed" + (f"; results in {out}" if out else ""),
-                   err=True)
-    if failed:
-        raise typer.Exit(1)
-
-
-@app.command("serve")
-@guarded
-def serve(model: Path = ModelOpt,
-          host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
-          port: int = typer.Option(7860, help="Port to listen on."),
-          share: bool = typer.Option(False, "--share", help="Also publish a temporary public gradio.live link."),
-          backend: str = typer.Option("auto", "--backend", help="What runs classify: auto (onnxruntime when "
-                                                                "model.onnx verifies) | torch | onnx; Grad-CAM "
-                                                                "always uses torch."),
-          onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
-    """Serve the Gradio demo: upload a photo, see the breed, cat or dog, and Grad-CAM."""
-    from petclf.app import main as serve_demo
-
-    serve_demo(model, host=host, port=port, share=share, backend=backend_arg(backend, onnx))
-
-
-@app.command("export")
-@guarded
-def export(model: Path = ModelOpt,
-           onnx: bool = typer.Option(False, "--onnx", help="Write model.onnx beside the bundle, checked against "
-                                                           "torch.")) -> None:
-    """Export a bundle to other runtimes (ONNX), checking the outputs against torch."""
-    from petclf.onnx import export_onnx, match_summary
-
-    if not onnx:
-        fail("nothing to export: pass --onnx")
-    info = export_onnx(model)
-    typer.echo(f"wrote {Path(model) / info['file']} (opset {info['opset']}, {match_summary(info)})")
-
-
-DeviceOpt = typer.Option(None, "--device", help="auto (cuda > mps > cpu) | cpu | mps | cuda | cuda:N.")
-
-
-@app.command("report")
-@guarded
-def report(model: Path = typer.Option(DEFAULT_MODEL, "--model", help="Exported model folder (its run)."),
-           data: Path | None = typer.Option(None, "--data", help="Data folder; default: the one the run "
-                                                                    "recorded (config.yaml / model.json)."),
-           split: str = typer.Option("valid", "--split", help="valid (the run's own split) | test (official "
-                                                                "test list) | FILE naming the images."),
-           out: Path | None = typer.Option(None, "--out", help="Folder for report.html, report.json and "
-                                                                  "figures/; default MODEL/report."),
-           bs: int = typer.Option(64, "--bs", min=1, help="Images per forward pass."),
-           min_val: int = typer.Option(1, "--min-val", min=1, help="Smallest count listed as a confused pair."),
-           top_k: int = typer.Option(9, "--top-losses", min=1, help="Top-loss images shown with Grad-CAM."),
-           device: str | None = DeviceOpt) -> None:
-    """Write the interpretation report: one self-contained HTML page, plus JSON and PNG figures."""
-    from petclf.report import write_report
-
-    paths = write_report(model, data=data, split=split, out=out, bs=bs, min_val=min_val, top_k=top_k,
-                         device=device, progress=True)
-    typer.echo(f"report: {paths['html']}")
-
-
 # ---------------------------------------------------------------------------------------------------- training
-# Every flag defaults to None so that the layering defaults < --config FILE < flags holds (petclf.config).
-
-ArchOpt = typer.Option(None, "--arch", help=f"timm model name (default {D.arch}).")
-WeightsOpt = typer.Option(None, "--weights", help="Local timm state dict (.pth/.safetensors) instead of the hub.")
-PretrainedOpt = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (default on).")
-BsOpt = typer.Option(None, "--bs", help=f"Batch size (default {D.bs}).")
-SizeOpt = typer.Option(None, "--size", help=f"Training crop size in px (default {D.size}).")
-PresizeOpt = typer.Option(None, "--presize", help=f"Item resize before batch augmentation (default {D.presize}).")
-TrainSplitOpt = typer.Option(None, "--split", help="random | official | FILE naming the validation images.")
-SeedOpt = typer.Option(None, "--seed", help=f"Seed of the split and the run (default {D.seed}).")
-ConfigOpt = typer.Option(None, "--config", help="YAML file of settings (flags override it).")
-RecipeOpt = typer.Option(None, "--recipe", help="auto | fastbook | probe (auto: probe on small data).")
-WorkersOpt = typer.Option(None, "--workers", help="DataLoader workers (default: from the device and core count).")
 
 
 def _train_config(config: Path | None, **flags):
     from petclf.config import resolve_config
 
-    return resolve_config(config, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
+    return resolve_config(config, **{k: _value(v) for k, v in flags.items()})
 
 
 @app.command("train")
 @guarded
 def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: Path | None = WeightsOpt,
               pretrained: bool | None = PretrainedOpt,
-              epochs: int | None = typer.Option(None, "--epochs",
-                                                help=f"Epochs after unfreezing (default {D.epochs})."),
+              epochs: int | None = typer.Option(None, "--epochs", "-e", help="Epochs after unfreezing.",
+                                                show_default=str(D.epochs)),
               freeze_epochs: int | None = typer.Option(
-                  None, "--freeze-epochs", help=f"Epochs on the head alone first (default {D.freeze_epochs})."),
-              lr: float | None = typer.Option(None, "--lr", help="Base learning rate; default: lr_find's."),
+                  None, "--freeze-epochs", help="Epochs on the head alone first.", show_default=str(D.freeze_epochs)),
+              lr: float | None = typer.Option(None, "--lr", help="Base learning rate.", show_default="lr_find's"),
               bs: int | None = BsOpt, size: int | None = SizeOpt, presize: int | None = PresizeOpt,
-              split: str | None = TrainSplitOpt, seed: int | None = SeedOpt, device: str | None = DeviceOpt,
-              recipe: str | None = RecipeOpt, workers: int | None = WorkersOpt,
-              precision: str | None = typer.Option(None, "--precision", help="auto | fp32 | fp16 | bf16."),
-              threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads (default: all)."),
-              channels_last: str | None = typer.Option(
-                  None, "--channels-last", help="auto | on | off: train in channels_last (auto: CUDA and CPU)."),
+              split: str | None = SplitOpt, seed: int | None = SeedOpt, device: str | None = DeviceOpt,
+              recipe: Recipe | None = RecipeOpt, workers: int | None = WorkersOpt,
+              precision: Precision | None = typer.Option(
+                  None, "--precision", help="auto: bf16 > fp16 on a GPU, fp32 on CPU.", show_default=str(D.precision)),
+              threads: int | None = typer.Option(None, "--threads", min=1,
+                                                 help="Torch CPU threads.", show_default="every core"),
+              channels_last: Switch | None = typer.Option(
+                  None, "--channels-last", help="Train in the channels_last layout (auto: CUDA and CPU).",
+                  show_default=D.channels_last),
               config: Path | None = ConfigOpt,
-              out: Path | None = typer.Option(None, "--out", help="Run folder (default exports/<date>-<arch>)."),
+              out: Path | None = typer.Option(None, "--out", "-o", help="Run folder.",
+                                              show_default="exports/<date>-<arch>"),
               resume: Path | None = typer.Option(
                   None, "--resume", help="Continue the run in this folder (only --device, --workers and --threads "
                                          "may change).")) -> None:
@@ -287,11 +245,11 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
 @guarded
 def lr_find_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: Path | None = WeightsOpt,
                 pretrained: bool | None = PretrainedOpt, bs: int | None = BsOpt, size: int | None = SizeOpt,
-                presize: int | None = PresizeOpt, split: str | None = TrainSplitOpt,
-                seed: int | None = SeedOpt, device: str | None = DeviceOpt, recipe: str | None = RecipeOpt,
+                presize: int | None = PresizeOpt, split: str | None = SplitOpt,
+                seed: int | None = SeedOpt, device: str | None = DeviceOpt, recipe: Recipe | None = RecipeOpt,
                 workers: int | None = WorkersOpt, config: Path | None = ConfigOpt,
-                out: Path | None = typer.Option(None, "--out", help="Folder for lr_find.png (default exports).")
-                ) -> None:
+                out: Path | None = typer.Option(None, "--out", "-o", help="Folder for lr_find.png.",
+                                                show_default="exports")) -> None:
     """Run fastai's lr_find on the training setup, save the plot and print the suggested learning rate."""
     from petclf.train import run_lr_find
 
@@ -301,11 +259,104 @@ def lr_find_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights
     typer.echo(f"suggested lr {found.suggestion:.2e}{' (fallback)' if found.fallback else ''}; plot: {png}")
 
 
+# ---------------------------------------------------------------------------------------------------- using a model
+
+
+def _backend(backend: Backend, onnx: bool) -> str:
+    """--backend, with --onnx as its shorthand."""
+    return Backend.onnx.value if onnx else backend.value
+
+
+@app.command("predict")
+@guarded
+def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
+                                              help="Image files, folders (searched recursively) or globs."),
+            model: Path = ModelOpt,
+            topk: int = typer.Option(TOPK, "--topk", "-k", min=1, help="Breeds listed per image."),
+            tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
+            bs: int = typer.Option(PREDICT_BS, "--bs", min=1, help="Images per forward pass."),
+            fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+            out: Path | None = typer.Option(None, "--out", "-o", help="Write the results here instead of stdout."),
+            backend: Backend = BackendOpt,
+            onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
+    """Predict breeds for images. Unreadable images get an error row; exit code 1 if any failed."""
+    from petclf.io import write_atomic
+    from petclf.predict import format_rows, load_model
+
+    predictor = load_model(model, backend=_backend(backend, onnx))
+    rows = list(predictor.predict_paths(paths, bs=bs, tta=tta))
+    text = format_rows(rows, fmt, topk)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_atomic(out, text)
+    failed = sum(not r.ok for r in rows)
+    if out is not None or failed:
+        typer.echo(f"{len(rows) - failed} predicted, {failed} failed" + (f"; results in {out}" if out else ""),
+                   err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@guarded
+def report(model: Path = ModelOpt,
+           data: Path | None = typer.Option(None, "--data", "-d", help="Data folder.",
+                                            show_default="the one the run recorded"),
+           split: str = typer.Option("valid", "--split", metavar="[valid|test|FILE]",
+                                     help="valid (the run's own split), test (the official test list) or a FILE "
+                                          "naming the images."),
+           out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.html, report.json and "
+                                                                      "figures/.", show_default="MODEL/report"),
+           bs: int = typer.Option(REPORT_BS, "--bs", min=1, help="Images per forward pass."),
+           min_val: int = typer.Option(REPORT_MIN_VAL, "--min-val", min=1,
+                                       help="Smallest count listed as a confused pair."),
+           top_k: int = typer.Option(REPORT_TOP_LOSSES, "--top-losses", min=1,
+                                     help="Top-loss images shown with Grad-CAM."),
+           device: str | None = DeviceOpt) -> None:
+    """Write the interpretation report: one self-contained HTML page, plus JSON and PNG figures."""
+    from petclf.report import write_report
+
+    paths = write_report(model, data=data, split=split, out=out, bs=bs, min_val=min_val, top_k=top_k,
+                         device=device, progress=True)
+    typer.echo(f"report: {paths['html']}")
+
+
+@app.command("serve")
+@guarded
+def serve(model: Path = ModelOpt,
+          host: str = typer.Option(SERVE_HOST, help="Interface to listen on (0.0.0.0 exposes it to the network)."),
+          port: int = typer.Option(SERVE_PORT, help="Port to listen on."),
+          share: bool = typer.Option(False, "--share", help="Also publish a temporary public gradio.live link."),
+          backend: Backend = BackendOpt,
+          onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
+    """Serve the Gradio demo: upload a photo, see the breed, cat or dog, and Grad-CAM (always run by torch)."""
+    from petclf.app import main as serve_demo
+
+    serve_demo(model, host=host, port=port, share=share, backend=_backend(backend, onnx))
+
+
+@app.command("export")
+@guarded
+def export(model: Path = ModelOpt,
+           onnx: bool = typer.Option(False, "--onnx", help="Write model.onnx beside the bundle, checked against "
+                                                           "torch.")) -> None:
+    """Export a bundle to other runtimes (ONNX), checking the outputs against torch."""
+    from petclf.onnx import export_onnx, match_summary
+
+    if not onnx:
+        fail("nothing to export: pass --onnx")
+    info = export_onnx(model)
+    typer.echo(f"wrote {Path(model) / info['file']} (opset {info['opset']}, {match_summary(info)})")
+
+
 @app.command("demo")
 @guarded
-def demo_cmd(out: Path = typer.Option(Path("exports/demo"), "--out", help="Folder for the synthetic data and run."),
-             epochs: int = typer.Option(3, "--epochs", help="Epochs after unfreezing.")) -> None:
-    """The whole pipeline offline on CPU in a few minutes: synthetic data, a small model, train, export."""
+def demo_cmd(out: Path = typer.Option(demo_defaults.OUT, "--out", "-o",
+                                      help="Folder for the synthetic data and run."),
+             epochs: int = typer.Option(demo_defaults.EPOCHS, "--epochs", "-e", help="Epochs after unfreezing.")
+             ) -> None:
+    """The whole pipeline offline on CPU in a few minutes: synthetic data, a small model, train, export, report."""
     from petclf.demo import run_demo
 
     run_demo(out, epochs=epochs)

@@ -10,8 +10,10 @@ Unknown or mistyped keys are an error, never silently ignored:
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,77 @@ from petclf.errors import PetclfError
 EXPORTS = Path("exports")  # default parent of run directories
 DEFAULT_MODEL = EXPORTS / "latest"  # what predict, serve and report load: `petclf train` points it at its newest run
 
+# Defaults of the commands that use a trained model (the training defaults are TrainConfig's fields, below).
+TOPK = 5  # breeds listed per image by predict and the demo
+PREDICT_BS = 32  # images per forward pass in `petclf predict`
+REPORT_BS = 64  # images per forward pass in `petclf report`
+REPORT_TOP_LOSSES = 9  # top-loss images the report shows, each with its Grad-CAM
+REPORT_MIN_VAL = 1  # most_confused: smallest off-diagonal count the report lists (fastai's `min_val`)
+SERVE_HOST = "127.0.0.1"  # the demo listens on this machine only unless told otherwise
+SERVE_PORT = 7860  # Gradio's usual port
+
 
 class ConfigError(PetclfError):
     """A config file or flag that petclf cannot use."""
+
+
+# ---------------------------------------------------------------------------------------------------- choices
+# The command line lists these in --help and completes them; settings files are checked against the same lists.
+
+
+class Recipe(str, Enum):
+    """Training recipe: auto picks probe below `small_data` training images per class."""
+
+    auto = "auto"
+    fastbook = "fastbook"
+    probe = "probe"
+
+
+class Precision(str, Enum):
+    """Arithmetic the network trains in: auto is bf16 > fp16 on a GPU, fp32 on CPU and MPS."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Switch(str, Enum):
+    """A setting that is on, off, or decided by the machine."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Backend(str, Enum):
+    """What runs the network for prediction: auto is onnxruntime on CPU when model.onnx verifies, else torch."""
+
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+
+
+class OutputFormat(str, Enum):
+    """How `petclf predict` writes its results."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+DEVICES = ("auto", "cpu", "mps", "cuda", "cuda:N")  # what --device takes (N: a GPU index)
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+SPLITS = ("random", "official", "FILE")  # what --split takes (FILE: a file naming the validation images)
+CHOICES: dict[str, type[Enum]] = {"recipe": Recipe, "precision": Precision, "channels_last": Switch,
+                                  "bn_freeze": Switch}
+
+
+def check_device(value: str) -> str:
+    """`value` if it names a device petclf knows (auto, cpu, mps, cuda, cuda:N), else a one-line error."""
+    if not DEVICE_RE.match(value):
+        raise ConfigError(f"device must be one of {'|'.join(DEVICES)}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -59,6 +129,15 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 > fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16
     threads: int | None = None  # torch CPU threads; None: every core this process may use
     channels_last: str = "auto"  # auto (on for CUDA and CPU, off for MPS) | on | off: the layout the network trains in
+
+    def __post_init__(self) -> None:
+        for name, kind in CHOICES.items():
+            value = getattr(self, name)
+            value = value.value if isinstance(value, Enum) else value
+            if value not in {c.value for c in kind}:
+                raise ConfigError(f"{name} must be one of {'|'.join(c.value for c in kind)}, got {value!r}")
+            setattr(self, name, value)
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all settings, in declaration order."""

@@ -15,87 +15,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import statistics
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fastai.vision.core import PILImage, image_extensions
+from fastai.vision.core import PILImage
 from PIL import Image
 
-from petclf.bundle import write_atomic
 from petclf.errors import DataError, ImageError
-from petclf.image import encode, load_rgb
+from petclf.image import load_rgb
+from petclf.io import is_image_file, reachable, walk_files, write_atomic
+from petclf.labels import breed_of, label_from_path, species_of
 
 DATA_DIR = Path("data")  # where downloads land and the default dataset is looked for
 PETS_DIRNAME = "oxford-iiit-pet"  # fastai's folder name for URLs.PETS
-NETWORK_TIMEOUT = 8.0  # seconds to decide that the download host is unreachable
-LABEL_RE = re.compile(r"^(?P<breed>[A-Za-z]+(?:_[A-Za-z]+)*)_(?P<number>\d+)$")
 FORMAT_OF_EXT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP", ".bmp": "BMP",
                  ".tif": "TIFF", ".tiff": "TIFF"}
 REPORT_NAME = "data_report.json"
 
-# The 37 Oxford-IIIT Pets breeds, as they appear in its file names.
-CAT_BREEDS = ("Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egyptian_Mau", "Maine_Coon",
-              "Persian", "Ragdoll", "Russian_Blue", "Siamese", "Sphynx")
-DOG_BREEDS = ("american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "boxer", "chihuahua",
-              "english_cocker_spaniel", "english_setter", "german_shorthaired", "great_pyrenees", "havanese",
-              "japanese_chin", "keeshond", "leonberger", "miniature_pinscher", "newfoundland", "pomeranian", "pug",
-              "saint_bernard", "samoyed", "scottish_terrier", "shiba_inu", "staffordshire_bull_terrier",
-              "wheaten_terrier", "yorkshire_terrier")
-
-
-# ---------------------------------------------------------------------------------------------------- labels
-
-
-def breed_of(path: str | Path) -> str | None:
-    """Breed from a Pets file name (`great_pyrenees_12.jpg` -> `great_pyrenees`), or None if it does not match."""
-    m = LABEL_RE.match(Path(path).stem)
-    return m["breed"] if m else None
-
-
-def species_of(breed: str) -> str:
-    """`cat` for Capitalized breeds, `dog` for lowercase ones (the Pets naming convention)."""
-    return "cat" if breed[:1].isupper() else "dog"
-
-
-def pretty_breed(breed: str) -> str:
-    """A breed name for people: `great_pyrenees` -> `great pyrenees`."""
-    return breed.replace("_", " ")
-
-
-def label_from_path(path: str | Path) -> str:
-    """fastai `get_y`: the breed, or an error for a file name outside the pattern."""
-    breed = breed_of(path)
-    if breed is None:
-        raise DataError(f"{Path(path).name}: file name does not match <breed>_<number>.<ext>")
-    return breed
-
 
 # ---------------------------------------------------------------------------------------------------- finding
-
-
-def reachable(url: str, timeout: float = NETWORK_TIMEOUT) -> bool:
-    """True if `url`'s host answers within `timeout` seconds (DNS included, which has no timeout of its own)."""
-    import urllib.request
-
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
-            result.append(True)
-        except Exception as e:  # an HTTP error status still means the host is there
-            result.append(hasattr(e, "code"))
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 1)
-    return bool(result and result[0])
 
 
 def download_pets(dest: Path = DATA_DIR) -> Path:
@@ -133,15 +75,8 @@ def annotations_dir(images_root: Path) -> Path | None:
 
 def scan_files(root: Path) -> tuple[list[Path], list[Path]]:
     """All files below `root`, sorted: (image files by extension, other files). Hidden files are left out."""
-    images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            (images if p.suffix.lower() in image_extensions else others).append(p)
-    return sorted(images), sorted(others)
+    files = walk_files(root)
+    return [p for p in files if is_image_file(p)], [p for p in files if not is_image_file(p)]
 
 
 # ---------------------------------------------------------------------------------------------------- verifying
@@ -417,85 +352,3 @@ def make_dataloaders(pets: Pets, bs: int = 32, size: int = 224, presize: int = 4
 
         set_seed(seed)
     return dblock.dataloaders(pets.items, bs=bs, device=device, **kw)
-
-
-# ---------------------------------------------------------------------------------------------------- synthetic
-
-
-def synth_classes(n: int) -> list[str]:
-    """`n` real breed names, cats and dogs interleaved so both species appear."""
-    if not 2 <= n <= len(CAT_BREEDS) + len(DOG_BREEDS):
-        raise DataError(f"number of classes must be between 2 and 37, got {n}")
-    mixed = [b for pair in zip(CAT_BREEDS, DOG_BREEDS, strict=False) for b in pair] + list(DOG_BREEDS[len(CAT_BREEDS):])
-    return mixed[:n]
-
-
-def _synth_image(cls_idx: int, n_classes: int, size: int, rng) -> Image.Image:
-    """A noisy background with one blob whose hue and stripe angle encode the class, at a random place and scale."""
-    import numpy as np
-
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    low = rng.random((4, 4, 3)).astype(np.float32)
-    bg = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32)
-    bg = 0.6 * bg + 40 * rng.standard_normal((size, size, 3)).astype(np.float32)
-    hue = cls_idx / n_classes
-    color = 255 * np.clip(np.abs((hue * 6 + np.array([0, 4, 2])) % 6 - 3) - 1, 0, 1)
-    angle = np.pi * (cls_idx % 4) / 4
-    stripes = 0.5 + 0.5 * np.sign(np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi * 4))
-    cx, cy, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.2, 0.35)
-    blob = (((xx - cx) ** 2 + (yy - cy) ** 2) < r**2)[..., None]
-    fg = color * (0.55 + 0.45 * stripes[..., None])
-    img = np.where(blob, fg * rng.uniform(0.8, 1.1), bg)
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
-def _plant_bad_files(out: Path, classes: list[str], size: int, rng) -> dict[str, str]:
-    """Write one of each bad file BAD_INPUTS.md lists for the dataset; returns {file name: expected verdict}."""
-    import io
-
-    import numpy as np
-
-    cat, dog = classes[0], classes[1]
-    img = _synth_image(0, len(classes), size, rng)
-    planted = {}
-
-    def put(name: str, verdict: str, data: bytes) -> None:
-        (out / name).write_bytes(data)
-        planted[name] = verdict
-
-    frames = [img, img.transpose(Image.FLIP_LEFT_RIGHT)]
-    gif = io.BytesIO()
-    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
-    put(f"{cat}_9001.jpg", "converted", gif.getvalue())  # GIF named .jpg (Egyptian_Mau_139)
-    put(f"{cat}_9002.jpg", "converted", encode(img.convert("RGBA"), "PNG"))  # RGBA PNG named .jpg (Abyssinian_5)
-    put(f"{dog}_9003.jpg", "skipped", encode(img, "JPEG")[: size * 4])  # truncated JPEG (beagle_116)
-    put(f"{dog}_9004.jpg", "skipped", b"")  # 0-byte file
-    put(f"{dog}_9005.jpg", "skipped", b"this is a text file, renamed\n")  # text renamed .jpg
-    put(f"{cat}_9006.jpg", "converted", encode(img.convert("CMYK"), "JPEG"))  # CMYK JPEG
-    put(f"{cat}_9007.png", "converted", encode(img.convert("P", palette=Image.ADAPTIVE), "PNG", transparency=0))
-    deep = Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257).astype(np.uint16))
-    put(f"{dog}_9008.png", "converted", encode(deep, "PNG"))  # 16-bit grayscale
-    put(f"{dog}_9009.jpg", "converted", encode(img.convert("L"), "JPEG"))  # grayscale
-    put("my dog photo.jpg", "unlabelled", encode(img, "JPEG"))  # name outside <breed>_<number>
-    put(f"{cat}_9010.mat", "ignored", b"MATLAB 5.0 MAT-file\x00" * 4)  # .mat beside the images (Abyssinian_100)
-    return planted
-
-
-def synth_pets(out: str | Path, n_classes: int = 4, per_class: int = 20, size: int = 64, seed: int = 0,
-               bad: bool = False) -> dict[str, str]:
-    """Write a Pets-style folder of learnable synthetic images; with `bad`, plant the known bad files too.
-
-    Returns {file name: expected verdict} for the planted files (empty without `bad`).
-    """
-    import numpy as np
-
-    if per_class < 1 or size < 8:
-        raise DataError("need at least 1 image per class and a size of at least 8 px")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    classes = synth_classes(n_classes)
-    for ci, breed in enumerate(classes):
-        for k in range(1, per_class + 1):
-            _synth_image(ci, n_classes, size, rng).save(out / f"{breed}_{k}.jpg", quality=92)
-    return _plant_bad_files(out, classes, size, rng) if bad else {}

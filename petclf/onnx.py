@@ -1,4 +1,5 @@
-"""ONNX export of a bundle for onnxruntime, checked against the torch network before it is kept.
+"""ONNX export of a bundle for onnxruntime, checked against the torch network before it is kept, and the
+onnxruntime network the predictor runs.
 
     petclf export --onnx --model exports/latest      # writes model.onnx + model.onnx.json beside the bundle
     petclf predict photos/ --onnx                    # then predict with onnxruntime
@@ -7,27 +8,106 @@
     info = export_onnx("exports/latest")             # {'file', 'sha256', 'max_abs_diff', 'max_abs_logit', ...}
 
 The graph takes the normalised input batch (any batch size) and returns logits; the temperature is applied
-outside it, so recalibrating a bundle does not require a new export. `model.onnx.json` records the ONNX file's
-checksum and the weights' checksum, so a stale or tampered graph is refused at load time.
+outside it. `model.onnx.json` records the ONNX file's checksum and the weights' checksum, so a stale or tampered
+graph is refused at load time. Loading and running need numpy and onnxruntime only; exporting needs torch.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from petclf.errors import PetclfError
+from petclf.bundle import load_network, verify_weights, weights_path
+from petclf.device import available_cores
+from petclf.errors import BundleError, PetclfError
+from petclf.io import atomic_path, sha256_file, write_atomic
 
+if TYPE_CHECKING:
+    import torch
+
+ONNX_NAME = "model.onnx"  # written beside the bundle by training and by `petclf export --onnx`
+ONNX_INFO_NAME = "model.onnx.json"  # checksum of model.onnx and of the weights it was made from
 OPSET = 17  # onnxruntime >= 1.14 runs it; every op a timm CNN + fastai head uses exists there
 RTOL = 1e-4  # largest torch/onnxruntime logit difference accepted at export, relative to the largest |logit|
+
+log = logging.getLogger("petclf.onnx")
+
+
+class OnnxNet:
+    """An onnxruntime session with the predictor's network interface: float32 batch in, logits out (numpy)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # conv+BN+ReLU fusion etc.
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is one chain: no branches to run in parallel
+        opts.intra_op_num_threads = threads or available_cores()
+        opts.inter_op_num_threads = 1
+        # idle pool threads sleep instead of spinning: on a few shared cores the spinning steals the cycles that
+        # decode threads and the web server need (measured: one image faster, batches the same)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a preprocessed batch (onnxruntime releases the GIL while it runs)."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def onnx_path(model_dir: str | Path) -> Path:
+    """Where the ONNX graph of a bundle lives."""
+    return Path(model_dir) / ONNX_NAME
+
+
+def verified_onnx(model_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The bundle's model.onnx, after checking it is intact and made from these very weights."""
+    path, info_path = onnx_path(model_dir), model_dir / ONNX_INFO_NAME
+    if not path.is_file() or not info_path.is_file():
+        raise BundleError(f"no {ONNX_NAME} in {model_dir}: run `petclf export --onnx --model {model_dir}`")
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError:
+        raise BundleError(f"corrupt model file: {info_path} is not valid JSON") from None
+    if info.get("weights_sha256") != manifest["weights"].get("sha256"):
+        raise BundleError(f"{ONNX_NAME} in {model_dir} was made from other weights: run `petclf export --onnx` again")
+    if sha256_file(path) != info.get("sha256"):
+        raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
+    weights = weights_path(model_dir, manifest)
+    if weights.is_file():  # the graph is intact, but a bundle with tampered weights is refused whole, whatever runs it
+        verify_weights(weights, manifest)
+    return path
+
+
+def auto_onnx(model_dir: str | Path, manifest: dict[str, Any], device: str = "cpu") -> Path | None:
+    """What `backend="auto"` runs with onnxruntime: the verified model.onnx on CPU (faster there), else None."""
+    if device != "cpu" or not onnx_path(model_dir).is_file():
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+        return verified_onnx(Path(model_dir), manifest)
+    except ImportError:
+        return None
+    except BundleError as e:
+        log.warning("using torch, not onnxruntime: %s", e)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- export
 
 
 def _export_graph(net: torch.nn.Module, size: int, path: Path, opset: int) -> None:
     """The TorchScript-based exporter (the dynamo one needs `onnxscript`), batch dimension dynamic."""
+    import torch
+
     x = torch.randn(2, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notices are not the user's concern
@@ -41,12 +121,12 @@ def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3, seed: in
     Random inputs can drive a head fitted by the probe recipe to logits in the thousands, where float32 rounding
     alone differs by 1e-3; the difference is judged against that scale (`RTOL`), not as an absolute number.
     """
-    from petclf.predict import OnnxNet
+    import torch
 
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
-        ref = net(x).float()
-    return float((OnnxNet(path)(x) - ref).abs().max()), float(ref.abs().max())
+        ref = net(x).float().numpy()
+    return float(np.abs(OnnxNet(path)(x.numpy()) - ref).max()), float(np.abs(ref).max())
 
 
 def match_summary(info: dict[str, Any]) -> str:
@@ -56,8 +136,7 @@ def match_summary(info: dict[str, Any]) -> str:
 
 def export_onnx(model_dir: str | Path, opset: int = OPSET, rtol: float = RTOL) -> dict[str, Any]:
     """Write `model.onnx` beside the bundle in `model_dir` once it matches torch within `rtol`; returns its info."""
-    from petclf.bundle import atomic_path, load_network, sha256_file, write_atomic
-    from petclf.predict import ONNX_INFO_NAME, ONNX_NAME
+    import torch
 
     model_dir = Path(model_dir)
     net, manifest = load_network(model_dir)

@@ -8,7 +8,7 @@
 One pass of the model over the split (fastai `Learner.get_preds(with_loss=True)`, with a progress bar) gives the
 raw outputs; fastai's `ClassificationInterpretation` and scikit-learn turn them into the numbers; matplotlib draws
 the figures, which are saved as PNG and embedded as data URIs in `report.html` (no CDN, opens offline).
-`report.json` holds every number. On the validation split the fitted temperature is stored in the bundle.
+`report.json` holds every number. The bundle is only read: its temperature was fitted when it was trained.
 
 Pipeline: `evaluate` (model + data -> outputs), `compute_report` (outputs -> numbers), `draw_figures`
 (numbers + model -> PNGs), `render_html` (numbers + PNGs -> page); `write_report` runs all four.
@@ -17,7 +17,6 @@ Pipeline: `evaluate` (model + data -> outputs), `compute_report` (outputs -> num
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import time
@@ -38,18 +37,21 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate, top_k_accuracy
 from fastai.torch_core import TensorBase, noop
 
-from petclf import __version__
-from petclf.bundle import load_network, read_manifest, resolve_bundle_dir, update_manifest
-from petclf.calibrate import N_BINS, ece, fit_temperature, nll, reliability_bins, softmax
-from petclf.config import DEFAULT_MODEL
-from petclf.data import Pets, load_pets, make_dataloaders, pretty_breed, species_of
+from petclf.bundle import load_network, read_manifest, resolve_bundle_dir
+from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax
+from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES
+from petclf.data import Pets, annotations_dir, find_data, load_pets, make_dataloaders
+from petclf.device import machine_device
 from petclf.errors import PetclfError
 from petclf.image import encode
+from petclf.io import write_atomic
+from petclf.labels import pretty_breed, species_of
+from petclf.plots import plot_confusion, plot_history, plot_reliability, png
 from petclf.progress import bar
-from petclf.train import machine_device
+from petclf.version import __version__
 
-TOP_K = 9  # top losses shown, each with its Grad-CAM
-MIN_VAL = 1  # most_confused: smallest off-diagonal count listed (fastai's `min_val`)
+TOP_K = REPORT_TOP_LOSSES
+MIN_VAL = REPORT_MIN_VAL
 MAX_PAIRS = 12  # most-confused pairs listed with example images
 PAIR_EXAMPLES = 3  # example images per confused pair
 LABEL_ERROR_CONF = 0.9  # suspected label error: another breed predicted with at least this probability ...
@@ -140,7 +142,7 @@ def _with_model_vocab(pets: Pets, classes: list[str]) -> Pets:
     return _ModelPets(**{f.name: getattr(pets, f.name) for f in fields(Pets)}, classes=classes)
 
 
-def make_learner(model_dir: str | Path, pets: Pets, bs: int = 64, device: str | None = None,
+def make_learner(model_dir: str | Path, pets: Pets, bs: int = REPORT_BS, device: str | None = None,
                  workers: int | None = None):
     """A fastai Learner over the bundle's network and `pets`, preprocessed exactly as the manifest says."""
     device = machine_device(device or "auto")
@@ -200,7 +202,7 @@ def predict_split(learn, progress: Callable[[int, int], None] | None = None) -> 
 
 
 def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, split: str = "valid",
-             bs: int = 64, device: str | None = None, workers: int | None = None,
+             bs: int = REPORT_BS, device: str | None = None, workers: int | None = None,
              progress: bool = False) -> Evaluation:
     """Load the bundle and the data the way its run split them, and run the network over the chosen split."""
     model_dir = resolve_bundle_dir(model)
@@ -223,8 +225,6 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
 
 def _check_test_list(data: str | Path | None) -> None:
     """Fail with one line unless the data has the official test list that `--split test` reads."""
-    from petclf.data import annotations_dir, find_data
-
     ann = annotations_dir(find_data(data))
     if ann is None or not (ann / "test.txt").is_file() or not (ann / "trainval.txt").is_file():
         raise ReportError("--split test needs the official Pets lists annotations/test.txt and trainval.txt beside "
@@ -378,12 +378,14 @@ def per_class(ev: Evaluation) -> dict[str, Any]:
 
 
 def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
-    """ECE before and after temperature scaling; the temperature is fitted here on the validation split only."""
-    fitted = ev.split == "valid"
-    t = fit_temperature(ev.logits, ev.targs) if fitted else float(ev.manifest.get("temperature") or 1.0)
-    before, after = softmax(ev.logits), softmax(ev.logits, t)
-    return {"n_bins": n_bins, "temperature": t, "fitted": fitted, "stored": False,
-            "source": "fitted on this validation split" if fitted else "the bundle's (fitted on validation)",
+    """ECE and NLL before and after the bundle's temperature (fitted at the end of training on the validation split,
+    cross-validated there, and kept only when it helped); the report never refits it nor writes into the model."""
+    t = float(ev.manifest.get("temperature") or 1.0)
+    recorded = (ev.run["metrics"] or {}).get("calibration") or ev.manifest.get("calibration")
+    before, after = softmax(ev.logits, axis=1), softmax(ev.logits / t, axis=1)
+    return {"n_bins": n_bins, "temperature": t, "recorded": recorded,
+            "source": "the bundle's, fitted on the validation split at the end of training" if recorded
+            else "the bundle's (how it was chosen was not recorded)",
             "ece_before": ece(before, ev.targs, n_bins), "ece_after": ece(after, ev.targs, n_bins),
             "nll_before": nll(ev.logits, ev.targs), "nll_after": nll(ev.logits, ev.targs, t),
             "bins_before": reliability_bins(before, ev.targs, n_bins),
@@ -422,7 +424,7 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K,
     """Every number of the report, as plain JSON-ready data; `label_error` is (min probability, min loss)."""
     interp = interpretation(ev)
     cm = interp.confusion_matrix()
-    probs = softmax(ev.logits)
+    probs = softmax(ev.logits, axis=1)
     n = len(ev.targs)
     return {"petclf_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "summary": summary(ev, cm), "training": training(ev.run),
@@ -435,104 +437,6 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K,
 
 
 # ---------------------------------------------------------------------------------------------------- figures
-
-CAT_COLOR, DOG_COLOR = "#b35900", "#1f4e99"  # label colours: cat breeds orange-brown, dog breeds blue
-
-
-def _png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight", facecolor="white")
-    return buf.getvalue()
-
-
-def plot_confusion(conf: dict[str, Any]):
-    """Row-normalised confusion matrix, cats then dogs, with percentages in the cells and counts in the labels."""
-    from matplotlib.colors import PowerNorm
-    from matplotlib.figure import Figure
-
-    rates, counts = np.asarray(conf["row_normalised"]), np.asarray(conf["counts"])
-    n = len(conf["classes"])
-    side = max(5.0, 0.27 * n + 3.2)
-    fig = Figure(figsize=(side, side), dpi=150)
-    ax = fig.subplots()
-    im = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))  # sqrt: rare confusions stay visible
-    fs = 10 if n > 20 else 11
-    ax.set_xticks(range(n), [pretty_breed(c) for c in conf["classes"]], rotation=90, fontsize=fs)
-    rows = zip(conf["classes"], counts.sum(1), strict=True)
-    ax.set_yticks(range(n), [f"{pretty_breed(c)} ({int(r)})" for c, r in rows], fontsize=fs)
-    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
-        for lab, sp in zip(labels, conf["species"], strict=True):
-            lab.set_color(CAT_COLOR if sp == "cat" else DOG_COLOR)
-    ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
-    ax.set_yticks(np.arange(n + 1) - 0.5, minor=True)
-    ax.grid(which="minor", color="#dfe4ea", lw=0.5)  # faint cell borders keep long rows and columns traceable
-    ax.tick_params(which="minor", length=0)
-    for i, j in zip(*np.nonzero(counts), strict=True):
-        v = rates[i, j]
-        ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7 if n > 20 else 10,
-                color="white" if v > 0.45 else "black")
-    n_cats = sum(s == "cat" for s in conf["species"])
-    if 0 < n_cats < n:
-        for f in (ax.axhline, ax.axvline):
-            f(n_cats - 0.5, color="#444", lw=1)
-    ax.set_xlabel("predicted", fontsize=11)
-    ax.set_ylabel("actual (images in the split)", fontsize=11)
-    ax.set_title("row-normalised confusion matrix, % of each actual breed; cats (brown) then dogs (blue)",
-                 fontsize=11)
-    cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
-    cb.set_label("share of the row")
-    return fig
-
-
-def plot_history(history: list[dict[str, Any]]):
-    """Training and validation loss, and error rate, per epoch across all phases."""
-    from matplotlib.figure import Figure
-
-    x = np.arange(1, len(history) + 1)
-    fig = Figure(figsize=(10, 3.4), dpi=110)
-    ax_loss, ax_err = fig.subplots(1, 2)
-    for key, style in (("train_loss", "-o"), ("valid_loss", "-s")):
-        ax_loss.plot(x, [h.get(key, math.nan) for h in history], style, label=key.replace("_", " "), ms=4)
-    ax_err.plot(x, [h.get("error_rate", math.nan) for h in history], "-o", color="#c0392b", ms=4)
-    phases = [h.get("phase", "") for h in history]
-    for ax in (ax_loss, ax_err):
-        for k in range(1, len(phases)):
-            if phases[k] != phases[k - 1]:
-                ax.axvline(k + 0.5, color="#888", ls="--", lw=1)
-                ax.text(k + 0.55, 0.98, phases[k], transform=ax.get_xaxis_transform(), va="top", fontsize=8)
-        ax.set_xlabel("epoch")
-        ax.set_xticks(x)
-        ax.grid(alpha=0.3)
-    ax_loss.set_title("loss")
-    ax_loss.legend()
-    ax_err.set_title("validation error rate")
-    return fig
-
-
-def plot_reliability(cal: dict[str, Any]):
-    """Reliability diagrams before and after temperature scaling: accuracy against confidence per bin."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4), dpi=110)
-    titles = ("before (T = 1)", f"after temperature scaling (T = {cal['temperature']:.3g})")
-    for ax, key, title in zip(fig.subplots(1, 2, sharey=True), ("before", "after"), titles, strict=True):
-        bins = cal[f"bins_{key}"]
-        width = 1 / len(bins)
-        mids = [(b["lo"] + b["hi"]) / 2 for b in bins]
-        acc = [b["accuracy"] or 0 for b in bins]
-        conf = [b["confidence"] or 0 for b in bins]
-        ax.bar(mids, acc, width=width, edgecolor="#1f4e99", color="#7aa6e0", label="accuracy")
-        ax.bar(mids, np.subtract(conf, acc), bottom=acc, width=width, color="none", edgecolor="#c0392b",
-               hatch="//", lw=0.6, label="gap to confidence")
-        ax.plot([0, 1], [0, 1], "k--", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)",
-               title=f"{title}\nECE = {100 * cal[f'ece_{key}']:.2f}%")
-        ax.grid(alpha=0.3)
-    fig.axes[0].set_ylabel("accuracy")
-    fig.axes[0].legend(loc="upper left")
-    return fig
-
 
 def _inputs(learn, items: list[Path]) -> torch.Tensor:
     """The preprocessed tensors of `items`, exactly as validation saw them."""
@@ -549,7 +453,7 @@ def _to_image(x: torch.Tensor, mean: list[float], std: list[float]):
     return Image.fromarray(a)
 
 
-def _thumb_png(img, side: int = THUMB) -> bytes:
+def _thumbpng(img, side: int = THUMB) -> bytes:
     """`img` scaled so its longest side is at most `side` pixels, as PNG bytes."""
     img = img.copy()
     img.thumbnail((side, side))
@@ -566,22 +470,22 @@ def example_images(ev: Evaluation, entries: list[dict[str, Any]], cam: bool = Fa
     inp = ev.manifest["input"]
     x = _inputs(ev.learn, [ev.items[e["index"]] for e in entries])
     images = [_to_image(xi, inp["mean"], inp["std"]) for xi in x]
-    out = {e["image"]: _thumb_png(img, side) for e, img in zip(entries, images, strict=True)}
+    out = {e["image"]: _thumbpng(img, side) for e, img in zip(entries, images, strict=True)}
     if cam:
         pos = {c: i for i, c in enumerate(ev.classes)}
         model = ev.learn.model
         heat = gradcam(model, x.to(next(model.parameters()).device), [pos[e["predicted"]] for e in entries])
         cams = [overlay(img, h) for img, h in zip(images, heat, strict=True)]
-        out.update({e["cam"]: _thumb_png(c, side) for e, c in zip(entries, cams, strict=True)})
+        out.update({e["cam"]: _thumbpng(c, side) for e, c in zip(entries, cams, strict=True)})
     return out
 
 
 def draw_figures(report: dict[str, Any], ev: Evaluation) -> dict[str, bytes]:
     """Every figure of the report as {relative file name: PNG bytes}."""
-    figures = {"confusion_matrix.png": _png(plot_confusion(report["confusion"])),
-               "reliability.png": _png(plot_reliability(report["calibration"]))}
+    figures = {"confusion_matrix.png": png(plot_confusion(report["confusion"])),
+               "reliability.png": png(plot_reliability(report["calibration"]))}
     if report["training"]["history"]:
-        figures["training_curves.png"] = _png(plot_history(report["training"]["history"]))
+        figures["training_curves.png"] = png(plot_history(report["training"]["history"]))
     if ev.run["lr_find"] is not None:
         figures["lr_find.png"] = ev.run["lr_find"].read_bytes()
     figures.update(example_images(ev, report["top_losses"], cam=True))
@@ -636,17 +540,6 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
     return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED)
 
 
-def store_temperature(model_dir: str | Path, cal: dict[str, Any]) -> bool:
-    """Write the fitted temperature (and the ECE it gives) into the bundle's manifest; False if it cannot."""
-    try:
-        update_manifest(model_dir, temperature=cal["temperature"],
-                        calibration={"n_bins": cal["n_bins"], "ece_before": cal["ece_before"],
-                                     "ece_after": cal["ece_after"], "fitted_on": "valid"})
-    except OSError:
-        return False
-    return True
-
-
 def _remove_old_figures(out: Path) -> None:
     """Delete the figures an earlier report in `out` listed, so none outlives the report that made it."""
     old = _read_json(out / "report.json") or {}
@@ -658,13 +551,11 @@ def _remove_old_figures(out: Path) -> None:
 
 def save_outputs(report: dict[str, Any], figures: dict[str, bytes], out: str | Path) -> dict[str, Path]:
     """Write figures (PNG), `report.json` and `report.html` into `out`; returns their paths."""
-    from petclf.bundle import write_atomic
-
     out = Path(out)
     _remove_old_figures(out)
-    for name, png in figures.items():
+    for name, data in figures.items():
         (out / "figures" / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / "figures" / name).write_bytes(png)
+        (out / "figures" / name).write_bytes(data)
     report = {**report, "figures": sorted(f"figures/{name}" for name in figures)}
     json_path = write_atomic(out / "report.json", json.dumps(report, indent=1))
     html_path = write_atomic(out / "report.html", render_html(report, figures))
@@ -672,16 +563,15 @@ def save_outputs(report: dict[str, Any], figures: dict[str, bytes], out: str | P
 
 
 def write_report(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, split: str = "valid",
-                 out: str | Path | None = None, bs: int = 64, device: str | None = None,
+                 out: str | Path | None = None, bs: int = REPORT_BS, device: str | None = None,
                  workers: int | None = None, min_val: int = MIN_VAL, top_k: int = TOP_K,
                  label_error: tuple[float, float] = (LABEL_ERROR_CONF, LABEL_ERROR_LOSS),
                  progress: bool = False) -> dict[str, Path]:
-    """Evaluate, compute, draw and write the report (default `out`: MODEL/report); store the fitted temperature."""
+    """Evaluate, compute, draw and write the report (default `out`: MODEL/report); the model folder's files are
+    only read."""
     start = time.perf_counter()
     ev = evaluate(model, data, split, bs=bs, device=device, workers=workers, progress=progress)
     report = compute_report(ev, min_val=min_val, top_k=top_k, label_error=label_error)
     figures = draw_figures(report, ev)
-    if report["calibration"]["fitted"]:
-        report["calibration"]["stored"] = store_temperature(ev.model_dir, report["calibration"])
     report["timing"]["total_seconds"] = time.perf_counter() - start
     return save_outputs(report, figures, out if out is not None else ev.model_dir / "report")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -35,7 +36,7 @@ def browser():
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """4 breeds (2 cats, 2 dogs) x 16 clean 64 px images."""
-    from petclf.data import synth_pets
+    from petclf.synth import synth_pets
 
     out = tmp_path_factory.mktemp("synth")
     synth_pets(out, n_classes=4, per_class=16, size=SIZE, seed=0)
@@ -45,26 +46,44 @@ def synth_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bad_synth(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A synthetic folder with every known bad file planted; returns (folder, {name: expected verdict})."""
-    from petclf.data import synth_pets
+    from petclf.synth import synth_pets
 
     out = tmp_path_factory.mktemp("synth_bad")
     planted = synth_pets(out, n_classes=4, per_class=12, size=SIZE, seed=1, bad=True)
     return out, planted
 
 
-def train_tiny(data: Path, out: Path, epochs: int = 3):
-    """Train resnet18 from scratch at 64 px with `petclf.train.train` (run folder = `out`); returns the Learner."""
+def tiny_config(data: Path, out: Path, **kw):
+    """The one tiny training setup: resnet18 from random weights at 64 px, seconds per epoch on a CPU."""
     from petclf.config import TrainConfig
-    from petclf.train import train
 
-    cfg = TrainConfig(data=str(data), arch="resnet18", pretrained=False, epochs=epochs, freeze_epochs=0, lr=3e-3,
-                      bs=16, size=SIZE, presize=PRESIZE, workers=0, seed=42, out=str(out))
-    return train(cfg).learn
+    base = dict(data=str(data), arch="resnet18", pretrained=False, epochs=3, freeze_epochs=0, lr=3e-3, bs=16,
+                size=SIZE, presize=PRESIZE, workers=0, seed=42, out=str(out))
+    return TrainConfig(**{**base, **kw})
+
+
+class TinyRun(NamedTuple):
+    """A trained run: its folder (bundle, model.onnx, metrics) and the fastai Learner that trained it."""
+
+    run_dir: Path
+    learn: Any
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, synth_dir):
-    """(run directory with a bundle, the trained Learner) — shared by predict, serve and report tests."""
+def tiny_run(tmp_path_factory, synth_dir) -> TinyRun:
+    """One tiny run, trained once through `petclf.train.train` and shared by predict, serve and report tests."""
+    from petclf.train import train
+
     out = tmp_path_factory.mktemp("run")
-    learn = train_tiny(synth_dir, out)
-    return out, learn
+    return TinyRun(out, train(tiny_config(synth_dir, out)).learn)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """`cli(*args)`: the `petclf` command run in-process (typer's CliRunner); returns click's Result."""
+    from typer.testing import CliRunner
+
+    from petclf.cli import app
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])

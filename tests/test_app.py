@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import free_port
 from PIL import Image
@@ -15,6 +16,7 @@ from PIL import Image
 from petclf.app import (
     CAM_SIDE,
     UNSURE_BELOW,
+    Batcher,
     build_demo,
     example_files,
     launch_kwargs,
@@ -23,17 +25,17 @@ from petclf.app import (
     pretty,
     verdict,
 )
-from petclf.predict import Batcher, load_model
+from petclf.predict import load_model
 
 
 @pytest.fixture(scope="module")
 def predictor(tiny_run):
-    return load_model(tiny_run[0])
+    return load_model(tiny_run.run_dir)
 
 
 @pytest.fixture(scope="module")
 def images(tiny_run) -> list[Path]:
-    return [Path(p) for p in tiny_run[1].dls.valid_ds.items[:6]]
+    return [Path(p) for p in tiny_run.learn.dls.valid_ds.items[:6]]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,20 @@ def classify(client, path):
 
 
 # ---------------------------------------------------------------------------------------------------- pure parts
+
+
+def test_batcher_groups_concurrent_calls_and_keeps_rows_apart(predictor, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    xs = [predictor.preprocess([p]) for p in images * 2]
+    want = predictor.probs(np.concatenate(xs))
+    batcher = Batcher(predictor, max_batch=4)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(batcher, xs))
+    finally:
+        batcher.close()
+    assert np.abs(np.concatenate(got) - want).max() < 1e-5
 
 
 def test_model_card_and_verdict(predictor):
@@ -179,7 +195,8 @@ def test_no_files_beyond_its_own_are_served(server, tiny_run):
     attempts = ["/gradio_api/file=../../etc/passwd", "/gradio_api/file=..%2F..%2F..%2Fetc%2Fpasswd",
                 "/gradio_api/file=/etc/passwd", "/file=../../etc/passwd", "/gradio_api/file=%2Fetc%2Fpasswd",
                 f"/gradio_api/file={cwd_dotfile}", f"/gradio_api/file={Path.cwd() / '.venv' / 'pyvenv.cfg'}",
-                f"/gradio_api/file={tiny_run[0] / 'model.safetensors'}", f"/gradio_api/file={tiny_run[0]}/model.json",
+                f"/gradio_api/file={tiny_run.run_dir / 'model.safetensors'}",
+                f"/gradio_api/file={tiny_run.run_dir}/model.json",
                 "/gradio_api/file=.env", "/static/../../../../etc/passwd", "/assets/..%2F..%2F..%2Fsetup.cfg"]
     for path in attempts:
         status, body = _raw_get(url, path)

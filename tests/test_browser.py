@@ -21,7 +21,7 @@ TIMEOUT_MS = 30_000  # any single browser step
 @pytest.mark.slow
 @pytest.mark.browser
 def test_upload_shows_breed_verdict_and_gradcam(browser, tiny_run, tmp_path):
-    predictor = load_model(tiny_run[0])
+    predictor = load_model(tiny_run.run_dir)
     photo = next(p for p in example_files() if Path(p).name == "cat_chelsea.jpg")
     want = pretty(predictor.topk(photo, 1)[0][0])
     demo = build_demo(predictor)

@@ -104,16 +104,41 @@ def test_weights_for_another_architecture_are_refused(bundle, tmp_path):
         load_network(b)
 
 
-def test_no_pickle_is_involved(bundle, monkeypatch):
+class _Evil:
+    """A pickle that, when unpickled, creates the file it names: proof that a loader ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_a_pickle_in_place_of_the_weights_is_never_unpickled(bundle, tmp_path, how):
+    """Weights swapped for a pickle (checksum in model.json updated to match, as an attacker would): the loader
+    must refuse it as corrupt without running it. A loader that unpickles (torch.load with weights_only=False,
+    pickle.load) touches the marker file and fails this test."""
+    import hashlib
     import pickle
 
-    def refuse(*a, **k):
-        raise AssertionError("unpickling attempted")
-
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-    monkeypatch.setattr(torch, "load", refuse)
-    load_network(bundle[0])
+    b = _copy(bundle[0], tmp_path)
+    marker = tmp_path / "pwned"
+    payload = {"model": _Evil(marker), "fc.weight": torch.zeros(3)}
+    if how == "pickle":
+        (b / WEIGHTS_NAME).write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, b / WEIGHTS_NAME)
+    manifest = json.loads((b / MANIFEST_NAME).read_text())
+    manifest["weights"]["sha256"] = hashlib.sha256((b / WEIGHTS_NAME).read_bytes()).hexdigest()
+    (b / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="corrupt model file"):
+        load_network(b)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_Evil(marker)))  # the payload is live: unpickling it does create the marker
+    assert marker.exists()
 
 
 def test_a_latest_file_naming_the_run_is_followed(bundle, tmp_path):

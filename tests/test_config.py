@@ -44,3 +44,22 @@ def test_saved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "config.yaml")
     assert list(yaml.safe_load(path.read_text())) == config_keys()
     assert resolve_config(path) == cfg
+
+
+@pytest.mark.parametrize("key,value", [("recipe", "magic"), ("precision", "fp8"), ("channels_last", "yes"),
+                                       ("bn_freeze", "maybe"), ("device", "tpu"), ("device", "cuda:x")])
+def test_choices_are_checked_for_files_flags_and_python_alike(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        TrainConfig(**{key: value})
+    (tmp_path / "c.yaml").write_text(f"{key}: {value}\n")
+    with pytest.raises(ConfigError, match=key):
+        resolve_config(tmp_path / "c.yaml")
+
+
+def test_cli_lists_the_choices_and_refuses_others(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps help at the terminal's width
+    res = cli("train", "--help")
+    assert "auto|fastbook|probe" in res.output and "auto|cpu|mps|cuda|cuda:N" in res.output
+    for flag, bad in (("--recipe", "magic"), ("--device", "tpu"), ("--precision", "fp8")):
+        res = cli("train", flag, bad)
+        assert res.exit_code == 2 and flag in res.output

@@ -1,4 +1,4 @@
-"""The data layer: labels, finding data, verification (and its cache), splits, DataLoaders, synthetic data."""
+"""The data layer: finding data, verification (and its cache), splits, DataLoaders."""
 
 from __future__ import annotations
 
@@ -12,33 +12,9 @@ from PIL import Image
 
 from petclf import data as D
 from petclf.errors import DataError
-
-
-@pytest.mark.parametrize("name,breed,species", [
-    ("Abyssinian_100.jpg", "Abyssinian", "cat"),
-    ("British_Shorthair_7.jpg", "British_Shorthair", "cat"),
-    ("american_pit_bull_terrier_191.jpg", "american_pit_bull_terrier", "dog"),
-    ("great_pyrenees_12.jpeg", "great_pyrenees", "dog"),
-    ("yorkshire_terrier_2.png", "yorkshire_terrier", "dog"),
-])
-def test_labels_from_file_names(name, breed, species):
-    assert D.breed_of(name) == breed
-    assert D.label_from_path(Path("x") / name) == breed
-    assert D.species_of(breed) == species
-
-
-@pytest.mark.parametrize("name", ["my dog photo.jpg", "IMG.jpg", "beagle.jpg", "_12.jpg", "beagle_12a.jpg"])
-def test_names_outside_the_pattern_have_no_label(name):
-    assert D.breed_of(name) is None
-    with pytest.raises(DataError, match="does not match"):
-        D.label_from_path(name)
-
-
-def test_pets_breed_lists_match_the_naming_convention():
-    assert len(D.CAT_BREEDS) == 12 and len(D.DOG_BREEDS) == 25
-    assert all(D.species_of(b) == "cat" for b in D.CAT_BREEDS)
-    assert all(D.species_of(b) == "dog" for b in D.DOG_BREEDS)
-    assert D.synth_classes(37) and set(D.synth_classes(37)) == set(D.CAT_BREEDS) | set(D.DOG_BREEDS)
+from petclf.io import reachable
+from petclf.labels import breed_of
+from petclf.synth import synth_pets
 
 
 def test_find_data_prefers_the_images_subfolder(tmp_path):
@@ -55,7 +31,7 @@ def test_find_data_missing_folder_is_a_data_error(tmp_path):
 def test_without_network_or_local_copy_the_error_names_data_flag(tmp_path, monkeypatch):
     from fastai.data.external import URLs
 
-    if D.reachable(URLs.PETS, timeout=3):
+    if reachable(URLs.PETS, timeout=3):
         pytest.skip("the Pets download host is reachable from this machine; this test is for offline machines")
     monkeypatch.chdir(tmp_path)
     start = time.monotonic()
@@ -79,7 +55,7 @@ def test_every_planted_bad_file_gets_its_verdict(bad_synth):
     # 12 clean images per class plus the converted plants of that class
     converted = [n for n, v in planted.items() if v == "converted"]
     for breed, n in rep.class_counts.items():
-        assert n == 12 + sum(D.breed_of(c) == breed for c in converted)
+        assert n == 12 + sum(breed_of(c) == breed for c in converted)
 
 
 def test_converted_files_decode_to_sane_rgb(bad_synth):
@@ -91,7 +67,7 @@ def test_converted_files_decode_to_sane_rgb(bad_synth):
 
 
 def test_verification_cache_skips_unchanged_files_and_rechecks_changed_ones(tmp_path, monkeypatch):
-    D.synth_pets(tmp_path, n_classes=2, per_class=3, size=16)
+    synth_pets(tmp_path, n_classes=2, per_class=3, size=16)
     files, _ = D.scan_files(tmp_path)
     calls = []
     real = D.check_image
@@ -128,7 +104,7 @@ def _write_annotations(root: Path, test_stems: list[str], trainval_stems: list[s
 
 def test_official_split_reads_annotations_and_drops_unlisted_images(tmp_path):
     images = tmp_path / "images"
-    D.synth_pets(images, n_classes=2, per_class=5, size=16)
+    synth_pets(images, n_classes=2, per_class=5, size=16)
     stems = sorted(p.stem for p in images.iterdir())
     _write_annotations(tmp_path, stems[:3], stems[3:9])  # stems[9] is in neither file
     pets = D.load_pets(tmp_path, split="official")
@@ -172,7 +148,7 @@ def test_empty_folder_and_one_class_are_refused(tmp_path):
 
 
 def test_a_class_with_few_images_is_named_in_a_warning(tmp_path):
-    D.synth_pets(tmp_path, n_classes=3, per_class=20, size=16)
+    synth_pets(tmp_path, n_classes=3, per_class=20, size=16)
     for p in list(tmp_path.glob("Bengal_*.jpg"))[3:]:
         p.unlink()
     rep = D.load_pets(tmp_path).report
@@ -204,13 +180,6 @@ def test_dataloaders_use_presizing_normalisation_and_cats_first_vocab(synth_dir)
     xb, yb = dls.one_batch()
     assert xb.shape == (8, 3, 32, 32) and yb.shape == (8,)
     assert len(dls.valid_ds) == len(pets.valid_idx)
-
-
-def test_synthetic_data_is_deterministic(tmp_path):
-    D.synth_pets(tmp_path / "a", n_classes=2, per_class=2, size=16, seed=3)
-    D.synth_pets(tmp_path / "b", n_classes=2, per_class=2, size=16, seed=3)
-    for f in (tmp_path / "a").iterdir():
-        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
 
 
 def test_crop_runs_before_the_warp_and_validation_is_fastais(synth_dir, monkeypatch):

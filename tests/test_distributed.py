@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import free_port
 
-from petclf.data import synth_pets
+from petclf.synth import synth_pets
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))

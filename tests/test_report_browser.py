@@ -58,8 +58,8 @@ def open_page(browser, html: Path, screenshot: Path) -> dict:
 
 
 def test_report_page_loads_every_image_without_console_errors(browser, tmp_path):
-    from petclf.data import synth_pets
     from petclf.report import write_report
+    from petclf.synth import synth_pets
 
     data = tmp_path / "data"
     synth_pets(data, n_classes=37, per_class=3, size=64, seed=5, bad=True)

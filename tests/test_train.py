@@ -15,34 +15,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 
+from petclf.callbacks import StopAfter
 from petclf.config import TrainConfig
 from petclf.errors import PetclfError
-from petclf.train import (
-    RUN_FILES,
-    Phase,
-    StopAfter,
-    choose_recipe,
-    default_workers,
-    fit_probe,
-    lr_find_steps,
-    pick_channels_last,
-    pick_device,
-    pick_precision,
-    pick_threads,
-    plan_schedule,
-    resume_config,
-    train,
-)
-
-SIZE, PRESIZE = 64, 80
+from petclf.run import resume_config
+from petclf.train import RUN_FILES, Phase, choose_recipe, default_workers, lr_find_steps, plan_schedule, train
 
 
 def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
-    """resnet18 from scratch at 64 px: seconds per epoch on a CPU."""
-    base = dict(data=str(data), arch="resnet18", pretrained=False, epochs=2, freeze_epochs=1, lr=3e-3, bs=16,
-                size=SIZE, presize=PRESIZE, workers=0, threads=1, out=str(out))
-    return TrainConfig(**{**base, **kw})
+    """The shared tiny setup with 1 frozen + 2 unfrozen epochs on one thread."""
+    return tiny_config(data, out, **{"epochs": 2, "freeze_epochs": 1, "threads": 1, **kw})
 
 
 def valid_probs(learn) -> tuple[np.ndarray, list]:
@@ -63,40 +47,6 @@ def bundle_probs(run_dir: Path, learn) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- pure logic
 
 
-def test_pick_device():
-    assert pick_device("auto", cuda=True, mps=True) == "cuda"
-    assert pick_device("auto", cuda=False, mps=True) == "mps"
-    assert pick_device("auto", cuda=False, mps=False) == "cpu"
-    assert pick_device("cuda:1", cuda=True, mps=False) == "cuda:1"
-    with pytest.raises(PetclfError, match="no CUDA"):
-        pick_device("cuda", cuda=False, mps=False)
-    with pytest.raises(PetclfError, match="MPS"):
-        pick_device("mps", cuda=True, mps=False)
-    with pytest.raises(PetclfError, match="--device"):
-        pick_device("tpu", cuda=True, mps=True)
-
-
-def test_pick_precision_and_threads():
-    assert pick_precision("cuda", "auto", bf16_ok=True) == "bf16"
-    assert pick_precision("cuda:0", "auto", bf16_ok=False) == "fp16"
-    assert pick_precision("cpu", "auto", bf16_ok=False) == "fp32"
-    assert pick_precision("mps", "auto", bf16_ok=True) == "fp32"
-    assert pick_precision("cuda", "fp32", bf16_ok=True) == "fp32"
-    with pytest.raises(PetclfError):
-        pick_precision("cpu", "fp8", bf16_ok=False)
-    assert pick_threads(8) == 8 and pick_threads(8, 2) == 2 and pick_threads(0) == 1
-    assert default_workers("cpu", cores=2) == 0 and default_workers("cuda", cores=4) == 4
-    assert default_workers("cuda", cores=16) == 8
-
-
-def test_pick_channels_last():
-    assert pick_channels_last("cpu", "auto") and pick_channels_last("cuda:1", "auto")
-    assert not pick_channels_last("mps", "auto") and pick_channels_last("mps", "on")
-    assert not pick_channels_last("cuda", "off")
-    with pytest.raises(PetclfError, match="--channels-last"):
-        pick_channels_last("cpu", "yes")
-
-
 def test_lr_find_steps_shrink_on_small_data():
     assert lr_find_steps(3) == 20
     assert lr_find_steps(30) == 60
@@ -109,8 +59,11 @@ def test_recipe_choice():
     assert choose_recipe(TrainConfig(), large, pretrained=True) == "fastbook"
     assert choose_recipe(TrainConfig(), small, pretrained=False) == "fastbook"
     assert choose_recipe(TrainConfig(recipe="probe"), large, pretrained=True) == "probe"
-    with pytest.raises(PetclfError, match="--recipe"):
-        choose_recipe(TrainConfig(recipe="magic"), small, pretrained=True)
+
+
+def test_default_workers():
+    assert default_workers("cpu", cores=2) == 0 and default_workers("cuda", cores=4) == 4
+    assert default_workers("cuda", cores=16) == 8
 
 
 def test_schedule_mirrors_fine_tune():
@@ -122,17 +75,6 @@ def test_schedule_mirrors_fine_tune():
     assert only.name == "unfrozen" and only.lr[1] == pytest.approx(1e-3 * cfg.probe_lr_scale)
     (scratch,) = plan_schedule(cfg, 1e-3, "fastbook", pretrained=False)
     assert scratch.epochs == 5 and scratch.lr == (1e-3, 1e-3)
-
-
-def test_fit_probe_maps_back_to_raw_features():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 3, (3, 16))
-    y = np.repeat([0, 2], 20)  # class 1 absent from training
-    x = centers[y] + rng.normal(0, 0.5, (40, 16)) + 100  # far from zero: the standardisation must be folded in
-    w, b = fit_probe(x, y, n_classes=3, c=1.0)
-    pred = (x @ w.T + b).argmax(1)
-    assert (pred == y).mean() == 1.0
-    assert w.shape == (3, 16) and b[1] < -1e3
 
 
 # ---------------------------------------------------------------------------------------------------- runs
@@ -174,7 +116,10 @@ def test_train_writes_the_whole_run_folder(synth_dir, tmp_path, capsys):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["arch"] == "resnet18" and saved["out"] == str(out) and saved["lr_find_steps"] == 20
     manifest = json.loads((out / "model.json").read_text())
-    assert manifest["metrics"]["error_rate"] == m["error_rate"] and manifest["temperature"] == 1.0
+    assert manifest["metrics"]["error_rate"] == m["error_rate"]
+    cal = m["calibration"]  # chosen on the validation outputs, cross-validated there; the bundle carries it
+    assert manifest["temperature"] == cal["temperature"] and manifest["calibration"] == cal
+    assert cal["kept"] == (cal["cv_nll_after"] < cal["cv_nll_before"]) and cal["n"] == 12
     assert manifest["data"]["sizes"] == {"train": 52, "valid": 12} and manifest["trained_at"]
     assert json.loads((out / "data_report.json").read_text())["n_images"] == 64
 
@@ -260,11 +205,7 @@ def _epochs_saved(ckpt: Path) -> int:
 
 
 @pytest.mark.slow
-def test_cli_sigint_keeps_checkpoint_then_resumes(synth_dir, tmp_path):
-    from typer.testing import CliRunner
-
-    from petclf.cli import app
-
+def test_cli_sigint_keeps_checkpoint_then_resumes(cli, synth_dir, tmp_path):
     out = tmp_path / "cli_run"
     cmd = [sys.executable, "-m", "petclf", "train", "--data", str(synth_dir), "--arch", "resnet18",
            "--no-pretrained", "--epochs", "4", "--freeze-epochs", "0", "--lr", "3e-3", "--bs", "16", "--size", "64",
@@ -282,23 +223,18 @@ def test_cli_sigint_keeps_checkpoint_then_resumes(synth_dir, tmp_path):
     done = _epochs_saved(ckpt)
     assert 1 <= done < 4 and not (out / "model.json").exists()
 
-    res = CliRunner().invoke(app, ["train", "--resume", str(out), "--workers", "0", "--threads", "1"])
+    res = cli("train", "--resume", out, "--workers", "0", "--threads", "1")
     assert res.exit_code == 0, res.output
     hist = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
 
 
 @pytest.mark.slow
-def test_cli_train_offline_message(synth_dir, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from petclf.cli import app
-
+def test_cli_train_offline_message(cli, synth_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hub"))
     t0 = time.monotonic()
-    res = CliRunner().invoke(app, ["train", "--data", str(synth_dir), "--arch", "resnet18", "--out",
-                                   str(tmp_path / "r")])
+    res = cli("train", "--data", synth_dir, "--arch", "resnet18", "--out", tmp_path / "r")
     assert res.exit_code == 2 and "--weights" in res.output and "Traceback" not in res.output
     assert time.monotonic() - t0 < 15
 

@@ -1,0 +1,106 @@
+"""Files, the ground floor every other module stands on: atomic writes, checksums, image listing, the network probe.
+
+    from petclf.io import write_atomic, sha256_file, list_images
+    write_atomic("exports/run/metrics.json", text)     # temp file, fsync, rename: never half-written
+    list_images("photos/")                             # image files below a folder, sorted, hidden ones left out
+
+Nothing here imports torch; `save_state_dict` loads safetensors' torch support only when it is called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})  # what counts as an image
+NETWORK_TIMEOUT = 8.0  # seconds to decide that a download host is unreachable
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield an absolute temp path beside `path` to write to; it replaces `path` only if the block succeeds.
+
+    A crash, a full disk or an exception mid-write leaves the previous `path` intact and no temp file behind.
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write `data` to a temp file beside `path`, fsync it, then rename over `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> str:
+    """Write tensors as safetensors atomically; returns the file's SHA-256."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+        digest = sha256_file(tmp)
+    return digest
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when the file's extension is one of `IMAGE_EXTS` (its content is checked when it is decoded)."""
+    return Path(path).suffix.lower() in IMAGE_EXTS
+
+
+def walk_files(root: str | Path) -> list[Path]:
+    """Every file below `root`, recursively and sorted; hidden files and folders are left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / n for n in filenames if not n.startswith(".")]
+    return sorted(found)
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files below `root` (by extension), recursively and sorted; hidden files and folders are left out."""
+    return [p for p in walk_files(root) if is_image_file(p)]
+
+
+def reachable(url: str, timeout: float = NETWORK_TIMEOUT) -> bool:
+    """True if `url`'s host answers within `timeout` seconds (DNS included, which has no timeout of its own)."""
+    import urllib.request
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+            result.append(True)
+        except Exception as e:  # an HTTP error status still means the host is there
+            result.append(hasattr(e, "code"))
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 1)
+    return bool(result and result[0])

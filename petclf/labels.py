@@ -1,0 +1,49 @@
+"""The 37 Oxford-IIIT Pets breeds and how a file name, a species and a display name follow from them.
+
+    from petclf.labels import breed_of, species_of, pretty_breed
+    breed_of("great_pyrenees_12.jpg")    # 'great_pyrenees'
+    species_of("Russian_Blue")           # 'cat': cat breeds are Capitalized, dog breeds lowercase
+    pretty_breed("great_pyrenees")       # 'great pyrenees'
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from petclf.errors import DataError
+
+LABEL_RE = re.compile(r"^(?P<breed>[A-Za-z]+(?:_[A-Za-z]+)*)_(?P<number>\d+)$")
+
+# The 37 Oxford-IIIT Pets breeds, as they appear in its file names.
+CAT_BREEDS = ("Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egyptian_Mau", "Maine_Coon",
+              "Persian", "Ragdoll", "Russian_Blue", "Siamese", "Sphynx")
+DOG_BREEDS = ("american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "boxer", "chihuahua",
+              "english_cocker_spaniel", "english_setter", "german_shorthaired", "great_pyrenees", "havanese",
+              "japanese_chin", "keeshond", "leonberger", "miniature_pinscher", "newfoundland", "pomeranian", "pug",
+              "saint_bernard", "samoyed", "scottish_terrier", "shiba_inu", "staffordshire_bull_terrier",
+              "wheaten_terrier", "yorkshire_terrier")
+
+
+def breed_of(path: str | Path) -> str | None:
+    """Breed from a Pets file name (`great_pyrenees_12.jpg` -> `great_pyrenees`), or None if it does not match."""
+    m = LABEL_RE.match(Path(path).stem)
+    return m["breed"] if m else None
+
+
+def label_from_path(path: str | Path) -> str:
+    """fastai `get_y`: the breed, or an error for a file name outside the pattern."""
+    breed = breed_of(path)
+    if breed is None:
+        raise DataError(f"{Path(path).name}: file name does not match <breed>_<number>.<ext>")
+    return breed
+
+
+def species_of(breed: str) -> str:
+    """`cat` for Capitalized breeds, `dog` for lowercase ones (the Pets naming convention)."""
+    return "cat" if breed[:1].isupper() else "dog"
+
+
+def pretty_breed(breed: str) -> str:
+    """A breed name for people: `great_pyrenees` -> `great pyrenees`."""
+    return breed.replace("_", " ")

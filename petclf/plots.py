@@ -1,0 +1,112 @@
+"""The report's charts, drawn from its numbers alone (no model, no data): matplotlib figures, saved as PNG bytes.
+
+    from petclf.plots import plot_confusion, png
+    png(plot_confusion(report["confusion"]))           # bytes of a PNG, ready to embed or save
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from petclf.labels import pretty_breed
+
+CAT_COLOR, DOG_COLOR = "#b35900", "#1f4e99"  # label colours: cat breeds orange-brown, dog breeds blue
+
+
+def png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight", facecolor="white")
+    return buf.getvalue()
+
+
+def plot_confusion(conf: dict[str, Any]):
+    """Row-normalised confusion matrix, cats then dogs, with percentages in the cells and counts in the labels."""
+    from matplotlib.colors import PowerNorm
+    from matplotlib.figure import Figure
+
+    rates, counts = np.asarray(conf["row_normalised"]), np.asarray(conf["counts"])
+    n = len(conf["classes"])
+    side = max(5.0, 0.27 * n + 3.2)
+    fig = Figure(figsize=(side, side), dpi=150)
+    ax = fig.subplots()
+    im = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))  # sqrt: rare confusions stay visible
+    fs = 10 if n > 20 else 11
+    ax.set_xticks(range(n), [pretty_breed(c) for c in conf["classes"]], rotation=90, fontsize=fs)
+    rows = zip(conf["classes"], counts.sum(1), strict=True)
+    ax.set_yticks(range(n), [f"{pretty_breed(c)} ({int(r)})" for c, r in rows], fontsize=fs)
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for lab, sp in zip(labels, conf["species"], strict=True):
+            lab.set_color(CAT_COLOR if sp == "cat" else DOG_COLOR)
+    ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(n + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="#dfe4ea", lw=0.5)  # faint cell borders keep long rows and columns traceable
+    ax.tick_params(which="minor", length=0)
+    for i, j in zip(*np.nonzero(counts), strict=True):
+        v = rates[i, j]
+        ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7 if n > 20 else 10,
+                color="white" if v > 0.45 else "black")
+    n_cats = sum(s == "cat" for s in conf["species"])
+    if 0 < n_cats < n:
+        for f in (ax.axhline, ax.axvline):
+            f(n_cats - 0.5, color="#444", lw=1)
+    ax.set_xlabel("predicted", fontsize=11)
+    ax.set_ylabel("actual (images in the split)", fontsize=11)
+    ax.set_title("row-normalised confusion matrix, % of each actual breed; cats (brown) then dogs (blue)",
+                 fontsize=11)
+    cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    cb.set_label("share of the row")
+    return fig
+
+
+def plot_history(history: list[dict[str, Any]]):
+    """Training and validation loss, and error rate, per epoch across all phases."""
+    from matplotlib.figure import Figure
+
+    x = np.arange(1, len(history) + 1)
+    fig = Figure(figsize=(10, 3.4), dpi=110)
+    ax_loss, ax_err = fig.subplots(1, 2)
+    for key, style in (("train_loss", "-o"), ("valid_loss", "-s")):
+        ax_loss.plot(x, [h.get(key, math.nan) for h in history], style, label=key.replace("_", " "), ms=4)
+    ax_err.plot(x, [h.get("error_rate", math.nan) for h in history], "-o", color="#c0392b", ms=4)
+    phases = [h.get("phase", "") for h in history]
+    for ax in (ax_loss, ax_err):
+        for k in range(1, len(phases)):
+            if phases[k] != phases[k - 1]:
+                ax.axvline(k + 0.5, color="#888", ls="--", lw=1)
+                ax.text(k + 0.55, 0.98, phases[k], transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+    ax_loss.set_title("loss")
+    ax_loss.legend()
+    ax_err.set_title("validation error rate")
+    return fig
+
+
+def plot_reliability(cal: dict[str, Any]):
+    """Reliability diagrams before and after temperature scaling: accuracy against confidence per bin."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=110)
+    titles = ("before (T = 1)", f"after temperature scaling (T = {cal['temperature']:.3g})")
+    for ax, key, title in zip(fig.subplots(1, 2, sharey=True), ("before", "after"), titles, strict=True):
+        bins = cal[f"bins_{key}"]
+        width = 1 / len(bins)
+        mids = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        acc = [b["accuracy"] or 0 for b in bins]
+        conf = [b["confidence"] or 0 for b in bins]
+        ax.bar(mids, acc, width=width, edgecolor="#1f4e99", color="#7aa6e0", label="accuracy")
+        ax.bar(mids, np.subtract(conf, acc), bottom=acc, width=width, color="none", edgecolor="#c0392b",
+               hatch="//", lw=0.6, label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)",
+               title=f"{title}\nECE = {100 * cal[f'ece_{key}']:.2f}%")
+        ax.grid(alpha=0.3)
+    fig.axes[0].set_ylabel("accuracy")
+    fig.axes[0].legend(loc="upper left")
+    return fig

@@ -1,0 +1,184 @@
+"""A training run on disk: its folder, its checkpoints and where it stands, so `--resume` continues exactly there.
+
+    from petclf.run import RunState, load_checkpoint, prepare_run_dir, update_latest
+    run_dir = prepare_run_dir(cfg)                     # exports/<date-time>-<arch>, refused if it holds a run
+    ckpt = load_checkpoint(run_dir)                    # {"model", "opt", "state"}: tensors and plain data only
+
+Rank 0 writes every file (`on_main`); the other processes of a distributed run only read.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from petclf import distributed
+from petclf.config import EXPORTS, TrainConfig, load_config_file, resolve_config
+from petclf.errors import PetclfError
+from petclf.io import save_state_dict, write_atomic
+
+T = TypeVar("T")
+CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors, probe.safetensors
+MACHINE_KEYS = ("device", "workers", "threads")  # what `--resume` may change: this machine's, not the recipe's
+
+
+# ---------------------------------------------------------------------------------------------------- rank 0
+
+
+def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Run `fn` only on rank 0: every file a run writes goes through here."""
+    return fn(*args, **kwargs) if distributed.is_main() else None
+
+
+def log(msg: str) -> None:
+    """One line to stderr, rank 0 only."""
+    if distributed.is_main():
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class Phase:
+    """One fit_one_cycle call of the schedule."""
+
+    name: str  # frozen | unfrozen
+    epochs: int
+    lr: tuple[float, float]  # (lowest body group, head group); equal for the frozen phase
+    pct_start: float
+    div: float
+
+
+@dataclass
+class RunState:
+    """Where a run stands; saved in every checkpoint so `--resume` continues exactly there."""
+
+    recipe: str = "fastbook"
+    lr: float | None = None
+    lr_find: dict | None = None  # {suggestion, seconds} or None when --lr was given
+    probe: dict | None = None  # {error_rate, valid_loss, seconds} after a probe
+    phase: int = 0  # index of the phase to run next
+    epoch: int = 0  # next epoch within that phase
+    history: list[dict] = field(default_factory=list)
+    best_error: float | None = None
+    train_seconds: float = 0.0
+    train_images: int = 0
+    done: bool = False
+
+
+def _plain(obj: Any) -> Any:
+    """Numpy scalars and fastai L's -> Python types, so `torch.load(weights_only=True)` reads them back."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "L":
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def save_checkpoint(learn, state: RunState, run_dir: Path) -> None:
+    """Model, optimizer and RunState in one file, written atomically (temp file, then rename)."""
+    buf = io.BytesIO()
+    opt = _plain(learn.opt.state_dict()) if learn.opt is not None else None
+    torch.save({"model": distributed.unwrap(learn.model).state_dict(), "opt": opt, "state": asdict(state)}, buf)
+    write_atomic(run_dir / CKPT_DIR / "last.pt", buf.getvalue())
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """The last checkpoint of a run (tensors and plain data only; no code is unpickled)."""
+    path = run_dir / CKPT_DIR / "last.pt"
+    if not path.is_file():
+        raise PetclfError(f"nothing to resume in {run_dir}: {CKPT_DIR}/last.pt not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint is a user-facing problem
+        raise PetclfError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Model weights as safetensors, atomically."""
+    save_state_dict(distributed.unwrap(model).state_dict(), path)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load safetensors weights into `model` in place."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)))
+
+
+# ---------------------------------------------------------------------------------------------------- run dir
+
+
+def default_out(arch: str, now: datetime | None = None) -> Path:
+    """exports/<date-time>-<arch>, unique."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    out = EXPORTS / f"{stamp}-{arch.replace('/', '_')}"
+    n = 2
+    while out.exists():
+        out, n = EXPORTS / f"{stamp}-{arch.replace('/', '_')}-{n}", n + 1
+    return out
+
+
+MACHINE_KEYS = ("device", "workers", "threads")  # what `--resume` may change: this machine's, not the recipe's
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    """The run directory for a fresh run: created; refused if it already holds a run."""
+    out = Path(cfg.out) if cfg.out else default_out(cfg.arch)
+    if (out / CKPT_DIR / "last.pt").exists() and not (out / "metrics.json").exists():
+        raise PetclfError(f"{out} holds an unfinished run: continue it with --resume {out}, or pass another --out")
+    if (out / "model.json").exists():
+        raise PetclfError(f"{out} already holds a trained model; pass another --out")
+    if out.exists() and not out.is_dir():
+        raise PetclfError(f"--out must be a folder, not a file: {out}")
+    on_main(lambda: (out / CKPT_DIR).mkdir(parents=True, exist_ok=True))
+    return out
+
+
+def resume_config(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
+    """The saved config of `run_dir`, with this machine's `MACHINE_KEYS`; other settings in `cfg` that are not
+    defaults must agree with the saved run, or it is refused (a silently ignored `--epochs` would be a surprise)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise PetclfError(f"--resume {run_dir}: not a petclf run directory (config.yaml missing)")
+    if (run_dir / "metrics.json").is_file() and (run_dir / "model.json").is_file():
+        raise PetclfError(f"--resume {run_dir}: that run is already complete")
+    saved = resolve_config(None, **load_config_file(run_dir / "config.yaml"))
+    resumed = replace(saved, resume=str(run_dir), out=str(run_dir), **{k: getattr(cfg, k) for k in MACHINE_KEYS})
+    default = TrainConfig()
+    clash = [f"--{k.replace('_', '-')} {v} (the run has {getattr(resumed, k)})" for k, v in cfg.to_dict().items()
+             if k not in ("resume", "out") and v != getattr(default, k) and v != getattr(resumed, k)]
+    if cfg.out is not None and Path(cfg.out).resolve() != run_dir.resolve():
+        clash.append(f"--out {cfg.out} (the run is in {run_dir})")
+    if clash:
+        raise PetclfError(f"--resume {run_dir} continues the run as it was set up; it cannot take "
+                          f"{', '.join(clash)}. Only {', '.join('--' + k for k in MACHINE_KEYS)} may change")
+    return resumed
+
+
+def update_latest(run_dir: Path) -> Path:
+    """Point `<parent>/latest` at `run_dir` atomically (a symlink; a file naming it where symlinks fail)."""
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.tmp{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(run_dir.name, tmp, target_is_directory=True)
+    except OSError:
+        tmp.write_text(run_dir.name + "\n")
+    if latest.is_dir() and not latest.is_symlink():
+        tmp.unlink()
+        raise PetclfError(f"{latest} is a real folder; cannot point it at the new run")
+    os.replace(tmp, latest)
+    return latest
