@@ -11,6 +11,7 @@ it (`TrainConfig` for training, `petclf.config` for the other commands), never f
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import warnings
@@ -77,6 +78,10 @@ def guarded(fn):
             fail(str(e), 2)
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except OSError as e:
+            if os.environ.get("PETCLF_DEBUG") or e.errno != errno.ENOSPC:
+                raise
+            fail(f"disk full writing {e.filename or 'a file'}; free some space and run again", 1)
         except Exception as e:  # noqa: BLE001 - the job failed; say so in one line
             if os.environ.get("PETCLF_DEBUG"):
                 raise
@@ -197,9 +202,16 @@ def data_synth(out: Path = typer.Argument(..., help="Folder to write the images 
 
 
 def _train_config(config: Path | None, **flags):
-    from petclf.config import resolve_config
+    """Defaults < --config < flags; with --resume, the saved run's settings, checked against what was typed."""
+    from petclf.config import load_config_file, resolve_config
 
-    return resolve_config(config, **{k: _value(v) for k, v in flags.items()})
+    flags = {k: _value(v) for k, v in flags.items()}
+    if flags.get("resume") is None:
+        return resolve_config(config, **flags)
+    from petclf.run import resume_config
+
+    typed = {**(load_config_file(config) if config else {}), **{k: v for k, v in flags.items() if v is not None}}
+    return resume_config(Path(flags["resume"]), typed)
 
 
 @app.command("train")
@@ -237,8 +249,11 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
     result = train(cfg)
     m = result.metrics
     typer.echo(f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}")
-    typer.echo(f"run folder: {result.run_dir} (model.safetensors + model.json, metrics.json, lr_find.png, "
-               f"export.pkl); {result.run_dir.parent / 'latest'} points to it")
+    made = [n for n in ("model.safetensors", "model.json", "model.onnx", "metrics.json", "lr_find.png", "export.pkl")
+            if (result.run_dir / n).is_file()]
+    latest = result.run_dir.parent / "latest"
+    points = f"; {latest} points to it" if latest.resolve() == result.run_dir.resolve() else ""
+    typer.echo(f"run folder: {result.run_dir} ({', '.join(made)}){points}")
 
 
 @app.command("lr-find")

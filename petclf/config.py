@@ -10,6 +10,7 @@ Unknown or mistyped keys are an error, never silently ignored:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, fields
@@ -88,6 +89,15 @@ DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SPLITS = ("random", "official", "FILE")  # what --split takes (FILE: a file naming the validation images)
 CHOICES: dict[str, type[Enum]] = {"recipe": Recipe, "precision": Precision, "channels_last": Switch,
                                   "bn_freeze": Switch}
+MAX_CONFIG_BYTES = 64 * 1024  # a settings file is a few hundred bytes; anything this big is not one
+# (lowest, highest, lowest allowed itself, highest allowed itself) of every numeric setting; None: unbounded there
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "epochs": (0, 10_000, True, True), "freeze_epochs": (0, 10_000, True, True), "lr": (0, 10, False, True),
+    "bs": (1, 65_536, True, True), "size": (8, 4096, True, True), "presize": (8, 8192, True, True),
+    "min_scale": (0, 1, False, True), "valid_pct": (0, 1, False, False), "workers": (0, 256, True, True),
+    "small_data": (1, None, True, True), "lr_mult": (1, None, True, True), "probe_c": (0, None, False, True),
+    "probe_lr_scale": (0, None, False, True), "lr_find_steps": (5, 10_000, True, True),
+    "threads": (1, 1024, True, True)}
 
 
 def check_device(value: str) -> str:
@@ -138,10 +148,27 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be one of {'|'.join(c.value for c in kind)}, got {value!r}")
             setattr(self, name, value)
         check_device(self.device)
+        for name, bounds in RANGES.items():
+            check_range(name, getattr(self, name), *bounds)
+        if self.epochs + self.freeze_epochs < 1:
+            raise ConfigError("epochs + freeze_epochs must be at least 1: a run that trains nothing exports nothing")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all settings, in declaration order."""
         return dataclasses.asdict(self)
+
+
+def check_range(name: str, value: float | None, lo: float | None, hi: float | None, lo_ok: bool = True,
+                hi_ok: bool = True) -> None:
+    """A one-line error unless `value` (when set) is a finite number within [lo, hi] (or open at an end)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return  # unset, or the type check names the problem
+    low = lo is None or (value >= lo if lo_ok else value > lo)
+    high = hi is None or (value <= hi if hi_ok else value < hi)
+    if not math.isfinite(value) or not (low and high):
+        left = "(-inf" if lo is None else ("[" if lo_ok else "(") + f"{lo:g}"
+        right = "inf)" if hi is None else f"{hi:g}" + ("]" if hi_ok else ")")
+        raise ConfigError(f"setting {name!r} must be a number in {left}, {right}, got {value!r}")
 
 
 def config_keys() -> list[str]:
@@ -169,9 +196,25 @@ def _coerce(name: str, value: Any) -> Any:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise ConfigError(f"setting {name!r} must be {kind.__name__}, got {value!r}")
     return value
+
+
+def _refuse_references(text: str, path: Path) -> None:
+    """Settings are plain values: YAML anchors, aliases and explicit tags are refused before anything is built
+    (aliases let 300 bytes expand to gigabytes: the "billion laughs")."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError(f"config file {path} uses YAML anchors or aliases; write plain values")
+        implicit = getattr(event, "implicit", True)  # (plain, quoted) for scalars, a bool for collections
+        if getattr(event, "tag", None) and not (implicit[0] if isinstance(implicit, tuple) else implicit):
+            raise ConfigError(f"config file {path} uses an explicit YAML tag ({event.tag}); write plain values")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -179,10 +222,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KB; a settings file is a few lines")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        _refuse_references(text, path)
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
     _check_keys(raw, str(path))

@@ -124,11 +124,13 @@ def _cache_file(root: Path) -> Path:
 
 
 def _stamp(path: Path) -> list[int] | None:
+    """What makes a cached verdict stale: size, modification time and permissions (a `chmod 000` file that was
+    readable when verified must be verified again, or training would fail on it after building the model)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_mode]
 
 
 def _load_cache(file: Path) -> dict:
@@ -140,7 +142,8 @@ def _load_cache(file: Path) -> dict:
 
 def verify_images(files: Sequence[Path], root: Path, use_cache: bool = True, workers: int | None = None,
                   progress=None) -> list[FileCheck]:
-    """`check_image` on every file, in parallel, reusing cached verdicts of files whose size and mtime are unchanged."""
+    """`check_image` on every file, in parallel, reusing cached verdicts of files whose size, mtime and mode are
+    unchanged."""
     cache_file = _cache_file(root)
     cache = _load_cache(cache_file) if use_cache else {}
     stamps = {str(f): _stamp(f) for f in files}

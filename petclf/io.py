@@ -9,8 +9,10 @@ Nothing here imports torch; `save_state_dict` loads safetensors' torch support o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,8 +47,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a full disk as a RuntimeError from its zip writer, Python as ENOSPC without a name
+        if getattr(e, "errno", None) == errno.ENOSPC or _disk_full(path.parent):
+            raise OSError(errno.ENOSPC, "disk full", str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """True when `folder`'s file system has less than `margin` bytes free."""
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
+
+
+def check_writable(folder: str | Path) -> Path:
+    """`folder`, created if needed, after proving a file can be written there (before any long work is done)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".petclf-write-test{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        from petclf.errors import PetclfError
+
+        raise PetclfError(f"cannot write to {folder}: {e.strerror or e}") from None
+    return folder
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:

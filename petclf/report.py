@@ -44,7 +44,7 @@ from petclf.data import Pets, annotations_dir, find_data, load_pets, make_datalo
 from petclf.device import machine_device
 from petclf.errors import PetclfError
 from petclf.image import encode
-from petclf.io import write_atomic
+from petclf.io import check_writable, write_atomic
 from petclf.labels import pretty_breed, species_of
 from petclf.plots import plot_confusion, plot_history, plot_reliability, png
 from petclf.progress import bar
@@ -570,8 +570,11 @@ def write_report(model: str | Path = DEFAULT_MODEL, data: str | Path | None = No
     """Evaluate, compute, draw and write the report (default `out`: MODEL/report); the model folder's files are
     only read."""
     start = time.perf_counter()
-    ev = evaluate(model, data, split, bs=bs, device=device, workers=workers, progress=progress)
+    model_dir = resolve_bundle_dir(model)
+    read_manifest(model_dir)  # a missing or corrupt model is reported before anything else
+    out = check_writable(out if out is not None else model_dir / "report")  # before the long part, not after it
+    ev = evaluate(model_dir, data, split, bs=bs, device=device, workers=workers, progress=progress)
     report = compute_report(ev, min_val=min_val, top_k=top_k, label_error=label_error)
     figures = draw_figures(report, ev)
     report["timing"]["total_seconds"] = time.perf_counter() - start
-    return save_outputs(report, figures, out if out is not None else ev.model_dir / "report")
+    return save_outputs(report, figures, out)

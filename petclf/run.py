@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -135,50 +137,94 @@ def default_out(arch: str, now: datetime | None = None) -> Path:
 MACHINE_KEYS = ("device", "workers", "threads")  # what `--resume` may change: this machine's, not the recipe's
 
 
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    """The run directory for a fresh run: created; refused if it already holds a run."""
+def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
+    """The run directory for a fresh run, created, and whether it existed before (empty). A folder that holds
+    anything is refused: a run (finished or not) is never overwritten, and neither is anything of the user's."""
     out = Path(cfg.out) if cfg.out else default_out(cfg.arch)
-    if (out / CKPT_DIR / "last.pt").exists() and not (out / "metrics.json").exists():
-        raise PetclfError(f"{out} holds an unfinished run: continue it with --resume {out}, or pass another --out")
-    if (out / "model.json").exists():
-        raise PetclfError(f"{out} already holds a trained model; pass another --out")
     if out.exists() and not out.is_dir():
         raise PetclfError(f"--out must be a folder, not a file: {out}")
+    existed = out.is_dir()
+    if existed and any(out.iterdir()):
+        if (out / CKPT_DIR / "last.pt").exists() and not (out / "metrics.json").exists():
+            raise PetclfError(f"{out} holds an unfinished run: continue it with --resume {out}, or pass another --out")
+        if (out / "model.json").exists():
+            raise PetclfError(f"{out} already holds a trained model; pass another --out")
+        raise PetclfError(f"--out {out} is a folder that already holds files; pass a new or empty folder "
+                          f"(petclf never writes over files it did not make)")
     on_main(lambda: (out / CKPT_DIR).mkdir(parents=True, exist_ok=True))
-    return out
+    return out, existed
 
 
-def resume_config(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
-    """The saved config of `run_dir`, with this machine's `MACHINE_KEYS`; other settings in `cfg` that are not
-    defaults must agree with the saved run, or it is refused (a silently ignored `--epochs` would be a surprise)."""
+@contextmanager
+def discarded_on_failure(run_dir: Path, fresh: bool, existed: bool = False) -> Iterator[None]:
+    """If the block fails before a fresh run saved its first checkpoint, take back what the run wrote (the folder
+    itself, or its contents when the user had made it empty), so a failed start leaves nothing half-made behind."""
+    try:
+        yield
+    except BaseException:
+        if fresh and distributed.is_main() and not (run_dir / CKPT_DIR / "last.pt").exists():
+            for child in run_dir.iterdir() if existed else []:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if not existed:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def settings_given(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings of `cfg` that differ from the defaults: what a caller of `train` chose."""
+    default = TrainConfig()
+    return {k: v for k, v in cfg.to_dict().items() if v != getattr(default, k)}
+
+
+def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
+    """The saved config of `run_dir`, with this machine's `MACHINE_KEYS` from `given` (the settings the user typed:
+    flags and config file). Any other setting in `given` must agree with the saved run, or it is refused: a silently
+    ignored `--epochs` (or `--arch resnet34`, the default) would be a surprise."""
     if not (run_dir / "config.yaml").is_file():
         raise PetclfError(f"--resume {run_dir}: not a petclf run directory (config.yaml missing)")
     if (run_dir / "metrics.json").is_file() and (run_dir / "model.json").is_file():
         raise PetclfError(f"--resume {run_dir}: that run is already complete")
     saved = resolve_config(None, **load_config_file(run_dir / "config.yaml"))
-    resumed = replace(saved, resume=str(run_dir), out=str(run_dir), **{k: getattr(cfg, k) for k in MACHINE_KEYS})
-    default = TrainConfig()
-    clash = [f"--{k.replace('_', '-')} {v} (the run has {getattr(resumed, k)})" for k, v in cfg.to_dict().items()
-             if k not in ("resume", "out") and v != getattr(default, k) and v != getattr(resumed, k)]
-    if cfg.out is not None and Path(cfg.out).resolve() != run_dir.resolve():
-        clash.append(f"--out {cfg.out} (the run is in {run_dir})")
+    machine = {k: given[k] for k in MACHINE_KEYS if k in given}
+    resumed = replace(saved, resume=str(run_dir), out=str(run_dir), **machine)
+    clash = [f"--{k.replace('_', '-')} {v} (the run has {getattr(resumed, k)})" for k, v in given.items()
+             if k not in ("resume", "out", *MACHINE_KEYS) and v != getattr(resumed, k)]
+    if given.get("out") is not None and Path(given["out"]).resolve() != run_dir.resolve():
+        clash.append(f"--out {given['out']} (the run is in {run_dir})")
     if clash:
         raise PetclfError(f"--resume {run_dir} continues the run as it was set up; it cannot take "
                           f"{', '.join(clash)}. Only {', '.join('--' + k for k in MACHINE_KEYS)} may change")
     return resumed
 
 
-def update_latest(run_dir: Path) -> Path:
-    """Point `<parent>/latest` at `run_dir` atomically (a symlink; a file naming it where symlinks fail)."""
+LATEST_MAX_BYTES = 1024  # a `latest` file petclf writes (where symlinks fail) names one folder
+
+
+def is_latest_pointer(latest: Path) -> bool:
+    """True when `latest` is petclf's: a symlink, or a small file naming a sibling run folder (with model.json)."""
+    if latest.is_symlink():
+        return True
+    if not latest.is_file() or latest.stat().st_size > LATEST_MAX_BYTES:
+        return False
+    try:
+        name = latest.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(name) and "/" not in name and (latest.parent / name / "model.json").is_file()
+
+
+def update_latest(run_dir: Path) -> Path | None:
+    """Point `<parent>/latest` at `run_dir` atomically (a symlink; a file naming it where symlinks fail). Anything
+    named `latest` there that petclf did not make is left alone (None is returned, and a line says so)."""
     latest = run_dir.parent / "latest"
+    if (latest.exists() or latest.is_symlink()) and not is_latest_pointer(latest):
+        log(f"left {latest} alone (it is not petclf's); the run is in {run_dir}")
+        return None
     tmp = run_dir.parent / f".latest.tmp{os.getpid()}"
     tmp.unlink(missing_ok=True)
     try:
         os.symlink(run_dir.name, tmp, target_is_directory=True)
     except OSError:
         tmp.write_text(run_dir.name + "\n")
-    if latest.is_dir() and not latest.is_symlink():
-        tmp.unlink()
-        raise PetclfError(f"{latest} is a real folder; cannot point it at the new run")
     os.replace(tmp, latest)
     return latest

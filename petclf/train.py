@@ -43,6 +43,7 @@ from petclf.run import (
     CKPT_DIR,
     Phase,
     RunState,
+    discarded_on_failure,
     load_checkpoint,
     load_weights,
     log,
@@ -51,6 +52,7 @@ from petclf.run import (
     resume_config,
     save_checkpoint,
     save_weights,
+    settings_given,
     update_latest,
 )
 
@@ -270,6 +272,19 @@ def final_metrics(learn, state: RunState) -> dict:
             "images_per_second": round(state.train_images / state.train_seconds, 2) if state.train_seconds else None}
 
 
+class TrainingDiverged(RuntimeError):
+    """The run ended with weights or a loss that are not finite numbers: nothing is exported (exit code 1)."""
+
+
+def check_finite(learn) -> None:
+    """Refuse to export a network with NaN or infinite weights (a learning rate too high, fp16 overflow)."""
+    bad = [k for k, v in distributed.unwrap(learn.model).state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingDiverged(f"training diverged: {len(bad)} weight tensors are not finite (e.g. {bad[0]}); "
+                               "nothing was exported and `latest` is unchanged; try a lower --lr")
+
+
 def choose_run_temperature(learn) -> dict:
     """The bundle's temperature, chosen on the validation outputs by `calibrate.choose_temperature` (cross-validated
     within them, kept only when it lowers the held-out NLL)."""
@@ -369,24 +384,9 @@ def describe(cfg: TrainConfig, compute: Compute, recipe: str, pets) -> str:
             f"{len(pets.train_idx)} train / {len(pets.valid_idx)} valid images, {len(pets.vocab)} classes{procs}")
 
 
-def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
-    """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory."""
-    from petclf.data import load_pets
-
-    distributed.init_process_group()  # only when launched as several processes (accelerate launch, torchrun)
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        cfg = resume_config(run_dir, cfg)
-    compute = resolve_device(cfg)
-    # rank 0 downloads and verifies first; the others then find the data and the verification cache ready
-    pets = distributed.main_first(
-        lambda: load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed))
-    if not cfg.resume:
-        # rank 0 names (and checks) the run directory; every rank then uses that name
-        run_dir = Path(distributed.broadcast(str(prepare_run_dir(cfg)) if distributed.is_main() else None))
-        cfg = replace(cfg, out=str(run_dir))
-        on_main(save_config, cfg, run_dir / "config.yaml")
-    on_main(pets.report.save, run_dir)
+def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any, RunState, dict | None, str]:
+    """Learner, RunState, optimizer state to restore and recipe: from the checkpoint when resuming, else a fresh
+    start (probe, lr_find and the first checkpoint, on rank 0)."""
     pretrained = cfg.pretrained or cfg.weights is not None
     ckpt = load_checkpoint(run_dir) if cfg.resume else None
     recipe = ckpt["state"]["recipe"] if ckpt else choose_recipe(
@@ -398,13 +398,42 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
     if ckpt:
         state, opt_state = restore(learn, ckpt)
         log(f"resuming {run_dir} at phase {state.phase}, epoch {state.epoch} ({len(state.history)} epochs done)")
-    else:
-        # probe and lr_find run once, on rank 0; its weights reach the others when DDP wraps the model
-        state = None
-        if distributed.is_main():
-            with distributed.this_process_only():
-                state = start_state(learn, cfg, recipe, run_dir)
-        state, opt_state = distributed.broadcast(state), None
+        return learn, state, opt_state, recipe
+    # probe and lr_find run once, on rank 0; its weights reach the others when DDP wraps the model
+    state = None
+    if distributed.is_main():
+        with distributed.this_process_only():
+            state = start_state(learn, cfg, recipe, run_dir)
+    return learn, distributed.broadcast(state), None, recipe
+
+
+def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
+    """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory."""
+    from petclf.data import load_pets
+
+    distributed.init_process_group()  # only when launched as several processes (accelerate launch, torchrun)
+    fresh = not cfg.resume
+    if not fresh:
+        run_dir = Path(cfg.resume)
+        cfg = resume_config(run_dir, settings_given(cfg))
+    if cfg.data:  # recorded absolute, so `petclf report` finds the data from any folder
+        cfg = replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
+    compute = resolve_device(cfg)
+    # rank 0 downloads and verifies first; the others then find the data and the verification cache ready
+    pets = distributed.main_first(
+        lambda: load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed))
+    existed = False
+    if fresh:
+        # rank 0 names (and checks) the run directory; every rank then uses that name
+        name, existed = prepare_run_dir(cfg) if distributed.is_main() else (None, False)
+        run_dir = Path(distributed.broadcast(str(name) if name else None))
+        cfg = replace(cfg, out=str(run_dir))
+    with discarded_on_failure(run_dir, fresh, existed):
+        if fresh:
+            on_main(save_config, cfg, run_dir / "config.yaml")
+        on_main(pets.report.save, run_dir)
+        learn, state, opt_state, recipe = start(cfg, compute, pets, run_dir)
+    pretrained = cfg.pretrained or cfg.weights is not None
     phases = plan_schedule(cfg, state.lr, recipe, pretrained)
     bn_freeze = cfg.bn_freeze == "on" or (cfg.bn_freeze == "auto" and recipe == "probe")
     try:
@@ -423,7 +452,11 @@ def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> Tra
     n = distributed.world_size()
     with distributed.this_process_only():
         winner = keep_better(learn, state, run_dir)
+        check_finite(learn)
         metrics = final_metrics(learn, state)
+        if not math.isfinite(metrics["valid_loss"]):
+            raise TrainingDiverged("training diverged: the validation loss is not finite; nothing was exported and "
+                                   "`latest` is unchanged; try a lower --lr")
         metrics["recipe"] = {"name": state.recipe, "kept": winner}
         metrics["processes"] = {"count": n, "bs_per_process": cfg.bs, "global_bs": n * cfg.bs}
         metrics["calibration"] = choose_run_temperature(learn)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -63,3 +65,54 @@ def test_cli_lists_the_choices_and_refuses_others(cli, monkeypatch):
     for flag, bad in (("--recipe", "magic"), ("--device", "tpu"), ("--precision", "fp8")):
         res = cli("train", flag, bad)
         assert res.exit_code == 2 and flag in res.output
+
+
+@pytest.mark.parametrize("text,match", [
+    ("lr: .nan\n", "'lr' must be a number"), ("lr: .inf\n", "'lr' must be a number"),
+    ("lr: -1.0\n", "'lr' must be a number"), ("epochs: -1\n", "'epochs' must be a number"),
+    ("epochs: 0\nfreeze_epochs: 0\n", "trains nothing"), ("bs: 0\n", "'bs' must be a number"),
+    ("workers: -3\n", "'workers' must be a number"), ("threads: 100000\n", "'threads' must be a number"),
+    ("valid_pct: 1.5\n", "'valid_pct'"), ("size: 0\n", "'size'"),
+])
+def test_settings_that_make_no_model_are_refused_up_front(tmp_path, text, match):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(tmp_path / "c.yaml")
+
+
+def test_yaml_1_1_exponents_are_numbers():
+    """YAML 1.1 reads `1e-3` (no dot) as a string; a learning rate written so is still a number."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write("lr: 1e-3\nmin_scale: 5E-1\n")
+    cfg = resolve_config(f.name)
+    assert cfg.lr == 0.001 and cfg.min_scale == 0.5
+    Path(f.name).unlink()
+
+
+def test_billion_laughs_and_tags_are_refused_fast_with_flat_memory(tmp_path):
+    import resource
+    import time
+
+    rows = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    rows += [f"{c}: &{c} [{','.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    (tmp_path / "laughs.yaml").write_text("\n".join(rows) + "\n")  # 9^9 strings if expanded
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="anchors or aliases"):
+        resolve_config(tmp_path / "laughs.yaml")
+    assert time.monotonic() - t0 < 2
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 20  # MB
+    (tmp_path / "tag.yaml").write_text("arch: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="explicit YAML tag"):
+        resolve_config(tmp_path / "tag.yaml")
+    (tmp_path / "big.yaml").write_text("# " + "x" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="KB"):
+        resolve_config(tmp_path / "big.yaml")
+
+
+def test_cli_range_errors_are_one_line_exit_2(cli, tmp_path):
+    for flags in (["--bs", "0"], ["--workers", "-3"], ["--threads", "100000"], ["--lr", "nan"]):
+        res = cli("train", "--data", tmp_path, *flags)
+        assert res.exit_code == 2 and "Traceback" not in res.output, (flags, res.output)

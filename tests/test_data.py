@@ -200,3 +200,23 @@ def test_crop_runs_before_the_warp_and_validation_is_fastais(synth_dir, monkeypa
     # on validation fastai still resamples through an identity grid, now at `size` instead of the presize:
     # the same image up to float rounding
     assert torch.allclose(dls.valid.one_batch()[0], plain.valid.one_batch()[0], atol=1e-4)
+
+
+def test_a_cached_verdict_is_checked_again_after_chmod(tmp_path):
+    """Permissions are part of what a cached verdict depends on: after `chmod 000` the file is decoded again (as
+    root it still reads; as any other user it becomes 'permission denied' instead of failing training later)."""
+    synth_pets(tmp_path, n_classes=2, per_class=3, size=16)
+    files, _ = D.scan_files(tmp_path)
+    D.verify_images(files, tmp_path)
+    cache = json.loads(D._cache_file(tmp_path).read_text())
+    target = files[0]
+    old_stamp = cache[str(target)]["stamp"]
+    target.chmod(0)
+    try:
+        checks = D.verify_images(files, tmp_path)
+        new_stamp = json.loads(D._cache_file(tmp_path).read_text())[str(target)]["stamp"]
+        assert new_stamp != old_stamp and new_stamp[2] & 0o777 == 0
+        expected = "ok" if os.geteuid() == 0 else "skipped"
+        assert checks[0].status == expected
+    finally:
+        target.chmod(0o644)

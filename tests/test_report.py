@@ -229,3 +229,10 @@ def test_report_on_a_file_split_with_bad_files_and_a_planted_label_error(tiny_ru
 def test_report_cli_user_errors_are_one_line(cli, tmp_path):
     res = cli("report", "--model", tmp_path / "nope")
     assert res.exit_code == 2 and "no model at" in res.output and "Traceback" not in res.output
+
+
+def test_an_unwritable_report_folder_fails_before_the_work(cli, tiny_run, tmp_path):
+    """The check comes first: a report that cannot be written says so at once, not after evaluating the model."""
+    (tmp_path / "file").write_text("not a folder")
+    res = cli("report", "--model", tiny_run.run_dir, "--out", tmp_path / "file" / "report")
+    assert res.exit_code == 2 and "cannot write to" in res.output and "predicting" not in res.output

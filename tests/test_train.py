@@ -155,8 +155,7 @@ def test_interrupted_run_resumes_on_schedule(synth_dir, tmp_path):
         train(cfg)  # a fresh run into an unfinished folder is refused
     with pytest.raises(PetclfError, match=r"cannot take --epochs 9 \(the run has 3\), --out .*--device"):
         train(TrainConfig(resume=str(out), epochs=9, out=str(tmp_path / "elsewhere")))  # not silently dropped
-    assert replace(cfg, workers=0, threads=1, resume=str(out)) == resume_config(out, replace(cfg, resume=str(out),
-                                                                                              workers=0, threads=1))
+    assert replace(cfg, workers=0, threads=1, resume=str(out)) == resume_config(out, {"workers": 0, "threads": 1})
 
     lrs_seen: list[float] = []
 
@@ -248,3 +247,70 @@ def test_demo_runs_offline(tmp_path):
     assert all((run / name).is_file() for name in RUN_FILES)
     assert paths["latest"].resolve() == run.resolve()
     assert json.loads((run / "metrics.json").read_text())["error_rate"] <= 0.25
+
+
+class PoisonWeights(StopAfter):
+    """Turns the head's weights into NaN after the first training batch, as a runaway learning rate would."""
+
+    def after_batch(self):
+        if self.learn.training:
+            with torch.no_grad():
+                [m for m in self.learn.model.modules() if isinstance(m, torch.nn.Linear)][-1].weight.fill_(float("nan"))
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_exports_nothing_and_never_becomes_latest(synth_dir, tmp_path):
+    from petclf.train import TrainingDiverged
+
+    out = tmp_path / "runs" / "nan"
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        train(tiny_cfg(synth_dir, out, epochs=1, freeze_epochs=0), cbs=[PoisonWeights(10**9)])
+    assert not (out / "model.json").exists() and not (out / "model.safetensors").exists()
+    assert not (tmp_path / "runs" / "latest").exists()
+
+
+@pytest.mark.slow
+def test_cli_records_absolute_paths_and_lists_only_files_it_made(cli, synth_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(synth_dir.parent)
+    out = tmp_path / "r"
+    res = cli("train", "--data", synth_dir.name, "--arch", "resnet18", "--no-pretrained", "--epochs", "1",
+              "--freeze-epochs", "0", "--lr", "3e-3", "--bs", "16", "--size", "64", "--presize", "80", "--workers",
+              "0", "--threads", "1", "--out", out)
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"] == str(synth_dir.resolve())  # absolute: `report` works from any folder
+    assert json.loads((out / "model.json").read_text())["data"]["root"] == str(synth_dir.resolve())
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("run folder:"))
+    assert "lr_find.png" not in line and "model.json" in line  # --lr given: no lr_find plot was made
+    monkeypatch.chdir(tmp_path)  # elsewhere, the report still finds the run's data
+    res = cli("report", "--model", out)
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.slow
+def test_a_start_that_fails_leaves_no_run_folder(cli, synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hub"))
+    res = cli("train", "--data", synth_dir, "--arch", "resnet18", "--out", tmp_path / "r")
+    assert res.exit_code == 2 and "--weights" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_disk_full_is_one_line_naming_the_file(cli, synth_dir, tmp_path):
+    """A real full disk: a 3 MB tmpfs (the test machines run as root, which may mount one)."""
+    import subprocess
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(full)], capture_output=True).returncode:
+        pytest.fail("could not mount a tmpfs to fill (needs root)")
+    try:
+        res = cli("train", "--data", synth_dir, "--arch", "resnet18", "--no-pretrained", "--epochs", "1",
+                  "--freeze-epochs", "0", "--lr", "3e-3", "--bs", "16", "--size", "64", "--presize", "80",
+                  "--workers", "0", "--threads", "1", "--out", full / "r")
+        assert res.exit_code == 1, res.output
+        assert "disk full writing" in res.output and "Traceback" not in res.output
+        assert "inline_container" not in res.output and "Errno" not in res.output
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
