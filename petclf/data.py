@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fastai.vision.core import PILImage
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from petclf.errors import DataError, ImageError
 from petclf.image import load_rgb
@@ -337,7 +338,7 @@ def augmentations(size: int, min_scale: float) -> list:
 
 
 def make_dataloaders(pets: Pets, bs: int = 32, size: int = 224, presize: int = 460, min_scale: float = 0.75,
-                     mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
                      device=None, workers: int | None = None, seed: int | None = None):
     """fastbook's presizing DataBlock: Resize(presize) per item, aug_transforms(size) + Normalize per batch."""
     from fastai.data.block import CategoryBlock, DataBlock

@@ -122,3 +122,19 @@ def test_size_limit_is_checked_before_decoding(tmp_path):
 def test_tiny_and_extreme_aspect_images_decode():
     assert load_rgb(Image.new("RGB", (1, 1))).size == (1, 1)
     assert load_rgb(Image.new("RGB", (4000, 10))).size == (4000, 10)
+
+
+def test_a_bomb_file_is_refused_with_flat_memory(tmp_path):
+    import resource
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_huge_png_header(30000, 30000))  # 2.7 GB of pixels if decoded
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError, match="limit|too large"):
+        load_rgb(path)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 50  # MB
+
+
+def test_webp_decodes_to_the_same_pixels():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    assert np.array_equal(np.asarray(load_rgb(encode(img, "WEBP", lossless=True))), np.asarray(img))
