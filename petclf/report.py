@@ -34,7 +34,7 @@ from fastai.callback.progress import ProgressCallback  # noqa: F401 - patches Le
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy, error_rate, top_k_accuracy
+from fastai.metrics import accuracy, error_rate
 from fastai.torch_core import TensorBase, noop
 
 from petclf.bundle import load_network, read_manifest, resolve_bundle_dir
@@ -54,9 +54,8 @@ TOP_K = REPORT_TOP_LOSSES
 MIN_VAL = REPORT_MIN_VAL
 MAX_PAIRS = 12  # most-confused pairs listed with example images
 PAIR_EXAMPLES = 3  # example images per confused pair
-LABEL_ERROR_CONF = 0.9  # suspected label error: another breed predicted with at least this probability ...
-LABEL_ERROR_LOSS = 4.0  # ... and a loss this high (the labelled breed got under exp(-4) = 1.8%)
-MAX_LABEL_ERRORS = 24  # suspected label errors listed
+MAX_LABEL_ERRORS = 24  # likely label errors listed
+SMALL_SAMPLE = 5  # a class with fewer evaluated images than this gets a small-sample warning
 THUMB = 192  # largest side of top-loss and label-error images, in pixels
 THUMB_SMALL = 128  # ... and of the confused pairs' examples, shown smaller
 NOT_RECORDED = "not recorded"
@@ -244,6 +243,16 @@ def _bar(description: str, show: bool) -> Iterator[Callable[[int, int], None] | 
 # ---------------------------------------------------------------------------------------------------- numbers
 
 
+def wilson(k: int, n: int) -> list[float] | None:
+    """The 95 % Wilson score interval [low, high] of a rate k / n (scipy's binomtest), None when n is 0."""
+    if n == 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
 class _Interpretation(ClassificationInterpretation):
     """fastai's ClassificationInterpretation over outputs already computed, so the data is read only once."""
 
@@ -287,14 +296,15 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
     k = min(5, len(classes))
     metrics = ev.run["metrics"]
     acc = float(np.trace(cm) / n)
+    top5 = int((np.argsort(-ev.logits, axis=1)[:, :k] == ev.targs[:, None]).any(1).sum())
+    same_species = int((species[preds] == species[ev.targs]).sum())
     return {"arch": ev.manifest["arch"], "model_dir": str(ev.model_dir), "data": str(ev.pets.root),
             "split": ev.split, "split_used": ev.split_used, "n_classes": len(classes),
             "n_images": ev.pets.report.n_images, "n_train": len(ev.pets.train_idx), "n_evaluated": n,
             "input_size": ev.manifest["input"]["size"],
-            "accuracy": acc, "error_rate": 1.0 - acc,
-            "top5_k": k, "top5_accuracy": float(top_k_accuracy(torch.as_tensor(ev.logits), torch.as_tensor(ev.targs),
-                                                                k=k)),
-            "cat_dog_accuracy": float(np.mean(species[preds] == species[ev.targs])),
+            "accuracy": acc, "error_rate": 1.0 - acc, "error_rate_ci": wilson(n - int(np.trace(cm)), n),
+            "top5_k": k, "top5_accuracy": top5 / n, "top5_accuracy_ci": wilson(top5, n),
+            "cat_dog_accuracy": same_species / n, "cat_dog_accuracy_ci": wilson(same_species, n),
             "valid_loss": float(ev.losses.mean()),
             "recorded": {key: _recorded(metrics, key) for key in ("error_rate", "accuracy", "valid_loss",
                                                                   "train_seconds", "images_per_second")},
@@ -312,7 +322,8 @@ def training(run: dict) -> dict[str, Any]:
     m = run["metrics"] or {}
     return {"metrics_recorded": run["metrics"] is not None, "history": m.get("history") or None, "lr": m.get("lr"),
             "lr_find": m.get("lr_find"), "lr_find_plot": run["lr_find"] is not None,
-            "train_seconds": m.get("train_seconds"), "config": run["config"]}
+            "train_seconds": m.get("train_seconds"), "config": run["config"], "recipe": m.get("recipe"),
+            "probe": m.get("probe")}
 
 
 def confusion(cm: np.ndarray, classes: list[str], species: list[str]) -> dict[str, Any]:
@@ -360,21 +371,30 @@ def top_losses(interp, ev: Evaluation, probs: np.ndarray, k: int = TOP_K) -> lis
 
 
 def per_class(ev: Evaluation) -> dict[str, Any]:
-    """scikit-learn precision, recall, F1 and support per class, worst F1 first (absent classes last)."""
+    """Precision, recall (each with its 95 % Wilson interval), F1 and support per class, worst F1 first; None (n/a)
+    where a class has no image (recall) or no prediction (precision); `small` where it has under SMALL_SAMPLE."""
     from sklearn.metrics import precision_recall_fscore_support
 
     labels, preds = list(range(len(ev.classes))), ev.logits.argmax(1)
-    p, r, f, s = precision_recall_fscore_support(ev.targs, preds, labels=labels, zero_division=0)
     species = species_list(ev.manifest)
-    rows = [{"class": ev.classes[i], "species": species[i], "precision": float(p[i]), "recall": float(r[i]),
-             "f1": float(f[i]), "support": int(s[i])} for i in labels]
-    rows.sort(key=lambda row: (row["support"] == 0, row["f1"], row["recall"], -row["support"]))
+    rows = []
+    for i in labels:
+        tp, support, predicted = (int(((preds == i) & (ev.targs == i)).sum()), int((ev.targs == i).sum()),
+                                  int((preds == i).sum()))
+        recall = tp / support if support else None
+        precision = tp / predicted if predicted else None
+        f1 = 2 * tp / (support + predicted) if support and predicted else None
+        rows.append({"class": ev.classes[i], "species": species[i], "precision": precision,
+                     "precision_ci": wilson(tp, predicted), "recall": recall, "recall_ci": wilson(tp, support),
+                     "f1": f1, "support": support, "small": 0 < support < SMALL_SAMPLE})
+    rows.sort(key=lambda row: (row["support"] == 0, row["f1"] or 0.0, row["recall"] or 0.0, -row["support"]))
     avg = {}
     for kind in ("macro", "weighted"):
         ap, ar, af, _ = precision_recall_fscore_support(ev.targs, preds, labels=labels, average=kind,
                                                         zero_division=0)
         avg[kind] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
-    return {"classes": rows, "average": avg}
+    return {"classes": rows, "average": avg, "small_sample": SMALL_SAMPLE,
+            "n_small": sum(r["small"] for r in rows), "n_absent": sum(r["support"] == 0 for r in rows)}
 
 
 def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
@@ -392,18 +412,28 @@ def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
             "bins_after": reliability_bins(after, ev.targs, n_bins)}
 
 
-def suspected_label_errors(ev: Evaluation, probs: np.ndarray, min_prob: float = LABEL_ERROR_CONF,
-                           min_loss: float = LABEL_ERROR_LOSS) -> list[dict[str, Any]]:
-    """Images confidently predicted as another breed with a very high loss: likely mislabelled, worst first."""
-    preds, conf = probs.argmax(1), probs.max(1)
-    idx = np.flatnonzero((preds != ev.targs) & (conf >= min_prob) & (ev.losses >= min_loss))
-    idx = idx[np.argsort(-ev.losses[idx], kind="stable")][:MAX_LABEL_ERRORS]
-    return [{**_item(ev, probs, int(i)), "image": f"label_errors/{r + 1:02d}.png"} for r, i in enumerate(idx)]
+def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
+    """Images whose label is likely wrong, by confident learning (cleanlab's `find_label_issues`, Northcutt et al.):
+    a per-class confidence threshold learnt from the split itself, rather than "the model was very wrong", which
+    lists the model's own mistakes. Needs out-of-sample probabilities: images the model was not trained on."""
+    import warnings
+
+    from cleanlab.filter import find_label_issues
+
+    present = np.unique(ev.targs)
+    if len(present) < 2:
+        return []
+    column = {c: j for j, c in enumerate(present)}  # classes absent from the split cannot be anyone's label here
+    p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "too few examples in class ...": the report says the split is small
+        idx = find_label_issues(np.array([column[t] for t in ev.targs]), p, return_indices_ranked_by="self_confidence")
+    return [{**_item(ev, probs, int(i)), "image": f"label_errors/{r + 1:02d}.png"}
+            for r, i in enumerate(idx[:MAX_LABEL_ERRORS])]
 
 
-def data_quality(ev: Evaluation, probs: np.ndarray, min_prob: float = LABEL_ERROR_CONF,
-                 min_loss: float = LABEL_ERROR_LOSS) -> dict[str, Any]:
-    """Files the data layer skipped (as the run recorded them, else as found now) and suspected label errors."""
+def data_quality(ev: Evaluation, probs: np.ndarray) -> dict[str, Any]:
+    """Files the data layer skipped (as the run recorded them, else as found now) and likely label errors."""
     from dataclasses import asdict
 
     recorded = ev.run["data_report"]
@@ -415,13 +445,11 @@ def data_quality(ev: Evaluation, probs: np.ndarray, min_prob: float = LABEL_ERRO
                         for r in dr.get("skipped", [])],
             "n_converted": len(dr.get("converted", [])), "unlabelled": [Path(p).name for p in dr.get("unlabelled", [])],
             "warnings": dr.get("warnings", []),
-            "label_errors": suspected_label_errors(ev, probs, min_prob, min_loss),
-            "label_error_rule": {"min_probability": min_prob, "min_loss": min_loss}}
+            "label_errors": label_issues(ev, probs), "label_error_method": "confident learning (cleanlab)"}
 
 
-def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K,
-                   label_error: tuple[float, float] = (LABEL_ERROR_CONF, LABEL_ERROR_LOSS)) -> dict[str, Any]:
-    """Every number of the report, as plain JSON-ready data; `label_error` is (min probability, min loss)."""
+def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -> dict[str, Any]:
+    """Every number of the report, as plain JSON-ready data."""
     interp = interpretation(ev)
     cm = interp.confusion_matrix()
     probs = softmax(ev.logits, axis=1)
@@ -431,7 +459,7 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K,
             "confusion": confusion(cm, ev.classes, species_list(ev.manifest)),
             "most_confused": most_confused(interp, ev, min_val), "min_val": min_val,
             "top_losses": top_losses(interp, ev, probs, top_k), "per_class": per_class(ev),
-            "calibration": calibration(ev), "data_quality": data_quality(ev, probs, *label_error),
+            "calibration": calibration(ev), "data_quality": data_quality(ev, probs),
             "timing": {"device": str(ev.learn.dls.device), "images": n, "inference_seconds": ev.seconds,
                        "images_per_second": n / ev.seconds if ev.seconds > 0 else None}}
 
@@ -522,6 +550,16 @@ def _pct(v: Any, digits: int = 1) -> str:
     return f"{100 * v:.{digits}f}%" if _number(v) else NOT_RECORDED
 
 
+def _pct_na(v: Any, digits: int = 1) -> str:
+    """A rate as a percentage, or n/a where it is undefined (no image, no prediction)."""
+    return "n/a" if v is None else _pct(v, digits)
+
+
+def _ci(interval: list[float] | None) -> str:
+    """A 95 % interval as 'lo-hi %', empty where there is none."""
+    return "" if not interval else f"{100 * interval[0]:.0f}-{100 * interval[1]:.0f}%"
+
+
 def _duration(s: Any) -> str:
     """Seconds as seconds or minutes."""
     if not _number(s):
@@ -535,7 +573,8 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
 
     env = Environment(loader=PackageLoader("petclf", "templates"), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=_fmt, pct=_pct, duration=_duration, pretty=pretty_breed, species=species_of)
+    env.filters.update(num=_fmt, pct=_pct, pct_na=_pct_na, ci=_ci, duration=_duration, pretty=pretty_breed,
+                       species=species_of)
     uris = {name: data_uri(png) for name, png in figures.items()}
     return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED)
 
@@ -565,7 +604,6 @@ def save_outputs(report: dict[str, Any], figures: dict[str, bytes], out: str | P
 def write_report(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, split: str = "valid",
                  out: str | Path | None = None, bs: int = REPORT_BS, device: str | None = None,
                  workers: int | None = None, min_val: int = MIN_VAL, top_k: int = TOP_K,
-                 label_error: tuple[float, float] = (LABEL_ERROR_CONF, LABEL_ERROR_LOSS),
                  progress: bool = False) -> dict[str, Path]:
     """Evaluate, compute, draw and write the report (default `out`: MODEL/report); the model folder's files are
     only read."""
@@ -574,7 +612,7 @@ def write_report(model: str | Path = DEFAULT_MODEL, data: str | Path | None = No
     read_manifest(model_dir)  # a missing or corrupt model is reported before anything else
     out = check_writable(out if out is not None else model_dir / "report")  # before the long part, not after it
     ev = evaluate(model_dir, data, split, bs=bs, device=device, workers=workers, progress=progress)
-    report = compute_report(ev, min_val=min_val, top_k=top_k, label_error=label_error)
+    report = compute_report(ev, min_val=min_val, top_k=top_k)
     figures = draw_figures(report, ev)
     report["timing"]["total_seconds"] = time.perf_counter() - start
     return save_outputs(report, figures, out)
