@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shlex
@@ -81,7 +82,7 @@ D = TrainConfig()
 SCALES = {
     # the default recipe (petclf's defaults) on 37 x 105 = 3,885 photos
     "cuda": Scale(37, 105, 1.0, D.arch, D.size, D.presize, D.bs, D.epochs, D.freeze_epochs, 30, 2, 3, 1024, 256,
-                  D.channels_last, D.threads, D.lr_find_steps, 600),
+                  D.channels_last, D.threads, D.lr_find_steps, 300),
     # On the CPU, the default layout: oneDNN's channels_last kernels took ~13 s to build at first use here, longer
     # than the whole tiny run. One thread: with the cores busy with other work, two threads waiting for each other
     # at every parallel region made lr_find 3 x slower (47 s against 15 s on 2 shared cores).
@@ -312,8 +313,8 @@ def step_data(check: Check) -> dict:
     cores = len(os.sched_getaffinity(0))
     if len(jobs) < 100 or cores == 1:
         sizes = [write_photo(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(cores) as pool:
+    else:  # spawned, not forked: the facts step has started CUDA in this process, and a fork would copy it
+        with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
             sizes = list(pool.map(write_photo, jobs, chunksize=32))
     check.shared["data"] = folder
     train = len(jobs) - int(len(jobs) * D.valid_pct)  # as fastai's RandomSplitter cuts it

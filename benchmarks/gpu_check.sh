@@ -47,7 +47,8 @@ fi
 if [[ -n "$wheels" ]]; then
   site="${TMPDIR:-/tmp}/petclf-gpu-site"
   rm -rf "$site"
-  "$python" "$root/benchmarks/install_wheels.py" "$wheels" "$site"
+  mkdir -p "$out"
+  "$python" "$root/benchmarks/install_wheels.py" "$wheels" "$site" | tee "$out/wheels.log"
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # petclf from this checkout, whether or not it is installed
