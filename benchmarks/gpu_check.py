@@ -2,7 +2,7 @@
 
     benchmarks/gpu_check.sh --wheels .whl OUT_DIR              # on the GPU machine (README, "GPU check")
     benchmarks/gpu_check.sh --device cpu OUT_DIR               # the same steps at tiny sizes on a CPU (make test)
-    python benchmarks/gpu_check.py [--device cuda|cpu] [--work DIR] [--keep] OUT_DIR   # the steps alone
+    python benchmarks/gpu_check.py [--device cuda|cpu] [--steps facts,data,train] [--work DIR] [--keep] OUT_DIR
 
 Steps, each timed; one that fails is recorded with its error and the next one runs:
   facts    GPU name, memory, driver, torch / CUDA / cuDNN versions, CPU cores, package versions
@@ -16,8 +16,8 @@ Steps, each timed; one that fails is recorded with its error and the next one ru
   resume   a run interrupted with SIGINT after its first epoch (exit 130), then `--resume`d to its last epoch
 OUT_DIR gets gpu_check.log (every command with its output) and gpu_check.json (each step's status, error, seconds and
 figures, and the speed goals; rewritten after every step, so a run cut short keeps what it measured), plus the
-report page, its JSON and the lr_find plot. The data and the runs go to a work folder, deleted at the end unless
---keep. Exit code: 0 every step passed, 1 a step failed, 2 bad usage.
+report page, its JSON and the lr_find plot. The data and the runs go to a temp work folder, deleted at the end
+unless --keep (a --work folder is kept). Exit code: 0 every step passed, 1 a step failed, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -174,10 +174,6 @@ class Cmd:
     def last(self, prefix: str) -> float | None:
         """Seconds from start to the last output line starting with `prefix`."""
         return next((t for t, line in reversed(list(self.lines)) if line.startswith(prefix)), None)
-
-    def text(self) -> str:
-        """All output so far."""
-        return "\n".join(line for _, line in list(self.lines))
 
     def wait(self) -> tuple[int, float]:
         """(exit code, seconds); a command past its time limit is a failed step."""
@@ -480,7 +476,10 @@ def step_predict(check: Check) -> dict:
                "cli_device": "cpu (petclf predict has no --device)"}
     if len(rows) != s.cli_images:
         raise StepFailed(f"petclf predict wrote {len(rows)} rows for {s.cli_images} images", figures)
-    figures.update(folder_vs_raw(check, predict_folder(check, s.predict_images)))
+    try:
+        figures.update(folder_vs_raw(check, predict_folder(check, s.predict_images)))
+    except Exception as e:  # keep the CLI's figures with the error
+        raise StepFailed(f"folder prediction on {check.device}: {type(e).__name__}: {e}", figures) from e
     if figures["images"] != s.predict_images:
         raise StepFailed(f"{figures['images']} photos predicted, not {s.predict_images}", figures)
     return figures
@@ -650,10 +649,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="folder for gpu_check.log, gpu_check.json and the report")
     ap.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (cpu: the same steps at tiny sizes)")
-    ap.add_argument("--work", type=Path, help="folder for the data and runs (default: a new temp folder)")
-    ap.add_argument("--keep", action="store_true", help="keep the work folder")
-    ap.add_argument("--steps", nargs="+", choices=list(STEPS), help="only these steps (default: all)")
+    ap.add_argument("--work", type=Path, help="folder for the data and runs, kept (default: a new temp folder, "
+                                              "deleted at the end)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp work folder")
+    ap.add_argument("--steps", help=f"only these steps, comma-separated (default: all of {','.join(STEPS)})")
     args = ap.parse_args(argv)
+    args.steps = args.steps.split(",") if args.steps else list(STEPS)
+    if set(args.steps) - set(STEPS):
+        ap.error(f"unknown step(s) {', '.join(sorted(set(args.steps) - set(STEPS)))}; known: {', '.join(STEPS)}")
     if args.device != "cpu" and not args.device.startswith("cuda"):
         ap.error(f"--device must be cuda, cuda:N or cpu, not {args.device!r}")
     return args
@@ -675,14 +678,14 @@ def main(argv: list[str] | None = None) -> int:
         check.log(f"gpu_check: {check.result['command']} (work folder {check.work})", echo=True)
         try:
             for name, fn in STEPS.items():
-                if args.steps is None or name in args.steps:
+                if name in args.steps:
                     run_step(check, name, fn)
         finally:
             check.result.update(goals=goals(check), finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                 ok=all(s["status"] == "ok" for s in check.result["steps"].values()))
             check.save()
             check.log("\n" + summary(check), echo=True)
-            if not args.keep:
+            if not args.keep and args.work is None:  # a folder it made itself; never one it was given
                 shutil.rmtree(check.work, ignore_errors=True)
     return 0 if check.result["ok"] else 1
 

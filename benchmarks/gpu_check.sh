@@ -10,7 +10,7 @@
 # itself runs from this checkout. The steps are in benchmarks/gpu_check.py. Exit code: 0 every step passed, 1 a step
 # failed, 2 bad usage or no CUDA GPU (without --device cpu).
 set -euo pipefail
-usage="usage: benchmarks/gpu_check.sh [--device cuda|cuda:N|cpu] [--wheels DIR] [--keep] OUT_DIR"
+usage="usage: benchmarks/gpu_check.sh [--device cuda|cuda:N|cpu] [--wheels DIR] [--steps a,b,...] [--keep] OUT_DIR"
 
 device=cuda
 wheels=""
@@ -21,6 +21,7 @@ while [[ $# -gt 0 ]]; do
     --device) device="${2:?$usage}"; shift 2 ;;
     --wheels) wheels="${2:?$usage}"; shift 2 ;;
     --keep) extra+=(--keep); shift ;;
+    --steps) extra+=(--steps "${2:?$usage}"); shift 2 ;;
     -h|--help) echo "$usage"; exit 0 ;;
     -*) echo "$usage" >&2; exit 2 ;;
     *) [[ -z "$out" ]] || { echo "$usage" >&2; exit 2; }; out="$1"; shift ;;

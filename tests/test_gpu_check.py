@@ -84,8 +84,8 @@ def test_bad_usage_exits_2(tmp_path):
 
 def test_a_failed_step_is_recorded_and_the_rest_run(tmp_path):
     # without the data step, the steps that need its photos fail; facts still runs, and the exit code is 1
-    r = run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--steps", "facts", "train", "report",
-             "--", str(tmp_path)], timeout=120)
+    r = run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--steps", "facts,train,report",
+             str(tmp_path)], timeout=120)
     assert r.returncode == 1, r.stderr[-2000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [(k, v["status"]) for k, v in res["steps"].items()] == [("facts", "ok"), ("train", "failed"),
