@@ -3,6 +3,7 @@ the others run, and which wheels install_wheels.py picks."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -96,11 +97,10 @@ def test_a_failed_step_is_recorded_and_the_rest_run(tmp_path):
 
 
 def test_install_wheels_picks_what_is_missing_or_too_old():
-    sys.path.insert(0, str(BENCH))
-    try:
-        from install_wheels import Requirement, Version, choose
-    finally:
-        sys.path.remove(str(BENCH))
+    spec = importlib.util.spec_from_file_location("install_wheels", BENCH / "install_wheels.py")
+    iw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(iw)
+    Requirement, Version, choose = iw.Requirement, iw.Version, iw.choose
 
     def wheel(version: str, *reqs: str):
         return Path("x.whl"), Version(version), [Requirement(r) for r in reqs]
