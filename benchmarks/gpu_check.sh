@@ -49,7 +49,7 @@ if [[ -n "$wheels" ]]; then
   site="${TMPDIR:-/tmp}/petclf-gpu-site"
   rm -rf "$site"
   mkdir -p "$out"
-  "$python" "$root/benchmarks/install_wheels.py" "$wheels" "$site" | tee "$out/wheels.log"
+  "$python" "$root/benchmarks/install_wheels.py" "$wheels" "$site" "$root/setup.cfg" | tee "$out/wheels.log"
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # petclf from this checkout, whether or not it is installed

@@ -8,8 +8,9 @@
 #
 # The GPU machine brings torch (CUDA build), torchvision, timm, accelerate, onnxruntime, scikit-learn, safetensors,
 # typer and rich; this fetches what petclf's train/predict/report/lr-find paths import beyond those (traced with
-# `python -X importtime`), without dependencies (--no-deps: pip must never pull a second torch), at the versions
-# the local environment tests with. gpu_check.sh installs only those the machine lacks or has too old.
+# `python -X importtime`), plus the small ones of those it may have too old, without dependencies (--no-deps: pip
+# must never pull a second torch), at the versions the local environment tests with. gpu_check.sh installs only
+# those the machine lacks or has too old (benchmarks/install_wheels.py).
 set -euo pipefail
 usage="usage: benchmarks/gpu_wheels.sh [--python-version X.Y] DIR"
 LIMIT_MIB=60  # what one call to the GPU machine may carry is 64 MiB; leave room for the repository itself
@@ -23,6 +24,8 @@ PLOTTING="matplotlib contourpy cycler fonttools kiwisolver pyparsing python-date
 ONNX="onnx ml-dtypes protobuf"
 # usually there already (torch, timm and typer bring them), cheap insurance for an older stack
 SMALL="pyyaml jinja2 markupsafe tqdm typing-extensions packaging joblib threadpoolctl filelock"
+# on the machine, but maybe older than setup.cfg asks: install_wheels.py puts these in only then
+PETCLF="timm accelerate safetensors typer rich click shellingham markdown-it-py mdurl pygments"
 
 pyver=3.12
 while [[ $# -gt 0 ]]; do
@@ -41,7 +44,7 @@ python="${PYTHON:-$root/.venv/bin/python}"
 [[ -x "$python" ]] || python=python3
 
 # NAME==VERSION as installed locally; a bare NAME (the newest wheel) for what the local environment lacks
-specs=$("$python" - $FASTAI $PLOTTING $ONNX $SMALL <<'PY'
+specs=$("$python" - $FASTAI $PLOTTING $ONNX $SMALL $PETCLF <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 

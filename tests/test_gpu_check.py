@@ -96,10 +96,16 @@ def test_a_failed_step_is_recorded_and_the_rest_run(tmp_path):
     assert res["ok"] is False
 
 
-def test_install_wheels_picks_what_is_missing_or_too_old():
+def install_wheels():
+    """benchmarks/install_wheels.py as a module (benchmarks/ is not a package)."""
     spec = importlib.util.spec_from_file_location("install_wheels", BENCH / "install_wheels.py")
-    iw = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(iw)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_install_wheels_picks_what_is_missing_or_too_old():
+    iw = install_wheels()
     Requirement, Version, choose = iw.Requirement, iw.Version, iw.choose
 
     def wheel(version: str, *reqs: str):
@@ -107,10 +113,23 @@ def test_install_wheels_picks_what_is_missing_or_too_old():
 
     wheels = {"fastai": wheel("2.8.12", "fastcore>=2.2", "torch>=1.10", "numpy"),
               "fastcore": wheel("2.2.41"), "onnx": wheel("1.23.2", "protobuf>=6.31.1"),
-              "protobuf": wheel("7.36.2"), "pyyaml": wheel("6.0.4"), "numpy": wheel("2.4.6")}
+              "protobuf": wheel("7.36.2"), "pyyaml": wheel("6.0.4"), "numpy": wheel("2.4.6"),
+              "timm": wheel("1.0.31"), "rich": wheel("15.0.0")}
     have = {"torch": Version("2.11.0"), "protobuf": Version("5.29.0"), "pyyaml": Version("6.0.1"),
-            "numpy": Version("1.26.4")}
-    chosen, notes = choose(wheels, have)
-    # missing: fastai, fastcore, onnx; protobuf because onnx needs a newer one; pyyaml and numpy stay the machine's
-    assert chosen == ["fastai", "fastcore", "onnx", "protobuf"]
+            "numpy": Version("1.26.4"), "timm": Version("1.0.20"), "rich": Version("14.1.0"),
+            "scikit-learn": Version("1.6.1")}
+    project = [Requirement(r) for r in ("timm>=1.0.31,<1.1", "rich>=13", "scikit-learn>=1.9", "gradio>=6.20")]
+    chosen, notes = choose(wheels, have, project)
+    # missing: fastai, fastcore, onnx; protobuf because onnx needs a newer one, timm because petclf does;
+    # pyyaml, rich and numpy stay the machine's
+    assert chosen == ["fastai", "fastcore", "onnx", "protobuf", "timm"]
     assert any(n.startswith("protobuf: onnx needs >=6.31.1") for n in notes)
+    assert any(n.startswith("timm: petclf needs") for n in notes)
+    assert any("scikit-learn>=1.9, this machine has 1.6.1" in n for n in notes)
+    assert any(n.startswith("not here and no wheel: gradio") for n in notes)
+
+
+def test_project_requirements_leave_torch_to_the_machine():
+    iw = install_wheels()
+    names = [iw.canonical(r.name) for r in iw.project_requirements(ROOT / "setup.cfg")]
+    assert "fastai" in names and "timm" in names and "torch" not in names and "torchvision" not in names
