@@ -104,18 +104,30 @@ def data_pipeline(cfg: TrainConfig, pets, device: str, variants: bool = False) -
     dl = build_dataloaders(cfg, pets, device).train
     res = {**loader_pass(dl, device), "workers": dl.fake_l.num_workers, "peak_mib": peak_mib(device)}
     if variants:
-        cores = available_cores()
-        tries = {"pin_memory": ({"pin_memory": True}, 1),
-                 "pin_memory+persistent (2nd pass)": ({"pin_memory": True, "persistent_workers": True}, 2),
-                 f"workers={cores}+pin_memory": ({"pin_memory": True, "num_workers": cores}, 1)}
-        if not device.startswith("cuda"):  # pinned memory only speeds copies to a GPU
-            tries = {f"workers={cores}": ({"num_workers": cores}, 1)}
-        res["variants"] = {}
-        for name, (kw, passes) in tries.items():
-            if kw.get("persistent_workers") and not (kw.get("num_workers") or dl.fake_l.num_workers):
-                continue  # torch refuses persistent workers without workers
-            res["variants"][name] = loader_pass(dl.new(**kw), device, passes)
+        res["variants"] = {name: loader_pass(new_loader(dl, kw, prefetch), device, passes)
+                           for name, (kw, passes, prefetch) in loader_variants(device, dl.fake_l.num_workers).items()}
     return res
+
+
+def loader_variants(device: str, workers: int) -> dict[str, tuple[dict, int, int | None]]:
+    """{name: (DataLoader.new kwargs, passes, batches prefetched per worker)}: each change the GPU issue names."""
+    cores = available_cores()
+    if not device.startswith("cuda"):  # pinned memory only speeds copies to a GPU
+        return {f"workers={cores}": ({"num_workers": cores}, 1, None)}
+    tries = {"pin_memory": ({"pin_memory": True}, 1, None),
+             f"workers={cores}+pin_memory": ({"pin_memory": True, "num_workers": cores}, 1, None),
+             f"workers={cores}+pin_memory+prefetch 4": ({"pin_memory": True, "num_workers": cores}, 1, 4)}
+    if workers:  # torch refuses persistent workers without workers
+        tries["pin_memory+persistent (2nd pass)"] = ({"pin_memory": True, "persistent_workers": True}, 2, None)
+    return tries
+
+
+def new_loader(dl, kw: dict, prefetch: int | None):
+    """`dl` rebuilt with `kw`; `prefetch` batches per worker (fastai keeps torch's 2 as a class attribute)."""
+    new = dl.new(**kw)
+    if prefetch:
+        new.fake_l.prefetch_factor = prefetch
+    return new
 
 
 class TrainPhaseTimer(Callback):
