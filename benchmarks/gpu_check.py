@@ -299,7 +299,7 @@ def write_photo(job: tuple[Path, str, int, int, int, float]) -> int:
 
 def step_data(check: Check) -> dict:
     """Pets-like synthetic photos, written by every core."""
-    from petclf.data import synth_classes
+    from petclf.synth import synth_classes
 
     s = check.scale
     folder = check.work / "data"
@@ -440,26 +440,28 @@ def folder_vs_raw(check: Check, folder: Path) -> dict:
     from petclf.predict import load_model
 
     p = load_model(check.shared["run"], device=check.device, backend="torch")
+    model = p.model  # the torch network on the device, as `p.net` runs it
     files = sorted(folder.iterdir())
     n = len(files)
     list(p.predict_paths(files[: 2 * PREDICT_BS], bs=PREDICT_BS))  # warm-up: threads, allocator, cuDNN
     folder_s = timed(lambda: list(p.predict_paths([folder], bs=PREDICT_BS)), check.device)
     cores = len(os.sched_getaffinity(0))
     all_cores_s = timed(lambda: list(p.predict_paths([folder], bs=PREDICT_BS, workers=cores)), check.device)
-    x = p.preprocess(files[:PREDICT_BS])
+    x = torch.from_numpy(p.preprocess(files[:PREDICT_BS])).to(check.device)
     batches = math.ceil(n / PREDICT_BS)
 
     def raw() -> None:
         with torch.inference_mode():
             for _ in range(batches):
-                p.net(x)
+                model(x)
 
     raw()
     raw_s = timed(raw, check.device)
     folder_rate, raw_rate = n / folder_s, batches * PREDICT_BS / raw_s
     return {"images": n, "bs": PREDICT_BS, "folder_img_s": round(folder_rate, 1), "raw_img_s": round(raw_rate, 1),
             "folder_over_raw": round(folder_rate / raw_rate, 3),
-            f"folder_img_s_workers_{cores}": round(n / all_cores_s, 1), "device": str(p.device)}
+            f"folder_img_s_workers_{cores}": round(n / all_cores_s, 1),
+            "device": str(next(model.parameters()).device)}
 
 
 def step_predict(check: Check) -> dict:
