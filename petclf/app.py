@@ -10,17 +10,24 @@
     demo = build_demo(load_model("exports/latest"))
 
 Loads only the pickle-free bundle, once. Uploads are decoded by `petclf.image.load_rgb` (size limits, bomb refusal,
-EXIF), never by Gradio's own PIL call; bad uploads get one friendly line, never a traceback. Concurrent requests
-to `classify` are grouped into one forward pass (`Batcher`), run by onnxruntime when the bundle has a
-verified model.onnx (faster on CPU); Grad-CAM (`explain`) always uses the torch network.
+EXIF), never by Gradio's own PIL call; bad uploads and malformed API payloads get one friendly line, never a
+traceback. Request bodies over `MAX_REQUEST_BYTES` are refused (413) before they are read; uploads and Grad-CAM
+images leave Gradio's cache after `CACHE_SECONDS`; Gradio's telemetry is off unless GRADIO_ANALYTICS_ENABLED=True.
+Concurrent requests to `classify` are grouped into one forward pass (`Batcher`), run by onnxruntime when the
+bundle has a verified model.onnx (faster on CPU); Grad-CAM (`explain`) always uses the torch network.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import gc
+import ipaddress
+import json
 import logging
+import os
 import queue
+import socket
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,7 +37,10 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import torch
+from gradio.exceptions import InvalidPathError
 from PIL import Image
+from pydantic import ValidationError
+from starlette.middleware import Middleware
 
 from petclf.cam import gradcam_logits, overlay
 from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
@@ -42,6 +52,10 @@ from petclf.preprocess import valid_resize
 
 UNSURE_BELOW = 0.5  # below this top-breed probability the demo says it is not sure this is a cat or a dog
 MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before they reach petclf
+MAX_DATA_URL = -(-MAX_BYTES // 3) * 4  # longest base64 text that decodes to at most MAX_BYTES (checked before decoding)
+MAX_REQUEST_BYTES = MAX_DATA_URL + 2**20  # any request body above this is refused (413) before it is read: one
+# image as a base64 data URL plus room for the JSON around it; Gradio's max_file_size covers only /upload's files
+CACHE_SECONDS = 900  # uploads and Grad-CAM images are deleted from Gradio's cache this long after they were written
 QUEUE_SIZE = 64  # waiting requests beyond this are told the demo is busy instead of hanging
 CONCURRENCY = 8  # classify requests decoded at once; their forward passes are batched together
 MAX_BATCH = 8  # most images in one batched forward pass
@@ -118,15 +132,89 @@ class UploadedImage(gr.Image):
     is_template = True  # the browser renders it as a plain gr.Image
 
     def preprocess(self, payload: Any) -> str | bytes | None:
-        """The upload's server-side path, or the bytes of a base64 data URL."""
+        """The upload's server-side path, or the bytes of a base64 data URL no longer than `MAX_DATA_URL`."""
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
+            b64 = payload.url.partition(",")[2]
+            if len(b64) > MAX_DATA_URL:  # refuse by length: decoding it first is what held the memory
+                raise rejected(f"Could not read this image: over the {MAX_BYTES // 2**20} MB limit. "
+                               "Try a smaller JPEG or PNG photo.")
             try:
-                return base64.b64decode(payload.url.split(",", 1)[1], validate=True)
-            except (ValueError, IndexError):
+                return base64.b64decode(b64, validate=True)
+            except ValueError:
                 raise rejected("That upload is not an image.") from None
+        if payload.path is None:
+            raise rejected("Send the image as an upload (its path from /gradio_api/upload) or a base64 data URL.")
+        if not Path(payload.path).resolve().is_relative_to(Path(self.GRADIO_CACHE).resolve()):
+            # without `meta`, Gradio hands any path through unchecked; never open server files for a visitor
+            raise rejected("That file was not uploaded to this demo: upload it first (/gradio_api/upload).")
         return payload.path
+
+
+class Demo(gr.Blocks):
+    """`gr.Blocks` whose malformed API requests get one line, and whose sessions do not keep data URLs.
+
+    Gradio's own checks of a request's inputs raise ValueErrors (pydantic's, a path not uploaded, too few inputs)
+    that reached the client as `{"error": null}` and the log as a traceback: here they are one line each. And
+    Gradio keeps every session's last input in its session state (up to 10,000 sessions, with no time limit): for a
+    base64 data URL that is the whole image, tens of MB per session, so it is dropped once the request is read."""
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except ValidationError:
+            raise rejected("Malformed request: send one image as an upload path or a base64 data URL "
+                           '({"path": ..., "meta": {"_type": "gradio.FileData"}}).') from None
+        except InvalidPathError:
+            raise rejected("That file was not uploaded to this demo: upload it first (/gradio_api/upload).") from None
+        except ValueError:
+            if len(inputs) >= len(block_fn.inputs):
+                raise
+            raise rejected(f"Malformed request: {block_fn.name} takes {len(block_fn.inputs)} input(s), "
+                           f"got {len(inputs)}.") from None
+        finally:
+            if state is not None:
+                forget_data_urls(state, block_fn.inputs)
+
+
+def forget_data_urls(state: Any, blocks: list) -> None:
+    """Drop base64 data URLs from the values a Gradio session keeps for `blocks`."""
+    for block in blocks:
+        props = state.config_values.get(block._id, {}).get("props", {})
+        value = props.get("value")
+        if isinstance(value, dict) and str(value.get("url") or "").startswith("data:"):
+            props["value"] = None
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose declared body (Content-Length) is over `max_bytes` gets 413 before any of it
+    is read. A body without a declared length (chunked) gets 411: browsers and gradio_client always declare it, and
+    the server (h11) never passes on more bytes than were declared."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_REQUEST_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            declared = headers.get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                msg = f"request body is {int(declared):,} bytes, over the {self.max_bytes:,}-byte limit"
+                return await self.refuse(send, 413, msg)
+            if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+                return await self.refuse(send, 411, "request body has no Content-Length; send one")
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def refuse(send: Any, status: int, msg: str) -> None:
+        """Answer `status` with one line, unread body and all, and log that line."""
+        log.warning("request refused: %s", msg)
+        body = json.dumps({"detail": msg}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def rejected(msg: str) -> gr.Error:
@@ -226,8 +314,17 @@ def example_files() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
 
 
-def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
-    """The demo's Blocks: image in; breeds, cat/dog, Grad-CAM and a verdict out; a model card panel."""
+def analytics_enabled() -> bool:
+    """Gradio's telemetry: off unless GRADIO_ANALYTICS_ENABLED=True (Gradio's own default is on)."""
+    return os.environ.get("GRADIO_ANALYTICS_ENABLED", "False") == "True"
+
+
+def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size: int = QUEUE_SIZE,
+               cache_seconds: int = CACHE_SECONDS) -> gr.Blocks:
+    """The demo's Blocks: image in; breeds, cat/dog, Grad-CAM and a verdict out; a model card panel.
+
+    Files in Gradio's cache (uploads, whatever their type, and Grad-CAM images) are deleted `cache_seconds`
+    after they were written, checked every quarter of that."""
     batcher = Batcher(predictor, max_batch=MAX_BATCH)
     # decoding and preprocessing run on a few long-lived threads rather than on Gradio's many request threads:
     # each thread that allocates gets its own glibc malloc arena, and with a dozen threads passing multi-megabyte
@@ -237,7 +334,8 @@ def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size
     if has_cam:
         predictor.model  # noqa: B018 - load it now (ONNX backend: lazily), not during the first visitor's request
     classify, explain = make_classify(predictor, batcher, decoder), make_explain(predictor, batcher, threshold)
-    with gr.Blocks(title="petclf: which pet breed?") as demo:
+    with Demo(title="petclf: which pet breed?", analytics_enabled=analytics_enabled(),
+              delete_cache=(max(1, cache_seconds // 4), cache_seconds)) as demo:
         gr.Markdown("# Which breed is this pet?\nUpload, paste or snap a photo of a cat or a dog "
                     f"({len(predictor.classes)} Oxford-IIIT Pets breeds).")
         with gr.Row():
@@ -262,20 +360,86 @@ def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size
     return demo
 
 
-def launch_kwargs(host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False) -> dict[str, Any]:
-    """Safe `launch` settings: file size limit, nothing served beyond the demo's own files."""
-    return {"server_name": host, "server_port": port, "share": share, "max_file_size": MAX_FILE_SIZE,
-            "allowed_paths": [], "show_error": False, "ssr_mode": False}
+def launch_kwargs(host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False,
+                  auth: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Safe `launch` settings: request and file size limits, nothing served beyond the demo's own files."""
+    return {"server_name": host, "server_port": port, "share": share, "auth": auth, "max_file_size": MAX_FILE_SIZE,
+            "allowed_paths": [], "show_error": False, "ssr_mode": False,
+            "app_kwargs": {"middleware": [Middleware(BodyLimit, max_bytes=MAX_REQUEST_BYTES)]}}
+
+
+class ServeError(PetclfError):
+    """The demo cannot listen where it was asked to."""
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """`USER:PASS` -> (user, password) for Gradio's login page."""
+    if value is None:
+        return None
+    user, sep, password = value.partition(":")
+    if not (user and sep and password):
+        raise ServeError("--auth takes USER:PASS (both non-empty)")
+    return user, password
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail with one line, before the model loads, when `host:port` cannot be listened on."""
+    if not 1 <= port <= 65535:
+        raise ServeError(f"--port {port} is not a valid port (1-65535)")
+    bad = f"--host {host} is not a valid address (an IP address such as 127.0.0.1 or 0.0.0.0, or a host name)"
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        if not host or host.replace(".", "").isdigit():  # 256.1.1.1 is no host name either; never ask DNS about it
+            raise ServeError(bad) from None
+        family = socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is not "in use"
+        try:
+            s.bind((host, port))
+        except socket.gaierror:
+            raise ServeError(bad) from None
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ServeError(f"port {port} is in use on {host}: pass another with --port") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise ServeError(f"--host {host} is not an address of this machine") from None
+            if e.errno == errno.EACCES:
+                raise ServeError(f"port {port} needs root: pass one above 1023 with --port") from None
+            raise
+
+
+def exposure_warning(host: str, share: bool, auth: tuple[str, str] | None) -> str | None:
+    """A line to print when anyone beyond this machine can reach the demo without logging in."""
+    if auth is not None:
+        return None
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host == "localhost"
+    if local and not share:
+        return None
+    where = "its public gradio.live link" if share else f"{host} (every address of this machine)" \
+        if host in ("0.0.0.0", "::") else host
+    return f"warning: anyone who can reach {where} can use the demo, with no login; add --auth USER:PASS to require one"
 
 
 def main(model_dir: str | Path = DEFAULT_MODEL, host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False,
-         backend: str = "auto") -> None:
+         backend: str = "auto", auth: tuple[str, str] | None = None) -> None:
     """Load the bundle once (`auto`: classify with onnxruntime when model.onnx verifies), build the demo, serve."""
+    check_address(host, port)
+    if warning := exposure_warning(host, share, auth):
+        print(warning, file=sys.stderr)
     demo = build_demo(load_model(model_dir, backend=backend))
     # torch, fastai, Gradio and the model leave ~630,000 long-lived objects that every full collection would walk
     # (350-380 ms holding the GIL, measured on this demo); frozen, they keep those pauses out of request latency
     gc.freeze()
-    demo.launch(**launch_kwargs(host, port, share))
+    try:
+        demo.launch(**launch_kwargs(host, port, share, auth))
+    except OSError as e:
+        if "port" not in str(e).lower():
+            raise
+        raise ServeError(f"port {port} is in use on {host}: pass another with --port") from None
 
 
 if __name__ == "__main__":

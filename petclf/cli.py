@@ -341,14 +341,18 @@ def report(model: Path = ModelOpt,
 @guarded
 def serve(model: Path = ModelOpt,
           host: str = typer.Option(SERVE_HOST, help="Interface to listen on (0.0.0.0 exposes it to the network)."),
-          port: int = typer.Option(SERVE_PORT, help="Port to listen on."),
+          port: int = typer.Option(SERVE_PORT, help="Port to listen on (1-65535)."),
           share: bool = typer.Option(False, "--share", help="Also publish a temporary public gradio.live link."),
+          auth: str | None = typer.Option(None, "--auth", metavar="USER:PASS", envvar="PETCLF_AUTH",
+                                          help="Require this login (also read from PETCLF_AUTH, which keeps the "
+                                               "password out of the process list)."),
           backend: Backend = BackendOpt,
           onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
     """Serve the Gradio demo: upload a photo, see the breed, cat or dog, and Grad-CAM (always run by torch)."""
     from petclf.app import main as serve_demo
+    from petclf.app import parse_auth
 
-    serve_demo(model, host=host, port=port, share=share, backend=_backend(backend, onnx))
+    serve_demo(model, host=host, port=port, share=share, backend=_backend(backend, onnx), auth=parse_auth(auth))
 
 
 @app.command("export")
