@@ -1,18 +1,23 @@
-"""The report's charts, drawn from its numbers alone (no model, no data): matplotlib figures, saved as PNG bytes.
+"""The report's charts and page, made from its numbers alone (no model, no data): matplotlib figures saved as PNG
+bytes, and the one self-contained HTML page they are embedded in (jinja2, `templates/report.html`).
 
-    from petclf.plots import plot_confusion, png
+    from petclf.plots import plot_confusion, png, render_html
     png(plot_confusion(report["confusion"]))           # bytes of a PNG, ready to embed or save
+    render_html(report, {"confusion_matrix.png": ...})  # the page, every figure a data: URI
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 from typing import Any
 
 import numpy as np
 
-from petclf.labels import pretty_breed
+from petclf.labels import pretty_breed, species_of
+
+NOT_RECORDED = "not recorded"
 
 CAT_COLOR, DOG_COLOR = "#b35900", "#1f4e99"  # label colours: cat breeds orange-brown, dog breeds blue
 
@@ -110,3 +115,61 @@ def plot_reliability(cal: dict[str, Any]):
     fig.axes[0].set_ylabel("accuracy")
     fig.axes[0].legend(loc="upper left")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------- the page
+
+
+def data_uri(png: bytes) -> str:
+    """PNG bytes as a `data:` URI to embed in HTML."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def is_number(v: Any) -> bool:
+    """True for a finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    """A number for the page; anything missing says 'not recorded'."""
+    if isinstance(v, str):
+        return v
+    if not is_number(v):
+        return NOT_RECORDED
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
+
+
+def _pct(v: Any, digits: int = 1) -> str:
+    """A rate as a percentage."""
+    return f"{100 * v:.{digits}f}%" if is_number(v) else NOT_RECORDED
+
+
+def _pct_na(v: Any, digits: int = 1) -> str:
+    """A rate as a percentage, or n/a where it is undefined (no image, no prediction)."""
+    return "n/a" if v is None else _pct(v, digits)
+
+
+def _ci(interval: list[float] | None) -> str:
+    """A 95 % interval as 'lo-hi %', empty where there is none."""
+    return "" if not interval else f"{100 * interval[0]:.0f}-{100 * interval[1]:.0f}%"
+
+
+def _duration(s: Any) -> str:
+    """Seconds as seconds or minutes."""
+    if not is_number(s):
+        return NOT_RECORDED
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
+    """The report as one self-contained HTML page (figures embedded as data URIs, no external resources)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("petclf", "templates"), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=_fmt, pct=_pct, pct_na=_pct_na, ci=_ci, duration=_duration, pretty=pretty_breed,
+                       species=species_of)
+    uris = {name: data_uri(png) for name, png in figures.items()}
+    return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED)

@@ -16,9 +16,7 @@ Pipeline: `evaluate` (model + data -> outputs), `compute_report` (outputs -> num
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,8 +43,8 @@ from petclf.device import machine_device
 from petclf.errors import PetclfError
 from petclf.image import encode
 from petclf.io import check_writable, write_atomic
-from petclf.labels import pretty_breed, species_of
-from petclf.plots import plot_confusion, plot_history, plot_reliability, png
+from petclf.labels import species_of
+from petclf.plots import is_number, plot_confusion, plot_history, plot_reliability, png, render_html
 from petclf.progress import bar
 from petclf.version import __version__
 
@@ -58,7 +56,6 @@ MAX_LABEL_ERRORS = 24  # likely label errors listed
 SMALL_SAMPLE = 5  # a class with fewer evaluated images than this gets a small-sample warning
 THUMB = 192  # largest side of top-loss and label-error images, in pixels
 THUMB_SMALL = 128  # ... and of the confused pairs' examples, shown smaller
-NOT_RECORDED = "not recorded"
 
 
 class ReportError(PetclfError):
@@ -314,7 +311,7 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
 def _agrees(metrics: dict | None, error_rate: float, n: int) -> bool | None:
     """Whether the recorded error rate matches this one to within one image (mixed precision may flip one)."""
     recorded = _recorded(metrics, "error_rate")
-    return None if not _number(recorded) else abs(recorded - error_rate) <= 1.5 / n
+    return None if not is_number(recorded) else abs(recorded - error_rate) <= 1.5 / n
 
 
 def training(run: dict) -> dict[str, Any]:
@@ -523,60 +520,6 @@ def draw_figures(report: dict[str, Any], ev: Evaluation) -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------------------------------------------- output
-
-
-def data_uri(png: bytes) -> str:
-    """PNG bytes as a `data:` URI to embed in HTML."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    """A number for the page; anything missing says 'not recorded'."""
-    if isinstance(v, str):
-        return v
-    if not _number(v):
-        return NOT_RECORDED
-    if isinstance(v, int):
-        return f"{v:,}"
-    return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
-
-
-def _pct(v: Any, digits: int = 1) -> str:
-    """A rate as a percentage."""
-    return f"{100 * v:.{digits}f}%" if _number(v) else NOT_RECORDED
-
-
-def _pct_na(v: Any, digits: int = 1) -> str:
-    """A rate as a percentage, or n/a where it is undefined (no image, no prediction)."""
-    return "n/a" if v is None else _pct(v, digits)
-
-
-def _ci(interval: list[float] | None) -> str:
-    """A 95 % interval as 'lo-hi %', empty where there is none."""
-    return "" if not interval else f"{100 * interval[0]:.0f}-{100 * interval[1]:.0f}%"
-
-
-def _duration(s: Any) -> str:
-    """Seconds as seconds or minutes."""
-    if not _number(s):
-        return NOT_RECORDED
-    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
-
-
-def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
-    """The report as one self-contained HTML page (figures embedded as data URIs, no external resources)."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    env = Environment(loader=PackageLoader("petclf", "templates"), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=_fmt, pct=_pct, pct_na=_pct_na, ci=_ci, duration=_duration, pretty=pretty_breed,
-                       species=species_of)
-    uris = {name: data_uri(png) for name, png in figures.items()}
-    return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED)
 
 
 def _remove_old_figures(out: Path) -> None:
