@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})  # what counts as an image
+# what counts as an image (HEIC/HEIF: iPhone photos, decoded through pillow-heif)
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
 NETWORK_TIMEOUT = 8.0  # seconds to decide that a download host is unreachable
 
 
