@@ -258,3 +258,23 @@ def test_a_latest_file_naming_the_run_is_followed(bundle, tmp_path):
     (tmp_path / "latest").write_text(run.name + "\n")
     net, man = load_network(tmp_path / "latest")
     assert man["arch"] == "resnet18"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o007])
+def test_bundle_files_follow_the_umask_like_any_new_file(tmp_path, mask):
+    """safetensors writes its file 0600: before, another user could read model.json but not load the weights."""
+    import os
+    import stat
+
+    old = os.umask(mask)
+    try:
+        model = build_model("resnet18", 2, head={"kind": "linear"}).eval()
+        write_bundle(model, tmp_path, make_manifest("resnet18", {"kind": "linear"}, ["Bengal", "pug"], 32, 40,
+                                                    [0.5] * 3, [0.5] * 3))
+        (tmp_path / "plain.txt").write_text("made by open()")
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert want == 0o666 & ~mask
+    for name in (WEIGHTS_NAME, MANIFEST_NAME):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name

@@ -76,10 +76,13 @@ def test_onnx_export_judges_the_difference_against_the_logit_scale(run_dir, tmp_
 def test_training_exports_onnx_and_auto_picks_it_on_cpu(run_dir, valid_items):
     onnx_predictor, predictor = load_model(run_dir), load_model(run_dir, backend="torch")
     assert onnx_predictor.backend == "onnx"
-    from petclf.io import sha256_file
+    from petclf.io import sha256_file, umask
     from petclf.onnx import ONNX_INFO_NAME
 
     assert predictor.manifest["onnx"]["sha256"] == sha256_file(run_dir / "model.onnx")  # model.json pins the graph
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run_dir.iterdir() if p.is_file()}
+    assert modes["model.onnx"] == modes["model.onnx.json"] == modes["model.safetensors"] == modes["model.json"] == \
+        0o666 & ~umask()  # what open() gives a new file; safetensors and the exporter's temp files were 0600
 
     info = json.loads((run_dir / ONNX_INFO_NAME).read_text())
     assert info["max_abs_diff"] <= info["rtol"] * max(1.0, info["max_abs_logit"]) and info["max_abs_diff"] < 1e-3
