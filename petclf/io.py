@@ -131,7 +131,8 @@ def check_file_writable(path: str | Path) -> None:
     if path.is_dir():
         raise PetclfError(f"cannot write {path}: it is a folder")
     if not folder.is_dir():
-        raise PetclfError(f"cannot write {path}: folder {folder} does not exist")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise PetclfError(f"cannot write {path}: {folder} {what}")
     try:  # the only sure test (root ignores permission bits, not read-only file systems)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.probe"):
             pass
