@@ -243,21 +243,23 @@ def test_corrupt_manifest_is_refused(run_dir, tmp_path):
 
 @pytest.fixture()
 def odd_tree(tmp_path, valid_items) -> Path:
-    """odd/{good.jpg, café.jpg named in Latin-1 (not UTF-8), loop.jpg -> itself, sub/up -> .. (a folder loop)}."""
+    """odd/{good.jpg, café.jpg named in Latin-1 (not UTF-8)}."""
     import os
 
     root = tmp_path / "odd"
-    (root / "sub").mkdir(parents=True)
+    root.mkdir()
     shutil.copy(valid_items[0], root / "good.jpg")
     with open(os.fsencode(root) + b"/caf\xe9.jpg", "wb") as f:
         f.write(valid_items[1].read_bytes())
-    (root / "loop.jpg").symlink_to(root / "loop.jpg")
-    (root / "sub" / "up").symlink_to(root)
     return root
 
 
 def test_a_symlink_loop_is_an_error_row_and_folder_loops_are_not_followed(predictor, odd_tree):
     import os
+
+    (odd_tree / "loop.jpg").symlink_to(odd_tree / "loop.jpg")
+    (odd_tree / "sub").mkdir()
+    (odd_tree / "sub" / "up").symlink_to(odd_tree)  # a folder loop
 
     for arg in (odd_tree, str(odd_tree / "**" / "*.jpg"), odd_tree / "loop.jpg"):
         rows = list(predictor.predict_paths([arg]))
@@ -273,7 +275,7 @@ def test_a_non_utf8_file_name_is_written_not_an_abort(cli, run_dir, odd_tree, tm
     """Names are written as their own bytes (surrogateescape) to --out and stdout alike; JSON escapes them."""
     out = tmp_path / f"o.{fmt}"
     res = cli("predict", odd_tree, "--model", run_dir, "--format", fmt, "--out", out)
-    assert res.exit_code == 1 and "2 predicted, 1 failed" in res.output, res.output  # loop.jpg is the failure
+    assert res.exit_code == 0 and "2 predicted, 0 failed" in res.output, res.output
     data = out.read_bytes()
     assert data == cli("predict", odd_tree, "--model", run_dir, "--format", fmt).stdout_bytes
     if fmt == "json":
