@@ -11,6 +11,8 @@ arch, head, classes (with species), input size and normalisation, temperature, m
 from __future__ import annotations
 
 import json
+import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,151 @@ FORMAT = "petclf-bundle"
 FORMAT_VERSION = 1  # bump when the manifest changes incompatibly; readers refuse newer versions
 
 
+# ---------------------------------------------------------------------------------------------------- the schema
+# What a manifest may hold, checked before anything is built from it. A bundle is input like any other file: a
+# temperature of -1 would invert the ranking, a std of 0 gives NaN probabilities, a presize of 10^6 a 12 TB array.
+
+MAX_MANIFEST_BYTES = 16 * 2**20  # model.json of 100,000 classes is ~6 MB
+N_CLASSES = (2, 100_000)  # classes a bundle may have
+SIZE = (8, 2048)  # input.size, px: the network's input side
+MAX_PRESIZE = 4096  # input.presize, px: size <= presize <= this (the item resize before the crop)
+STD = (1e-3, 1e3)  # input.std, per channel; input.mean within +-MAX_MEAN
+MAX_MEAN = 1e3
+TEMPERATURE = (1e-3, 1e3)  # softmax(logits / T): T outside this range is a broken calibration, not a choice
+MAX_NAME = 256  # characters in a class name, architecture name or file name
+HEADS = {  # head kinds `model.build_model` builds, with the keys each may carry (fastai's create_head arguments)
+    "fastai": {"concat_pool", "lin_ftrs", "ps", "first_bn", "bn_final", "lin_first"},
+    "linear": set(),
+}
+HEAD_FLAGS = ("concat_pool", "first_bn", "bn_final", "lin_first")
+MAX_LIN_FTRS = (16, 65_536)  # fastai head: at most 16 hidden layers of at most 65,536 features
+
+
+class _Bad(Exception):
+    """Why a manifest is refused (one line)."""
+
+
+def _show(v: Any) -> str:
+    text = json.dumps(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _need(ok: bool, why: str) -> None:
+    if not ok:
+        raise _Bad(why)
+
+
+def _get(d: dict, key: str, where: str = "") -> Any:
+    _need(key in d, f"{where}{key} missing")
+    return d[key]
+
+
+def _int(v: Any, name: str, lo: int, hi: int) -> int:
+    _need(isinstance(v, int) and not isinstance(v, bool), f"{name} must be an integer, not {_show(v)}")
+    _need(lo <= v <= hi, f"{name} must be in {lo}..{hi}, not {v}")
+    return v
+
+
+def _num(v: Any, name: str, lo: float, hi: float) -> float:
+    _need(isinstance(v, (int, float)) and not isinstance(v, bool), f"{name} must be a number, not {_show(v)}")
+    _need(math.isfinite(v) and lo <= v <= hi, f"{name} must be in [{lo:g}, {hi:g}], not {v}")
+    return float(v)
+
+
+def _dict(v: Any, name: str) -> dict:
+    _need(isinstance(v, dict), f"{name} must be an object, not {_show(v)}")
+    return v
+
+
+def _str(v: Any, name: str, max_len: int = MAX_NAME) -> str:
+    _need(isinstance(v, str) and 0 < len(v) <= max_len, f"{name} must be a string of 1..{max_len} characters, "
+                                                         f"not {_show(v)}")
+    return v
+
+
+def _file_pin(v: Any, name: str) -> None:
+    """{file: a plain name in the bundle folder, sha256: 64 hex digits}."""
+    d = _dict(v, name)
+    f = _str(_get(d, "file", f"{name}."), f"{name}.file")
+    _need(not any(c in f for c in "/\\\0") and f not in (".", ".."), f"{name}.file must be a plain file name, "
+                                                                    f"not {_show(f)}")
+    sha = _get(d, "sha256", f"{name}.")
+    _need(isinstance(sha, str) and re.fullmatch("[0-9a-f]{64}", sha) is not None,
+          f"{name}.sha256 must be 64 hex digits, not {_show(sha)}")
+
+
+def _check_classes(m: dict) -> None:
+    classes = _get(m, "classes")
+    _need(isinstance(classes, list), f"classes must be a list, not {_show(classes)}")
+    n = _int(_get(m, "n_classes"), "n_classes", *N_CLASSES)
+    _need(len(classes) == n, f"{len(classes)} classes listed for n_classes {n}")
+    for i, c in enumerate(classes):
+        c = _dict(c, f"classes[{i}]")
+        _str(_get(c, "name", f"classes[{i}]."), f"classes[{i}].name")
+        if "species" in c:
+            _str(c["species"], f"classes[{i}].species")
+    seen: set[str] = set()
+    for c in classes:
+        _need(c["name"] not in seen, f"class name {_show(c['name'])} is listed twice")
+        seen.add(c["name"])
+
+
+def _check_input(m: dict) -> None:
+    inp = _dict(_get(m, "input"), "input")
+    size = _int(_get(inp, "size", "input."), "input.size", *SIZE)
+    _int(_get(inp, "presize", "input."), "input.presize", size, MAX_PRESIZE)
+    for key, lo, hi in (("mean", -MAX_MEAN, MAX_MEAN), ("std", *STD)):
+        v = _get(inp, key, "input.")
+        _need(isinstance(v, list) and len(v) == 3, f"input.{key} must be a list of 3 numbers, not {_show(v)}")
+        for i, x in enumerate(v):
+            _num(x, f"input.{key}[{i}]", lo, hi)
+    for key in ("resize_method", "resample"):
+        if key in inp:
+            _str(inp[key], f"input.{key}")
+
+
+def _check_head(m: dict) -> None:
+    head = _dict(_get(m, "head"), "head")
+    kind = head.get("kind", "fastai")
+    _need(kind in HEADS, f"head.kind must be one of {', '.join(HEADS)}, not {_show(kind)}")
+    extra = set(head) - HEADS[kind] - {"kind"}
+    _need(not extra, f"head has unknown keys for a {kind} head: {', '.join(sorted(map(str, extra)))}")
+    for key in HEAD_FLAGS:
+        if key in head:
+            _need(isinstance(head[key], bool), f"head.{key} must be true or false, not {_show(head[key])}")
+    if head.get("lin_ftrs") is not None:
+        ftrs = head["lin_ftrs"]
+        _need(isinstance(ftrs, list) and len(ftrs) <= MAX_LIN_FTRS[0],
+              f"head.lin_ftrs must be null or a list of at most {MAX_LIN_FTRS[0]} sizes, not {_show(ftrs)}")
+        for i, f in enumerate(ftrs):
+            _int(f, f"head.lin_ftrs[{i}]", 1, MAX_LIN_FTRS[1])
+    ps = head.get("ps", 0.5)
+    for i, p in enumerate(ps if isinstance(ps, list) else [ps]):
+        _num(p, f"head.ps[{i}]" if isinstance(ps, list) else "head.ps", 0.0, 1.0)
+
+
+def manifest_problem(m: Any) -> str | None:
+    """Why the parsed `model.json` cannot be used (one line), or None when every field the loaders read is sane."""
+    try:
+        _dict(m, "the manifest")
+        _need(m.get("format") == FORMAT, "not a petclf manifest")
+        _str(_get(m, "arch"), "arch")
+        _check_head(m)
+        _check_classes(m)
+        _check_input(m)
+        _file_pin(_get(m, "weights"), "weights")
+        if "onnx" in m:
+            _file_pin(m["onnx"], "onnx")
+        if m.get("temperature") is not None:
+            _num(m["temperature"], "temperature", *TEMPERATURE)
+        for key in ("versions", "metrics"):
+            if m.get(key) is not None:
+                _dict(m[key], key)
+    except _Bad as e:
+        return str(e)
+    return None
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a bundle depends on."""
     import fastai
@@ -43,17 +190,20 @@ def library_versions() -> dict[str, str]:
 def write_bundle(model: nn.Module, out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Save `model`'s weights and `manifest` (plus checksum, versions, date) into `out_dir`; returns the manifest path.
 
-    `manifest` needs at least `arch`, `head`, `classes` (list of {name, species}) and `input`.
+    `manifest` needs at least `arch`, `head`, `classes` (list of {name, species}) and `input`, within the
+    ranges `manifest_problem` checks (else ValueError, and nothing is written).
     """
-    missing = {"arch", "head", "classes", "input"} - set(manifest)
-    if missing:
-        raise ValueError(f"manifest lacks {sorted(missing)}")
-    out_dir = Path(out_dir)
-    digest = save_state_dict(model.state_dict(), out_dir / WEIGHTS_NAME, metadata={"format": FORMAT})
+    manifest = {k: v for k, v in manifest.items() if k != "onnx"}  # new weights: no graph is made from them yet
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest,
-            "n_classes": len(manifest["classes"]), "temperature": manifest.get("temperature", 1.0),
+            "n_classes": len(manifest.get("classes") or []), "temperature": manifest.get("temperature", 1.0),
             "versions": library_versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "weights": {"file": WEIGHTS_NAME, "sha256": digest}}
+            "weights": {"file": WEIGHTS_NAME, "sha256": "0" * 64}}
+    why = manifest_problem(full)  # what a reader would refuse is never written
+    if why:
+        raise ValueError(f"bad manifest: {why}")
+    out_dir = Path(out_dir)
+    full["weights"]["sha256"] = save_state_dict(model.state_dict(), out_dir / WEIGHTS_NAME,
+                                                metadata={"format": FORMAT})
     return write_atomic(out_dir / MANIFEST_NAME, json.dumps(full, indent=1))
 
 
@@ -65,29 +215,50 @@ def resolve_bundle_dir(path: str | Path) -> Path:
     return path
 
 
+def _parse(path: Path) -> Any:
+    """model.json's JSON, bounded in size and depth; a one-line `BundleError` when it is not JSON."""
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"corrupt model file: {path} is over {MAX_MANIFEST_BYTES // 2**20} MB")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise BundleError(f"corrupt model file: {path} is not valid JSON") from None
+
+
 def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    """Parse and sanity-check `model.json`; raise `BundleError` with one clear line otherwise."""
+    """Parse `model.json` and check every field the loaders use (`manifest_problem`); raise `BundleError` with
+    one clear line otherwise."""
     bundle_dir = resolve_bundle_dir(bundle_dir)
     path = bundle_dir / MANIFEST_NAME
     if not bundle_dir.exists():
         raise BundleError(f"no model at {bundle_dir} (train one with `petclf train`, or pass --model DIR)")
     if not path.is_file():
         raise BundleError(f"{bundle_dir} is not a petclf model folder ({MANIFEST_NAME} missing)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise BundleError(f"corrupt model file: {path} is not valid JSON") from None
+    manifest = _parse(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"corrupt model file: {path} is not a petclf manifest")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        made_by = manifest.get("versions", {}).get("petclf", "?")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"corrupt model file: {path}: format_version must be a positive integer, "
+                          f"not {_show(version)}")
+    if version > FORMAT_VERSION:
+        versions = manifest.get("versions")
+        made_by = versions.get("petclf", "?") if isinstance(versions, dict) else "?"
         raise BundleError(f"{path} is bundle format {version}, made by petclf {made_by}; this petclf "
                           f"{__version__} reads format {FORMAT_VERSION} or older: upgrade petclf")
-    for key in ("arch", "head", "classes", "input", "weights"):
-        if key not in manifest:
-            raise BundleError(f"corrupt model file: {path} lacks {key!r}")
+    why = manifest_problem(manifest)
+    if why:
+        raise BundleError(f"corrupt model file: {path}: {why}")
     return manifest
+
+
+def pin_onnx(bundle_dir: str | Path, file: str, sha256: str) -> None:
+    """Record the ONNX graph's name and SHA-256 in model.json, beside the weights' checksum: only a graph the
+    manifest names is ever run (its own `model.onnx.json` cannot vouch for it)."""
+    path = resolve_bundle_dir(bundle_dir) / MANIFEST_NAME
+    manifest = _parse(path)
+    manifest["onnx"] = {"file": file, "sha256": sha256}
+    write_atomic(path, json.dumps(manifest, indent=1))
 
 
 def weights_path(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:

@@ -295,16 +295,19 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
             backend: Backend = BackendOpt,
             onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
     """Predict breeds for images. Unreadable images get an error row; exit code 1 if any failed."""
-    from petclf.io import write_atomic
+    from petclf.io import check_file_writable, write_atomic
     from petclf.predict import format_rows, load_model
 
+    if out is not None:
+        check_file_writable(out)  # before the work, not after it
     predictor = load_model(model, backend=_backend(backend, onnx))
     rows = list(predictor.predict_paths(paths, bs=bs, tta=tta))
-    text = format_rows(rows, fmt, topk)
+    # file names that are not UTF-8 come out as their own bytes, on stdout as in --out (never UnicodeEncodeError)
+    data = format_rows(rows, fmt, topk).encode("utf-8", "surrogateescape")
     if out is None:
-        typer.echo(text, nl=False)
+        typer.echo(data, nl=False)
     else:
-        write_atomic(out, text)
+        write_atomic(out, data)
     failed = sum(not r.ok for r in rows)
     if out is not None or failed:
         typer.echo(f"{len(rows) - failed} predicted, {failed} failed" + (f"; results in {out}" if out else ""),

@@ -8,6 +8,7 @@ Shared by the data layer (training), the predictor and the Gradio demo, so all t
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from petclf.errors import ImageError
 MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~9459 x 9459); larger images are refused, not decoded
 MAX_BYTES = 20 * 1024 * 1024  # files above this are refused before decoding
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as a browser shows them
+# ISO-BMFF brands of HEIF images (iPhone photos); decoded by pillow-heif when it is installed
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
@@ -27,32 +30,81 @@ ImageSource = str | Path | bytes | Image.Image | np.ndarray
 Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS
 
 
+def _why(e: BaseException) -> str:
+    """An exception as a short single line for an error row."""
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def _is_heif(src: str | Path | bytes) -> bool:
+    """True when the file starts like a HEIF/HEIC container (an ISO-BMFF `ftyp` box with a HEIF brand)."""
+    try:
+        if isinstance(src, bytes):
+            head = src[:12]
+        else:
+            with open(src, "rb") as f:
+                head = f.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+@functools.cache
+def _heif_registered() -> bool:
+    """pillow-heif's HEIF/HEIC decoder, registered with Pillow on the first HEIF file (not at import: it costs
+    every other start); False when pillow-heif is not installed."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def _open_any(src: str | Path | bytes, name: str) -> Image.Image:
+    """`Image.open`, with HEIF/HEIC through pillow-heif."""
+    try:
+        return Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+    except UnidentifiedImageError:
+        if not _is_heif(src):
+            raise
+        if not _heif_registered():
+            raise ImageError(f"{name}: HEIC is not supported (install pillow-heif)") from None
+        return Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+
+
 def _open(src: str | Path | bytes, max_bytes: int) -> Image.Image:
-    """Open (header only) a path or raw bytes, after the cheap size checks."""
+    """Open (header only) a path or raw bytes, after the cheap size checks. Whatever goes wrong with one file is an
+    `ImageError` naming it: Pillow's plugins raise a dozen exception types on malformed files."""
     if isinstance(src, bytes):
-        n, name, fp = len(src), "upload", io.BytesIO(src)
+        n, name = len(src), "upload"
     else:
-        path = Path(src)
-        name = path.name
+        name = Path(src).name
         try:
-            n = path.stat().st_size
+            n = Path(src).stat().st_size
         except FileNotFoundError:
             raise ImageError(f"{name}: file not found") from None
-        fp = path
+        except OSError as e:  # a symlink loop, a name too long, an unreadable folder
+            raise ImageError(f"{name}: cannot read ({e.strerror or _why(e)})") from None
     if n == 0:
         raise ImageError(f"{name}: not an image (empty file)")
     if n > max_bytes:
         raise ImageError(f"{name}: file is {n / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit")
     try:
-        return Image.open(fp)
+        return _open_any(src, name)
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (unrecognised format)") from None
     except PermissionError:
         raise ImageError(f"{name}: permission denied") from None
+    except FileNotFoundError:
+        raise ImageError(f"{name}: file not found") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image too large (decompression bomb)") from None
-    except OSError as e:
-        raise ImageError(f"{name}: corrupt or truncated image ({e})") from None
+    except MemoryError:
+        raise ImageError(f"{name}: image too large to decode (out of memory)") from None
+    except Exception as e:  # noqa: BLE001 - ValueError, IndexError, NotImplementedError, struct.error, ...
+        raise ImageError(f"{name}: corrupt or truncated image ({_why(e)})") from None
 
 
 def _check_pixels(im: Image.Image, name: str, max_pixels: int) -> None:
@@ -123,13 +175,20 @@ def load_rgb(src: ImageSource, max_pixels: int = MAX_PIXELS, max_bytes: int = MA
         im = _open(src, max_bytes)
         name = "upload" if isinstance(src, bytes) else Path(src).name
     _check_pixels(im, name, max_pixels)
+    opened = im if im is not src else None  # a file Pillow holds open: closed when decoding fails
     try:
         im.seek(0)  # animated GIF/WebP/PNG: always the first frame
         if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # most photos are upright: no copy for them
             im = ImageOps.exif_transpose(im)
         im.load()
         return to_rgb(im)
+    except ImageError:
+        raise
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image too large (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name}: corrupt or truncated image ({e})") from None
+    except MemoryError:
+        raise ImageError(f"{name}: image too large to decode (out of memory)") from None
+    except Exception as e:  # noqa: BLE001 - a malformed file fails in any plugin, in any way: it is this file's error
+        if opened is not None:
+            opened.close()
+        raise ImageError(f"{name}: corrupt or truncated image ({_why(e)})") from None

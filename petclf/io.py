@@ -13,16 +13,20 @@ import errno
 import hashlib
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from petclf.errors import PetclfError
+
 if TYPE_CHECKING:
     import torch
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})  # what counts as an image
+# what counts as an image (HEIC/HEIF: iPhone photos, decoded through pillow-heif)
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
 NETWORK_TIMEOUT = 8.0  # seconds to decide that a download host is unreachable
 
 
@@ -35,17 +39,34 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the system tells (Linux), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield an absolute temp path beside `path` to write to; it replaces `path` only if the block succeeds.
 
     A crash, a full disk or an exception mid-write leaves the previous `path` intact and no temp file behind.
+    The file gets the permissions a plain `open(path, "w")` would (0666 less the umask), whatever made the temp
+    file: safetensors and tempfile create theirs 0600, which kept other users from loading a model.
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
+        if tmp.is_file() and not tmp.is_symlink():
+            os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         # torch.save reports a full disk as a RuntimeError from its zip writer, Python as ENOSPC without a name
@@ -80,9 +101,13 @@ def check_writable(folder: str | Path) -> Path:
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write `data` to a temp file beside `path`, fsync it, then rename over `path`."""
+    """Write `data` to a temp file beside `path`, fsync it, then rename over `path`.
+
+    Text is written as UTF-8; file names that are not (`os.fsdecode` keeps their bytes as surrogates) are written
+    as their own bytes rather than failing.
+    """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+        f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
     return Path(path)
@@ -96,6 +121,23 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: 
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
         digest = sha256_file(tmp)
     return digest
+
+
+def check_file_writable(path: str | Path) -> None:
+    """Raise `PetclfError` (one line) unless a file can be written at `path` now, in a folder that exists:
+    before the work, not after it."""
+    path = Path(path)
+    folder = path.absolute().parent
+    if path.is_dir():
+        raise PetclfError(f"cannot write {path}: it is a folder")
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise PetclfError(f"cannot write {path}: {folder} {what}")
+    try:  # the only sure test (root ignores permission bits, not read-only file systems)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.probe"):
+            pass
+    except OSError as e:
+        raise PetclfError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def is_image_file(path: str | Path) -> bool:

@@ -8,8 +8,9 @@ onnxruntime network the predictor runs.
     info = export_onnx("exports/latest")             # {'file', 'sha256', 'max_abs_diff', 'max_abs_logit', ...}
 
 The graph takes the normalised input batch (any batch size) and returns logits; the temperature is applied
-outside it. `model.onnx.json` records the ONNX file's checksum and the weights' checksum, so a stale or tampered
-graph is refused at load time. Loading and running need numpy and onnxruntime only; exporting needs torch.
+outside it. `model.json` pins the ONNX file's checksum (beside the weights' checksum) and `model.onnx.json` records
+the weights it was made from, so a stale, swapped or tampered graph is refused at load time. Loading and running
+need numpy and onnxruntime only; exporting needs torch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from petclf.bundle import load_network, verify_weights, weights_path
+from petclf.bundle import MANIFEST_NAME, load_network, pin_onnx, resolve_bundle_dir, verify_weights, weights_path
 from petclf.device import available_cores
 from petclf.errors import BundleError, PetclfError
 from petclf.io import atomic_path, sha256_file, write_atomic
@@ -69,17 +70,23 @@ def onnx_path(model_dir: str | Path) -> Path:
 
 
 def verified_onnx(model_dir: Path, manifest: dict[str, Any]) -> Path:
-    """The bundle's model.onnx, after checking it is intact and made from these very weights."""
+    """The bundle's model.onnx, after checking it is the graph model.json pins (beside the weights' checksum) and
+    made from these very weights. model.onnx.json alone cannot vouch for a graph: anyone who swaps the graph can
+    rewrite it too."""
     path, info_path = onnx_path(model_dir), model_dir / ONNX_INFO_NAME
     if not path.is_file() or not info_path.is_file():
         raise BundleError(f"no {ONNX_NAME} in {model_dir}: run `petclf export --onnx --model {model_dir}`")
+    pin = manifest.get("onnx")
+    if not pin or pin["file"] != ONNX_NAME:
+        raise BundleError(f"{ONNX_NAME} in {model_dir} is not pinned in {MANIFEST_NAME} (made by an older petclf): "
+                          f"run `petclf export --onnx --model {model_dir}`")
     try:
         info = json.loads(info_path.read_text())
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BundleError(f"corrupt model file: {info_path} is not valid JSON") from None
-    if info.get("weights_sha256") != manifest["weights"].get("sha256"):
+    if not isinstance(info, dict) or info.get("weights_sha256") != manifest["weights"]["sha256"]:
         raise BundleError(f"{ONNX_NAME} in {model_dir} was made from other weights: run `petclf export --onnx` again")
-    if sha256_file(path) != info.get("sha256"):
+    if sha256_file(path) != pin["sha256"]:
         raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
     weights = weights_path(model_dir, manifest)
     if weights.is_file():  # the graph is intact, but a bundle with tampered weights is refused whole, whatever runs it
@@ -138,7 +145,7 @@ def export_onnx(model_dir: str | Path, opset: int = OPSET, rtol: float = RTOL) -
     """Write `model.onnx` beside the bundle in `model_dir` once it matches torch within `rtol`; returns its info."""
     import torch
 
-    model_dir = Path(model_dir)
+    model_dir = resolve_bundle_dir(model_dir)
     net, manifest = load_network(model_dir)
     size = int(manifest["input"]["size"])
     with atomic_path(model_dir / ONNX_NAME) as tmp:
@@ -151,4 +158,5 @@ def export_onnx(model_dir: str | Path, opset: int = OPSET, rtol: float = RTOL) -
                 "opset": opset, "input_size": size, "max_abs_diff": diff, "max_abs_logit": scale, "rtol": rtol,
                 "torch": torch.__version__.split("+")[0]}
     write_atomic(model_dir / ONNX_INFO_NAME, json.dumps(info, indent=1))
+    pin_onnx(model_dir, ONNX_NAME, info["sha256"])  # last: until model.json names the graph, it is never run
     return info

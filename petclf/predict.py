@@ -15,7 +15,6 @@ or `onnx`) neither torch nor fastai is imported, so a cold `petclf predict` star
 
 from __future__ import annotations
 
-import glob
 import os
 import threading
 from collections import deque
@@ -75,27 +74,44 @@ def _is_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
+def _glob(pattern: str) -> list[Path]:
+    """Paths matching `pattern` (`**`: any depth), sorted, hidden ones left out. pathlib's glob, not the glob
+    module's: that one follows symlinked folders, and a folder linking to its parent never ends."""
+    parts = Path(pattern).parts
+    i = next(i for i, part in enumerate(parts) if _is_glob(part))
+    root = Path(*parts[:i]) if i else Path()
+    return sorted(m for m in root.glob(str(Path(*parts[i:])))
+                  if not any(part.startswith(".") for part in m.relative_to(root).parts))
+
+
 def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Prediction]]:
-    """Files, folders (recursive) and globs -> (image files, error rows for arguments that name no image)."""
+    """Files, folders (recursive) and globs -> (image files, error rows for arguments that name no image).
+
+    Symlinked folders are not followed; a symlink that loops or leads nowhere is kept as a file, and decoding gives
+    it its error row.
+    """
     files: list[Path] = []
     errors: list[Prediction] = []
     for arg in paths:
         p = Path(arg)
-        if p.is_dir():
-            found = list_images(p)
-            files += found
-            if not found:
-                errors.append(Prediction(str(p), error=f"{p}: no images in this folder"))
-        elif p.exists():
-            files.append(p)
-        elif _is_glob(str(arg)):
-            matched = sorted(Path(m) for m in glob.glob(str(arg), recursive=True))
-            for m in matched:
-                files += list_images(m) if m.is_dir() else [m]
-            if not matched:
-                errors.append(Prediction(str(arg), error=f"{arg}: no files match"))
-        else:
-            errors.append(Prediction(str(arg), error=f"{p.name}: file not found"))
+        try:
+            if p.is_dir():
+                found = list_images(p)
+                files += found
+                if not found:
+                    errors.append(Prediction(str(p), error=f"{p}: no images in this folder"))
+            elif p.exists() or p.is_symlink():
+                files.append(p)
+            elif _is_glob(str(arg)):
+                matched = _glob(str(arg))
+                for m in matched:
+                    files += list_images(m) if m.is_dir() else [m]
+                if not matched:
+                    errors.append(Prediction(str(arg), error=f"{arg}: no files match"))
+            else:
+                errors.append(Prediction(str(arg), error=f"{p.name}: file not found"))
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte, an unreadable folder
+            errors.append(Prediction(str(arg), error=f"{p.name}: cannot read ({getattr(e, 'strerror', None) or e})"))
     return list(dict.fromkeys(files)), errors
 
 
@@ -196,10 +212,13 @@ class Predictor:
         return list(self.predict(image, tta).items())[:k]
 
     def _decode(self, path: Path) -> np.ndarray | ImageError:
+        """One file's input, or the error that is its row: nothing one file does may stop the others."""
         try:
             return self.pre.one(path)
         except ImageError as e:
             return e
+        except Exception as e:  # noqa: BLE001 - load_rgb raises only ImageError; this is the backstop
+            return ImageError(f"{path.name}: cannot be read ({type(e).__name__}: {e})")
 
     def _rows(self, files: Sequence[Path], xs: list[np.ndarray | ImageError], tta: bool) -> list[Prediction]:
         good = [i for i, x in enumerate(xs) if not isinstance(x, ImageError)]
@@ -311,7 +330,9 @@ def to_table(rows: Sequence[Prediction], k: int = 5, width: int = 160) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("file", "top breeds", "species", "error", box=None, pad_edge=False)
+    table = Table(box=None, pad_edge=False)
+    for name in ("file", "top breeds", "species", "error"):
+        table.add_column(name, overflow="fold")  # a long path is folded over lines, never cut to "..."
     for r in rows:
         top = ", ".join(f"{b} {p:.1%}" for b, p in r.top(k))
         sp = f"{r.species} {r.species_probs[r.species]:.0%}" if r.species else ""

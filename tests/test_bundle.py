@@ -79,7 +79,7 @@ def test_truncated_weights_with_matching_checksum_are_corrupt(bundle, tmp_path):
     (lambda m: "{not json", "corrupt model file"),
     (lambda m: json.dumps({**m, "format": "other"}), "not a petclf manifest"),
     (lambda m: json.dumps({**m, "format_version": 99}), "upgrade petclf"),
-    (lambda m: json.dumps({k: v for k, v in m.items() if k != "classes"}), "lacks 'classes'"),
+    (lambda m: json.dumps({k: v for k, v in m.items() if k != "classes"}), "classes missing"),
     (lambda m: json.dumps({**m, "arch": "no_such_net_v9"}), "not in the installed timm"),
 ])
 def test_bad_manifests_are_one_line_errors(bundle, tmp_path, edit, match):
@@ -87,6 +87,117 @@ def test_bad_manifests_are_one_line_errors(bundle, tmp_path, edit, match):
     (b / MANIFEST_NAME).write_text(edit(json.loads((b / MANIFEST_NAME).read_text())))
     with pytest.raises(BundleError, match=match):
         load_network(b)
+
+
+def _deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+def _set(path: str, value):
+    """An edit of model.json: `value` at the dotted `path` (list indices as numbers)."""
+    def edit(m):
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        d = m
+        for k in parents:
+            d = d[k]
+        d[last] = value
+        return json.dumps(m)
+    return edit
+
+
+def _drop(path: str):
+    def edit(m):
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        d = m
+        for k in parents:
+            d = d[k]
+        del d[last]
+        return json.dumps(m)
+    return edit
+
+
+def _literal(path: str, text: str):
+    """`text` written as is at `path` (NaN, Infinity, deep nesting: what json.dumps would not write)."""
+    return lambda m: _set(path, "@@literal@@")(m).replace('"@@literal@@"', text)
+
+
+CORRUPT = {  # the issue's malformed manifests, and more; each must be one line, exit 2
+    "temperature -1 (inverts the ranking)": (_set("temperature", -1), "temperature must be in"),
+    "temperature NaN": (_literal("temperature", "NaN"), "temperature must be in"),
+    "temperature Infinity": (_literal("temperature", "Infinity"), "temperature must be in"),
+    "temperature 0": (_set("temperature", 0), "temperature"),
+    "temperature true": (_set("temperature", True), "temperature must be a number"),
+    "std 0": (_set("input.std", [0, 0, 0]), r"input.std\[0\] must be in"),
+    "std negative": (_set("input.std", [0.2, -0.2, 0.2]), r"input.std\[1\]"),
+    "mean NaN": (_literal("input.mean.0", "NaN"), r"input.mean\[0\] must be in"),
+    "mean of 2": (_set("input.mean", [0.5, 0.5]), "input.mean must be a list of 3"),
+    "fewer class names than outputs": (lambda m: json.dumps({**m, "classes": m["classes"][:-1]}),
+                                       "2 classes listed for n_classes 3"),
+    "class without name": (_drop("classes.1.name"), r"classes\[1\].name missing"),
+    "class name empty": (_set("classes.0.name", ""), r"classes\[0\].name must be a string"),
+    "class a string": (_set("classes.0", "Bengal"), r"classes\[0\] must be an object"),
+    "class names repeat": (_set("classes.1.name", "Bengal"), "listed twice"),
+    "classes a dict": (_set("classes", {"Bengal": "cat"}), "classes must be a list"),
+    "no n_classes": (_drop("n_classes"), "n_classes missing"),
+    "n_classes a string": (_set("n_classes", "3"), "n_classes must be an integer"),
+    "no size": (_drop("input.size"), "input.size missing"),
+    "no arch": (_drop("arch"), "arch missing"),
+    "arch a number": (_set("arch", 34), "arch must be a string"),
+    "input a list": (_set("input", [64, 80]), "input must be an object"),
+    "head a list": (_set("head", ["fastai"]), "head must be an object"),
+    "unknown head kind": (_set("head.kind", "transformer"), "head.kind must be one of"),
+    "unknown head key": (_set("head.n_layers", 3), "unknown keys"),
+    "head lin_ftrs huge": (_set("head.lin_ftrs", [10**9]), "lin_ftrs"),
+    "size 0": (_set("input.size", 0), "input.size must be in 8..2048"),
+    "presize 10^6": (_set("input.presize", 10**6), "input.presize must be in 64..4096"),
+    "12 TB allocation": (lambda m: json.dumps({**m, "input": {**m["input"], "size": 10**6, "presize": 10**6}}),
+                         "input.size must be in"),
+    "presize below size": (_set("input.presize", 32), "input.presize must be in 64"),
+    "weights a path": (_set("weights.file", "../../etc/passwd"), "plain file name"),
+    "weights sha256 not hex": (_set("weights.sha256", "x" * 64), "64 hex digits"),
+    "metrics a list": (_set("metrics", [0.1]), "metrics must be an object"),
+    "onnx pin a string": (_set("onnx", "model.onnx"), "onnx must be an object"),
+    "deeply nested JSON": (_literal("metrics", _deep(100_000)), "not valid JSON"),
+    "top level a list": (lambda m: json.dumps([m]), "not a petclf manifest"),
+    "format_version a string": (_set("format_version", "1"), "format_version must be a positive integer"),
+    "format_version 0": (_set("format_version", 0), "format_version must be a positive integer"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPT))
+def test_corrupt_manifests_are_one_line_exit_2_before_anything_is_built(bundle, tmp_path, cli, name):
+    edit, match = CORRUPT[name]
+    b = _copy(bundle[0], tmp_path)
+    (b / MANIFEST_NAME).write_text(edit(json.loads((b / MANIFEST_NAME).read_text())))
+    with pytest.raises(BundleError, match=match):
+        read_manifest(b)
+    (tmp_path / "cat.png").write_bytes(b"")  # never read: the model is refused first
+    res = cli("predict", tmp_path / "cat.png", "--model", b)
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: corrupt model file:"), res.output
+
+
+def test_format_version_string_is_invalid_not_old(bundle, tmp_path):
+    b = _copy(bundle[0], tmp_path)
+    (b / MANIFEST_NAME).write_text(_set("format_version", "1")(json.loads((b / MANIFEST_NAME).read_text())))
+    with pytest.raises(BundleError) as e:
+        read_manifest(b)
+    assert "upgrade" not in str(e.value) and 'not "1"' in str(e.value)
+
+
+def test_write_bundle_refuses_what_readers_would_and_writes_nothing(tmp_path):
+    model = build_model("resnet18", 2, head={"kind": "linear"}).eval()
+    bad = make_manifest("resnet18", {"kind": "linear"}, ["Bengal", "pug"], 64, 80, [0.5] * 3, [0.0] * 3)
+    with pytest.raises(ValueError, match="input.std"):
+        write_bundle(model, tmp_path, bad)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_schema_knows_every_key_of_fastais_head():
+    from petclf.bundle import HEADS
+
+    assert HEADS["fastai"] == set(FASTAI_HEAD) - {"kind"}
 
 
 def test_missing_folder_and_non_bundle_folder(tmp_path):
@@ -147,3 +258,23 @@ def test_a_latest_file_naming_the_run_is_followed(bundle, tmp_path):
     (tmp_path / "latest").write_text(run.name + "\n")
     net, man = load_network(tmp_path / "latest")
     assert man["arch"] == "resnet18"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o007])
+def test_bundle_files_follow_the_umask_like_any_new_file(tmp_path, mask):
+    """safetensors writes its file 0600: before, another user could read model.json but not load the weights."""
+    import os
+    import stat
+
+    old = os.umask(mask)
+    try:
+        model = build_model("resnet18", 2, head={"kind": "linear"}).eval()
+        write_bundle(model, tmp_path, make_manifest("resnet18", {"kind": "linear"}, ["Bengal", "pug"], 32, 40,
+                                                    [0.5] * 3, [0.5] * 3))
+        (tmp_path / "plain.txt").write_text("made by open()")
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert want == 0o666 & ~mask
+    for name in (WEIGHTS_NAME, MANIFEST_NAME):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name

@@ -138,3 +138,83 @@ def test_a_bomb_file_is_refused_with_flat_memory(tmp_path):
 def test_webp_decodes_to_the_same_pixels():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8))
     assert np.array_equal(np.asarray(load_rgb(encode(img, "WEBP", lossless=True))), np.asarray(img))
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _zeros_deflated(n_blocks: int, block: int = 1 << 24) -> bytes:
+    """A valid zlib stream of n_blocks x 16 MB of zeros, in about a second: deflate restarts after a full flush,
+    so every block after the first compresses to the same bytes."""
+    c, zeros = zlib.compressobj(9), bytes(block)
+    first = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    rest = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(n_blocks):
+        adler = zlib.adler32(zeros, adler)
+    return first + rest * (n_blocks - 1) + c.flush()[:-4] + struct.pack(">I", adler)
+
+
+def test_png_with_a_truncated_ihdr_chunk_is_this_files_error(tmp_path):
+    path = tmp_path / "short.png"
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr[:9]) + _chunk(b"IEND", b""))
+    with pytest.raises(ImageError, match=r"^short.png: corrupt or truncated image \(Truncated IHDR chunk\)$"):
+        load_rgb(path)
+
+
+@pytest.mark.parametrize("kind,body", [(b"zTXt", b"Comment\0\0"), (b"iCCP", b"icc\0\0")])
+def test_png_text_or_icc_chunk_inflating_to_1_gb_is_refused(tmp_path, kind, body):
+    """Pillow inflates text and ICC chunks only up to ImageFile's limits (1 MB a chunk) and raises ValueError
+    past them; that error must name this file, not stop a whole run."""
+    path = tmp_path / "bomb.png"
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
+    pixels = zlib.compress((b"\0" + bytes(24)) * 8)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(kind, body + _zeros_deflated(64))
+                     + _chunk(b"IDAT", pixels) + _chunk(b"IEND", b""))
+    with pytest.raises(ImageError, match=r"^bomb.png: corrupt or truncated image \(Decompressed data too large"):
+        load_rgb(path)
+
+
+def test_a_symlink_loop_or_a_vanished_file_is_this_files_error(tmp_path):
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageError, match=r"^loop.jpg: cannot read \(Too many levels of symbolic links\)$"):
+        load_rgb(loop)
+    with pytest.raises(ImageError, match="^gone.jpg: file not found$"):
+        load_rgb(tmp_path / "gone.jpg")
+
+
+def _heic(path) -> None:
+    """A real HEIC photo (left red, right blue), written by pillow-heif without registering it with Pillow."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.from_pillow(_arrow(64, 32)).save(path, quality=95)
+
+
+def _decode_in_fresh_python(path, block_pillow_heif: bool = False) -> str:
+    """load_rgb(path) in a new interpreter (Pillow knows no HEIF there until petclf registers it): pixels or error."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n" + ("sys.modules['pillow_heif'] = None\n" if block_pillow_heif else "") +
+            "from petclf.image import load_rgb\nfrom petclf.errors import ImageError\n"
+            f"try:\n    im = load_rgb({str(path)!r})\n    print(im.size, im.getpixel((8, 16)), im.getpixel((56, 16)))\n"
+            "except ImageError as e:\n    print(e)\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_heic_photos_decode_through_pillow_heif(tmp_path):
+    _heic(tmp_path / "iphone.heic")
+    size, left, right = _decode_in_fresh_python(tmp_path / "iphone.heic").split(") (")
+    assert size == "(64, 32"
+    r, g, b = map(int, left.strip("()").split(","))
+    assert r > 200 and b < 60  # red on the left (HEVC is lossy)
+    r, g, b = map(int, right.strip("()").split(","))
+    assert b > 200 and r < 60
+
+
+def test_heic_without_pillow_heif_says_so(tmp_path):
+    _heic(tmp_path / "iphone.heic")
+    assert _decode_in_fresh_python(tmp_path / "iphone.heic", block_pillow_heif=True) == \
+        "iphone.heic: HEIC is not supported (install pillow-heif)"

@@ -76,7 +76,13 @@ def test_onnx_export_judges_the_difference_against_the_logit_scale(run_dir, tmp_
 def test_training_exports_onnx_and_auto_picks_it_on_cpu(run_dir, valid_items):
     onnx_predictor, predictor = load_model(run_dir), load_model(run_dir, backend="torch")
     assert onnx_predictor.backend == "onnx"
+    from petclf.io import sha256_file, umask
     from petclf.onnx import ONNX_INFO_NAME
+
+    assert predictor.manifest["onnx"]["sha256"] == sha256_file(run_dir / "model.onnx")  # model.json pins the graph
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run_dir.iterdir() if p.is_file()}
+    assert modes["model.onnx"] == modes["model.onnx.json"] == modes["model.safetensors"] == modes["model.json"] == \
+        0o666 & ~umask()  # what open() gives a new file; safetensors and the exporter's temp files were 0600
 
     info = json.loads((run_dir / ONNX_INFO_NAME).read_text())
     assert info["max_abs_diff"] <= info["rtol"] * max(1.0, info["max_abs_logit"]) and info["max_abs_diff"] < 1e-3
@@ -85,3 +91,62 @@ def test_training_exports_onnx_and_auto_picks_it_on_cpu(run_dir, valid_items):
     x = torch.from_numpy(predictor.preprocess(valid_items[:2]))
     with torch.no_grad():
         assert torch.equal(onnx_predictor.model(x), predictor.model(x))
+
+
+def _swap_graph(bundle, valid_items):
+    """Replace model.onnx with the same network whose last layer's rows are rolled (every class answers as its
+    neighbour) and recompute model.onnx.json's checksum, as someone swapping the graph would."""
+    from petclf.bundle import load_network
+    from petclf.io import sha256_file
+    from petclf.onnx import ONNX_INFO_NAME, OPSET, OnnxNet, _export_graph
+
+    net, manifest = load_network(bundle)
+    head = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    perm = torch.arange(head.out_features).roll(1)
+    with torch.no_grad():
+        head.weight.copy_(head.weight[perm])
+        if head.bias is not None:  # fastai's head has none (a BatchNorm precedes it)
+            head.bias.copy_(head.bias[perm])
+    _export_graph(net, manifest["input"]["size"], bundle / "model.onnx", OPSET)
+    info = json.loads((bundle / ONNX_INFO_NAME).read_text())
+    info["sha256"] = sha256_file(bundle / "model.onnx")
+    (bundle / ONNX_INFO_NAME).write_text(json.dumps(info))
+    honest = load_model(bundle, backend="torch")
+    x = honest.preprocess(valid_items[:4])
+    assert (OnnxNet(bundle / "model.onnx")(x).argmax(1) != honest.logits(x).argmax(1)).all()  # it does lie
+
+
+def test_a_swapped_graph_is_refused_even_with_its_checksum_file_rewritten(cli, run_dir, tmp_path, valid_items,
+                                                                           caplog):
+    bundle = tmp_path / "swapped"
+    shutil.copytree(run_dir, bundle)
+    _swap_graph(bundle, valid_items)
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        load_model(bundle, backend="onnx")
+    with caplog.at_level("WARNING", logger="petclf.onnx"):
+        assert load_model(bundle).backend == "torch"  # auto: the weights answer, with a log line saying why
+    assert "checksum mismatch" in caplog.text
+    res = cli("predict", valid_items[0], "--model", bundle, "--backend", "onnx")
+    assert res.exit_code == 2 and res.output.startswith("error: checksum mismatch"), res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_export_pins_the_graph_of_an_older_bundle(cli, run_dir, tmp_path, caplog):
+    """A bundle made before model.json pinned its graph runs on torch until `petclf export --onnx` pins it."""
+    bundle = tmp_path / "older"
+    shutil.copytree(run_dir, bundle)
+    manifest = json.loads((bundle / "model.json").read_text())
+    pin = manifest.pop("onnx")
+    (bundle / "model.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="petclf.onnx"):
+        assert load_model(bundle).backend == "torch"
+    assert "not pinned" in caplog.text
+    with pytest.raises(BundleError, match="petclf export --onnx"):
+        load_model(bundle, backend="onnx")
+    res = cli("export", "--onnx", "--model", bundle)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((bundle / "model.json").read_text())
+    from petclf.io import sha256_file
+
+    assert manifest["onnx"] == {"file": "model.onnx", "sha256": sha256_file(bundle / "model.onnx")}
+    assert set(pin) == {"file", "sha256"} and load_model(bundle).backend == "onnx"

@@ -236,3 +236,92 @@ def test_corrupt_manifest_is_refused(run_dir, tmp_path):
     (bad / "model.json").write_text((run_dir / "model.json").read_text()[:50])
     with pytest.raises(BundleError, match="corrupt model file"):
         load_model(bad)
+
+
+# ---------------------------------------------------------------------------------------------------- odd folders
+
+
+@pytest.fixture()
+def odd_tree(tmp_path, valid_items) -> Path:
+    """odd/{good.jpg, café.jpg named in Latin-1 (not UTF-8)}."""
+    import os
+
+    root = tmp_path / "odd"
+    root.mkdir()
+    shutil.copy(valid_items[0], root / "good.jpg")
+    with open(os.fsencode(root) + b"/caf\xe9.jpg", "wb") as f:
+        f.write(valid_items[1].read_bytes())
+    return root
+
+
+def test_a_symlink_loop_is_an_error_row_and_folder_loops_are_not_followed(predictor, odd_tree):
+    import os
+
+    (odd_tree / "loop.jpg").symlink_to(odd_tree / "loop.jpg")
+    (odd_tree / "sub").mkdir()
+    (odd_tree / "sub" / "up").symlink_to(odd_tree)  # a folder loop
+
+    for arg in (odd_tree, str(odd_tree / "**" / "*.jpg"), odd_tree / "loop.jpg"):
+        rows = list(predictor.predict_paths([arg]))
+        names = sorted(os.fsencode(Path(r.file).relative_to(odd_tree)) for r in rows)
+        want = [b"loop.jpg"] if arg == odd_tree / "loop.jpg" else [b"caf\xe9.jpg", b"good.jpg", b"loop.jpg"]
+        assert names == want, arg  # the glob module followed sub/up 40 levels deep: each file 40 times
+        errors = {Path(r.file).name: r.error for r in rows if not r.ok}
+        assert errors == {"loop.jpg": "loop.jpg: cannot read (Too many levels of symbolic links)"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "table", "json"])
+def test_a_non_utf8_file_name_is_written_not_an_abort(cli, run_dir, odd_tree, tmp_path, fmt):
+    """Names are written as their own bytes (surrogateescape) to --out and stdout alike; JSON escapes them."""
+    out = tmp_path / f"o.{fmt}"
+    res = cli("predict", odd_tree, "--model", run_dir, "--format", fmt, "--out", out)
+    assert res.exit_code == 0 and "2 predicted, 0 failed" in res.output, res.output
+    data = out.read_bytes()
+    assert data == cli("predict", odd_tree, "--model", run_dir, "--format", fmt).stdout_bytes
+    if fmt == "json":
+        names = [r["file"] for r in json.loads(data)]
+        assert str(odd_tree / "caf\udce9.jpg") in names  # os.fsencode gives the name's bytes back
+    else:  # the table may fold a long path over lines; the byte that is not UTF-8 is kept as it is
+        assert (b"\xe9" if fmt == "table" else b"caf\xe9.jpg") in data
+
+
+def test_one_files_unexpected_failure_is_its_row(predictor, photo_tree, monkeypatch):
+    real = type(predictor.pre).one
+
+    def flaky(self, src):
+        if Path(src).name == "a.jpg":
+            raise RuntimeError("decoder crashed")
+        return real(self, src)
+
+    monkeypatch.setattr(type(predictor.pre), "one", flaky)
+    rows = list(predictor.predict_paths([photo_tree / "a.jpg", photo_tree / "sub" / "b.png"]))
+    assert rows[0].error == "a.jpg: cannot be read (RuntimeError: decoder crashed)" and rows[1].ok
+
+
+def test_heic_photos_are_predicted(predictor, valid_items, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.from_pillow(Image.open(valid_items[0]).convert("RGB")).save(tmp_path / "iphone.heic", quality=95)
+    (tmp_path / "iphone.HEIF").write_bytes((tmp_path / "iphone.heic").read_bytes())
+    rows = list(predictor.predict_paths([tmp_path]))
+    assert [Path(r.file).name for r in rows] == ["iphone.HEIF", "iphone.heic"] and all(r.ok for r in rows)
+    assert rows[0].top(1)[0][0] == next(iter(predictor.predict(valid_items[0])))  # HEVC is lossy; the top-1 holds
+
+
+@pytest.mark.parametrize("where,why", [
+    ("missing/o.csv", "missing does not exist"),
+    ("file.txt/o.csv", "file.txt is not a folder"),
+    (".", "it is a folder"),
+    ("/sys/o.csv", "Permission denied"),  # sysfs refuses new files even to root (permission bits do not)
+])
+def test_out_is_checked_before_any_work(cli, run_dir, photo_tree, tmp_path, monkeypatch, where, why):
+    import petclf.predict
+
+    if where.startswith("/sys") and not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs here")
+    (tmp_path / "file.txt").write_text("a file")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(petclf.predict, "load_model", lambda *a, **k: pytest.fail("predicted before checking --out"))
+    res = cli("predict", photo_tree / "a.jpg", "--model", run_dir, "--out", where)
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"error: cannot write {where}:") and why in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
