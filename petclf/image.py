@@ -21,7 +21,7 @@ from petclf.errors import ImageError
 MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~9459 x 9459); larger images are refused, not decoded
 MAX_BYTES = 20 * 1024 * 1024  # files above this are refused before decoding
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as a browser shows them
-# ISO-BMFF brands of HEIF images (iPhone photos); decoded by pillow-heif when it is installed
+# ISO-BMFF brands of HEIF images (iPhone photos); decoded by pi-heif (pillow-heif's decode-only build)
 HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
@@ -50,25 +50,29 @@ def _is_heif(src: str | Path | bytes) -> bool:
 
 @functools.cache
 def _heif_registered() -> bool:
-    """pillow-heif's HEIF/HEIC decoder, registered with Pillow on the first HEIF file (not at import: it costs
-    every other start); False when pillow-heif is not installed."""
+    """The HEIF/HEIC decoder, registered with Pillow on the first HEIF file (not at import: it costs every other
+    start): pi-heif, the decode-only build petclf depends on (pillow-heif's wheel also bundles a GPL encoder),
+    else pillow-heif if that is what is installed; False when neither is."""
     try:
-        from pillow_heif import register_heif_opener
+        from pi_heif import register_heif_opener
     except ImportError:
-        return False
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            return False
     register_heif_opener()
     return True
 
 
 def _open_any(src: str | Path | bytes, name: str) -> Image.Image:
-    """`Image.open`, with HEIF/HEIC through pillow-heif."""
+    """`Image.open`, with HEIF/HEIC through pi-heif."""
     try:
         return Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
     except UnidentifiedImageError:
         if not _is_heif(src):
             raise
         if not _heif_registered():
-            raise ImageError(f"{name}: HEIC is not supported (install pillow-heif)") from None
+            raise ImageError(f"{name}: HEIC is not supported (install pi-heif)") from None
         return Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
 
 

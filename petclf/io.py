@@ -25,7 +25,7 @@ from petclf.errors import PetclfError
 if TYPE_CHECKING:
     import torch
 
-# what counts as an image (HEIC/HEIF: iPhone photos, decoded through pillow-heif)
+# what counts as an image (HEIC/HEIF: iPhone photos, decoded through pi-heif)
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
 NETWORK_TIMEOUT = 8.0  # seconds to decide that a download host is unreachable
 

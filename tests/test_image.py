@@ -192,19 +192,20 @@ def _heic(path) -> None:
     pillow_heif.from_pillow(_arrow(64, 32)).save(path, quality=95)
 
 
-def _decode_in_fresh_python(path, block_pillow_heif: bool = False) -> str:
+def _decode_in_fresh_python(path, block_heif: bool = False) -> str:
     """load_rgb(path) in a new interpreter (Pillow knows no HEIF there until petclf registers it): pixels or error."""
     import subprocess
     import sys
 
-    code = ("import sys\n" + ("sys.modules['pillow_heif'] = None\n" if block_pillow_heif else "") +
+    blocked = "sys.modules['pi_heif'] = sys.modules['pillow_heif'] = None\n"
+    code = ("import sys\n" + (blocked if block_heif else "") +
             "from petclf.image import load_rgb\nfrom petclf.errors import ImageError\n"
             f"try:\n    im = load_rgb({str(path)!r})\n    print(im.size, im.getpixel((8, 16)), im.getpixel((56, 16)))\n"
             "except ImageError as e:\n    print(e)\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_heic_photos_decode_through_pillow_heif(tmp_path):
+def test_heic_photos_decode_through_pi_heif(tmp_path):
     _heic(tmp_path / "iphone.heic")
     size, left, right = _decode_in_fresh_python(tmp_path / "iphone.heic").split(") (")
     assert size == "(64, 32"
@@ -214,7 +215,7 @@ def test_heic_photos_decode_through_pillow_heif(tmp_path):
     assert b > 200 and r < 60
 
 
-def test_heic_without_pillow_heif_says_so(tmp_path):
+def test_heic_without_a_heif_decoder_says_so(tmp_path):
     _heic(tmp_path / "iphone.heic")
-    assert _decode_in_fresh_python(tmp_path / "iphone.heic", block_pillow_heif=True) == \
-        "iphone.heic: HEIC is not supported (install pillow-heif)"
+    assert _decode_in_fresh_python(tmp_path / "iphone.heic", block_heif=True) == \
+        "iphone.heic: HEIC is not supported (install pi-heif)"
