@@ -90,14 +90,20 @@ def check_writable(folder: str | Path) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".petclf-write-test{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
-        from petclf.errors import PetclfError
-
         raise PetclfError(f"cannot write to {folder}: {e.strerror or e}") from None
+    _probe(folder, f"to {folder}")
     return folder
+
+
+def _probe(folder: Path, what: str) -> None:
+    """Create and delete a file in `folder`: the only sure test (root ignores permission bits, not read-only file
+    systems); a one-line error naming `what` otherwise."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".petclf-probe"):
+            pass
+    except OSError as e:
+        raise PetclfError(f"cannot write {what}: {e.strerror or e}") from None
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
@@ -133,11 +139,7 @@ def check_file_writable(path: str | Path) -> None:
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise PetclfError(f"cannot write {path}: {folder} {what}")
-    try:  # the only sure test (root ignores permission bits, not read-only file systems)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.probe"):
-            pass
-    except OSError as e:
-        raise PetclfError(f"cannot write {path}: {e.strerror or e}") from None
+    _probe(folder, str(path))
 
 
 def is_image_file(path: str | Path) -> bool:
