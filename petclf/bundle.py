@@ -46,9 +46,9 @@ TEMPERATURE = (1e-3, 1e3)  # softmax(logits / T): T outside this range is a brok
 MAX_NAME = 256  # characters in a class name, architecture name or file name
 HEADS = {  # head kinds `model.build_model` builds, with the keys each may carry (fastai's create_head arguments)
     "fastai": {"concat_pool", "lin_ftrs", "ps", "first_bn", "bn_final", "lin_first"},
-    "linear": set(),
+    "linear": {"l2norm"},  # l2norm: pooled features scaled to unit length before the Linear (the probe recipe)
 }
-HEAD_FLAGS = ("concat_pool", "first_bn", "bn_final", "lin_first")
+HEAD_FLAGS = ("concat_pool", "first_bn", "bn_final", "lin_first", "l2norm")
 MAX_LIN_FTRS = (16, 65_536)  # fastai head: at most 16 hidden layers of at most 65,536 features
 
 

@@ -96,7 +96,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "bs": (1, 65_536, True, True), "size": (8, 4096, True, True), "presize": (8, 8192, True, True),
     "min_scale": (0, 1, False, True), "valid_pct": (0, 1, False, False), "workers": (0, 256, True, True),
     "small_data": (1, None, True, True), "lr_mult": (1, None, True, True), "probe_c": (0, None, False, True),
-    "probe_lr_scale": (0, None, False, True), "lr_find_steps": (5, 10_000, True, True),
+    "probe_lr_scale": (0, None, False, True), "probe_size": (8, 2048, True, True),
+    "lr_find_steps": (5, 10_000, True, True),
     "threads": (1, 1024, True, True)}
 
 
@@ -132,10 +133,11 @@ class TrainConfig:
     recipe: str = "auto"  # auto | fastbook | probe; auto: probe below `small_data` training images per class
     small_data: int = 50  # median training images per class under which `auto` uses the probe recipe
     lr_mult: float = 100.0  # head LR / lowest body LR after unfreezing (fastai fine_tune's lr_mult)
-    probe_c: float = 1.0  # inverse L2 strength of the probe's logistic regression (on standardised features)
-    probe_lr_scale: float = 0.1  # probe recipe: fine-tune head LR = lr_find suggestion x this (gentle; head is trained)
-    bn_freeze: str = "auto"  # auto (on for the probe recipe) | on | off: keep backbone BatchNorm statistics frozen
-    lr_find_steps: int = 100  # at most this many lr_find steps (fewer on small data; stops on divergence)
+    probe_size: int = 384  # probe recipe: feature resolution (centre square resized to it; the bundle's input size)
+    probe_c: float = 1.0  # unused since C is chosen by cross-validation; kept so settings files that set it load
+    probe_lr_scale: float = 0.1  # unused: the probe recipe no longer fine-tunes; kept so settings files load
+    bn_freeze: str = "auto"  # fastbook recipe: on | off | auto (off) keeps backbone BatchNorm statistics frozen
+    lr_find_steps: int = 100  # fastbook recipe: at most this many lr_find steps (fewer on small data)
     precision: str = "auto"  # auto (bf16 > fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16
     threads: int | None = None  # torch CPU threads; None: every core this process may use
     channels_last: str = "auto"  # auto (on for CUDA and CPU, off for MPS) | on | off: the layout the network trains in

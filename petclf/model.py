@@ -51,12 +51,19 @@ def norm_stats(arch: str) -> tuple[list[float], list[float]]:
     return list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), list(cfg.get("std", IMAGENET_DEFAULT_STD))
 
 
-def linear_head(nf: int, n_out: int, pool: bool = True) -> nn.Sequential:
-    """Average pool + one linear layer: the head a linear probe trains."""
+class L2Norm(nn.Module):
+    """Scales each feature vector to unit length: the probe's logistic regression was fitted on such features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=1)
+
+
+def linear_head(nf: int, n_out: int, pool: bool = True, l2norm: bool = False) -> nn.Sequential:
+    """Average pool (+ L2 normalisation) + one linear layer: the head a linear probe trains."""
     from fastai.layers import Flatten
 
     layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), Flatten()] if pool else []
-    return nn.Sequential(*layers, nn.Linear(nf, n_out))
+    return nn.Sequential(*layers, *([L2Norm()] if l2norm else []), nn.Linear(nf, n_out))
 
 
 def build_model(arch: str, n_out: int, head: dict[str, Any] | None = None, pretrained: bool = False,
@@ -72,7 +79,8 @@ def build_model(arch: str, n_out: int, head: dict[str, Any] | None = None, pretr
         from fastai.vision.learner import TimmBody
 
         body = TimmBody(body_model, pretrained)
-        return nn.Sequential(body, linear_head(body_model.num_features, n_out, pool=body.needs_pool))
+        return nn.Sequential(body, linear_head(body_model.num_features, n_out, pool=body.needs_pool,
+                                               l2norm=bool(head.pop("l2norm", False))))
     if kind != "fastai":
         raise PetclfError(f"unknown head kind {kind!r}")
     model, _ = create_timm_model(arch, n_out, pretrained=pretrained, **head, **timm_kwargs)

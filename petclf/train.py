@@ -12,8 +12,9 @@
 
 Recipes. `fastbook`: fastai's head, lr_find's valley, `fine_tune` semantics (head alone with fit_one_cycle, then
 unfreeze and fit_one_cycle with discriminative LRs). `probe` (small data): a logistic regression on the frozen
-backbone's pooled features initialises a linear head, the backbone's BatchNorm statistics stay frozen, the whole
-network is fine-tuned gently, and whichever of probe and fine-tune has the lower validation error is kept.
+backbone's L2-normalised pooled features at `probe_size` px, C by cross-validation, fitted on every labelled photo
+(no validation split) and written into a linear head; its error is a nested cross-validation estimate, and the
+out-of-fold predictions are saved in `oof.json`. No lr_find, no fine-tune (measured to add nothing).
 `auto` picks `probe` when there are fewer than `small_data` training images per class.
 
 Every file lands in the run directory; `exports/latest` (beside it) is switched to the run only once it is complete.
@@ -31,6 +32,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+import numpy as np
 import torch
 
 from petclf import distributed
@@ -38,27 +40,25 @@ from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN
 from petclf.config import EXPORTS, TrainConfig, save_config
 from petclf.device import Compute, available_cores, resolve_compute
 from petclf.io import atomic_path, write_atomic
-from petclf.probe import run_probe
+from petclf.probe import read_oof, run_probe
 from petclf.run import (
     CKPT_DIR,
     Phase,
     RunState,
     discarded_on_failure,
     load_checkpoint,
-    load_weights,
     log,
     on_main,
     prepare_run_dir,
     resume_config,
     save_checkpoint,
-    save_weights,
     settings_given,
     update_latest,
 )
 
 FALLBACK_LR = 2e-3  # fastai fine_tune's base_lr, used when lr_find cannot suggest one
 RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.json", "lr_find.png", "export.pkl",
-             "data_report.json")
+             "data_report.json")  # a probe run writes oof.json instead of lr_find.png
 
 
 def resolve_device(cfg: TrainConfig) -> Compute:
@@ -74,15 +74,18 @@ def plan_schedule(cfg: TrainConfig, lr: float, recipe: str, pretrained: bool = T
     """fastai's fine_tune as data: head alone (skipped after a probe), then unfrozen with discriminative LRs.
 
     From random weights there is nothing to protect: one plain fit_one_cycle of `freeze_epochs + epochs` at `lr`.
+    The probe recipe trains no epochs: its head is solved, not fitted by gradient steps.
     """
+    if recipe == "probe":
+        return []
     if not pretrained:
         n = cfg.freeze_epochs + cfg.epochs
         return [Phase("unfrozen", n, (lr, lr), pct_start=0.25, div=25.0)] if n > 0 else []
     phases = []
-    if cfg.freeze_epochs > 0 and recipe != "probe":
+    if cfg.freeze_epochs > 0:
         phases.append(Phase("frozen", cfg.freeze_epochs, (lr, lr), pct_start=0.99, div=25.0))
     if cfg.epochs > 0:
-        top = lr / 2 if recipe != "probe" else lr * cfg.probe_lr_scale
+        top = lr / 2
         phases.append(Phase("unfrozen", cfg.epochs, (top / cfg.lr_mult, top), pct_start=0.3, div=5.0))
     return phases
 
@@ -127,7 +130,7 @@ def head_spec(recipe: str) -> dict[str, Any]:
     """The head recorded in the manifest: a linear head for the probe recipe, fastai's otherwise."""
     from petclf.model import FASTAI_HEAD
 
-    return {"kind": "linear"} if recipe == "probe" else dict(FASTAI_HEAD)
+    return {"kind": "linear", "l2norm": True} if recipe == "probe" else dict(FASTAI_HEAD)
 
 
 def build_learner(cfg: TrainConfig, dls, recipe: str, compute: Compute, path: Path | None = None):
@@ -296,16 +299,20 @@ def choose_run_temperature(learn) -> dict:
     return choose_temperature(logits.float().cpu().numpy(), targs.cpu().numpy())
 
 
-def keep_better(learn, state: RunState, run_dir: Path) -> str:
-    """Probe recipe: if the probe alone beat the fine-tuned network on validation, restore it. Returns the winner."""
-    probe_file = run_dir / CKPT_DIR / "probe.safetensors"
-    if state.recipe != "probe" or state.probe is None or not probe_file.is_file():
-        return "fine-tune"
-    _, err, _ = (float(v) for v in learn.validate())
-    if state.probe["error_rate"] < err or not state.history:
-        load_weights(learn.model, probe_file)
-        return "probe"
-    return "fine-tune"
+def recipe_record(cfg: TrainConfig, state: RunState) -> dict:
+    """metrics.json's and the bundle's `recipe`: its name, and for the probe how its head was made."""
+    if state.recipe != "probe":
+        return {"name": state.recipe}
+    return {"name": "probe", "size": cfg.probe_size, "features": "pooled, L2-normalised, centre view",
+            "c": state.probe["c"], "estimate": state.probe["estimate"], "trained_on": "every labelled photo"}
+
+
+def oof_temperature(run_dir: Path) -> dict:
+    """The probe's temperature, chosen on the out-of-fold logits: the honest held-out outputs of this recipe."""
+    from petclf.calibrate import choose_temperature
+
+    oof = read_oof(run_dir)
+    return choose_temperature(np.asarray(oof["logits"], np.float32), np.asarray(oof["labels"]))
 
 
 def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> None:
@@ -314,14 +321,18 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
     from petclf.model import norm_stats
 
     mean, std = norm_stats(cfg.arch)
+    probe = metrics["recipe"]["name"] == "probe"
+    sizes = ({"train": len(pets.items), "valid": 0} if probe
+             else {"train": len(pets.train_idx), "valid": len(pets.valid_idx)})
     extra = {"metrics": {k: metrics[k] for k in ("error_rate", "accuracy", "valid_loss")},
              "trained_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-             "data": {"root": str(pets.root), "split": cfg.split,
-                      "sizes": {"train": len(pets.train_idx), "valid": len(pets.valid_idx)}},
+             "data": {"root": str(pets.root), "split": "none: every photo trains the probe" if probe else cfg.split,
+                      "sizes": sizes},
              "temperature": metrics["calibration"]["temperature"], "calibration": metrics["calibration"],
              "recipe": metrics["recipe"]}
-    manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), cfg.size,
-                             cfg.presize, mean, std, **extra)
+    size, presize = (cfg.probe_size, cfg.probe_size) if probe else (cfg.size, cfg.presize)
+    manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), size,
+                             presize, mean, std, **extra)
     write_bundle(learn.model, run_dir, manifest)
     export_onnx_quietly(run_dir)
     with atomic_path(run_dir / "export.pkl") as tmp:  # absolute: fastai joins a relative name onto learn.path
@@ -345,13 +356,27 @@ def export_onnx_quietly(run_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- train
 
 
-def start_state(learn, cfg: TrainConfig, recipe: str, run_dir: Path) -> RunState:
-    """A fresh run: probe (small data), then lr_find unless --lr, plot saved; a first checkpoint."""
+def probe_metrics(state: RunState) -> dict:
+    """metrics.json of a probe run: the nested-CV estimate (never an error on the photos the model trained on)."""
+    p = state.probe
+    return {"error_rate": p["error_rate"], "accuracy": 1.0 - p["error_rate"], "valid_loss": p["log_loss"],
+            "estimate": p["estimate"], "fold_errors": p["fold_errors"], "fold_error_std": p["fold_error_std"],
+            "log_loss": p["log_loss"], "c": p["c"], "c_per_fold": p["c_per_fold"], "history": [], "lr": None,
+            "lr_find": None, "recipe": state.recipe, "probe": p, "train_seconds": p["seconds"],
+            "images_per_second": round(p["n_images"] / p["seconds"], 2) if p["seconds"] else None}
+
+
+def start_state(learn, cfg: TrainConfig, recipe: str, run_dir: Path, pets) -> RunState:
+    """A fresh run: the probe recipe whole (then its one checkpoint), or lr_find unless --lr, plot saved, and a
+    first checkpoint. A probe interrupted before its checkpoint leaves nothing to resume: rerun it (it is short)."""
     state = RunState(recipe=recipe)
     if recipe == "probe":
-        state.probe = run_probe(learn, cfg.probe_c)
-        on_main(save_weights, learn.model, run_dir / CKPT_DIR / "probe.safetensors")
-        log(f"linear probe: valid error {state.probe['error_rate']:.4f} in {state.probe['seconds']:.0f} s")
+        state.probe = run_probe(learn, cfg, pets, run_dir)
+        p = state.probe
+        log(f"probe: C {p['c']:g}; {p['estimate']} error {p['error_rate']:.4f} (folds "
+            f"{' '.join(f'{e:.3f}' for e in p['fold_errors'])}) in {p['seconds']:.0f} s")
+        on_main(save_checkpoint, learn, state, run_dir)
+        return state
     if cfg.lr is None:
         found = lr_find(learn, cfg.lr_find_steps)
         state.lr = found.suggestion
@@ -379,9 +404,11 @@ def describe(cfg: TrainConfig, compute: Compute, recipe: str, pets) -> str:
     weights = cfg.weights or ("ImageNet (timm hub)" if cfg.pretrained else "random init")
     n = distributed.world_size()
     procs = (f"; {n} processes, batch {cfg.bs} per process = {n * cfg.bs} global, LR not scaled"
-             if n > 1 else "")
+             if n > 1 and recipe != "probe" else "")
+    images = (f"{len(pets.items)} images, all training the probe at {cfg.probe_size} px" if recipe == "probe"
+              else f"{len(pets.train_idx)} train / {len(pets.valid_idx)} valid images")
     return (f"device {device} ({precision}{layout}{threads}); {cfg.arch} from {weights}; recipe {recipe}; "
-            f"{len(pets.train_idx)} train / {len(pets.valid_idx)} valid images, {len(pets.vocab)} classes{procs}")
+            f"{images}, {len(pets.vocab)} classes{procs}")
 
 
 def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any, RunState, dict | None, str]:
@@ -392,7 +419,9 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
     recipe = ckpt["state"]["recipe"] if ckpt else choose_recipe(
         cfg, train_class_counts(pets.labels, pets.train_idx), pretrained)
     log(describe(cfg, compute, recipe, pets))
-    dls = build_dataloaders(cfg, pets, compute.device)
+    # the probe's export.pkl carries its own input size (it sees no batch: features come through `Preprocess`)
+    dls = build_dataloaders(replace(cfg, size=cfg.probe_size, presize=cfg.probe_size) if recipe == "probe" else cfg,
+                            pets, compute.device)
     learn = distributed.main_first(  # rank 0 fills the hub cache before the others read it
         lambda: build_learner(cfg, dls, recipe, compute, path=run_dir / CKPT_DIR))
     if ckpt:
@@ -403,7 +432,7 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
     state = None
     if distributed.is_main():
         with distributed.this_process_only():
-            state = start_state(learn, cfg, recipe, run_dir)
+            state = start_state(learn, cfg, recipe, run_dir, pets)
     return learn, distributed.broadcast(state), None, recipe
 
 
@@ -445,24 +474,25 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
 
 
 def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> TrainResult:
-    """Pick the better of probe and fine-tune, export, and point `latest` at the run (rank 0; others get metrics)."""
+    """Metrics and temperature, export, and point `latest` at the run (rank 0; others get metrics)."""
     state.done = True
     if not distributed.is_main():
         return TrainResult(learn, run_dir, distributed.broadcast(None))
     n = distributed.world_size()
     with distributed.this_process_only():
-        winner = keep_better(learn, state, run_dir)
         check_finite(learn)
-        metrics = final_metrics(learn, state)
+        metrics = probe_metrics(state) if state.recipe == "probe" else final_metrics(learn, state)
         if not math.isfinite(metrics["valid_loss"]):
             raise TrainingDiverged("training diverged: the validation loss is not finite; nothing was exported and "
                                    "`latest` is unchanged; try a lower --lr")
-        metrics["recipe"] = {"name": state.recipe, "kept": winner}
+        metrics["recipe"] = recipe_record(cfg, state)
         metrics["processes"] = {"count": n, "bs_per_process": cfg.bs, "global_bs": n * cfg.bs}
-        metrics["calibration"] = choose_run_temperature(learn)
+        metrics["calibration"] = (oof_temperature(run_dir) if state.recipe == "probe"
+                                  else choose_run_temperature(learn))
         export_run(learn, cfg, pets, run_dir, metrics)
         update_latest(run_dir)
-    log(f"valid error_rate {metrics['error_rate']:.4f} (kept {winner}); run directory {run_dir}")
+    what = metrics.get("estimate", "valid")
+    log(f"{what} error_rate {metrics['error_rate']:.4f}; run directory {run_dir}")
     return TrainResult(learn, run_dir, distributed.broadcast(metrics))
 
 
