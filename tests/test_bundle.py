@@ -43,14 +43,22 @@ def test_round_trip_is_exact_and_manifest_is_complete(bundle):
     assert not list(out.glob(".*tmp*")), "no temp files left behind"
 
 
-def test_linear_head_round_trips(tmp_path):
-    model = build_model("resnet18", 2, head={"kind": "linear"}).eval()
-    write_bundle(model, tmp_path, make_manifest("resnet18", {"kind": "linear"}, ["Bengal", "pug"], 32, 40,
-                                                [0.5] * 3, [0.5] * 3))
-    net, _ = load_network(tmp_path)
+@pytest.mark.parametrize("head", [{"kind": "linear"}, {"kind": "linear", "l2norm": True}])
+def test_linear_head_round_trips(tmp_path, head):
+    model = build_model("resnet18", 2, head=head).eval()
+    write_bundle(model, tmp_path, make_manifest("resnet18", head, ["Bengal", "pug"], 32, 40, [0.5] * 3, [0.5] * 3))
+    net, manifest = load_network(tmp_path)
+    assert manifest["head"] == head
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(x), model(x))
+
+
+def test_l2norm_head_sees_unit_length_features():
+    model = build_model("resnet18", 2, head={"kind": "linear", "l2norm": True}).eval()
+    with torch.no_grad():
+        feats = model[1][:-1](model[0](torch.randn(3, 3, 32, 32)))
+    assert torch.allclose(feats.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
 def test_tampered_weights_are_refused_before_loading(bundle, tmp_path):
@@ -126,6 +134,7 @@ CORRUPT = {  # the issue's malformed manifests, and more; each must be one line,
     "temperature NaN": (_literal("temperature", "NaN"), "temperature must be in"),
     "temperature Infinity": (_literal("temperature", "Infinity"), "temperature must be in"),
     "temperature 0": (_set("temperature", 0), "temperature"),
+    "l2norm not a flag": (_set("head", {"kind": "linear", "l2norm": "yes"}), "head.l2norm must be true or false"),
     "temperature true": (_set("temperature", True), "temperature must be a number"),
     "std 0": (_set("input.std", [0, 0, 0]), r"input.std\[0\] must be in"),
     "std negative": (_set("input.std", [0.2, -0.2, 0.2]), r"input.std\[1\]"),

@@ -150,3 +150,21 @@ def test_export_pins_the_graph_of_an_older_bundle(cli, run_dir, tmp_path, caplog
 
     assert manifest["onnx"] == {"file": "model.onnx", "sha256": sha256_file(bundle / "model.onnx")}
     assert set(pin) == {"file", "sha256"} and load_model(bundle).backend == "onnx"
+
+
+def test_the_probe_recipes_l2norm_head_exports(tmp_path):
+    """backbone -> pool -> L2Norm -> Linear: F.normalize becomes ReduceL2 + Div; onnxruntime agrees with torch."""
+    from petclf.bundle import make_manifest, write_bundle
+    from petclf.model import build_model
+    from petclf.onnx import OnnxNet, export_onnx
+
+    head = {"kind": "linear", "l2norm": True}
+    model = build_model("resnet18", 3, head=head).eval()
+    write_bundle(model, tmp_path, make_manifest("resnet18", head, ["Bengal", "pug", "boxer"], 32, 32, [0.5] * 3,
+                                                [0.5] * 3))
+    info = export_onnx(tmp_path)
+    assert info["max_abs_diff"] <= info["rtol"] * max(1.0, info["max_abs_logit"])
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(OnnxNet(tmp_path / "model.onnx", threads=1)(x.numpy()) - expected).max() < 1e-4

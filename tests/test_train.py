@@ -71,8 +71,7 @@ def test_schedule_mirrors_fine_tune():
     frozen, unfrozen = plan_schedule(cfg, 1e-3, "fastbook")
     assert frozen == Phase("frozen", 1, (1e-3, 1e-3), 0.99, 25.0)
     assert unfrozen.epochs == 4 and unfrozen.lr == pytest.approx((5e-6, 5e-4)) and unfrozen.div == 5.0
-    (only,) = plan_schedule(cfg, 1e-3, "probe")  # the probe already trained the head
-    assert only.name == "unfrozen" and only.lr[1] == pytest.approx(1e-3 * cfg.probe_lr_scale)
+    assert plan_schedule(cfg, 1e-3, "probe") == []  # the probe's head is solved: no epochs
     (scratch,) = plan_schedule(cfg, 1e-3, "fastbook", pretrained=False)
     assert scratch.epochs == 5 and scratch.lr == (1e-3, 1e-3)
 
@@ -179,21 +178,39 @@ def test_interrupted_run_resumes_on_schedule(synth_dir, tmp_path):
 
 @pytest.mark.slow
 def test_probe_recipe_on_small_data(synth_dir, tmp_path):
+    from scipy.special import softmax
+
     from petclf.bundle import load_network
-    from petclf.model import efficientnet_lite0_weights, read_state_dict
+    from petclf.model import efficientnet_lite0_weights
+    from petclf.predict import load_model
+    from petclf.probe import C_GRID
 
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     out = tmp_path / "probe"
     res = train(tiny_cfg(synth_dir, out, arch="tf_efficientnet_lite0", weights=str(weights), pretrained=True,
-                         lr=1e-3, epochs=1))
+                         probe_size=64))
     m = res.metrics
-    assert m["recipe"]["name"] == "probe" and m["recipe"]["kept"] in ("probe", "fine-tune")
-    assert m["probe"]["error_rate"] <= 0.25  # ImageNet features separate the synthetic breeds linearly
-    assert m["error_rate"] <= m["probe"]["error_rate"] + 1e-9  # the better of probe and fine-tune is kept
+    assert m["recipe"]["name"] == "probe" and m["recipe"]["size"] == 64 and m["recipe"]["c"] == m["c"] in C_GRID
+    assert m["estimate"] == "nested 5-fold cross-validation" and len(m["fold_errors"]) == len(m["c_per_fold"]) == 5
+    assert m["error_rate"] <= 0.25  # ImageNet features separate the synthetic breeds linearly
+    assert m["history"] == [] and m["lr_find"] is None and not (out / "lr_find.png").exists()
+
+    oof = json.loads((out / "oof.json").read_text())  # every labelled photo, predicted by a model without it
+    logits, labels = np.array(oof["logits"]), np.array(oof["labels"])
+    assert logits.shape == np.array(oof["probs"]).shape == (64, 4) and len(oof["files"]) == 64
+    assert m["error_rate"] == pytest.approx(float((logits.argmax(1) != labels).mean()))
+    assert m["calibration"]["n"] == 64  # the temperature is chosen on the out-of-fold logits
+
     net, manifest = load_network(out)
-    assert manifest["head"] == {"kind": "linear"} and manifest["recipe"] == m["recipe"]
-    src = read_state_dict(weights)  # BatchNorm statistics stayed frozen through fine-tuning
-    assert torch.equal(net[0].model.state_dict()["bn2.running_mean"], src["bn2.running_mean"])
+    assert manifest["head"] == {"kind": "linear", "l2norm": True} and manifest["recipe"] == m["recipe"]
+    assert manifest["input"]["size"] == manifest["input"]["presize"] == 64
+    assert manifest["data"]["sizes"] == {"train": 64, "valid": 0}  # no validation split: all photos train
+    files = oof["files"][:6]
+    torch_p, onnx_p = load_model(out, backend="torch"), load_model(out, backend="onnx")
+    x = torch_p.preprocess(files)
+    with torch.no_grad():
+        expected = softmax(res.learn.model.eval()(torch.from_numpy(x)).numpy() / manifest["temperature"], axis=1)
+    assert np.abs(torch_p.probs(x) - expected).max() < 1e-4 and np.abs(onnx_p.probs(x) - expected).max() < 1e-4
 
 
 def _epochs_saved(ckpt: Path) -> int:
@@ -244,7 +261,8 @@ def test_demo_runs_offline(tmp_path):
 
     paths = run_demo(tmp_path / "demo", epochs=1, threads=1)
     run = paths["run"]
-    assert all((run / name).is_file() for name in RUN_FILES)
+    probe_files = [n for n in RUN_FILES if n != "lr_find.png"] + ["oof.json"]  # lite0 weights: the probe recipe
+    assert all((run / name).is_file() for name in probe_files)
     assert paths["latest"].resolve() == run.resolve()
     assert json.loads((run / "metrics.json").read_text())["error_rate"] <= 0.25
 
