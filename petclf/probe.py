@@ -35,6 +35,8 @@ INNER_FOLDS = 4  # folds of the CV that chooses C
 OUTER_FOLDS = 5  # folds of the nested estimate
 FEATURE_BS = 32  # images per forward pass
 ESTIMATE = "nested 5-fold cross-validation"  # what metrics.json says its error_rate is
+OOF_NOTE = ("out-of-fold predictions of the nested cross-validation: every photo was predicted by a model that did "
+            "not train on it")  # what the report says when it judges a probe run by them
 OOF_NAME = "oof.json"  # the out-of-fold predictions, beside the bundle
 
 
@@ -259,3 +261,16 @@ def read_oof(run_dir: Path) -> dict | None:
     """A run's oof.json (None when it has none: fastbook runs)."""
     path = Path(run_dir) / OOF_NAME
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def oof_outputs(oof: dict, items: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, targets, losses) of `items` from a run's out-of-fold predictions; `ValueError` naming a photo the
+    run never predicted out of fold (added after training)."""
+    rows = {f: i for i, f in enumerate(oof["files"])}
+    missing = [str(p) for p in items if str(p) not in rows]
+    if missing:
+        raise ValueError(f"{len(missing)} photos were not in the training run (e.g. {missing[0]})")
+    idx = np.array([rows[str(p)] for p in items], dtype=int)
+    logits = np.asarray(oof["logits"], np.float32)[idx]
+    targs = np.asarray(oof["labels"], dtype=int)[idx]
+    return logits, targs, -log_softmax(logits, axis=1)[np.arange(len(idx)), targs]

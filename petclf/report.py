@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from petclf.image import encode
 from petclf.io import check_writable, write_atomic
 from petclf.labels import species_of
 from petclf.plots import is_number, plot_confusion, plot_history, plot_reliability, png, render_html
+from petclf.probe import OOF_NOTE, oof_outputs, read_oof
 from petclf.progress import bar
 from petclf.version import __version__
 
@@ -211,12 +212,29 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     with _bar("verifying images", progress) as report_progress:
         pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress)
     learn = make_learner(model_dir, pets, bs=bs, device=device, workers=workers)
+    oof = read_oof(model_dir) if split == "valid" else None
+    if oof is not None:  # a probe run trained on every photo: judge it by its out-of-fold predictions instead
+        learn.dls.loaders[1] = learn.dls.test_dl(pets.items, with_labels=True)
+        every = list(range(len(pets.items)))
+        pets, split_used = replace(pets, train_idx=every, valid_idx=every), "out-of-fold"
     start = time.perf_counter()
-    with _bar(f"predicting {split}", progress) as report_progress:
-        logits, targs, losses = predict_split(learn, report_progress)
+    if oof is not None:
+        logits, targs, losses = _oof_outputs(oof, list(learn.dls.valid.items))
+    else:
+        with _bar(f"predicting {split}", progress) as report_progress:
+            logits, targs, losses = predict_split(learn, report_progress)
     seconds = time.perf_counter() - start
     return Evaluation(model_dir, manifest, run, learn, pets, split, split_used, list(learn.dls.valid.items),
                       logits, targs, losses, seconds)
+
+
+def _oof_outputs(oof: dict, items: list[Path]) -> tuple[np.ndarray, ...]:
+    """The run's out-of-fold outputs for `items`; one line when the data gained photos since training."""
+    try:
+        return oof_outputs(oof, items)
+    except ValueError as e:
+        raise ReportError(f"{e}: the out-of-fold predictions cover only the training photos; pass --split FILE "
+                          "naming new photos") from None
 
 
 def _check_test_list(data: str | Path | None) -> None:
@@ -305,7 +323,8 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
             "valid_loss": float(ev.losses.mean()),
             "recorded": {key: _recorded(metrics, key) for key in ("error_rate", "accuracy", "valid_loss",
                                                                   "train_seconds", "images_per_second")},
-            "agrees_with_recorded": _agrees(metrics, 1.0 - acc, n) if ev.split == "valid" else None}
+            "agrees_with_recorded": _agrees(metrics, 1.0 - acc, n) if ev.split == "valid" else None,
+            "note": OOF_NOTE if ev.split_used == "out-of-fold" else None}
 
 
 def _agrees(metrics: dict | None, error_rate: float, n: int) -> bool | None:

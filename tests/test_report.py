@@ -276,3 +276,25 @@ def test_an_unwritable_report_folder_fails_before_the_work(cli, tiny_run, tmp_pa
     (tmp_path / "file").write_text("not a folder")
     res = cli("report", "--model", tiny_run.run_dir, "--out", tmp_path / "file" / "report")
     assert res.exit_code == 2 and "cannot write to" in res.output and "predicting" not in res.output
+
+
+def test_a_probe_run_is_judged_by_its_out_of_fold_predictions(tiny_run, synth_dir, tmp_path):
+    """A probe run trained on every photo: `--split valid` reads oof.json instead of judging the model on its own
+    training photos, and the page says so."""
+    from petclf.data import load_pets
+    from petclf.probe import OOF_NAME, OOF_NOTE
+    from petclf.report import write_report
+
+    run = copy_run(tiny_run, tmp_path, synth_dir)
+    pets = load_pets(synth_dir, seed=42)
+    classes = [c["name"] for c in json.loads((run / "model.json").read_text())["classes"]]
+    labels = np.array([classes.index(label) for label in pets.labels])
+    logits = np.eye(len(classes))[labels] * 5.0
+    logits[:3] = np.roll(logits[:3], 1, axis=1)  # three photos the out-of-fold models got wrong
+    (run / OOF_NAME).write_text(json.dumps({"files": [str(p) for p in pets.items], "labels": labels.tolist(),
+                                            "logits": logits.tolist()}))
+    paths = write_report(run, workers=0)
+    s = json.loads(paths["json"].read_text())["summary"]
+    assert s["split_used"] == "out-of-fold" and s["note"] == OOF_NOTE
+    assert s["n_evaluated"] == len(pets.items) and s["error_rate"] == pytest.approx(3 / len(pets.items))
+    assert OOF_NOTE in paths["html"].read_text()
