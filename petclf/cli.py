@@ -248,9 +248,11 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
                         threads=threads, channels_last=channels_last, out=out, resume=resume)
     result = train(cfg)
     m = result.metrics
-    typer.echo(f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}")
-    made = [n for n in ("model.safetensors", "model.json", "model.onnx", "metrics.json", "lr_find.png", "export.pkl")
-            if (result.run_dir / n).is_file()]
+    how = f" ({m['estimate']})" if m.get("estimate") else ""
+    typer.echo(f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}"
+               f"{how}")
+    made = [n for n in ("model.safetensors", "model.json", "model.onnx", "metrics.json", "lr_find.png", "export.pkl",
+                        "oof.json") if (result.run_dir / n).is_file()]
     latest = result.run_dir.parent / "latest"
     points = f"; {latest} points to it" if latest.resolve() == result.run_dir.resolve() else ""
     typer.echo(f"run folder: {result.run_dir} ({', '.join(made)}){points}")
