@@ -14,7 +14,6 @@ one centre view, L2-normalised features and C by CV log-loss beat the old probe 
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Sequence
@@ -27,17 +26,13 @@ from scipy.special import log_softmax
 
 from petclf import distributed
 from petclf.config import TrainConfig
-from petclf.io import write_atomic
+from petclf.oof import save_oof
 from petclf.run import log, on_main
 
 C_GRID = tuple(10.0 ** k for k in range(8))  # unit-norm features: 1 ... 1e7, one per decade
 INNER_FOLDS = 4  # folds of the CV that chooses C
 OUTER_FOLDS = 5  # folds of the nested estimate
 FEATURE_BS = 32  # images per forward pass
-ESTIMATE = "nested 5-fold cross-validation"  # what metrics.json says its error_rate is
-OOF_NOTE = ("out-of-fold predictions of the nested cross-validation: every photo was predicted by a model that did "
-            "not train on it")  # what the report says when it judges a probe run by them
-OOF_NAME = "oof.json"  # the out-of-fold predictions, beside the bundle
 
 
 # ---------------------------------------------------------------------------------------------------- features
@@ -240,37 +235,10 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
     with torch.no_grad():
         net[1][-1].weight.copy_(torch.from_numpy(fit.weight))
         net[1][-1].bias.copy_(torch.from_numpy(fit.bias))
-    on_main(save_oof, run_dir, pets, vocab, y, fit.oof_logits)
+    on_main(save_oof, run_dir, pets.items, vocab, y, fit.oof_logits, fit.cv["estimate"])
     return {"error_rate": fit.cv["error"], "log_loss": fit.cv["log_loss"], "estimate": fit.cv["estimate"],
             "fold_errors": fit.cv["fold_errors"], "fold_error_std": fit.cv["fold_error_std"], "c": fit.c,
             "c_per_fold": fit.cv["c_per_fold"], "c_at_grid_edge": fit.cv["c_at_grid_edge"],
             "c_table": fit.cv["c_table"], "size": cfg.probe_size, "n_images": len(y),
             "feature_seconds": round(feature_seconds, 2), "fit_cpu_seconds": fit.cv["fit_cpu_seconds"],
             "seconds": round(time.monotonic() - t0, 2)}
-
-
-def save_oof(run_dir: Path, pets, vocab: list[str], y: np.ndarray, logits: np.ndarray) -> Path:
-    """oof.json: every labelled photo with the logits and probabilities of a model that never trained on it."""
-    oof = {"estimate": ESTIMATE, "note": "out-of-fold predictions of the nested cross-validation",
-           "classes": vocab, "files": [str(p) for p in pets.items], "labels": y.tolist(),
-           "logits": logits.round(5).tolist(), "probs": softmax(logits).round(6).tolist()}
-    return write_atomic(run_dir / OOF_NAME, json.dumps(oof))
-
-
-def read_oof(run_dir: Path) -> dict | None:
-    """A run's oof.json (None when it has none: fastbook runs)."""
-    path = Path(run_dir) / OOF_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def oof_outputs(oof: dict, items: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits, targets, losses) of `items` from a run's out-of-fold predictions; `ValueError` naming a photo the
-    run never predicted out of fold (added after training)."""
-    rows = {f: i for i, f in enumerate(oof["files"])}
-    missing = [str(p) for p in items if str(p) not in rows]
-    if missing:
-        raise ValueError(f"{len(missing)} photos were not in the training run (e.g. {missing[0]})")
-    idx = np.array([rows[str(p)] for p in items], dtype=int)
-    logits = np.asarray(oof["logits"], np.float32)[idx]
-    targs = np.asarray(oof["labels"], dtype=int)[idx]
-    return logits, targs, -log_softmax(logits, axis=1)[np.arange(len(idx)), targs]

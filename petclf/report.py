@@ -44,8 +44,8 @@ from petclf.errors import PetclfError
 from petclf.image import encode
 from petclf.io import check_writable, write_atomic
 from petclf.labels import species_of
+from petclf.oof import OOF_NOTE, oof_outputs, read_oof
 from petclf.plots import is_number, plot_confusion, plot_history, plot_reliability, png, render_html
-from petclf.probe import OOF_NOTE, oof_outputs, read_oof
 from petclf.progress import bar
 from petclf.version import __version__
 

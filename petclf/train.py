@@ -40,7 +40,8 @@ from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN
 from petclf.config import EXPORTS, TrainConfig, save_config
 from petclf.device import Compute, available_cores, resolve_compute
 from petclf.io import atomic_path, write_atomic
-from petclf.probe import read_oof, run_probe
+from petclf.oof import read_oof
+from petclf.probe import run_probe
 from petclf.run import (
     CKPT_DIR,
     Phase,

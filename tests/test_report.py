@@ -282,7 +282,7 @@ def test_a_probe_run_is_judged_by_its_out_of_fold_predictions(tiny_run, synth_di
     """A probe run trained on every photo: `--split valid` reads oof.json instead of judging the model on its own
     training photos, and the page says so."""
     from petclf.data import load_pets
-    from petclf.probe import OOF_NAME, OOF_NOTE
+    from petclf.oof import OOF_NAME, OOF_NOTE
     from petclf.report import write_report
 
     run = copy_run(tiny_run, tmp_path, synth_dir)
