@@ -226,7 +226,7 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
         log(f"warning: {len(lonely)} classes have a single photo ({', '.join(lonely[:5])}); the probe trains on "
             "them, but the cross-validation estimate cannot test them fairly")
     mean, std = norm_stats(cfg.arch)
-    net = distributed.unwrap(learn.model)
+    net = distributed.unwrap(learn.model).to(learn.dls.device)  # fastai moves it only when fitting
     vocab = list(learn.dls.vocab)
     y = np.array([vocab.index(label) for label in pets.labels])
     x = network_features(net, pets.items, Preprocess(cfg.probe_size, cfg.probe_size, tuple(mean), tuple(std)))

@@ -39,3 +39,11 @@ def test_folds_shrink_to_the_smallest_class():
     folds = stratified_folds(y, 5)
     assert len(folds) == 2 and sorted(np.concatenate(folds)) == list(range(8))
     assert len(stratified_folds(np.array([0, 0, 0, 1, 1, 1, 2]), 5)) == 2  # one photo of class 2: still 2 folds
+
+
+def test_a_class_with_one_photo_still_trains():
+    x, y = blobs(4, k=3, noise=0.5)
+    x, y = np.concatenate([x, x[:1] * 0 + l2_normalise(np.ones((1, 32)))]), np.append(y, 3)  # class 3: one photo
+    fit = fit_probe_cv(x, y, 4, cs=C_GRID[:3])
+    assert len(fit.cv["fold_errors"]) == 2 and fit.oof_logits.shape == (13, 4)
+    assert logits_of(x[-1:], (fit.weight, fit.bias)).argmax() == 3  # the final model trained on it
