@@ -30,7 +30,7 @@ from petclf.errors import PetclfError
 from petclf.io import save_state_dict, write_atomic
 
 T = TypeVar("T")
-CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors, probe.safetensors
+CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors
 MACHINE_KEYS = ("device", "workers", "threads")  # what `--resume` may change: this machine's, not the recipe's
 
 
@@ -69,7 +69,7 @@ class RunState:
     recipe: str = "fastbook"
     lr: float | None = None
     lr_find: dict | None = None  # {suggestion, seconds} or None when --lr was given
-    probe: dict | None = None  # {error_rate, valid_loss, seconds} after a probe
+    probe: dict | None = None  # the probe recipe's result (nested-CV estimate, C, timings): metrics.json's `probe`
     phase: int = 0  # index of the phase to run next
     epoch: int = 0  # next epoch within that phase
     history: list[dict] = field(default_factory=list)

@@ -72,7 +72,7 @@ def resolve_device(cfg: TrainConfig) -> Compute:
 
 
 def plan_schedule(cfg: TrainConfig, lr: float, recipe: str, pretrained: bool = True) -> list[Phase]:
-    """fastai's fine_tune as data: head alone (skipped after a probe), then unfrozen with discriminative LRs.
+    """fastai's fine_tune as data: head alone, then unfrozen with discriminative LRs.
 
     From random weights there is nothing to protect: one plain fit_one_cycle of `freeze_epochs + epochs` at `lr`.
     The probe recipe trains no epochs: its head is solved, not fitted by gradient steps.
