@@ -28,9 +28,10 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(BIN)/ruff check petclf tests benchmarks
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_train.py
-	$(BIN)/python benchmarks/bench_predict.py
+bench: $(STAMP)  ## the benchmarks are a package: each runs from here as `python -m benchmarks.<name>`
+	$(BIN)/python -m benchmarks.bench_train
+	$(BIN)/python -m benchmarks.bench_predict
+	$(BIN)/python -m benchmarks.bench_cold_start
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,7 +1,7 @@
 """Training throughput with 1 vs 2 processes (fastai + Accelerate, gloo on CPU), and the per-step sync cost.
 
-    .venv/bin/python benchmarks/bench_distributed.py                      # resnet18, 96 px, 2 epochs
-    .venv/bin/python benchmarks/bench_distributed.py --arch resnet34 --size 128
+    .venv/bin/python -m benchmarks.bench_distributed                      # resnet18, 96 px, 2 epochs
+    .venv/bin/python -m benchmarks.bench_distributed --arch resnet34 --size 128
 
 Both runs train the same synthetic data through `petclf.train.train` with the same per-process batch size (so the
 2-process run's global batch is twice as large, as under `accelerate launch`). Reported per run: images/s over the
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve()
+from benchmarks.common import ROOT, free_port
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,18 +98,17 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run(processes: int, data: Path, out: Path, argv: list[str]) -> dict:
-    """Start a run of `processes` processes (a plain process for 1, `accelerate launch` for more)."""
-    from bench_predict import free_port  # the benchmarks' one port finder (this folder is on sys.path)
-
-    me = [str(HERE), *argv, "--worker", str(data), str(out)]
+    """Start a run of `processes` processes (a plain process for 1, `accelerate launch` for more), each running
+    this module from the repository root, as `python -m` does."""
+    me = [__spec__.name, *argv, "--worker", str(data), str(out)]
     if processes == 1:
-        cmd = [sys.executable, *me]
+        cmd = [sys.executable, "-m", *me]
     else:
         cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), *me]
+               "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), "--module", *me]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
     return json.loads((out / "result.json").read_text())
 
 

@@ -1,6 +1,6 @@
 """The most requests/s Gradio + gradio_client reach on this machine: petclf's `/classify` wiring with no model work.
 
-    .venv/bin/python benchmarks/bench_gradio_ceiling.py --duration 15
+    .venv/bin/python -m benchmarks.bench_gradio_ceiling --duration 15
 
 The same 8 `gradio_client` callers as `bench_predict.py`'s demo load; the endpoint returns fixed labels, so what is
 measured is upload, queue, event stream and client cost alone: the ceiling any demo served this way can approach.
@@ -16,15 +16,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from benchmarks.common import free_port, load_test, make_photos, start_server, stop_server
+
 warnings.filterwarnings("ignore")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_predict as bp  # noqa: E402 - after the path is set
-
+# run as `python -c APP PORT` from the repository root (`start_server`), so it imports the petclf under test
 APP = '''
 import sys
 import gradio as gr
-sys.path.insert(0, sys.argv[2])
 from petclf.app import CONCURRENCY, QUEUE_SIZE, UploadedImage
 
 def classify(image):
@@ -45,15 +44,14 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_ceiling_"))
     try:
-        (work / "app.py").write_text(APP)
-        paths = bp.make_photos(work / "photos", 16, [f"c{i}" for i in range(4)])
-        port = bp.free_port()
-        proc = bp.start_server([sys.executable, str(work / "app.py"), str(port), str(bp.ROOT)], port, work / "log")
+        paths = make_photos(work / "photos", 16, [f"c{i}" for i in range(4)])
+        port = free_port()
+        proc = start_server([sys.executable, "-c", APP, str(port)], port, work / "log")
         try:
-            print(bp.load_test(f"http://127.0.0.1:{port}/", "/classify", paths, args.callers, args.duration,
-                              server_pid=proc.pid))
+            print(load_test(f"http://127.0.0.1:{port}/", "/classify", paths, args.callers, args.duration,
+                            server_pid=proc.pid))
         finally:
-            bp.stop_server(proc)
+            stop_server(proc)
         print("load average (1, 5, 15 min):", *(f"{v:.2f}" for v in os.getloadavg()))
     finally:
         shutil.rmtree(work, ignore_errors=True)

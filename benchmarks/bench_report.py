@@ -1,7 +1,7 @@
 """How long `petclf report` takes on CPU, measured on synthetic data and extrapolated to the Pets validation set.
 
-    .venv/bin/python benchmarks/bench_report.py                       # resnet34 at 224 px, 200 images, ~2 minutes
-    .venv/bin/python benchmarks/bench_report.py --arch resnet18 --images 100 --workers 0 --out bench.json
+    .venv/bin/python -m benchmarks.bench_report                       # resnet34 at 224 px, 200 images, ~2 minutes
+    .venv/bin/python -m benchmarks.bench_report --arch resnet18 --images 100 --workers 0 --out bench.json
 
 The network has random weights (no hub access needed): speed does not depend on the weights. Images are 448 px
 JPEGs (about the pixel count of a 500x375 Pets photo), preprocessed as training does (Resize(460) crop, 224 px).
@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 warnings.filterwarnings("ignore")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PETS_VALID = 1478  # images in the fastbook validation split of Oxford-IIIT Pets (20% of 7,390)
 

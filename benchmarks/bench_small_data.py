@@ -1,7 +1,7 @@
 """Small data on real photos: petclf's probe recipe (and the old probe) by 5-fold cross-validation over photos.
 
-    .venv/bin/python benchmarks/bench_small_data.py --data /work/shared/pets-dev        # ~2-4 min on 2 cores
-    .venv/bin/python benchmarks/bench_small_data.py --data DIR --no-old                  # the new recipe only
+    .venv/bin/python -m benchmarks.bench_small_data --data ../shared/pets-dev        # ~2-4 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_small_data --data DIR --no-old                  # the new recipe only
 
 Every photo of `--data` (`<breed>_<n>.jpg`) is tested once: stratified 5-fold over photos (with 5 per breed: each
 fold trains on 4 photos per breed and tests on the fifth). The `probe` recipe is petclf's own code, as

@@ -7,7 +7,7 @@ by cross-validation, with an honest error estimate (nested cross-validation, out
     fit = fit_probe_cv(x, y, n_classes)               # C by 4-fold CV, refit on all, nested 5-fold estimate
     fit.weight, fit.bias, fit.cv["error"], fit.oof_logits
 
-Measured on real photos (185, 37 breeds; /work/scratch16/FINDINGS.md, benchmarks/bench_small_data.py): 384 px,
+Measured on real photos (185, 37 breeds; docs/small-data-findings.md, benchmarks/bench_small_data.py): 384 px,
 one centre view, L2-normalised features and C by CV log-loss beat the old probe (standardised features, C = 1,
 224 px) by about 6 points of error; a fine-tune afterwards moved nothing, so there is none.
 """
