@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.special import log_softmax
+from scipy.special import log_softmax, softmax
 
 from petclf.io import write_atomic
 
@@ -28,7 +28,7 @@ def save_oof(run_dir: Path, items: list[Path], vocab: list[str], y: np.ndarray, 
     """oof.json: every labelled photo with the logits and probabilities of a model that never trained on it."""
     oof = {"estimate": estimate, "note": OOF_NOTE,
            "classes": vocab, "files": [str(p) for p in items], "labels": y.tolist(),
-           "logits": logits.round(5).tolist(), "probs": np.exp(log_softmax(logits, axis=1)).round(6).tolist()}
+           "logits": logits.round(5).tolist(), "probs": softmax(logits, axis=1).round(6).tolist()}
     return write_atomic(run_dir / OOF_NAME, json.dumps(oof))
 
 

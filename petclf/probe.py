@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.special import log_softmax
 
 from petclf import distributed
+from petclf.calibrate import nll
 from petclf.config import TrainConfig
 from petclf.oof import save_oof
 from petclf.run import log, on_main
@@ -118,11 +118,6 @@ def logits_of(x: np.ndarray, wb: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return x @ wb[0].T + wb[1]
 
 
-def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
-    """Mean cross-entropy of softmax(logits)."""
-    return float(-log_softmax(logits, axis=1)[np.arange(len(y)), y].mean())
-
-
 def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
     """Test indices of `k` stratified folds, fewer when the smallest class is smaller (at least 2)."""
     from sklearn.model_selection import StratifiedKFold
@@ -143,7 +138,7 @@ def cv_table(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float], 
         train = np.setdiff1d(np.arange(len(y)), test)
         for j, wb in enumerate(fit_logreg(x[train], y[train], n_classes, cs)):
             logits = logits_of(x[test], wb)
-            losses[j] += log_loss(logits, y[test]) * len(test) / len(y)
+            losses[j] += nll(logits, y[test]) * len(test) / len(y)
             errors[j] += float((logits.argmax(1) != y[test]).sum()) / len(y)
     return losses, errors
 
@@ -171,7 +166,7 @@ def nested_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] 
         chosen.append(c)
     est = {"estimate": f"nested {len(chosen)}-fold cross-validation", "error": float((oof.argmax(1) != y).mean()),
            "fold_errors": fold_errors, "fold_error_std": round(float(np.std(fold_errors)), 4),
-           "log_loss": round(log_loss(oof, y), 4), "c_per_fold": chosen}
+           "log_loss": round(nll(oof, y), 4), "c_per_fold": chosen}
     return est, oof
 
 
@@ -197,11 +192,6 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[floa
     cv.update(c=c, c_table=table, c_at_grid_edge=c in (min(cs), max(cs)),
               fit_cpu_seconds=round(time.process_time() - t0, 2))
     return ProbeFit(wb[0], wb[1], c, cv, oof)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax."""
-    return np.exp(log_softmax(logits, axis=1))
 
 
 # ---------------------------------------------------------------------------------------------------- the run
