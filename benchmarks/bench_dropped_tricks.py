@@ -4,26 +4,30 @@
     .venv/bin/python -m benchmarks.bench_dropped_tricks --baseline 500ae75 --reps 300
 
 (i) one image's item resize split in bands over a spare core (`valid_resize_bands`), and (ii) the column pass
-moving each pixel's 3 floats as one 12-byte void item (`valid_batch_resize`). The baseline's `petclf/predict.py`
-(`git show REV:petclf/predict.py`) is loaded as a module of its own next to this tree's petclf; it imports only
-`petclf.image`, `petclf.errors` and `petclf.config` from the package, and the bench refuses to run if the first two
-differ between the trees. Contenders take turns call by call: the baseline's `Preprocess.one` with a pool (as its
-`Predictor.predict` ran) and without, this tree's `Preprocess.one`, the two batch steps alone, and this tree's
-one-image `predict` (resnet34, onnxruntime) is the figure a trick has to move by `KEEP_ABOVE` to be worth its code.
-It is timed on its own, before and after the contenders, and the faster of the two is kept: taking turns with the
-preprocessing calls slowed it (measured: 24 ms alone, 34 ms alternating with `Preprocess.one`), and the smaller
-figure makes each trick's share the larger, so the decision leans towards keeping it.
+moving each pixel's 3 floats as one 12-byte void item (`valid_batch_resize`). The baseline's `petclf.predict` is
+imported from `git archive REV petclf` next to this tree's petclf, with its own `petclf.image` and the rest of its
+package (`load_baseline_predict`). Contenders take turns call by call: the baseline's `Preprocess.one` with a pool
+(as its `Predictor.predict` ran) and without, which isolates (i); this tree's `Preprocess.one`; the two batch steps
+alone on the same presized array, which isolates (ii).
+
+This tree's one-image `predict` (resnet34, onnxruntime) is the figure a trick has to move by `KEEP_ABOVE` to be
+worth its code. It is timed on its own, before and after the contenders, and the faster of the two is kept: taking
+turns with the preprocessing calls slowed it (measured: 24 ms alone, 34 ms alternating with `Preprocess.one`), and
+the smaller figure makes each trick's share the larger, so the decision leans towards keeping it.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.machinery
 import importlib.util
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,24 +40,33 @@ from benchmarks.common import ROOT, cat_photo, interleaved_ms, load_avg, make_bu
 KEEP_ABOVE = 0.05  # a trick is kept when it saves at least this share of the one-image prediction time
 BASELINE = "500ae75"  # the commit before the redesign, the last with both tricks
 PHOTOS = {"500x375": (500, 375), "4000x3000": (4000, 3000)}  # a Pets photo and a 12 MP phone photo
-SHARED = ("petclf/image.py", "petclf/errors.py")  # what the baseline's predict.py takes from this tree
+
+
+def _pop_petclf() -> dict:
+    """Take every `petclf` module out of sys.modules; returns them."""
+    return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "petclf" or k.startswith("petclf.")}
 
 
 def load_baseline_predict(rev: str, work: Path):
-    """The baseline's `petclf/predict.py` as the module `petclf_predict_<rev>`, importing the rest from this tree."""
-    changed = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", rev, "--", *SHARED]).returncode
-    if changed:
-        raise RuntimeError(f"{', '.join(SHARED)} differ between {rev} and this tree: the baseline's predict.py "
-                           f"would not run as it did")
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:petclf/predict.py"], capture_output=True,
-                         text=True, check=True).stdout
-    path = work / f"predict_{rev}.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(f"petclf_predict_{rev}", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    """The baseline's `petclf.predict` (from `git archive REV petclf`), imported beside this tree's petclf.
+
+    While it imports, the baseline's package stands in for this tree's in sys.modules, so it gets its own
+    `petclf.image`, `petclf.errors` and `petclf.config`; afterwards this tree's modules are put back. The functions
+    timed here resolve their names in their own module, so they keep running the baseline's code.
+    """
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "petclf"], capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(work / "baseline", filter="data")
+    mine = _pop_petclf()
+    try:
+        spec = importlib.machinery.PathFinder.find_spec("petclf", [str(work / "baseline")])
+        pkg = importlib.util.module_from_spec(spec)
+        sys.modules["petclf"] = pkg
+        spec.loader.exec_module(pkg)
+        return importlib.import_module("petclf.predict")
+    finally:
+        _pop_petclf()
+        sys.modules.update(mine)
 
 
 def contenders(old, predictor, pool: ThreadPoolExecutor, parts: int) -> dict[str, Callable]:
