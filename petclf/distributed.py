@@ -41,8 +41,8 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    """This process's global rank (0 when not distributed)."""
-    return _state().process_index
+    """This process's global rank (0 when not distributed): the process group's own word once it is joined."""
+    return dist.get_rank() if dist.is_initialized() else _state().process_index
 
 
 def local_rank() -> int:
@@ -62,7 +62,7 @@ def is_distributed() -> bool:
 
 def is_main() -> bool:
     """True on the process that downloads, prints and writes files."""
-    return _state().is_main_process
+    return rank() == 0
 
 
 def _backend_device() -> torch.device:
@@ -107,12 +107,15 @@ def barrier() -> None:
 
 
 def broadcast(value: T, src: int = 0) -> T:
-    """`value` from rank `src` on every rank (any picklable object; no-op when not distributed)."""
+    """`value` from rank `src` on every rank (any picklable object; no-op when not distributed).
+
+    torch's own collective, not Accelerate's `broadcast_object_list`: that one asks `PartialState` whether the run is
+    distributed, which says no in a process group joined without Accelerate's variables, and silently returns."""
     if not dist.is_initialized():
         return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=src)[0]
+    box: list[Any] = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def main_first(fn: Callable[[], T]) -> T:
@@ -126,6 +129,8 @@ def main_first(fn: Callable[[], T]) -> T:
     if not is_main():
         failed = broadcast(None)
         if failed:
+            # the group is dead with its rank 0: leave it now, or gloo's threads may abort this process at exit
+            dist.destroy_process_group()
             raise PetclfError(f"rank 0 failed, so this rank stops too: {failed}")
         return fn()
     try:
