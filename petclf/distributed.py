@@ -118,6 +118,13 @@ def broadcast(value: T, src: int = 0) -> T:
     return box[0]
 
 
+def leave_group() -> None:
+    """Leave the process group after a failure ends the run: a group whose peers are exiting, left to Python's exit,
+    can make gloo's threads abort the process (SIGABRT instead of exit code 1; 1 run in 6 on 2 cores)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main_first(fn: Callable[[], T]) -> T:
     """Run `fn` on rank 0 first (downloads, caches), then on the others once it is done.
 
@@ -129,14 +136,14 @@ def main_first(fn: Callable[[], T]) -> T:
     if not is_main():
         failed = broadcast(None)
         if failed:
-            # the group is dead with its rank 0: leave it now, or gloo's threads may abort this process at exit
-            dist.destroy_process_group()
+            leave_group()
             raise PetclfError(f"rank 0 failed, so this rank stops too: {failed}")
         return fn()
     try:
         result = fn()
     except BaseException as e:
         broadcast(f"{type(e).__name__}: {e}")
+        leave_group()
         raise
     broadcast(None)
     return result
