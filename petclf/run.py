@@ -114,13 +114,6 @@ def save_weights(model: nn.Module, path: Path) -> None:
     save_state_dict(distributed.unwrap(model).state_dict(), path)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load safetensors weights into `model` in place."""
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(path)))
-
-
 # ---------------------------------------------------------------------------------------------------- run dir
 
 
