@@ -42,11 +42,12 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
+from petclf.bundle import class_groups, display_names
 from petclf.cam import gradcam_logits, overlay
 from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
 from petclf.errors import ImageError, PetclfError
 from petclf.image import MAX_BYTES, load_rgb
-from petclf.labels import pretty_breed as pretty
+from petclf.labels import display_name as pretty
 from petclf.predict import Predictor, load_model
 from petclf.preprocess import valid_resize
 
@@ -235,8 +236,10 @@ def friendly(e: Exception) -> str:
 def model_card(manifest: dict[str, Any]) -> str:
     """Markdown for the model card panel: arch, classes, validation metrics, training date."""
     classes = manifest["classes"]
-    cats = [pretty(c["name"]) for c in classes if c.get("species") == "cat"]
-    dogs = [pretty(c["name"]) for c in classes if c.get("species") == "dog"]
+    _, groups = class_groups(manifest)
+    names = display_names(manifest)
+    cats = [names[c["name"]] for c in classes if groups.get(c["name"]) == "cat"]
+    dogs = [names[c["name"]] for c in classes if groups.get(c["name"]) == "dog"]
     metrics = manifest.get("metrics") or {}
     err = metrics.get("error_rate", metrics.get("valid_error"))
     inp = manifest["input"]
@@ -259,7 +262,8 @@ def verdict(probs: dict[str, float], species: dict[str, str], threshold: float =
     if p < threshold:
         return (f"**Not sure this is a cat or a dog.** Best guess: {pretty(breed)} at {p:.0%}. "
                 "Try a clear photo of one pet.")
-    return f"**{pretty(breed)}** ({species[breed]}), {p:.0%} sure."
+    group = f" ({species[breed]})" if breed in species else ""
+    return f"**{pretty(breed)}**{group}, {p:.0%} sure."
 
 
 def decode(image: str | bytes) -> Image.Image:
@@ -282,7 +286,7 @@ def make_classify(predictor: Predictor, batcher: Batcher, decoder: ThreadPoolExe
         x = decoder.submit(lambda: predictor.preprocess([decode(image)])).result()
         p = batcher(x)[0]
         top = dict(list(predictor.to_dict(p).items())[:TOPK])
-        return {pretty(b): v for b, v in top.items()}, predictor.species_probs(p)
+        return {pretty(b): v for b, v in top.items()}, predictor.group_probs(p)
 
     return classify
 
@@ -298,13 +302,13 @@ def make_explain(predictor: Predictor, batcher: Batcher, threshold: float = UNSU
             gr.Warning(f"This image is only {img.size[0]}x{img.size[1]} pixels; the prediction may be poor.")
         x = predictor.preprocess([img])
         if not show_cam or not predictor.has_model:
-            return None, verdict(predictor.to_dict(batcher(x)[0]), predictor.species, threshold)
+            return None, verdict(predictor.to_dict(batcher(x)[0]), predictor.groups, threshold)
         model = predictor.model
         x = torch.from_numpy(x).to(next(model.parameters()).device)
         heats, logits = gradcam_logits(model, x)  # the top class's map; its forward pass gives the verdict
         probs = predictor.to_dict(predictor.softmax(logits.numpy())[0])
         seen = valid_resize(img, max(predictor.pre.presize, CAM_SIDE))  # the crop the model saw, big enough to read
-        return overlay(seen, heats[0]), verdict(probs, predictor.species, threshold)
+        return overlay(seen, heats[0]), verdict(probs, predictor.groups, threshold)
 
     return explain
 

@@ -5,7 +5,7 @@
     net, manifest = load_network("exports/run")        # checksum verified before a single tensor is read
 
 The manifest says everything needed to rebuild the network and preprocess an image the way validation did:
-arch, head, classes (with species), input size and normalisation, temperature, metrics and library versions.
+arch, head, classes (id, display name, group), input size and normalisation, temperature, metrics, library versions.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from petclf.errors import BundleError
 from petclf.io import save_state_dict, sha256_file, write_atomic
-from petclf.labels import species_of
+from petclf.labels import PETS_GROUP_NAME, display_name, pets_groups
 from petclf.version import __version__
 
 if TYPE_CHECKING:
@@ -113,8 +113,11 @@ def _check_classes(m: dict) -> None:
     for i, c in enumerate(classes):
         c = _dict(c, f"classes[{i}]")
         _str(_get(c, "name", f"classes[{i}]."), f"classes[{i}].name")
-        if "species" in c:
-            _str(c["species"], f"classes[{i}].species")
+        for key in ("display", "group", "species"):  # `species`: bundles written before groups had a name
+            if key in c:
+                _str(c[key], f"classes[{i}].{key}")
+    if "group_name" in m:
+        _str(m["group_name"], "group_name")
     seen: set[str] = set()
     for c in classes:
         _need(c["name"] not in seen, f"class name {_show(c['name'])} is listed twice")
@@ -190,7 +193,7 @@ def library_versions() -> dict[str, str]:
 def write_bundle(model: nn.Module, out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Save `model`'s weights and `manifest` (plus checksum, versions, date) into `out_dir`; returns the manifest path.
 
-    `manifest` needs at least `arch`, `head`, `classes` (list of {name, species}) and `input`, within the
+    `manifest` needs at least `arch`, `head`, `classes` (list of {name, display, group}) and `input`, within the
     ranges `manifest_problem` checks (else ValueError, and nothing is written).
     """
     manifest = {k: v for k, v in manifest.items() if k != "onnx"}  # new weights: no graph is made from them yet
@@ -310,15 +313,40 @@ def load_network(bundle_dir: str | Path, device: str | torch.device = "cpu") -> 
     return model.to(device).eval(), manifest
 
 
+def class_entries(vocab: list[str], groups: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """The manifest's classes: {name (the machine key), display (for people), group (when there are groups)}."""
+    return [{"name": c, "display": display_name(c), **({"group": groups[c]} if groups else {})} for c in vocab]
+
+
+def class_groups(manifest: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """(what the groups are called, {class: group}); (None, {}) for a model without groups. Reads the `species`
+    key of bundles written before groups had a name."""
+    classes = manifest["classes"]
+    if classes and all("group" in c for c in classes):
+        return manifest.get("group_name") or "group", {c["name"]: c["group"] for c in classes}
+    if classes and all("species" in c for c in classes):
+        return PETS_GROUP_NAME, {c["name"]: c["species"] for c in classes}
+    return None, {}
+
+
+def display_names(manifest: dict[str, Any]) -> dict[str, str]:
+    """{class: the name people see}."""
+    return {c["name"]: c.get("display") or display_name(c["name"]) for c in manifest["classes"]}
+
+
 def make_manifest(arch: str, head: dict[str, Any], vocab: list[str], size: int, presize: int,
-                  mean: list[float], std: list[float], **extra: Any) -> dict[str, Any]:
+                  mean: list[float], std: list[float], groups: dict[str, str] | None = None,
+                  group_name: str | None = None, **extra: Any) -> dict[str, Any]:
     """The manifest fields `write_bundle` needs, with the validation preprocessing spelled out.
 
     Validation preprocessing (fastbook presizing, as fastai applies it to the validation set): centre-crop to a
     square and resize to `presize` (PIL, bilinear), scale to [0, 1], resize to `size` (bilinear), normalise.
+    Without `groups`, Pets breeds get their species (cat/dog) and other labels no groups.
     """
-    return {"arch": arch, "head": head,
-            "classes": [{"name": c, "species": species_of(c)} for c in vocab],
+    if groups is None and (groups := pets_groups(list(vocab))) is not None:
+        group_name = PETS_GROUP_NAME
+    return {"arch": arch, "head": head, "classes": class_entries(list(vocab), groups),
+            **({"group_name": group_name or "group"} if groups else {}),
             "input": {"size": size, "presize": presize, "resize_method": "crop", "resample": "bilinear",
                       "mean": list(mean), "std": list(std)},
             **extra}

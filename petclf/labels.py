@@ -1,9 +1,12 @@
 """The 37 Oxford-IIIT Pets breeds and how a file name, a species and a display name follow from them.
 
-    from petclf.labels import breed_of, species_of, pretty_breed
-    breed_of("great_pyrenees_12.jpg")    # 'great_pyrenees'
+    from petclf.labels import breed_of, species_of, display_name, pets_groups
+    breed_of("great_pyrenees_12.jpg")    # 'great_pyrenees': the breed id, the machine key everywhere
     species_of("Russian_Blue")           # 'cat': cat breeds are Capitalized, dog breeds lowercase
-    pretty_breed("great_pyrenees")       # 'great pyrenees'
+    display_name("great_pyrenees")       # 'Great Pyrenees': the one name people see, on every surface
+    pets_groups(["beagle", "Bengal"])    # {'beagle': 'dog', 'Bengal': 'cat'}; None when a class is not a breed
+
+Any other dataset's labels are any text; they are shown as they are, and their groups (if any) come from the user.
 """
 
 from __future__ import annotations
@@ -44,6 +47,20 @@ def species_of(breed: str) -> str:
     return "cat" if breed[:1].isupper() else "dog"
 
 
-def pretty_breed(breed: str) -> str:
-    """A breed name for people: `great_pyrenees` -> `great pyrenees`."""
-    return breed.replace("_", " ")
+PETS_BREEDS = frozenset(CAT_BREEDS + DOG_BREEDS)
+PETS_GROUP_NAME = "species"  # what the second level is called for Pets: cat or dog
+
+
+def display_name(label: str) -> str:
+    """The name people see: a Pets breed id in Title Case (`great_pyrenees` -> `Great Pyrenees`); any other
+    label as it is (a user's class names are already for people)."""
+    if label not in PETS_BREEDS:
+        return label
+    return " ".join(w[:1].upper() + w[1:] for w in label.split("_"))
+
+
+def pets_groups(classes: list[str]) -> dict[str, str] | None:
+    """{breed: cat|dog} when every class is a Pets breed (Pets' built-in groups), else None."""
+    if not classes or not all(c in PETS_BREEDS for c in classes):
+        return None
+    return {c: species_of(c) for c in classes}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from petclf.labels import pretty_breed, species_of
+from petclf.labels import display_name, species_of
 
 NOT_RECORDED = "not recorded"
 
@@ -41,9 +41,9 @@ def plot_confusion(conf: dict[str, Any]):
     ax = fig.subplots()
     im = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))  # sqrt: rare confusions stay visible
     fs = 10 if n > 20 else 11
-    ax.set_xticks(range(n), [pretty_breed(c) for c in conf["classes"]], rotation=90, fontsize=fs)
+    ax.set_xticks(range(n), [display_name(c) for c in conf["classes"]], rotation=90, fontsize=fs)
     rows = zip(conf["classes"], counts.sum(1), strict=True)
-    ax.set_yticks(range(n), [f"{pretty_breed(c)} ({int(r)})" for c, r in rows], fontsize=fs)
+    ax.set_yticks(range(n), [f"{display_name(c)} ({int(r)})" for c, r in rows], fontsize=fs)
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
         for lab, sp in zip(labels, conf["species"], strict=True):
             lab.set_color(CAT_COLOR if sp == "cat" else DOG_COLOR)
@@ -169,7 +169,7 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
 
     env = Environment(loader=PackageLoader("petclf", "templates"), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=_fmt, pct=_pct, pct_na=_pct_na, ci=_ci, duration=_duration, pretty=pretty_breed,
+    env.filters.update(num=_fmt, pct=_pct, pct_na=_pct_na, ci=_ci, duration=_duration, pretty=display_name,
                        species=species_of)
     uris = {name: data_uri(png) for name, png in figures.items()}
     return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED)

@@ -6,7 +6,7 @@
     p = load_model("exports/latest")                   # pickle-free: safetensors + model.json, checksum verified
     p.predict("cat.jpg")                               # {breed: prob}, most likely first
     for row in p.predict_paths(["photos/"], bs=32):    # decoding in threads, overlapped with the forward pass
-        print(row.file, row.top(3), row.species)
+        print(row.file, row.top(3), row.group)
 
 Preprocessing is fastai's validation preprocessing (`petclf.preprocess`); probabilities are
 `softmax(logits / temperature)`. The predictor works in numpy: with a verified model.onnx (backend `auto` on CPU,
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.special import softmax
 
-from petclf.bundle import read_manifest, resolve_bundle_dir
+from petclf.bundle import class_groups, display_names, read_manifest, resolve_bundle_dir
 from petclf.config import DEFAULT_MODEL, Backend, OutputFormat
 from petclf.errors import ImageError, PetclfError
 from petclf.image import ImageSource
@@ -45,11 +45,12 @@ Net = Callable[[np.ndarray], np.ndarray]  # a preprocessed float32 batch -> its 
 
 @dataclass
 class Prediction:
-    """One image's result: probabilities over all breeds (most likely first), or the error that stopped it."""
+    """One image's result: probabilities over all classes (most likely first) and over their groups (Pets: cat or
+    dog; empty for a model without groups), or the error that stopped it."""
 
     file: str
     probs: dict[str, float] = field(default_factory=dict)
-    species_probs: dict[str, float] = field(default_factory=dict)
+    group_probs: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     @property
@@ -62,9 +63,9 @@ class Prediction:
         return list(self.probs.items())[:k]
 
     @property
-    def species(self) -> str | None:
-        """`cat` or `dog`, whichever has more probability summed over its breeds."""
-        return max(self.species_probs, key=self.species_probs.get) if self.species_probs else None
+    def group(self) -> str | None:
+        """The group (Pets: `cat` or `dog`) with the most probability summed over its classes; None without groups."""
+        return max(self.group_probs, key=self.group_probs.get) if self.group_probs else None
 
 
 # ---------------------------------------------------------------------------------------------------- paths
@@ -154,10 +155,11 @@ class Predictor:
         self._model_lock = threading.Lock()
         self.pre = Preprocess.from_manifest(manifest)
         self.classes = [c["name"] for c in manifest["classes"]]
-        self.species = {c["name"]: c.get("species", "?") for c in manifest["classes"]}
+        self.display = display_names(manifest)  # {class id: the name people see}
+        self.group_name, self.groups = class_groups(manifest)  # ("species", {breed: cat|dog}) for Pets
         self.temperature = float(manifest.get("temperature") or 1.0)
-        self._species_idx = {s: np.array([i for i, c in enumerate(self.classes) if self.species[c] == s])
-                             for s in sorted(set(self.species.values()))}
+        self._group_idx = {g: np.array([i for i, c in enumerate(self.classes) if self.groups[c] == g])
+                           for g in sorted(set(self.groups.values()))}
 
     @property
     def has_model(self) -> bool:
@@ -199,9 +201,9 @@ class Predictor:
         """One row of probabilities -> {breed: prob}, most likely first."""
         return {self.classes[i]: float(p[i]) for i in np.argsort(-p, kind="stable")}
 
-    def species_probs(self, p: np.ndarray) -> dict[str, float]:
-        """One row of breed probabilities -> {species: summed prob}."""
-        return {s: float(p[idx].sum()) for s, idx in self._species_idx.items()}
+    def group_probs(self, p: np.ndarray) -> dict[str, float]:
+        """One row of class probabilities -> {group: summed prob} ({} for a model without groups)."""
+        return {g: float(p[idx].sum()) for g, idx in self._group_idx.items()}
 
     def predict(self, image: ImageSource, tta: bool = False) -> dict[str, float]:
         """{breed: prob} for one image (path, bytes, PIL image or array), most likely first."""
@@ -227,7 +229,7 @@ class Predictor:
         if good:
             p = self.probs(np.concatenate([xs[i] for i in good]), tta)
             for j, i in enumerate(good):
-                rows[i] = Prediction(str(files[i]), self.to_dict(p[j]), self.species_probs(p[j]))
+                rows[i] = Prediction(str(files[i]), self.to_dict(p[j]), self.group_probs(p[j]))
         return rows
 
     def predict_paths(self, paths: Iterable[str | Path], bs: int = 32, tta: bool = False,
@@ -294,8 +296,8 @@ def load_model(model_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", backe
 def row_dict(row: Prediction, k: int = 5) -> dict[str, Any]:
     """A result as plain data: file, top-k [{breed, prob}], species, species_prob, error."""
     return {"file": row.file, "top": [{"breed": b, "prob": round(p, 6)} for b, p in row.top(k)],
-            "species": row.species,
-            "species_prob": round(row.species_probs[row.species], 6) if row.species else None, "error": row.error}
+            "species": row.group,
+            "species_prob": round(row.group_probs[row.group], 6) if row.group else None, "error": row.error}
 
 
 def to_json(rows: Sequence[Prediction], k: int = 5) -> str:
@@ -335,7 +337,7 @@ def to_table(rows: Sequence[Prediction], k: int = 5, width: int = 160) -> str:
         table.add_column(name, overflow="fold")  # a long path is folded over lines, never cut to "..."
     for r in rows:
         top = ", ".join(f"{b} {p:.1%}" for b, p in r.top(k))
-        sp = f"{r.species} {r.species_probs[r.species]:.0%}" if r.species else ""
+        sp = f"{r.group} {r.group_probs[r.group]:.0%}" if r.group else ""
         table.add_row(r.file, top, sp, r.error or "")
     buf = io.StringIO()
     Console(file=buf, width=width, no_color=True, highlight=False).print(table)

@@ -290,7 +290,7 @@ def interpretation(ev: Evaluation) -> ClassificationInterpretation:
 
 def species_list(manifest: dict) -> list[str]:
     """`cat` or `dog` for every class, in the model's output order."""
-    return [c.get("species") or species_of(c["name"]) for c in manifest["classes"]]
+    return [c.get("group") or c.get("species") or species_of(c["name"]) for c in manifest["classes"]]
 
 
 def display_order(species: list[str]) -> list[int]:

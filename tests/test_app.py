@@ -80,11 +80,11 @@ def test_batcher_groups_concurrent_calls_and_keeps_rows_apart(predictor, images)
 def test_model_card_and_verdict(predictor):
     card = model_card({**predictor.manifest, "metrics": {"error_rate": 0.0725, "epochs": 4}})
     assert "resnet18" in card and "7.25%" in card and predictor.manifest["created"] in card and "epochs" in card
-    assert "Abyssinian" in card and "american bulldog" in card
+    assert "Abyssinian" in card and "American Bulldog" in card
     sure = {"Bengal": 0.9, "beagle": 0.1}
-    assert verdict(sure, predictor.species).startswith("**Bengal** (cat), 90%")
+    assert verdict(sure, predictor.groups).startswith("**Bengal** (cat), 90%")
     unsure = {"beagle": UNSURE_BELOW - 0.01, "Bengal": 0.51}
-    assert "Not sure this is a cat or a dog" in verdict(unsure, predictor.species)
+    assert "Not sure this is a cat or a dog" in verdict(unsure, predictor.groups)
 
 
 def test_explain_gives_the_predictors_verdict_with_or_without_the_map(predictor, images):
@@ -92,7 +92,7 @@ def test_explain_gives_the_predictors_verdict_with_or_without_the_map(predictor,
     explain = make_explain(predictor, batcher)
     try:
         for path in images[:3]:
-            expected = verdict(predictor.predict(path), predictor.species)
+            expected = verdict(predictor.predict(path), predictor.groups)
             cam, said = explain(str(path), True)  # the verdict comes from Grad-CAM's own forward pass here
             assert said == expected and cam.size == (max(predictor.pre.presize, CAM_SIDE),) * 2
             assert explain(str(path), False) == (None, expected)  # and from the batched forward pass here
@@ -117,8 +117,8 @@ def test_classify_endpoint_equals_the_predictor(client, predictor, images):
         assert [b for b, _ in got] == [pretty(b) for b, _ in want]
         assert max(abs(g - w) for (_, g), (_, w) in zip(got, want, strict=True)) < 1e-6
         row = next(predictor.predict_paths([path]))
-        assert species["label"] == row.species
-        assert {c["label"]: c["confidence"] for c in species["confidences"]} == pytest.approx(row.species_probs)
+        assert species["label"] == row.group
+        assert {c["label"]: c["confidence"] for c in species["confidences"]} == pytest.approx(row.group_probs)
 
 
 @pytest.mark.slow

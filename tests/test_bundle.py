@@ -8,7 +8,16 @@ import shutil
 import pytest
 import torch
 
-from petclf.bundle import MANIFEST_NAME, WEIGHTS_NAME, load_network, make_manifest, read_manifest, write_bundle
+from petclf.bundle import (
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    class_groups,
+    display_names,
+    load_network,
+    make_manifest,
+    read_manifest,
+    write_bundle,
+)
 from petclf.errors import BundleError
 from petclf.model import FASTAI_HEAD, build_model
 
@@ -36,7 +45,7 @@ def test_round_trip_is_exact_and_manifest_is_complete(bundle):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(net(x), model(x))
-    assert [c["species"] for c in man["classes"]] == ["cat", "cat", "dog"]
+    assert [c["group"] for c in man["classes"]] == ["cat", "cat", "dog"] and man["group_name"] == "species"
     assert man["n_classes"] == 3 and man["temperature"] == 1.0
     assert set(man["versions"]) == {"petclf", "fastai", "timm", "torch"}
     assert len(man["weights"]["sha256"]) == 64
@@ -287,3 +296,17 @@ def test_bundle_files_follow_the_umask_like_any_new_file(tmp_path, mask):
     assert want == 0o666 & ~mask
     for name in (WEIGHTS_NAME, MANIFEST_NAME):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
+
+
+def test_groups_display_names_and_older_species_key():
+    pets = make_manifest("resnet18", {"kind": "linear"}, ["Russian_Blue", "great_pyrenees"], 32, 40, [.5] * 3, [.5] * 3)
+    assert display_names(pets) == {"Russian_Blue": "Russian Blue", "great_pyrenees": "Great Pyrenees"}
+    assert class_groups(pets) == ("species", {"Russian_Blue": "cat", "great_pyrenees": "dog"})
+    own = make_manifest("resnet18", {"kind": "linear"}, ["mug", "Teller"], 32, 40, [.5] * 3, [.5] * 3)
+    assert class_groups(own) == (None, {}) and "group_name" not in own and display_names(own)["mug"] == "mug"
+    grouped = make_manifest("resnet18", {"kind": "linear"}, ["mug", "Teller"], 32, 40, [.5] * 3, [.5] * 3,
+                            groups={"mug": "kitchen", "Teller": "kitchen"}, group_name="room")
+    assert class_groups(grouped) == ("room", {"mug": "kitchen", "Teller": "kitchen"})
+    older = {"classes": [{"name": "Bengal", "species": "cat"}, {"name": "pug", "species": "dog"}]}
+    assert class_groups(older) == ("species", {"Bengal": "cat", "pug": "dog"})
+    assert display_names(older) == {"Bengal": "Bengal", "pug": "Pug"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from petclf.errors import DataError
-from petclf.labels import CAT_BREEDS, DOG_BREEDS, breed_of, label_from_path, pretty_breed, species_of
+from petclf.labels import CAT_BREEDS, DOG_BREEDS, breed_of, display_name, label_from_path, pets_groups, species_of
 from petclf.synth import synth_classes
 
 
@@ -38,5 +38,12 @@ def test_pets_breed_lists_match_the_naming_convention():
     assert synth_classes(37) and set(synth_classes(37)) == set(CAT_BREEDS) | set(DOG_BREEDS)
 
 
-def test_pretty_breed_is_for_people():
-    assert pretty_breed("great_pyrenees") == "great pyrenees" and pretty_breed("Russian_Blue") == "Russian Blue"
+def test_display_name_is_title_case_for_breeds_and_as_is_for_other_labels():
+    assert display_name("great_pyrenees") == "Great Pyrenees" and display_name("Russian_Blue") == "Russian Blue"
+    assert display_name("american_pit_bull_terrier") == "American Pit Bull Terrier"
+    assert display_name("my_cat") == "my_cat" and display_name("Crème brûlée") == "Crème brûlée"
+
+
+def test_pets_groups_only_when_every_class_is_a_breed():
+    assert pets_groups(["beagle", "Bengal"]) == {"beagle": "dog", "Bengal": "cat"}
+    assert pets_groups(["beagle", "tabby"]) is None and pets_groups([]) is None

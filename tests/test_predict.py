@@ -99,8 +99,8 @@ def test_topk_is_ordered_and_probabilities_sum_to_one(predictor, valid_items):
     top = predictor.topk(valid_items[1], k=3)
     assert top == list(probs.items())[:3]
     row = next(predictor.predict_paths([valid_items[1]]))
-    assert abs(sum(row.species_probs.values()) - 1) < 1e-5 and set(row.species_probs) == {"cat", "dog"}
-    assert row.species == max(row.species_probs, key=row.species_probs.get)
+    assert abs(sum(row.group_probs.values()) - 1) < 1e-5 and set(row.group_probs) == {"cat", "dog"}
+    assert row.group == max(row.group_probs, key=row.group_probs.get)
 
 
 def test_flip_tta_averages_the_flipped_image(predictor, valid_items):
