@@ -35,6 +35,7 @@ from petclf.config import (
     TOPK,
     Backend,
     ConfigError,
+    Layout,
     OutputFormat,
     Precision,
     Recipe,
@@ -117,8 +118,14 @@ def _value(v):
 
 # ---------------------------------------------------------------------------------------------------- options
 
-DataOpt = typer.Option(None, "--data", "-d", help="Pets folder (DIR/images) or any folder of <breed>_<n>.jpg "
-                                                  "images; default data/oxford-iiit-pet, downloaded when missing.")
+DataOpt = typer.Option(None, "--data", "-d", help="Pets folder (DIR/images), a folder per class (DIR/<label>/, "
+                                                  "DIR/train|valid/<label>/) or the CSV's base folder; default "
+                                                  "data/oxford-iiit-pet, downloaded when missing.")
+LayoutOpt = typer.Option(None, "--layout", help="How --data is read: auto detects it; pets (<breed>_<n>.jpg), folders "
+                                                "(DIR/<label>/), csv (--labels).", show_default=str(D.layout))
+LabelsOpt = typer.Option(None, "--labels", help="CSV of file,label (optional split or is_valid), files relative to "
+                                                "--data: the csv layout.")
+GroupsOpt = typer.Option(None, "--groups", help="CSV of label,<group name>: a second level (Pets: cat/dog built in).")
 SplitOpt = typer.Option(None, "--split", metavar=f"[{'|'.join(SPLITS)}]",
                         help="Validation split: random (valid_pct, seed), official (annotations/test.txt) or a "
                              "FILE naming the validation images.", show_default=str(D.split))
@@ -151,49 +158,62 @@ WorkersOpt = typer.Option(None, "--workers", min=0, help="DataLoader workers.",
 
 @data_app.command("check")
 @guarded
-def data_check(data: Path | None = DataOpt, split: str | None = SplitOpt,
+def data_check(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, labels: Path | None = LabelsOpt,
+               groups: Path | None = GroupsOpt, split: str | None = SplitOpt,
                valid_pct: float = typer.Option(D.valid_pct, help="Validation share of the random split."),
                seed: int = typer.Option(D.seed, help="Seed of the random split."),
                report: Path | None = typer.Option(None, help="Folder to write data_report.json into."),
                no_cache: bool = typer.Option(False, "--no-cache", help="Decode every image again.")) -> None:
-    """Verify every image, count classes and split sizes, list bad files. Exits 2 if training could not go on."""
+    """Say which layout --data has and why, verify every image, count classes and split sizes, list bad files.
+    Exits 2 if training could not go on."""
     from petclf.data import load_pets
+    from petclf.layouts import read_groups
     from petclf.progress import bar
 
     with bar("verifying images") as progress:
         pets = load_pets(data, split=split or D.split, valid_pct=valid_pct, seed=seed, use_cache=not no_cache,
-                         progress=progress)
+                         progress=progress, layout=_value(layout) or D.layout, labels=labels)
+    named = read_groups(groups, pets.vocab) if groups else None
     typer.echo(pets.report.summary())
-    _print_class_table(pets.report.class_counts)
+    _print_class_table(pets.report.class_counts, *(named or ("species", None)))
     if report is not None:
         typer.echo(f"data report: {pets.report.save(report)}")
 
 
-def _print_class_table(counts: dict[str, int]) -> None:
+def _print_class_table(counts: dict[str, int], group_name: str, groups: dict[str, str] | None) -> None:
+    """Classes and their image counts, with their group (Pets: species) when there are groups."""
     from rich.console import Console
     from rich.table import Table
 
-    from petclf.labels import species_of
+    from petclf.labels import pets_groups
 
-    table = Table("class", "species", "images", box=None, pad_edge=False)
+    groups = groups or pets_groups(list(counts))
+    table = Table("class", *([group_name] if groups else []), "images", box=None, pad_edge=False)
     for c, n in counts.items():
-        table.add_row(c, species_of(c), str(n))
+        table.add_row(c, *([groups[c]] if groups else []), str(n))
     Console(width=100).print(table)
 
 
 @data_app.command("synth")
 @guarded
 def data_synth(out: Path = typer.Argument(..., help="Folder to write the images into."),
-               classes: int = typer.Option(synth_defaults.CLASSES, help="Number of breeds (2-37)."),
+               layout: Layout = typer.Option(Layout.pets, "--layout", help="pets (<breed>_<n>.jpg), folders "
+                                             "(DIR/<class>/) or csv (DIR/images/ + DIR/labels.csv)."),
+               split_dirs: bool = typer.Option(False, "--split-dirs", help="folders: DIR/train|valid/<class>/."),
+               classes: int = typer.Option(synth_defaults.CLASSES, help="Number of classes (2-37 breeds; 2-8 own "
+                                                                        "names for folders and csv)."),
                per_class: int = typer.Option(synth_defaults.PER_CLASS, help="Images per breed."),
                size: int = typer.Option(synth_defaults.SIZE, help="Image side in pixels."),
                seed: int = typer.Option(synth_defaults.SEED, help="Random seed."),
                bad: bool = typer.Option(False, "--bad", help="Also plant the known bad files of real Pets.")) -> None:
-    """Write a synthetic Pets-style dataset a small CNN learns in a minute on CPU."""
-    from petclf.synth import synth_pets
+    """Write a synthetic dataset in any layout that a small CNN learns in a minute on CPU."""
+    from petclf.synth import synth_data
 
-    planted = synth_pets(out, n_classes=classes, per_class=per_class, size=size, seed=seed, bad=bad)
-    typer.echo(f"wrote {classes * per_class} images of {classes} breeds to {out}")
+    if layout == Layout.auto:
+        fail("--layout for synth is pets, folders or csv")
+    planted = synth_data(out, layout.value, n_classes=classes, per_class=per_class, size=size, seed=seed, bad=bad,
+                         split_dirs=split_dirs)
+    typer.echo(f"wrote {classes * per_class} images of {classes} classes to {out} ({layout.value} layout)")
     for name, verdict in planted.items():
         typer.echo(f"  planted {name} ({verdict})")
 
@@ -216,7 +236,8 @@ def _train_config(config: Path | None, **flags):
 
 @app.command("train")
 @guarded
-def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: Path | None = WeightsOpt,
+def train_cmd(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, labels: Path | None = LabelsOpt,
+              groups: Path | None = GroupsOpt, arch: str | None = ArchOpt, weights: Path | None = WeightsOpt,
               pretrained: bool | None = PretrainedOpt,
               epochs: int | None = typer.Option(None, "--epochs", "-e", help="Epochs after unfreezing.",
                                                 show_default=str(D.epochs)),
@@ -242,7 +263,8 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
     """Fine-tune a pretrained timm model: lr_find, fit_one_cycle (frozen, then unfrozen), export the run folder."""
     from petclf.train import train
 
-    cfg = _train_config(config, data=data, arch=arch, weights=weights, pretrained=pretrained, epochs=epochs,
+    cfg = _train_config(config, data=data, layout=layout, labels=labels, groups=groups, arch=arch, weights=weights,
+                        pretrained=pretrained, epochs=epochs,
                         freeze_epochs=freeze_epochs, lr=lr, bs=bs, size=size, presize=presize, split=split,
                         seed=seed, device=device, recipe=recipe, workers=workers, precision=precision,
                         threads=threads, channels_last=channels_last, out=out, resume=resume)
@@ -260,7 +282,8 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
 
 @app.command("lr-find")
 @guarded
-def lr_find_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: Path | None = WeightsOpt,
+def lr_find_cmd(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, labels: Path | None = LabelsOpt,
+                arch: str | None = ArchOpt, weights: Path | None = WeightsOpt,
                 pretrained: bool | None = PretrainedOpt, bs: int | None = BsOpt, size: int | None = SizeOpt,
                 presize: int | None = PresizeOpt, split: str | None = SplitOpt,
                 seed: int | None = SeedOpt, device: str | None = DeviceOpt, recipe: Recipe | None = RecipeOpt,
@@ -270,7 +293,8 @@ def lr_find_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights
     """Run fastai's lr_find on the training setup, save the plot and print the suggested learning rate."""
     from petclf.train import run_lr_find
 
-    cfg = _train_config(config, data=data, arch=arch, weights=weights, pretrained=pretrained, bs=bs, size=size,
+    cfg = _train_config(config, data=data, layout=layout, labels=labels, arch=arch, weights=weights,
+                        pretrained=pretrained, bs=bs, size=size,
                         presize=presize, split=split, seed=seed, device=device, recipe=recipe, workers=workers)
     found, png = run_lr_find(cfg, out)
     typer.echo(f"suggested lr {found.suggestion:.2e}{' (fallback)' if found.fallback else ''}; plot: {png}")
@@ -352,12 +376,17 @@ def serve(model: Path = ModelOpt,
                                           help="Require this login (also read from PETCLF_AUTH, which keeps the "
                                                "password out of the process list)."),
           backend: Backend = BackendOpt,
-          onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
-    """Serve the Gradio demo: upload a photo, see the breed, cat or dog, and Grad-CAM (always run by torch)."""
+          onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx."),
+          title: str | None = typer.Option(None, "--title", help="The page's heading.",
+                                           show_default="from the model: 'Which breed is this pet?' for Pets, "
+                                                        "'Which class is this?' otherwise")) -> None:
+    """Serve the Gradio demo: upload a photo, see the class (Pets: breed, cat or dog), and Grad-CAM (always run by
+    torch)."""
     from petclf.app import main as serve_demo
     from petclf.app import parse_auth
 
-    serve_demo(model, host=host, port=port, share=share, backend=_backend(backend, onnx), auth=parse_auth(auth))
+    serve_demo(model, host=host, port=port, share=share, backend=_backend(backend, onnx), auth=parse_auth(auth),
+               title=title)
 
 
 @app.command("export")
@@ -378,9 +407,12 @@ def export(model: Path = ModelOpt,
 @guarded
 def demo_cmd(out: Path = typer.Option(demo_defaults.OUT, "--out", "-o",
                                       help="Folder for the synthetic data and run."),
-             epochs: int = typer.Option(demo_defaults.EPOCHS, "--epochs", "-e", help="Epochs after unfreezing.")
-             ) -> None:
+             epochs: int = typer.Option(demo_defaults.EPOCHS, "--epochs", "-e", help="Epochs after unfreezing."),
+             layout: Layout = typer.Option(Layout.pets, "--layout", help="The synthetic data's layout: pets, "
+                                                                         "folders or csv.")) -> None:
     """The whole pipeline offline on CPU in a few minutes: synthetic data, a small model, train, export, report."""
     from petclf.demo import run_demo
 
-    run_demo(out, epochs=epochs)
+    if layout == Layout.auto:
+        fail("--layout for the demo is pets, folders or csv")
+    run_demo(out, epochs=epochs, layout=layout.value)

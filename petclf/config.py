@@ -68,6 +68,15 @@ class Switch(str, Enum):
     off = "off"
 
 
+class Layout(str, Enum):
+    """How --data is read: auto detects; pets (<breed>_<n>.jpg), folders (DIR/<label>/), csv (--labels FILE)."""
+
+    auto = "auto"
+    pets = "pets"
+    folders = "folders"
+    csv = "csv"
+
+
 class Backend(str, Enum):
     """What runs the network for prediction: auto is onnxruntime on CPU when model.onnx verifies, else torch."""
 
@@ -88,7 +97,7 @@ DEVICES = ("auto", "cpu", "mps", "cuda", "cuda:N")  # what --device takes (N: a 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SPLITS = ("random", "official", "FILE")  # what --split takes (FILE: a file naming the validation images)
 CHOICES: dict[str, type[Enum]] = {"recipe": Recipe, "precision": Precision, "channels_last": Switch,
-                                  "bn_freeze": Switch}
+                                  "bn_freeze": Switch, "layout": Layout}
 MAX_CONFIG_BYTES = 64 * 1024  # a settings file is a few hundred bytes; anything this big is not one
 # (lowest, highest, lowest allowed itself, highest allowed itself) of every numeric setting; None: unbounded there
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
@@ -112,7 +121,10 @@ def check_device(value: str) -> str:
 class TrainConfig:
     """Everything a training run depends on; saved as `config.yaml` beside every export."""
 
-    data: str | None = None  # Pets folder (or any folder of `<breed>_<n>.jpg`); None: data/oxford-iiit-pet or download
+    data: str | None = None  # Pets folder, a folder per class or a CSV's base; None: data/oxford-iiit-pet or download
+    layout: str = "auto"  # auto | pets | folders | csv: how `data` is read (auto: detected; `labels` means csv)
+    labels: str | None = None  # csv layout: a `file,label[,split|is_valid]` CSV, files relative to `data`
+    groups: str | None = None  # a `label,<group name>` CSV: a second level (Pets has cat/dog built in)
     arch: str = "resnet34"  # any timm model name; resnet34 is the fastbook anchor
     weights: str | None = None  # local timm state dict (.pth/.safetensors) instead of the hub, for air-gapped machines
     pretrained: bool = True  # start from ImageNet weights (hub, hub cache or `weights`)

@@ -1,13 +1,14 @@
-"""Oxford-IIIT Pets: find or download it, verify every image, split it, and build fastai DataLoaders.
+"""The training data: find (or download Pets), read its layout, verify every image, split, build DataLoaders.
 
     petclf data check --data data/oxford-iiit-pet      # the same steps from the command line
+    petclf data check --data ~/photos                  # a folder per class (or --labels FILE.csv)
 
     from petclf.data import load_pets, make_dataloaders
     pets = load_pets("data/oxford-iiit-pet")           # verified items, labels, split, data report
     dls = make_dataloaders(pets, bs=32, size=224, presize=460, mean=MEAN, std=STD)
 
-Labels come from file names as in fastbook: `<breed>_<number>.<ext>`; cat breeds are Capitalized, dog breeds
-lowercase, so the species is read off the first letter.
+Pets labels come from file names as in fastbook: `<breed>_<number>.<ext>`; other layouts (a folder per class, a
+CSV) are read by `petclf.layouts`, with fastai's own conventions.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,13 +30,18 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from petclf.errors import DataError, ImageError
 from petclf.image import load_rgb
 from petclf.io import is_image_file, reachable, walk_files, write_atomic
-from petclf.labels import breed_of, label_from_path, species_of
+from petclf.labels import label_from_path, pets_groups
+from petclf.layouts import Reading, check_label_clashes, pets_root, read_layout, single_image_classes
 
 DATA_DIR = Path("data")  # where downloads land and the default dataset is looked for
 PETS_DIRNAME = "oxford-iiit-pet"  # fastai's folder name for URLs.PETS
 FORMAT_OF_EXT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP", ".bmp": "BMP",
                  ".tif": "TIFF", ".tiff": "TIFF"}
 REPORT_NAME = "data_report.json"
+EXAMPLES_DIR = "examples"  # in a run folder: validation photos the demo offers when the shipped pet photos do not fit
+N_EXAMPLES, EXAMPLE_SIDE = 6, 384  # how many example photos a run keeps, and their longest side in pixels
+UNLABELLED = {"pets": "name is not <breed>_<number>", "folders": "in no class folder",
+              "csv": "not in the labels file"}  # why an image has no label, per layout
 
 
 # ---------------------------------------------------------------------------------------------------- finding
@@ -52,8 +58,8 @@ def download_pets(dest: Path = DATA_DIR) -> Path:
     return Path(untar_data(URLs.PETS, data=dest))
 
 
-def find_data(data: str | Path | None = None, dest: Path = DATA_DIR) -> Path:
-    """The folder to read images from: `data` if given, else `dest/oxford-iiit-pet`, else a fresh download."""
+def find_root(data: str | Path | None = None, dest: Path = DATA_DIR) -> Path:
+    """The data folder: `data` if given, else `dest/oxford-iiit-pet`, else a fresh download."""
     if data is None:
         root = dest / PETS_DIRNAME
         root = root if root.is_dir() else download_pets(dest)
@@ -63,7 +69,12 @@ def find_data(data: str | Path | None = None, dest: Path = DATA_DIR) -> Path:
             raise DataError(f"data folder not found: {root}")
         if not root.is_dir():
             raise DataError(f"--data must be a folder, not a file: {root}")
-    return root / "images" if (root / "images").is_dir() else root
+    return root
+
+
+def find_data(data: str | Path | None = None, dest: Path = DATA_DIR) -> Path:
+    """The folder Pets images are read from: `find_root`'s, or its `images/` subfolder."""
+    return pets_root(find_root(data, dest))
 
 
 def annotations_dir(images_root: Path) -> Path | None:
@@ -209,6 +220,8 @@ class DataReport:
     """What the data layer found: usable images per class, the split, and every file it skipped or fixed."""
 
     root: str
+    layout: str = "pets"  # pets | folders | csv
+    layout_why: str = ""  # why that layout: what `petclf data check` prints first
     n_images: int = 0
     class_counts: dict[str, int] = field(default_factory=dict)
     n_train: int = 0
@@ -216,7 +229,7 @@ class DataReport:
     split: str = "random"
     skipped: list[dict] = field(default_factory=list)  # unreadable: left out of training
     converted: list[dict] = field(default_factory=list)  # readable after a fix (format, mode, frames)
-    unlabelled: list[str] = field(default_factory=list)  # images whose name is not <breed>_<number>
+    unlabelled: list[str] = field(default_factory=list)  # images the layout gives no label
     ignored: list[str] = field(default_factory=list)  # files that are not images (.mat, .txt, ...)
     unsplit: list[str] = field(default_factory=list)  # images the chosen split does not mention
     warnings: list[str] = field(default_factory=list)
@@ -229,15 +242,19 @@ class DataReport:
 
     def summary(self) -> str:
         """A few readable lines for a terminal or log."""
-        n_cat = sum(n for c, n in self.class_counts.items() if species_of(c) == "cat")
-        lines = [f"{self.n_images} usable images in {len(self.class_counts)} classes "
-                 f"({n_cat} cat, {self.n_images - n_cat} dog) under {self.root}",
+        groups = pets_groups(list(self.class_counts))  # only Pets has built-in groups worth counting here
+        per = Counter() if groups is None else Counter({g: 0 for g in sorted(set(groups.values()))})
+        for c, n in self.class_counts.items():
+            per.update({groups[c]: n} if groups else {})
+        split_groups = f" ({', '.join(f'{n} {g}' for g, n in per.items())})" if per else ""
+        lines = [f"layout {self.layout}: {self.layout_why}",
+                 f"{self.n_images} usable images in {len(self.class_counts)} classes{split_groups} under {self.root}",
                  f"split {self.split}: {self.n_train} train, {self.n_valid} valid"]
         for title, rows in (("skipped", self.skipped), ("converted", self.converted)):
             if rows:
                 lines.append(f"{len(rows)} {title}:")
                 lines += [f"  {Path(r['path']).name}: {r['reason']}" for r in rows]
-        for title, names in (("unlabelled (name is not <breed>_<number>)", self.unlabelled),
+        for title, names in ((f"unlabelled ({UNLABELLED[self.layout]})", self.unlabelled),
                              ("ignored (not images)", self.ignored), ("not in the split", self.unsplit)):
             if names:
                 lines.append(f"{len(names)} {title}: " + ", ".join(Path(n).name for n in names[:20])
@@ -256,10 +273,11 @@ class Pets:
     train_idx: list[int]
     valid_idx: list[int]
     report: DataReport
+    get_y: Callable = label_from_path  # fastai get_y of the layout: items -> labels
 
     @property
     def vocab(self) -> list[str]:
-        """Class names, sorted: Capitalized cats come before lowercase dogs."""
+        """Class names, sorted (Pets: Capitalized cats come before lowercase dogs)."""
         return sorted(set(self.labels))
 
 
@@ -271,42 +289,105 @@ def few_image_classes(counts: dict[str, int]) -> list[str]:
     return sorted(c for c, n in counts.items() if n < limit)
 
 
-def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: float = 0.2, seed: int = 42,
-              use_cache: bool = True, progress=None) -> Pets:
-    """Find, verify, label and split the data; raise `DataError` if training could not go on."""
-    root = find_data(data)
-    files, others = scan_files(root)
-    report = DataReport(root=str(root), split=split, ignored=[str(p) for p in others])
-    if not files:
-        raise DataError(f"no images found in {root}")
-    checks = verify_images(files, root, use_cache=use_cache, progress=progress)
+def _verified(reading: Reading, report: DataReport, use_cache: bool, progress) -> tuple[list[Path], list[str]]:
+    """Decode every image the layout found; (usable labelled items, their labels), the rest in `report`."""
+    checks = verify_images([*reading.items, *map(Path, reading.unlabelled)], reading.root, use_cache=use_cache,
+                           progress=progress)
     report.skipped = [asdict(c) for c in checks if c.status == "skipped"]
     report.converted = [asdict(c) for c in checks if c.status == "converted"]
-    usable = [Path(c.path) for c in checks if c.status != "skipped"]
-    report.unlabelled = [str(p) for p in usable if breed_of(p) is None]
-    items = [p for p in usable if breed_of(p) is not None]
+    bad = {r["path"] for r in report.skipped}
+    report.unlabelled = [p for p in reading.unlabelled if p not in bad]
+    keep = [i for i, p in enumerate(reading.items) if str(p) not in bad]
+    return [reading.items[i] for i in keep], [reading.labels[i] for i in keep]
+
+
+def _split(reading: Reading, items: list[Path], split: str, valid_pct: float,
+           seed: int) -> tuple[list[int], list[int], str]:
+    """(train, valid, split name): the layout's own split (train/ + valid/, a csv column) unless `split` names
+    another than random, else `split_indices`."""
+    if reading.valid is not None and split == "random":
+        valid = dict(zip(map(str, reading.items), reading.valid, strict=True))
+        flags = [valid[str(p)] for p in items]
+        return [i for i, v in enumerate(flags) if not v], [i for i, v in enumerate(flags) if v], reading.split_name
+    train_idx, valid_idx = split_indices(items, split, valid_pct, seed, reading.root)
+    return train_idx, valid_idx, split
+
+
+def _single_images_train(labels: list[str], train_idx: list[int], valid_idx: list[int],
+                         report: DataReport) -> tuple[list[int], list[int]]:
+    """A class with one image cannot be both trained on and validated: it trains, with a warning."""
+    lonely = single_image_classes(labels)
+    if lonely:
+        report.warnings.append(f"{len(lonely)} class(es) with one image, used for training only (nothing "
+                               f"validates them): {', '.join(lonely)}")
+    moved = [i for i in valid_idx if labels[i] in set(lonely)]
+    return sorted(train_idx + moved), [i for i in valid_idx if i not in set(moved)]
+
+
+def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: float = 0.2, seed: int = 42,
+              use_cache: bool = True, progress=None, layout: str = "auto", labels: str | Path | None = None) -> Pets:
+    """Find the data, read its layout (`auto`, `pets`, `folders`, or `csv` with `labels`), verify, label and
+    split it; raise `DataError` if training could not go on."""
+    reading = read_layout(find_root(data), layout, labels)
+    root = reading.root
+    check_label_clashes(reading.labels)
+    report = DataReport(root=str(root), layout=reading.layout, layout_why=reading.why, warnings=reading.warnings,
+                        ignored=[str(p) for p in scan_files(root)[1]], unsplit=list(reading.unsplit))
+    if not reading.items and not reading.unlabelled:
+        raise DataError(f"no images found in {root}")
+    items, labels_ = _verified(reading, report, use_cache, progress)
     if not items:
-        raise DataError(f"no usable images named <breed>_<number>.<ext> in {root}")
-    train_idx, valid_idx = split_indices(items, split, valid_pct, seed, root)
+        where = {"pets": "named <breed>_<number>.<ext>", "folders": "in class folders (DIR/<label>/<file>)",
+                 "csv": "listed in the labels file"}[reading.layout]
+        raise DataError(f"no usable images {where} in {root}")
+    train_idx, valid_idx, split_name = _split(reading, items, split, valid_pct, seed)
     keep = sorted(set(train_idx) | set(valid_idx))
     if len(keep) < len(items):  # the official split leaves some images out; drop them and re-index
-        report.unsplit = [str(items[i]) for i in sorted(set(range(len(items))) - set(keep))]
+        report.unsplit += [str(items[i]) for i in sorted(set(range(len(items))) - set(keep))]
         pos = {old: new for new, old in enumerate(keep)}
-        items = [items[i] for i in keep]
+        items, labels_ = [items[i] for i in keep], [labels_[i] for i in keep]
         train_idx, valid_idx = [pos[i] for i in train_idx], [pos[i] for i in valid_idx]
-    labels = [label_from_path(p) for p in items]
-    report.class_counts = dict(sorted(Counter(labels).items()))
-    report.n_images, report.n_train, report.n_valid = len(items), len(train_idx), len(valid_idx)
+    report.class_counts = dict(sorted(Counter(labels_).items()))
     if len(report.class_counts) < 2:
-        raise DataError(f"found only one class ({labels[0]}) in {root}; a classifier needs at least two")
+        raise DataError(f"found only one class ({labels_[0]}) in {root}; a classifier needs at least two")
+    if split_name == "random":  # a split petclf drew: a class with one image trains
+        train_idx, valid_idx = _single_images_train(labels_, train_idx, valid_idx, report)
+    report.split, report.n_images, report.n_train, report.n_valid = (split_name, len(items), len(train_idx),
+                                                                     len(valid_idx))
     if not train_idx or not valid_idx:
-        raise DataError(f"split {split!r} leaves {len(train_idx)} training and {len(valid_idx)} validation images")
+        raise DataError(f"split {split_name!r} leaves {len(train_idx)} training and {len(valid_idx)} validation "
+                        "images")
     for c in few_image_classes(report.class_counts):
         report.warnings.append(f"class {c} has only {report.class_counts[c]} images")
-    missing = sorted(set(report.class_counts) - {labels[i] for i in train_idx})
+    missing = sorted(set(report.class_counts) - {labels_[i] for i in train_idx})
+    if missing and split_name != split:
+        raise DataError(f"the {split_name} split validates class(es) it never trains on: {', '.join(missing)}; "
+                        "add training images for them or remove them")
     if missing:
         report.warnings.append(f"no training images for: {', '.join(missing)}")
-    return Pets(root, items, labels, train_idx, valid_idx, report)
+    return Pets(root, items, labels_, train_idx, valid_idx, report, reading.get_y)
+
+
+def save_examples(pets: Pets, out: Path, n: int = N_EXAMPLES, every: bool = False) -> list[Path]:
+    """Copies of up to `n` validation photos (`every`: any photo), one class after another, as small JPEGs in `out`:
+    the demo's examples for a model whose classes the shipped pet photos do not show."""
+    pool = range(len(pets.items)) if every or not pets.valid_idx else pets.valid_idx
+    by_class: dict[str, list[int]] = {}
+    for i in pool:
+        by_class.setdefault(pets.labels[i], []).append(i)
+    order = [i for rank in range(n) for c in sorted(by_class) for i in by_class[c][rank:rank + 1]][:n]
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, i in enumerate(order, 1):
+        img = load_rgb(pets.items[i])
+        img.thumbnail((EXAMPLE_SIDE, EXAMPLE_SIDE))
+        with open(out / f"{k:02d}.jpg", "wb") as f:  # numbered: a class name may hold any character
+            img.save(f, "JPEG", quality=90)
+        written.append(out / f"{k:02d}.jpg")
+    return written
+
+
+load_data = load_pets  # the name for any layout; load_pets stays for code written for Pets
 
 
 # ---------------------------------------------------------------------------------------------------- fastai
@@ -347,7 +428,7 @@ def make_dataloaders(pets: Pets, bs: int = 32, size: int = 224, presize: int = 4
     from fastai.vision.data import ImageBlock, Normalize
 
     dblock = DataBlock(blocks=(ImageBlock(cls=PetImage), CategoryBlock(vocab=pets.vocab)),
-                       get_y=label_from_path, splitter=IndexSplitter(pets.valid_idx),
+                       get_y=pets.get_y, splitter=IndexSplitter(pets.valid_idx),
                        item_tfms=Resize(presize),
                        batch_tfms=[*augmentations(size, min_scale),
                                    Normalize.from_stats(list(mean), list(std))])

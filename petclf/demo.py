@@ -2,6 +2,7 @@
 
     petclf demo                       # or `make demo`; everything lands under exports/demo/
     petclf demo --out /tmp/demo --epochs 2
+    petclf demo --layout folders      # the same on a folder per class with a user's own class names (or csv)
 
     from petclf.demo import run_demo
     paths = run_demo("exports/demo")  # {"data": ..., "run": ..., ...}; later steps (report, serve) append to STEPS
@@ -38,20 +39,24 @@ def demo_weights(out: Path) -> tuple[str, str | None]:
 
 
 def demo_config(data: Path, run: Path, arch: str, weights: str | None, epochs: int,
-                threads: int | None = None) -> TrainConfig:
+                threads: int | None = None, layout: str = "pets") -> TrainConfig:
     """Training settings for the demo: small images, small batches, offline weights."""
+    from petclf.synth import LABELS_CSV
+
     return TrainConfig(data=str(data), arch=arch, weights=weights, pretrained=weights is not None, epochs=epochs,
                        freeze_epochs=1, bs=16, size=SIZE, presize=PRESIZE, probe_size=PROBE_SIZE, out=str(run),
-                       workers=0, lr=None if weights else 3e-3, threads=threads)
+                       workers=0, lr=None if weights else 3e-3, threads=threads, layout=layout,
+                       labels=str(data / LABELS_CSV) if layout == "csv" else None)
 
 
 def step_data(ctx: dict[str, Any]) -> None:
-    """Write the synthetic Pets-style images (once)."""
-    from petclf.synth import synth_pets
+    """Write the synthetic images in the demo's layout (once per layout)."""
+    from petclf.synth import synth_data
 
-    data = ctx["out"] / "data"
+    layout = ctx["layout"]
+    data = ctx["out"] / ("data" if layout == "pets" else f"data-{layout}")
     if not data.is_dir():
-        synth_pets(data, n_classes=N_CLASSES, per_class=PER_CLASS, size=IMG_SIZE, seed=0)
+        synth_data(data, layout, n_classes=N_CLASSES, per_class=PER_CLASS, size=IMG_SIZE, seed=0)
     ctx["paths"]["data"] = data
 
 
@@ -62,7 +67,7 @@ def step_train(ctx: dict[str, Any]) -> None:
 
     arch, weights = demo_weights(ctx["out"])
     run = ctx["out"] / "runs" / default_out(arch).name
-    result = train(demo_config(ctx["paths"]["data"], run, arch, weights, ctx["epochs"], ctx["threads"]))
+    result = train(demo_config(ctx["paths"]["data"], run, arch, weights, ctx["epochs"], ctx["threads"], ctx["layout"]))
     ctx["result"] = result
     ctx["paths"]["run"] = result.run_dir
     ctx["paths"]["latest"] = result.run_dir.parent / "latest"
@@ -78,9 +83,10 @@ def step_report(ctx: dict[str, Any]) -> None:
 STEPS: list[Callable[[dict[str, Any]], None]] = [step_data, step_train, step_report]  # serve steps append here
 
 
-def run_demo(out: str | Path = OUT, epochs: int = EPOCHS, threads: int | None = None) -> dict[str, Path]:
-    """Run every step in `STEPS`, print where things are, and return their paths."""
-    ctx: dict[str, Any] = {"out": Path(out), "epochs": epochs, "threads": threads, "paths": {}}
+def run_demo(out: str | Path = OUT, epochs: int = EPOCHS, threads: int | None = None,
+             layout: str = "pets") -> dict[str, Path]:
+    """Run every step in `STEPS` on synthetic data in `layout`, print where things are, and return their paths."""
+    ctx: dict[str, Any] = {"out": Path(out), "epochs": epochs, "threads": threads, "layout": layout, "paths": {}}
     t0 = time.monotonic()
     for step in STEPS:
         step(ctx)

@@ -1,9 +1,12 @@
-"""Synthetic Pets-style data for tests and the offline demo: learnable images, and the bad files real Pets has.
+"""Synthetic data for tests and the offline demo, in each layout: learnable images, and the bad files real Pets has.
 
     petclf data synth data/synth --classes 4 --per-class 20 --bad
+    petclf data synth data/mine --layout folders       # DIR/<class>/<n>.jpg, class names like "Crème brûlée"
+    petclf data synth data/mine --layout csv           # DIR/images/photo-<n>.jpg + DIR/labels.csv (file,label,split)
 
-    from petclf.synth import synth_pets
+    from petclf.synth import synth_pets, synth_data
     planted = synth_pets("data/synth", n_classes=4, per_class=20, bad=True)   # {file name: expected verdict}
+    synth_data("data/mine", layout="folders", split_dirs=True)                # DIR/train|valid/<class>/
 
 Each class is a coloured, striped blob on a noisy background: a small CNN learns it in a minute on a CPU.
 """
@@ -21,6 +24,10 @@ from petclf.image import encode
 from petclf.labels import CAT_BREEDS, DOG_BREEDS
 
 CLASSES, PER_CLASS, SIZE, SEED = 4, 20, 64, 0  # the default synthetic set: 80 images a small CNN learns in a minute
+# class names of the folders and csv layouts: a user's own, not Pets breeds (spaces, accents, capitals, one lowercase)
+OWN_CLASSES = ("Crème brûlée", "Red fox", "blue whale", "Ølkrus", "Zebra Crossing", "Château", "Tea cup", "Ñandú")
+LABELS_CSV = "labels.csv"  # the csv layout's labels file, inside the data folder
+VALID_EVERY = 5  # folders (with split_dirs) and csv: every 5th image of a class is validation (20 %)
 
 
 def synth_classes(n: int) -> list[str]:
@@ -92,3 +99,41 @@ def synth_pets(out: str | Path, n_classes: int = CLASSES, per_class: int = PER_C
         for k in range(1, per_class + 1):
             _synth_image(ci, n_classes, size, rng).save(out / f"{breed}_{k}.jpg", quality=92)
     return _plant_bad_files(out, classes, size, rng) if bad else {}
+
+
+def own_classes(n: int) -> list[str]:
+    """`n` class names a user might have (not Pets breeds)."""
+    if not 2 <= n <= len(OWN_CLASSES):
+        raise DataError(f"number of classes must be between 2 and {len(OWN_CLASSES)} for this layout, got {n}")
+    return list(OWN_CLASSES[:n])
+
+
+def synth_data(out: str | Path, layout: str = "pets", n_classes: int = CLASSES, per_class: int = PER_CLASS,
+               size: int = SIZE, seed: int = SEED, bad: bool = False, split_dirs: bool = False) -> dict[str, str]:
+    """Synthetic data in `layout`: pets (`synth_pets`), folders (`DIR/<class>/`, or `DIR/train|valid/<class>/` with
+    `split_dirs`) or csv (`DIR/images/` + `DIR/labels.csv` with a split column); returns `synth_pets`'s plants."""
+    if layout == "pets":
+        return synth_pets(out, n_classes, per_class, size, seed, bad)
+    if layout not in ("folders", "csv"):
+        raise DataError(f"layout must be pets, folders or csv, got {layout!r}")
+    if bad:
+        raise DataError("--bad plants Pets' own bad files: use it with --layout pets")
+    if per_class < 1 or size < 8:
+        raise DataError("need at least 1 image per class and a size of at least 8 px")
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ci, name in enumerate(own_classes(n_classes)):
+        for k in range(1, per_class + 1):
+            split = "valid" if k % VALID_EVERY == 0 else "train"
+            rel = (Path(split) if split_dirs else Path()) / name / f"{k}.jpg" if layout == "folders" \
+                else Path("images") / f"photo-{ci * per_class + k:04d}.jpg"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            _synth_image(ci, n_classes, size, rng).save(out / rel, quality=92)
+            rows.append((rel.as_posix(), name, split))
+    if layout == "csv":
+        import csv
+
+        with open(out / LABELS_CSV, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("file", "label", "split"), *rows])
+    return {}

@@ -319,26 +319,46 @@ def oof_temperature(run_dir: Path) -> dict:
 def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> None:
     """Bundle (weights + manifest), export.pkl and metrics.json; then the run is complete."""
     from petclf.bundle import make_manifest, write_bundle
+    from petclf.data import EXAMPLES_DIR, save_examples
     from petclf.model import norm_stats
 
     mean, std = norm_stats(cfg.arch)
+    group_name, groups = run_groups(cfg, list(learn.dls.vocab))
     probe = metrics["recipe"]["name"] == "probe"
     sizes = ({"train": len(pets.items), "valid": 0} if probe
              else {"train": len(pets.train_idx), "valid": len(pets.valid_idx)})
     extra = {"metrics": {k: metrics[k] for k in ("error_rate", "accuracy", "valid_loss")},
              "trained_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-             "data": {"root": str(pets.root), "split": "none: every photo trains the probe" if probe else cfg.split,
-                      "sizes": sizes},
+             "data": {"root": str(pets.root), "layout": pets.report.layout,
+                      "split": "none: every photo trains the probe" if probe else pets.report.split, "sizes": sizes},
              "temperature": metrics["calibration"]["temperature"], "calibration": metrics["calibration"],
              "recipe": metrics["recipe"]}
     size, presize = (cfg.probe_size, cfg.probe_size) if probe else (cfg.size, cfg.presize)
     manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), size,
-                             presize, mean, std, **extra)
+                             presize, mean, std, groups=groups, group_name=group_name, **extra)
     write_bundle(learn.model, run_dir, manifest)
+    save_examples(pets, run_dir / EXAMPLES_DIR, every=probe)
     export_onnx_quietly(run_dir)
     with atomic_path(run_dir / "export.pkl") as tmp:  # absolute: fastai joins a relative name onto learn.path
         learn.export(tmp)
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+
+
+def run_groups(cfg: TrainConfig, vocab: list[str]) -> tuple[str | None, dict[str, str] | None]:
+    """(group name, {class: group}) from `cfg.groups`, or (None, None): Pets' built-in groups, or none."""
+    from petclf.layouts import read_groups
+
+    return read_groups(cfg.groups, vocab) if cfg.groups else (None, None)
+
+
+def load_run_data(cfg: TrainConfig):
+    """The run's verified, split data, with its groups file checked against the classes before anything is built."""
+    from petclf.data import load_pets
+
+    pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed, layout=cfg.layout,
+                     labels=cfg.labels)
+    run_groups(cfg, pets.vocab)
+    return pets
 
 
 def export_onnx_quietly(run_dir: Path) -> None:
@@ -439,19 +459,17 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
 
 def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
     """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory."""
-    from petclf.data import load_pets
-
     distributed.init_process_group()  # only when launched as several processes (accelerate launch, torchrun)
     fresh = not cfg.resume
     if not fresh:
         run_dir = Path(cfg.resume)
         cfg = resume_config(run_dir, settings_given(cfg))
-    if cfg.data:  # recorded absolute, so `petclf report` finds the data from any folder
-        cfg = replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
+    # recorded absolute, so `petclf report` finds the data (and its labels and groups files) from any folder
+    cfg = replace(cfg, **{k: str(Path(v).expanduser().resolve()) for k in ("data", "labels", "groups")
+                          if (v := getattr(cfg, k))})
     compute = resolve_device(cfg)
     # rank 0 downloads and verifies first; the others then find the data and the verification cache ready
-    pets = distributed.main_first(
-        lambda: load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed))
+    pets = distributed.main_first(lambda: load_run_data(cfg))
     existed = False
     if fresh:
         # rank 0 names (and checks) the run directory; every rank then uses that name
@@ -499,10 +517,8 @@ def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> Tra
 
 def run_lr_find(cfg: TrainConfig, out: Path | None = None) -> tuple[LRFind, Path]:
     """`petclf lr-find`: build data and learner as `train` would, run lr_find, save the plot."""
-    from petclf.data import load_pets
-
     compute = resolve_device(cfg)
-    pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed)
+    pets = load_run_data(cfg)
     recipe = choose_recipe(cfg, train_class_counts(pets.labels, pets.train_idx),
                            cfg.pretrained or cfg.weights is not None)
     log(describe(cfg, compute, recipe, pets))

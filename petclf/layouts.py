@@ -1,0 +1,331 @@
+"""How a folder of labelled photos is read: Pets file names, a folder per class, or a CSV of `file,label`.
+
+    petclf data check --data ~/photos                                  # says which layout it found, and why
+    petclf data check --data ~/photos --layout csv --labels ~/photos/labels.csv
+
+    from petclf.layouts import read_layout, read_groups
+    found = read_layout("~/photos")          # Reading(layout, why, items, labels, valid, ...), before verification
+    read_groups("kinds.csv", found.labels)   # ('kind', {label: group}) from a `label,kind` CSV
+
+Layouts (fastai's own conventions): `pets`, labels from `<breed>_<number>.<ext>` file names (`annotations/` gives
+the official split); `folders`, the parent folder is the label (fastai's `parent_label`) and `train/` beside
+`valid/` (or `val/`, `test/`) is the split (fastai's `GrandparentSplitter`); `csv`, `file,label` rows with an
+optional `split` or `is_valid` column, files relative to the data folder (fastai's `from_df`: `ColReader`,
+`ColSplitter`). `auto` picks the one reading that makes sense and refuses a folder that reads two ways.
+"""
+
+from __future__ import annotations
+
+import csv
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from petclf.config import Layout
+from petclf.errors import DataError
+from petclf.io import is_image_file, walk_files
+from petclf.labels import breed_of, label_from_path
+
+LAYOUTS = tuple(x.value for x in Layout)  # what --layout takes
+TRAIN_DIR = "train"  # fastai GrandparentSplitter's train_name
+VALID_DIRS = ("valid", "val", "test")  # validation folder names, the first present wins (the others are set aside)
+SPLIT_VALUES = {"train": False, "valid": True, "val": True, "validation": True, "test": True}  # a csv `split` cell
+BOOL_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
+SHOWN = 8  # problems listed by name in one error line; the rest are counted
+
+
+@dataclass
+class Reading:
+    """What a layout says about a folder, before any image is decoded: labelled files and the layout's own split."""
+
+    layout: str
+    why: str  # one line: why this layout (printed by `petclf data check`)
+    root: Path  # the folder the images are under
+    items: list[Path]
+    labels: list[str]
+    get_y: Callable  # fastai get_y that gives `labels` from `items` (pickled with export.pkl: no lambdas)
+    valid: list[bool] | None = None  # the layout's own split (train/ + valid/, a csv split column); None: none
+    split_name: str | None = None  # how that split was read, for the data report
+    unlabelled: list[str] = field(default_factory=list)  # images the layout gives no label
+    unsplit: list[str] = field(default_factory=list)  # labelled images in neither half of the layout's split
+    warnings: list[str] = field(default_factory=list)
+
+
+class CsvLabels:
+    """fastai get_y for the csv layout: a file's label from the CSV (a dict lookup; picklable)."""
+
+    def __init__(self, labels: dict[str, str]):
+        self.labels = labels
+
+    def __call__(self, path) -> str:
+        return self.labels[str(path)]
+
+
+def _listing(rows: list[str]) -> str:
+    """The first SHOWN entries, then how many more."""
+    more = f" and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""
+    return ", ".join(rows[:SHOWN]) + more
+
+
+# ---------------------------------------------------------------------------------------------------- pets
+
+
+def pets_root(root: Path) -> Path:
+    """Where Pets images are: `root/images` when there is one (the extracted dataset), else `root`."""
+    return root / "images" if (root / "images").is_dir() else root
+
+
+def read_pets(root: Path, why: str = "") -> Reading:
+    """Labels from `<breed>_<number>.<ext>` file names, anywhere below the images folder."""
+    images = [p for p in walk_files(pets_root(root)) if is_image_file(p)]
+    items = [p for p in images if breed_of(p) is not None]
+    return Reading("pets", why or "file names are <breed>_<number>.<ext>", pets_root(root), items,
+                   [label_from_path(p) for p in items], label_from_path,
+                   unlabelled=[str(p) for p in images if breed_of(p) is None])
+
+
+# ---------------------------------------------------------------------------------------------------- folders
+
+
+def _valid_dir(root: Path) -> str | None:
+    """The first of valid/, val/, test/ that exists beside train/."""
+    return next((n for n in VALID_DIRS if (root / n).is_dir()), None)
+
+
+def _has_split_dirs(root: Path) -> bool:
+    """True when `root/train` holds class folders (fastai's GrandparentSplitter layout)."""
+    train = root / TRAIN_DIR
+    return train.is_dir() and any(d.is_dir() and not d.name.startswith(".") for d in train.iterdir())
+
+
+def _class_dirs(tops: list[Path]) -> list[Path]:
+    """The visible folders directly inside each of `tops`: the class folders."""
+    return sorted(d for t in tops if t.is_dir() for d in t.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def read_folders(root: Path, why: str = "") -> Reading:
+    """`root/<label>/<file>`, or `root/train|valid/<label>/<file>`: the parent folder is the label (fastai's
+    `parent_label`), and train/ + valid/ (or val/, test/) the split (fastai's `GrandparentSplitter`)."""
+    from fastai.data.transforms import GrandparentSplitter, parent_label
+
+    valid_name = _valid_dir(root) if _has_split_dirs(root) else None
+    tops = [root / TRAIN_DIR, *([root / valid_name] if valid_name else [])] if _has_split_dirs(root) else [root]
+    images = [p for p in walk_files(root) if is_image_file(p)]
+    unlabelled = [str(p) for p in images if p.parent == root or p.parent in tops]  # in no class folder
+    items = [p for p in images if p.parent != root and p.parent not in tops]
+    reading = Reading("folders", why or "one folder per class", root, items, [parent_label(p) for p in items],
+                      parent_label, unlabelled=unlabelled)
+    empty = [d for d in _class_dirs(tops) if not any(is_image_file(p) for p in walk_files(d))]
+    if empty:
+        reading.warnings.append(f"{len(empty)} empty class folder(s) skipped: "
+                                + _listing([str(d.relative_to(root)) for d in empty]))
+    if _has_split_dirs(root):
+        train, valid = GrandparentSplitter(TRAIN_DIR, valid_name or "")(items)
+        inside = set(map(int, train)) | set(map(int, valid))
+        reading.unsplit = [str(p) for i, p in enumerate(items) if i not in inside]
+        reading.items = [p for i, p in enumerate(items) if i in inside]
+        reading.labels = [parent_label(p) for p in reading.items]
+        reading.valid = [p.parent.parent.name != TRAIN_DIR for p in reading.items]
+        reading.split_name = f"folders {TRAIN_DIR}/ + {valid_name}/" if valid_name else None
+        if valid_name is None:  # train/ alone: every image is training data; the usual split options apply
+            reading.valid = None
+    return reading
+
+
+# ---------------------------------------------------------------------------------------------------- csv
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line number, row)]) of a CSV file; one line when it cannot be read."""
+    if not path.is_file():
+        raise DataError(f"labels file not found: {path}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in reader.fieldnames or []]
+            reader.fieldnames = header
+            return header, [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k})
+                            for row in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path.name} is not a UTF-8 CSV file ({e})") from None
+
+
+def _csv_valid(rows: list[tuple[int, dict[str, str]]], col: str, problems: list[str]) -> list[bool | None]:
+    """Each row's split from a `split` (train/valid/test) or `is_valid` (true/false) cell; None: set aside (test
+    rows beside valid ones)."""
+    table = SPLIT_VALUES if col == "split" else BOOL_VALUES
+    bad = [f"line {n}: {r[col]!r}" for n, r in rows if r[col].lower() not in table]
+    if bad:
+        problems.append(f"{len(bad)} {col} value(s) not in {'/'.join(sorted(set(table) - {''}))} ({_listing(bad)})")
+    values = [r[col].lower() for _, r in rows]
+    has_valid = any(v in ("valid", "val", "validation") for v in values)
+    return [None if col == "split" and v == "test" and has_valid else table.get(v, False) for v in values]
+
+
+def _csv_problems(rows: list[tuple[int, dict[str, str]]], root: Path) -> list[str]:
+    """Missing files, empty labels, duplicate rows and conflicting labels, each with its line numbers."""
+    first: dict[str, tuple[int, str]] = {}
+    dupes, conflicts, missing, empty = [], [], [], []
+    for n, r in rows:
+        f, label = r["file"], r["label"]
+        if not label:
+            empty.append(f"line {n}")
+        if f in first:
+            line, other = first[f]
+            (dupes if other == label else conflicts).append(
+                f"line {n}: {f} (line {line})" if other == label else f"lines {line}, {n}: {f} is {other!r} and "
+                                                                      f"{label!r}")
+            continue
+        first[f] = (n, label)
+        if not f or not (root / f).is_file():
+            missing.append(f"line {n}: {f or '(empty)'}")
+    return [f"{len(rows)} {what} ({_listing(rows)})" for what, rows in
+            (("unknown file(s)", missing), ("empty label(s)", empty), ("duplicate row(s)", dupes),
+             ("conflicting label(s)", conflicts)) if rows]
+
+
+def read_csv(root: Path, labels: str | Path, why: str = "") -> Reading:
+    """`file,label` rows (plus `split` or `is_valid`), files relative to `root`: fastai's from_df conventions."""
+    path = Path(labels).expanduser()
+    header, rows = _csv_rows(path)
+    missing = [c for c in ("file", "label") if c not in header]
+    if missing:
+        raise DataError(f"{path.name} lacks column(s) {', '.join(missing)} (header: {', '.join(header) or 'empty'}); "
+                        "it needs file,label and optionally split or is_valid")
+    problems = _csv_problems(rows, root)
+    col = next((c for c in ("split", "is_valid") if c in header), None)
+    valid = _csv_valid(rows, col, problems) if col else None
+    if problems:
+        raise DataError(f"{path.name}: " + "; ".join(problems))
+    keep = [i for i in range(len(rows)) if valid is None or valid[i] is not None]
+    items = [root / rows[i][1]["file"] for i in keep]
+    reading = Reading("csv", why or f"labels from {path.name}", root, items, [rows[i][1]["label"] for i in keep],
+                      CsvLabels({str(root / r["file"]): r["label"] for _, r in rows}),
+                      valid=[bool(valid[i]) for i in keep] if valid else None,
+                      split_name=f"csv column {col}" if col else None,
+                      unsplit=[str(root / rows[i][1]["file"]) for i in range(len(rows)) if i not in set(keep)])
+    listed = {p.resolve() for p in items} | {Path(p).resolve() for p in reading.unsplit}
+    reading.unlabelled = [str(p) for p in walk_files(root) if is_image_file(p) and p.resolve() not in listed]
+    return reading
+
+
+# ---------------------------------------------------------------------------------------------------- detection
+
+
+def _differ(a: Reading, b: Reading) -> bool:
+    """True when two readings label some file differently (or label different files)."""
+    return dict(zip(map(str, a.items), a.labels, strict=True)) != dict(zip(map(str, b.items), b.labels, strict=True))
+
+
+def labels_csvs(root: Path) -> list[Path]:
+    """CSV files directly in `root` whose header has `file` and `label`: a csv layout's labels file."""
+    found = []
+    for p in sorted(root.glob("*.csv")):
+        try:
+            with p.open(newline="", encoding="utf-8-sig") as f:
+                header = {h.strip() for h in next(csv.reader(f), [])}
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue
+        if {"file", "label"} <= header:
+            found.append(p)
+    return found
+
+
+def _reads(r: Reading) -> str:
+    """How a reading labels the files, for the error that names two readings."""
+    how = {"pets": "from <breed>_<number> file names", "folders": "from folder names", "csv": "from the CSV"}
+    return f"as {r.layout} ({len(set(r.labels))} classes {how[r.layout]}, e.g. {sorted(set(r.labels))[0]!r})"
+
+
+def detect(root: Path) -> Reading:
+    """The one reading of `root` that gives at least two classes; an error naming both when two such differ."""
+    if (root / "images").is_dir() and (root / "annotations").is_dir():
+        return read_pets(root, "images/ beside annotations/ (the Oxford-IIIT Pets layout)")
+    csvs = labels_csvs(root)
+    readings = [read_folders(root, ""), read_pets(root)]
+    if len(csvs) == 1:
+        readings.insert(0, read_csv(root, csvs[0], f"{csvs[0].name} has file and label columns"))
+    viable = [r for r in readings if len(set(r.labels)) >= 2]
+    for other in viable[1:]:
+        if _differ(viable[0], other):
+            flag = f"--labels {csvs[0].name}" if "csv" in (viable[0].layout, other.layout) else ""
+            flags = " or ".join(flag if r.layout == "csv" else f"--layout {r.layout}" for r in (viable[0], other))
+            raise DataError(f"{root} reads two ways: {_reads(viable[0])} and {_reads(other)}; pass {flags}")
+    folders = readings[-2]
+    if viable and viable[0] is not folders:
+        return viable[0]
+    if viable or folders.items:
+        split = ", split into train/ and " + folders.split_name.split(" + ")[1] if folders.split_name else ""
+        folders.why = f"{len(set(folders.labels))} class folders (the folder is the label){split}"
+        return folders
+    return readings[-1]
+
+
+def read_layout(root: str | Path, layout: str = "auto", labels: str | Path | None = None) -> Reading:
+    """The labelled images under `root` as `layout` reads them (`auto`: detected; `--labels` means csv)."""
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise DataError(f"layout must be one of {'|'.join(LAYOUTS)}, got {layout!r}")
+    if layout == "csv" and labels is None:
+        raise DataError("--layout csv needs --labels FILE.csv (columns file,label and optionally split or is_valid)")
+    if labels is not None and layout in ("auto", "csv"):
+        return read_csv(root, labels, f"--labels {Path(labels).name} given" if layout == "auto" else "")
+    if labels is not None:
+        raise DataError(f"--labels is for --layout csv, not {layout}")
+    if layout == "pets":
+        return read_pets(root, "--layout pets")
+    if layout == "folders":
+        return read_folders(root, "--layout folders")
+    return detect(root)
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+def label_key(label: str) -> str:
+    """What two labels that a person would call the same share: Unicode NFC form, case folded."""
+    return unicodedata.normalize("NFC", label).casefold()
+
+
+def check_label_clashes(labels: list[str]) -> None:
+    """Refuse labels that differ only in case or Unicode normalisation (`Cat` vs `cat`), naming both."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for label in set(labels):
+        seen[label_key(label)].add(label)
+    clashes = [sorted(v) for v in seen.values() if len(v) > 1]
+    if clashes:
+        pairs = "; ".join(" vs ".join(repr(x) for x in c) for c in sorted(clashes))
+        raise DataError(f"labels that differ only in case or Unicode normalisation: {pairs}; rename one so each "
+                        "class has one spelling")
+
+
+def single_image_classes(labels: list[str]) -> list[str]:
+    """Classes with exactly one image: it cannot be both trained on and validated."""
+    return sorted(c for c, n in Counter(labels).items() if n == 1)
+
+
+def read_groups(path: str | Path, classes: list[str]) -> tuple[str, dict[str, str]]:
+    """(group name: the CSV's second column, {class: group}) from a `label,<group name>` CSV. Every class needs one
+    group; rows for labels the data lacks are ignored (one groups file can serve several subsets of a dataset)."""
+    path = Path(path).expanduser()
+    header, rows = _csv_rows(path)
+    if len(header) != 2 or not all(header):
+        raise DataError(f"{path.name} must have two columns, label and the group's name (e.g. label,kind), "
+                        f"not {', '.join(header) or 'none'}")
+    key, name = header
+    groups: dict[str, str] = {}
+    problems = []
+    for n, r in rows:
+        if r[key] in groups:
+            problems.append(f"line {n}: {r[key]!r} listed twice")
+        elif not r[name]:
+            problems.append(f"line {n}: no {name} for {r[key]!r}")
+        groups.setdefault(r[key], r[name])
+    missing = sorted(set(classes) - set(groups))
+    if missing:
+        problems.append(f"no {name} for: {_listing([repr(m) for m in missing])}")
+    if problems:
+        raise DataError(f"{path.name}: " + "; ".join(problems))
+    return name, {c: groups[c] for c in classes}
