@@ -42,12 +42,13 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
-from petclf.bundle import class_groups, display_names
+from petclf.bundle import class_groups, display_names, resolve_bundle_dir
 from petclf.cam import gradcam_logits, overlay
 from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
 from petclf.errors import ImageError, PetclfError
 from petclf.image import MAX_BYTES, load_rgb
 from petclf.labels import display_name as pretty
+from petclf.labels import pets_groups
 from petclf.predict import Predictor, load_model
 from petclf.preprocess import valid_resize
 
@@ -64,7 +65,9 @@ DECODE_THREADS = 2  # threads that decode and preprocess uploads for classify
 TINY = 32  # images with a side below this many pixels get a warning
 CAM_SIDE = 336  # the Grad-CAM overlay is drawn at least this many pixels wide
 CAM_CONCURRENCY = 2  # Grad-CAM needs a backward pass through the head; keep it from starving classify
-EXAMPLES_DIR = Path(__file__).parent / "examples"  # shipped example photos, the only files the demo serves
+EXAMPLES_DIR = Path(__file__).parent / "examples"  # shipped example photos (of pets), for a Pets model
+RUN_EXAMPLES = "examples"  # in a run folder: validation photos training kept, for a model of other classes
+PETS_TITLE, OTHER_TITLE = "Which breed is this pet?", "Which class is this?"  # default headings
 
 log = logging.getLogger("petclf.app")
 
@@ -236,15 +239,16 @@ def friendly(e: Exception) -> str:
 def model_card(manifest: dict[str, Any]) -> str:
     """Markdown for the model card panel: arch, classes, validation metrics, training date."""
     classes = manifest["classes"]
-    _, groups = class_groups(manifest)
+    group_name, groups = class_groups(manifest)
     names = display_names(manifest)
-    cats = [names[c["name"]] for c in classes if groups.get(c["name"]) == "cat"]
-    dogs = [names[c["name"]] for c in classes if groups.get(c["name"]) == "dog"]
+    by_group = {g: [names[c["name"]] for c in classes if groups.get(c["name"]) == g]
+                for g in dict.fromkeys(groups[c["name"]] for c in classes if c["name"] in groups)}
     metrics = manifest.get("metrics") or {}
     err = metrics.get("error_rate", metrics.get("valid_error"))
     inp = manifest["input"]
     rows = [("Architecture", f"`{manifest['arch']}` (timm) with a fastai head"),
-            ("Classes", f"{len(classes)}: {len(cats)} cat and {len(dogs)} dog breeds"),
+            ("Classes", f"{len(classes)}" + (f" ({group_name}: " + ", ".join(f"{len(v)} {g}" for g, v in
+                                                                           by_group.items()) + ")" if groups else "")),
             ("Validation error", f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
             ("Trained", str(manifest.get("created", "unknown"))),
             ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
@@ -252,8 +256,8 @@ def model_card(manifest: dict[str, Any]) -> str:
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return (f"| | |\n|---|---|\n{table}\n\n**Cats:** {', '.join(cats) or '-'}\n\n"
-            f"**Dogs:** {', '.join(dogs) or '-'}")
+    lists = [(g, v) for g, v in by_group.items()] if groups else [("classes", [names[c["name"]] for c in classes])]
+    return f"| | |\n|---|---|\n{table}\n\n" + "\n\n".join(f"**{g.capitalize()}:** {', '.join(v)}" for g, v in lists)
 
 
 def verdict(probs: dict[str, float], species: dict[str, str], threshold: float = UNSURE_BELOW) -> str:
@@ -313,9 +317,24 @@ def make_explain(predictor: Predictor, batcher: Batcher, threshold: float = UNSU
     return explain
 
 
-def example_files() -> list[str]:
-    """The shipped example photos."""
-    return sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+def is_pets_model(manifest: dict[str, Any]) -> bool:
+    """True when every class is an Oxford-IIIT Pets breed: the shipped pet photos and Pets wording fit it."""
+    return pets_groups([c["name"] for c in manifest["classes"]]) is not None
+
+
+def example_files(manifest: dict[str, Any] | None = None, model_dir: str | Path | None = None) -> list[str]:
+    """The demo's examples: the shipped pet photos for a Pets model (or no model given), else the validation photos
+    its run kept (`RUN_EXAMPLES` in the model folder), else none."""
+    folder = EXAMPLES_DIR if manifest is None or is_pets_model(manifest) else \
+        Path(model_dir) / RUN_EXAMPLES if model_dir is not None else None
+    if folder is None:
+        return []
+    return sorted(str(p) for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+
+
+def default_title(manifest: dict[str, Any]) -> str:
+    """The heading from the model: Pets wording for a Pets model, neutral otherwise."""
+    return PETS_TITLE if is_pets_model(manifest) else OTHER_TITLE
 
 
 def analytics_enabled() -> bool:
@@ -324,8 +343,10 @@ def analytics_enabled() -> bool:
 
 
 def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size: int = QUEUE_SIZE,
-               cache_seconds: int = CACHE_SECONDS) -> gr.Blocks:
-    """The demo's Blocks: image in; breeds, cat/dog, Grad-CAM and a verdict out; a model card panel.
+               cache_seconds: int = CACHE_SECONDS, title: str | None = None,
+               examples: list[str] | None = None) -> gr.Blocks:
+    """The demo's Blocks: image in; classes (Pets: breeds), their groups (Pets: cat/dog), Grad-CAM and a verdict
+    out; a model card panel. `title` and `examples` default to the model's (`default_title`, `example_files`).
 
     Files in Gradio's cache (uploads, whatever their type, and Grad-CAM images) are deleted `cache_seconds`
     after they were written, checked every quarter of that."""
@@ -338,19 +359,25 @@ def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size
     if has_cam:
         predictor.model  # noqa: B018 - load it now (ONNX backend: lazily), not during the first visitor's request
     classify, explain = make_classify(predictor, batcher, decoder), make_explain(predictor, batcher, threshold)
-    with Demo(title="petclf: which pet breed?", analytics_enabled=analytics_enabled(),
+    pets = is_pets_model(predictor.manifest)
+    title = title or default_title(predictor.manifest)
+    examples = example_files(predictor.manifest) if examples is None else examples
+    intro = (f"a cat or a dog ({len(predictor.classes)} Oxford-IIIT Pets breeds)" if pets else
+             f"one of {len(predictor.classes)} classes: " + ", ".join(predictor.display[c] for c in predictor.classes))
+    with Demo(title=f"petclf: {title}", analytics_enabled=analytics_enabled(),
               delete_cache=(max(1, cache_seconds // 4), cache_seconds)) as demo:
-        gr.Markdown("# Which breed is this pet?\nUpload, paste or snap a photo of a cat or a dog "
-                    f"({len(predictor.classes)} Oxford-IIIT Pets breeds).")
+        gr.Markdown(f"# {title}\nUpload, paste or snap a photo of {intro}.")
         with gr.Row():
             with gr.Column():
                 image = UploadedImage(label="Photo", sources=["upload", "webcam", "clipboard"], type="filepath")
                 show_cam = gr.Checkbox(value=has_cam, interactive=has_cam,
                                        label="Show where the model looked (Grad-CAM)")
-                gr.Examples(example_files(), inputs=image, label="Examples")
+                if examples:
+                    gr.Examples(examples, inputs=image, label="Examples")
             with gr.Column():
-                breeds = gr.Label(num_top_classes=TOPK, label="Breed")
-                species = gr.Label(num_top_classes=2, label="Cat or dog")
+                breeds = gr.Label(num_top_classes=TOPK, label="Breed" if pets else "Class")
+                species = gr.Label(num_top_classes=TOPK, visible=bool(predictor.groups),
+                                   label="Cat or dog" if pets else (predictor.group_name or "group").capitalize())
                 note = gr.Markdown(elem_id="verdict")
                 cam = gr.Image(label="Where the model looked", interactive=False, type="pil", elem_id="gradcam")
         with gr.Accordion("Model card", open=False):
@@ -429,12 +456,14 @@ def exposure_warning(host: str, share: bool, auth: tuple[str, str] | None) -> st
 
 
 def main(model_dir: str | Path = DEFAULT_MODEL, host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False,
-         backend: str = "auto", auth: tuple[str, str] | None = None) -> None:
+         backend: str = "auto", auth: tuple[str, str] | None = None, title: str | None = None) -> None:
     """Load the bundle once (`auto`: classify with onnxruntime when model.onnx verifies), build the demo, serve."""
     check_address(host, port)
     if warning := exposure_warning(host, share, auth):
         print(warning, file=sys.stderr)
-    demo = build_demo(load_model(model_dir, backend=backend))
+    predictor = load_model(model_dir, backend=backend)
+    demo = build_demo(predictor, title=title,
+                      examples=example_files(predictor.manifest, resolve_bundle_dir(model_dir)))
     # torch, fastai, Gradio and the model leave ~630,000 long-lived objects that every full collection would walk
     # (350-380 ms holding the GIL, measured on this demo); frozen, they keep those pauses out of request latency
     gc.freeze()

@@ -357,12 +357,14 @@ def report(model: Path = ModelOpt,
                                        help="Smallest count listed as a confused pair."),
            top_k: int = typer.Option(REPORT_TOP_LOSSES, "--top-losses", min=1,
                                      help="Top-loss images shown with Grad-CAM."),
-           device: str | None = DeviceOpt) -> None:
+           device: str | None = DeviceOpt,
+           labels: Path | None = typer.Option(None, "--labels", help="CSV of file,label for --data (csv layout).",
+                                              show_default="the one the run recorded")) -> None:
     """Write the interpretation report: one self-contained HTML page, plus JSON and PNG figures."""
     from petclf.report import write_report
 
     paths = write_report(model, data=data, split=split, out=out, bs=bs, min_val=min_val, top_k=top_k,
-                         device=device, progress=True)
+                         device=device, progress=True, labels=labels)
     typer.echo(f"report: {paths['html']}")
 
 

@@ -15,11 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from petclf.labels import display_name, species_of
+from petclf.labels import display_name
 
 NOT_RECORDED = "not recorded"
 
 CAT_COLOR, DOG_COLOR = "#b35900", "#1f4e99"  # label colours: cat breeds orange-brown, dog breeds blue
+GROUP_COLORS = ("#1f4e99", "#b35900", "#2e7d32", "#6a1b9a", "#00838f", "#c62828")  # other groups, in turn
+
+
+def group_colors(groups: list[str] | None) -> dict[str, str]:
+    """{group: label colour}: Pets' cat and dog keep theirs, other groups take GROUP_COLORS in turn."""
+    fixed = {"cat": CAT_COLOR, "dog": DOG_COLOR}
+    names = list(dict.fromkeys(groups or []))
+    if set(names) <= set(fixed):
+        return {g: fixed[g] for g in names}
+    return {g: GROUP_COLORS[k % len(GROUP_COLORS)] for k, g in enumerate(names)}
 
 
 def png(fig) -> bytes:
@@ -30,7 +40,8 @@ def png(fig) -> bytes:
 
 
 def plot_confusion(conf: dict[str, Any]):
-    """Row-normalised confusion matrix, cats then dogs, with percentages in the cells and counts in the labels."""
+    """Row-normalised confusion matrix (by group: Pets' cats then dogs), percentages in the cells, counts in the
+    labels."""
     from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
 
@@ -44,9 +55,10 @@ def plot_confusion(conf: dict[str, Any]):
     ax.set_xticks(range(n), [display_name(c) for c in conf["classes"]], rotation=90, fontsize=fs)
     rows = zip(conf["classes"], counts.sum(1), strict=True)
     ax.set_yticks(range(n), [f"{display_name(c)} ({int(r)})" for c, r in rows], fontsize=fs)
-    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
-        for lab, sp in zip(labels, conf["species"], strict=True):
-            lab.set_color(CAT_COLOR if sp == "cat" else DOG_COLOR)
+    groups, colors = conf.get("groups"), group_colors(conf.get("groups"))
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()) if groups else ():
+        for lab, g in zip(labels, groups, strict=True):
+            lab.set_color(colors[g])
     ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
     ax.set_yticks(np.arange(n + 1) - 0.5, minor=True)
     ax.grid(which="minor", color="#dfe4ea", lw=0.5)  # faint cell borders keep long rows and columns traceable
@@ -55,14 +67,14 @@ def plot_confusion(conf: dict[str, Any]):
         v = rates[i, j]
         ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7 if n > 20 else 10,
                 color="white" if v > 0.45 else "black")
-    n_cats = sum(s == "cat" for s in conf["species"])
-    if 0 < n_cats < n:
-        for f in (ax.axhline, ax.axvline):
-            f(n_cats - 0.5, color="#444", lw=1)
+    for k in range(1, n) if groups else ():
+        if groups[k] != groups[k - 1]:  # a line between groups
+            for f in (ax.axhline, ax.axvline):
+                f(k - 0.5, color="#444", lw=1)
     ax.set_xlabel("predicted", fontsize=11)
     ax.set_ylabel("actual (images in the split)", fontsize=11)
-    ax.set_title("row-normalised confusion matrix, % of each actual breed; cats (brown) then dogs (blue)",
-                 fontsize=11)
+    by = f"; by {conf['group_name']}: " + ", ".join(colors) if groups else ""
+    ax.set_title(f"row-normalised confusion matrix, % of each actual class{by}", fontsize=11)
     cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
     cb.set_label("share of the row")
     return fig
@@ -169,7 +181,10 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
 
     env = Environment(loader=PackageLoader("petclf", "templates"), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
+    conf = report["confusion"]
+    group_of = dict(zip(conf["classes"], conf.get("groups") or [], strict=False))
     env.filters.update(num=_fmt, pct=_pct, pct_na=_pct_na, ci=_ci, duration=_duration, pretty=display_name,
-                       species=species_of)
+                       group_css=lambda c: group_of.get(c) if group_of.get(c) in ("cat", "dog") else "")
     uris = {name: data_uri(png) for name, png in figures.items()}
-    return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED)
+    return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED,
+                                                  noun=report["summary"].get("noun", "class"))

@@ -35,7 +35,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.torch_core import TensorBase, noop
 
-from petclf.bundle import load_network, read_manifest, resolve_bundle_dir
+from petclf.bundle import class_groups, load_network, read_manifest, resolve_bundle_dir
 from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax
 from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES
 from petclf.data import Pets, annotations_dir, find_data, load_pets, make_dataloaders
@@ -43,7 +43,7 @@ from petclf.device import machine_device
 from petclf.errors import PetclfError
 from petclf.image import encode
 from petclf.io import check_writable, write_atomic
-from petclf.labels import species_of
+from petclf.labels import PETS_GROUP_NAME
 from petclf.oof import OOF_NOTE, oof_outputs, read_oof
 from petclf.plots import is_number, plot_confusion, plot_history, plot_reliability, png, render_html
 from petclf.progress import bar
@@ -101,6 +101,13 @@ def _recorded_data(manifest: dict, run: dict) -> str | None:
         if isinstance(c, str) and c:
             return c
     return None
+
+
+def resolve_layout(config: dict | None, data: str | Path | None, labels: str | Path | None) -> tuple[str, str | None]:
+    """(layout, labels file) to read the data with: the run's own, unless other data (or labels) are named."""
+    cfg = config or {}
+    own = data is None and labels is None
+    return (str(cfg.get("layout") or "auto") if own else "auto"), (cfg.get("labels") if own else labels)
 
 
 def resolve_split(split: str, config: dict | None) -> tuple[str, float, int]:
@@ -200,17 +207,19 @@ def predict_split(learn, progress: Callable[[int, int], None] | None = None) -> 
 
 def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, split: str = "valid",
              bs: int = REPORT_BS, device: str | None = None, workers: int | None = None,
-             progress: bool = False) -> Evaluation:
-    """Load the bundle and the data the way its run split them, and run the network over the chosen split."""
+             progress: bool = False, labels: str | Path | None = None) -> Evaluation:
+    """Load the bundle and the data the way its run read and split them, and run the network over the chosen split."""
     model_dir = resolve_bundle_dir(model)
     manifest = read_manifest(model_dir)
     run = read_run(model_dir)
     split_used, valid_pct, seed = resolve_split(split, run["config"])
+    layout, labels = resolve_layout(run["config"], data, labels)
     data = data if data is not None else _recorded_data(manifest, run)
     if split == "test":
         _check_test_list(data)
     with _bar("verifying images", progress) as report_progress:
-        pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress)
+        pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress,
+                         layout=layout, labels=labels)
     learn = make_learner(model_dir, pets, bs=bs, device=device, workers=workers)
     oof = read_oof(model_dir) if split == "valid" else None
     if oof is not None:  # a probe run trained on every photo: judge it by its out-of-fold predictions instead
@@ -288,14 +297,15 @@ def interpretation(ev: Evaluation) -> ClassificationInterpretation:
     return _Interpretation(ev.learn, ev.learn.dls.valid, losses, ev.logits.argmax(1), ev.targs)
 
 
-def species_list(manifest: dict) -> list[str]:
-    """`cat` or `dog` for every class, in the model's output order."""
-    return [c.get("group") or c.get("species") or species_of(c["name"]) for c in manifest["classes"]]
+def group_list(manifest: dict) -> tuple[str | None, list[str] | None]:
+    """(what the groups are called, every class's group in the model's output order); (None, None) without groups."""
+    name, groups = class_groups(manifest)
+    return (name, [groups[c["name"]] for c in manifest["classes"]]) if groups else (None, None)
 
 
-def display_order(species: list[str]) -> list[int]:
-    """Class indices with cats first, then dogs, each in model order (the sorted vocab already is)."""
-    return sorted(range(len(species)), key=lambda i: (species[i] != "cat", i))
+def display_order(groups: list[str] | None, n: int) -> list[int]:
+    """Class indices grouped (Pets: cats, then dogs), each group in model order; model order without groups."""
+    return sorted(range(n), key=lambda i: (groups[i], i)) if groups else list(range(n))
 
 
 def _recorded(metrics: dict | None, key: str) -> Any:
@@ -306,20 +316,22 @@ def _recorded(metrics: dict | None, key: str) -> Any:
 def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
     """Headline numbers of the evaluation, beside those `metrics.json` recorded at the end of training."""
     n, classes = len(ev.targs), ev.classes
-    species = np.array(species_list(ev.manifest))
+    group_name, groups = group_list(ev.manifest)
     preds = ev.logits.argmax(1)
     k = min(5, len(classes))
     metrics = ev.run["metrics"]
     acc = float(np.trace(cm) / n)
     top5 = int((np.argsort(-ev.logits, axis=1)[:, :k] == ev.targs[:, None]).any(1).sum())
-    same_species = int((species[preds] == species[ev.targs]).sum())
+    same = int((np.array(groups)[preds] == np.array(groups)[ev.targs]).sum()) if groups else None
     return {"arch": ev.manifest["arch"], "model_dir": str(ev.model_dir), "data": str(ev.pets.root),
+            "layout": ev.pets.report.layout, "noun": "breed" if group_name == PETS_GROUP_NAME else "class",
             "split": ev.split, "split_used": ev.split_used, "n_classes": len(classes),
             "n_images": ev.pets.report.n_images, "n_train": len(ev.pets.train_idx), "n_evaluated": n,
             "input_size": ev.manifest["input"]["size"],
             "accuracy": acc, "error_rate": 1.0 - acc, "error_rate_ci": wilson(n - int(np.trace(cm)), n),
             "top5_k": k, "top5_accuracy": top5 / n, "top5_accuracy_ci": wilson(top5, n),
-            "cat_dog_accuracy": same_species / n, "cat_dog_accuracy_ci": wilson(same_species, n),
+            "group_name": group_name, "group_accuracy": same / n if groups else None,
+            "group_accuracy_ci": wilson(same, n) if groups else None,
             "valid_loss": float(ev.losses.mean()),
             "recorded": {key: _recorded(metrics, key) for key in ("error_rate", "accuracy", "valid_loss",
                                                                   "train_seconds", "images_per_second")},
@@ -342,13 +354,14 @@ def training(run: dict) -> dict[str, Any]:
             "probe": m.get("probe")}
 
 
-def confusion(cm: np.ndarray, classes: list[str], species: list[str]) -> dict[str, Any]:
-    """The confusion matrix in display order (cats, then dogs): counts and row-normalised rates."""
-    order = display_order(species)
+def confusion(cm: np.ndarray, classes: list[str], group_name: str | None, groups: list[str] | None) -> dict[str, Any]:
+    """The confusion matrix in display order (by group; Pets: cats, then dogs): counts and row-normalised rates."""
+    order = display_order(groups, len(classes))
     counts = cm[np.ix_(order, order)]
     rows = counts.sum(1, keepdims=True)
     rates = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    return {"classes": [classes[i] for i in order], "species": [species[i] for i in order],
+    return {"classes": [classes[i] for i in order], "group_name": group_name,
+            "groups": [groups[i] for i in order] if groups else None,
             "counts": counts.tolist(), "row_normalised": np.round(rates, 4).tolist(),
             "total": int(counts.sum()), "correct": int(np.trace(counts))}
 
@@ -392,7 +405,7 @@ def per_class(ev: Evaluation) -> dict[str, Any]:
     from sklearn.metrics import precision_recall_fscore_support
 
     labels, preds = list(range(len(ev.classes))), ev.logits.argmax(1)
-    species = species_list(ev.manifest)
+    _, groups = group_list(ev.manifest)
     rows = []
     for i in labels:
         tp, support, predicted = (int(((preds == i) & (ev.targs == i)).sum()), int((ev.targs == i).sum()),
@@ -400,7 +413,7 @@ def per_class(ev: Evaluation) -> dict[str, Any]:
         recall = tp / support if support else None
         precision = tp / predicted if predicted else None
         f1 = 2 * tp / (support + predicted) if support and predicted else None
-        rows.append({"class": ev.classes[i], "species": species[i], "precision": precision,
+        rows.append({"class": ev.classes[i], "group": groups[i] if groups else None, "precision": precision,
                      "precision_ci": wilson(tp, predicted), "recall": recall, "recall_ci": wilson(tp, support),
                      "f1": f1, "support": support, "small": 0 < support < SMALL_SAMPLE})
     rows.sort(key=lambda row: (row["support"] == 0, row["f1"] or 0.0, row["recall"] or 0.0, -row["support"]))
@@ -472,7 +485,7 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -
     n = len(ev.targs)
     return {"petclf_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "summary": summary(ev, cm), "training": training(ev.run),
-            "confusion": confusion(cm, ev.classes, species_list(ev.manifest)),
+            "confusion": confusion(cm, ev.classes, *group_list(ev.manifest)),
             "most_confused": most_confused(interp, ev, min_val), "min_val": min_val,
             "top_losses": top_losses(interp, ev, probs, top_k), "per_class": per_class(ev),
             "calibration": calibration(ev), "data_quality": data_quality(ev, probs),
@@ -566,14 +579,14 @@ def save_outputs(report: dict[str, Any], figures: dict[str, bytes], out: str | P
 def write_report(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, split: str = "valid",
                  out: str | Path | None = None, bs: int = REPORT_BS, device: str | None = None,
                  workers: int | None = None, min_val: int = MIN_VAL, top_k: int = TOP_K,
-                 progress: bool = False) -> dict[str, Path]:
+                 progress: bool = False, labels: str | Path | None = None) -> dict[str, Path]:
     """Evaluate, compute, draw and write the report (default `out`: MODEL/report); the model folder's files are
     only read."""
     start = time.perf_counter()
     model_dir = resolve_bundle_dir(model)
     read_manifest(model_dir)  # a missing or corrupt model is reported before anything else
     out = check_writable(out if out is not None else model_dir / "report")  # before the long part, not after it
-    ev = evaluate(model_dir, data, split, bs=bs, device=device, workers=workers, progress=progress)
+    ev = evaluate(model_dir, data, split, bs=bs, device=device, workers=workers, progress=progress, labels=labels)
     report = compute_report(ev, min_val=min_val, top_k=top_k)
     figures = draw_figures(report, ev)
     report["timing"]["total_seconds"] = time.perf_counter() - start

@@ -87,7 +87,8 @@ def test_report_numbers_agree_with_each_other_and_with_metrics_json(full_report,
     assert s["error_rate"] == pytest.approx(metrics["error_rate"], abs=1e-6)
     assert s["valid_loss"] == pytest.approx(metrics["valid_loss"], rel=1e-4)
     assert s["recorded"]["error_rate"] == metrics["error_rate"] and s["agrees_with_recorded"] is True
-    assert s["accuracy"] <= s["top5_accuracy"] <= 1 and s["accuracy"] <= s["cat_dog_accuracy"] <= 1
+    assert s["accuracy"] <= s["top5_accuracy"] <= 1 and s["accuracy"] <= s["group_accuracy"] <= 1
+    assert s["group_name"] == "species" and s["noun"] == "breed"
     assert r["training"]["train_seconds"] == metrics["train_seconds"]
     assert r["training"]["history"] == metrics["history"] and len(metrics["history"]) >= 1
 
@@ -99,8 +100,8 @@ def test_report_numbers_agree_with_each_other_and_with_metrics_json(full_report,
         assert c["support"] == cm[i].sum()
         assert c["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
     assert [c["f1"] for c in rows] == sorted(c["f1"] for c in rows)
-    species = r["confusion"]["species"]
-    assert species == sorted(species)  # cats first, then dogs
+    species = r["confusion"]["groups"]
+    assert species == sorted(species) and set(species) == {"cat", "dog"}  # cats first, then dogs
 
     off = cm.copy()
     np.fill_diagonal(off, 0)
