@@ -1,0 +1,166 @@
+"""Each layout end to end, as a user runs it: data check -> train -> predict -> report -> the demo answering a
+gradio_client call on 127.0.0.1. Tiny sizes (resnet18 from random weights, 64 px, a few images per class)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PRESIZE, SIZE
+from helpers import free_port
+
+from petclf.synth import LABELS_CSV, synth_data
+
+TINY = ["--arch", "resnet18", "--no-pretrained", "--bs", "8", "--size", SIZE, "--presize", PRESIZE, "--workers",
+        "0", "--threads", "1", "--seed", "42"]
+CLASSES, PER_CLASS = 3, 10
+
+
+def _check_train_predict_report(cli, data: Path, run: Path, *flags) -> dict:
+    """data check, train, predict and report through the CLI; returns the report's JSON."""
+    check = cli("data", "check", "--data", data)
+    assert check.exit_code == 0, check.output
+    res = cli("train", "--data", data, *TINY, "--out", run, *flags)
+    assert res.exit_code == 0, res.output
+    pred = cli("predict", run / "examples", "--model", run, "-f", "json")
+    assert pred.exit_code == 0, pred.output
+    rows = json.loads(pred.stdout)
+    manifest = json.loads((run / "model.json").read_text())
+    assert rows and all(r["top"][0]["breed"] in [c["name"] for c in manifest["classes"]] for r in rows)
+    rep = cli("report", "--model", run)
+    assert rep.exit_code == 0, rep.output
+    return {"check": check.output, "manifest": manifest, "rows": rows,
+            "report": json.loads((run / "report" / "report.json").read_text()),
+            "html": (run / "report" / "report.html").read_text()}
+
+
+def _settings(folder: Path, **values) -> Path:
+    """A --config file of `values` (settings with no flag of their own)."""
+    path = folder / "settings.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _ask(url: str, photo: Path):
+    """The demo's /classify answer for one photo, through gradio_client."""
+    from gradio_client import Client, handle_file
+
+    return Client(url, verbose=False).predict(handle_file(str(photo)), api_name="/classify")
+
+
+def _serve_in_process(run: Path):
+    """build_demo as `petclf serve` builds it (title and examples from the model), on a free local port."""
+    from petclf.app import build_demo, example_files, launch_kwargs
+    from petclf.predict import load_model
+
+    predictor = load_model(run)
+    demo = build_demo(predictor, examples=example_files(predictor.manifest, run))
+    demo.launch(**launch_kwargs(port=free_port()), prevent_thread_lock=True, quiet=True)
+    return demo
+
+
+@pytest.mark.slow
+def test_pets_layout_end_to_end_with_the_probe(cli, tmp_path):
+    data, run = tmp_path / "pets", tmp_path / "runs" / "pets"
+    synth_data(data, "pets", n_classes=CLASSES, per_class=PER_CLASS, size=SIZE)
+    got = _check_train_predict_report(cli, data, run, "--recipe", "probe",
+                                       "--config", _settings(tmp_path, probe_size=SIZE))
+    assert "layout pets:" in got["check"] and "species" in got["check"]
+    assert got["manifest"]["data"]["layout"] == "pets" and got["manifest"]["group_name"] == "species"
+    assert all(r["species"] in ("cat", "dog") for r in got["rows"])
+    s = got["report"]["summary"]
+    assert s["group_name"] == "species" and s["split_used"] == "out-of-fold" and "species accuracy" in got["html"]
+    demo = _serve_in_process(run)
+    try:
+        breeds, species = _ask(demo.local_url, next((run / "examples").iterdir()))
+        assert breeds["label"] and species["label"] in ("cat", "dog")
+        page = json.dumps(demo.config)
+        assert "Which breed is this pet?" in page and "cat_chelsea" in page  # Pets wording, shipped pet photos
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_path):
+    import requests
+
+    data, run = tmp_path / "mine", tmp_path / "runs" / "mine"
+    synth_data(data, "folders", n_classes=CLASSES, per_class=PER_CLASS, size=SIZE, split_dirs=True)
+    got = _check_train_predict_report(cli, data, run, "--epochs", "1", "--freeze-epochs", "0",
+                                       "--config", _settings(tmp_path, lr_find_steps=5))
+    assert "layout folders: 3 class folders" in got["check"] and "species" not in got["check"]
+    m = got["manifest"]
+    assert m["data"]["layout"] == "folders" and m["data"]["split"] == "folders train/ + valid/"
+    assert [c["name"] for c in m["classes"]] == ["Crème brûlée", "Red fox", "blue whale"] and "group_name" not in m
+    assert all(r["species"] is None for r in got["rows"])
+    s = got["report"]["summary"]
+    assert s["layout"] == "folders" and s["group_name"] is None and s["n_evaluated"] == CLASSES * 2
+    assert "accuracy</span>" in got["html"] and "species" not in got["html"] and "breed" not in got["html"]
+    assert json.loads((run / "metrics.json").read_text())["lr_find"]["suggestion"] > 0  # lr_find ran on it
+    port = free_port()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, "-m", "petclf", "serve", "--model", str(run), "--port", str(port),
+                               "--title", "Which dessert or animal?"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                config = requests.get(url + "config", timeout=2).json()
+                break
+            except (requests.ConnectionError, ValueError):
+                assert server.poll() is None, server.stderr.read()
+                time.sleep(0.3)
+        page = json.dumps(config, ensure_ascii=False)
+        assert "Which dessert or animal?" in page and "Cat or dog" not in page and "cat_chelsea" not in page
+        assert '"orig_name": "01.jpg"' in page  # the examples: the validation photos the run kept
+        classes, groups = _ask(url, data / "valid" / "Red fox" / "5.jpg")
+        assert classes["label"] in {"Crème brûlée", "Red fox", "blue whale"} and not groups
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.slow
+def test_csv_layout_end_to_end_with_groups_and_resume(cli, tmp_path):
+    from conftest import tiny_config
+
+    from petclf.callbacks import StopAfter
+    from petclf.train import train
+
+    data, run = tmp_path / "csvdata", tmp_path / "runs" / "csv"
+    synth_data(data, "csv", n_classes=CLASSES, per_class=PER_CLASS, size=SIZE)
+    kinds = tmp_path / "kinds.csv"
+    kinds.write_text("label,kind\nCrème brûlée,food\nRed fox,animal\nblue whale,animal\n", encoding="utf-8")
+    cfg = tiny_config(data, run, labels=str(data / LABELS_CSV), groups=str(kinds), epochs=2, threads=1, bs=8)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cbs=[StopAfter(4)])  # 3 batches an epoch: stopped in the second
+    res = cli("train", "--resume", run, "--threads", "1")
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["labels"] == str((data / LABELS_CSV).resolve()) and saved["groups"] == str(kinds.resolve())
+    m = json.loads((run / "model.json").read_text())
+    assert m["data"]["layout"] == "csv" and m["group_name"] == "kind"
+    assert {c["name"]: c["group"] for c in m["classes"]}["Crème brûlée"] == "food"
+    check = cli("data", "check", "--data", data, "--groups", kinds)
+    assert "layout csv:" in check.output and "kind" in check.output
+    rep = cli("report", "--model", run)
+    assert rep.exit_code == 0, rep.output
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["summary"]["group_name"] == "kind" and report["confusion"]["groups"] == ["animal", "animal", "food"]
+    assert "kind accuracy" in (run / "report" / "report.html").read_text()
+    demo = _serve_in_process(run)
+    try:
+        classes, kind = _ask(demo.local_url, data / "images" / "photo-0001.jpg")
+        assert classes["label"] in {"Crème brûlée", "Red fox", "blue whale"} and kind["label"] in ("food", "animal")
+        page = json.dumps(demo.config, ensure_ascii=False)
+        assert "Which class is this?" in page and '"Kind"' in page
+    finally:
+        demo.close()
