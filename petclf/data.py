@@ -316,12 +316,12 @@ def _split(reading: Reading, items: list[Path], split: str, valid_pct: float,
 def _single_images_train(labels: list[str], train_idx: list[int], valid_idx: list[int],
                          report: DataReport) -> tuple[list[int], list[int]]:
     """A class with one image cannot be both trained on and validated: it trains, with a warning."""
-    lonely = single_image_classes(labels)
+    lonely = set(single_image_classes(labels))
     if lonely:
         report.warnings.append(f"{len(lonely)} class(es) with one image, used for training only (nothing "
-                               f"validates them): {', '.join(lonely)}")
-    moved = [i for i in valid_idx if labels[i] in set(lonely)]
-    return sorted(train_idx + moved), [i for i in valid_idx if i not in set(moved)]
+                               f"validates them): {', '.join(sorted(lonely))}")
+    moved = {i for i in valid_idx if labels[i] in lonely}
+    return sorted([*train_idx, *moved]), [i for i in valid_idx if i not in moved]
 
 
 def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: float = 0.2, seed: int = 42,

@@ -107,30 +107,32 @@ def _class_dirs(tops: list[Path]) -> list[Path]:
 
 def read_folders(root: Path, why: str = "") -> Reading:
     """`root/<label>/<file>`, or `root/train|valid/<label>/<file>`: the parent folder is the label (fastai's
-    `parent_label`), and train/ + valid/ (or val/, test/) the split (fastai's `GrandparentSplitter`)."""
+    `parent_label`), and train/ + valid/ (or val/, test/) the split (fastai's `GrandparentSplitter`); train/ alone
+    is all training data, split as usual."""
     from fastai.data.transforms import GrandparentSplitter, parent_label
 
-    valid_name = _valid_dir(root) if _has_split_dirs(root) else None
-    tops = [root / TRAIN_DIR, *([root / valid_name] if valid_name else [])] if _has_split_dirs(root) else [root]
+    split_dirs = _has_split_dirs(root)
+    valid_name = _valid_dir(root) if split_dirs else None
+    tops = [root / TRAIN_DIR, *([root / valid_name] if valid_name else [])] if split_dirs else [root]
     images = [p for p in walk_files(root) if is_image_file(p)]
-    unlabelled = [str(p) for p in images if p.parent == root or p.parent in tops]  # in no class folder
-    items = [p for p in images if p.parent != root and p.parent not in tops]
+    in_class = [p.parent != root and p.parent not in tops for p in images]  # else: in no class folder
+    items = [p for p, ok in zip(images, in_class, strict=True) if ok]
+    unsplit: list[str] = []
+    if split_dirs:  # only what lies in train/ and valid/ is read; the rest (a test/ beside valid/) is set aside
+        train, valid = GrandparentSplitter(TRAIN_DIR, valid_name or "")(items)
+        inside = set(map(int, train)) | set(map(int, valid))
+        unsplit = [str(p) for i, p in enumerate(items) if i not in inside]
+        items = [p for i, p in enumerate(items) if i in inside]
     reading = Reading("folders", why or "one folder per class", root, items, [parent_label(p) for p in items],
-                      parent_label, unlabelled=unlabelled)
+                      parent_label, unsplit=unsplit,
+                      unlabelled=[str(p) for p, ok in zip(images, in_class, strict=True) if not ok])
+    if valid_name:
+        reading.valid = [p.parent.parent.name == valid_name for p in items]
+        reading.split_name = f"folders {TRAIN_DIR}/ + {valid_name}/"
     empty = [d for d in _class_dirs(tops) if not any(is_image_file(p) for p in walk_files(d))]
     if empty:
         reading.warnings.append(f"{len(empty)} empty class folder(s) skipped: "
                                 + _listing([str(d.relative_to(root)) for d in empty]))
-    if _has_split_dirs(root):
-        train, valid = GrandparentSplitter(TRAIN_DIR, valid_name or "")(items)
-        inside = set(map(int, train)) | set(map(int, valid))
-        reading.unsplit = [str(p) for i, p in enumerate(items) if i not in inside]
-        reading.items = [p for i, p in enumerate(items) if i in inside]
-        reading.labels = [parent_label(p) for p in reading.items]
-        reading.valid = [p.parent.parent.name != TRAIN_DIR for p in reading.items]
-        reading.split_name = f"folders {TRAIN_DIR}/ + {valid_name}/" if valid_name else None
-        if valid_name is None:  # train/ alone: every image is training data; the usual split options apply
-            reading.valid = None
     return reading
 
 
@@ -165,25 +167,25 @@ def _csv_valid(rows: list[tuple[int, dict[str, str]]], col: str, problems: list[
 
 
 def _csv_problems(rows: list[tuple[int, dict[str, str]]], root: Path) -> list[str]:
-    """Missing files, empty labels, duplicate rows and conflicting labels, each with its line numbers."""
+    """Unknown files, empty labels, duplicate rows and conflicting labels, each with its line numbers."""
     first: dict[str, tuple[int, str]] = {}
-    dupes, conflicts, missing, empty = [], [], [], []
+    found: dict[str, list[str]] = {"unknown file(s)": [], "empty label(s)": [], "duplicate row(s)": [],
+                                   "conflicting label(s)": []}
     for n, r in rows:
         f, label = r["file"], r["label"]
         if not label:
-            empty.append(f"line {n}")
-        if f in first:
-            line, other = first[f]
-            (dupes if other == label else conflicts).append(
-                f"line {n}: {f} (line {line})" if other == label else f"lines {line}, {n}: {f} is {other!r} and "
-                                                                      f"{label!r}")
+            found["empty label(s)"].append(f"line {n}")
+        if f not in first:
+            first[f] = (n, label)
+            if not f or not (root / f).is_file():
+                found["unknown file(s)"].append(f"line {n}: {f or '(empty)'}")
             continue
-        first[f] = (n, label)
-        if not f or not (root / f).is_file():
-            missing.append(f"line {n}: {f or '(empty)'}")
-    return [f"{len(rows)} {what} ({_listing(rows)})" for what, rows in
-            (("unknown file(s)", missing), ("empty label(s)", empty), ("duplicate row(s)", dupes),
-             ("conflicting label(s)", conflicts)) if rows]
+        line, other = first[f]
+        if other == label:
+            found["duplicate row(s)"].append(f"line {n}: {f} (line {line})")
+        else:
+            found["conflicting label(s)"].append(f"lines {line}, {n}: {f} is {other!r} and {label!r}")
+    return [f"{len(v)} {what} ({_listing(v)})" for what, v in found.items() if v]
 
 
 def read_csv(root: Path, labels: str | Path, why: str = "") -> Reading:
@@ -199,13 +201,14 @@ def read_csv(root: Path, labels: str | Path, why: str = "") -> Reading:
     valid = _csv_valid(rows, col, problems) if col else None
     if problems:
         raise DataError(f"{path.name}: " + "; ".join(problems))
-    keep = [i for i in range(len(rows)) if valid is None or valid[i] is not None]
+    aside = {i for i in range(len(rows)) if valid is not None and valid[i] is None}  # test rows beside valid ones
+    keep = [i for i in range(len(rows)) if i not in aside]
     items = [root / rows[i][1]["file"] for i in keep]
     reading = Reading("csv", why or f"labels from {path.name}", root, items, [rows[i][1]["label"] for i in keep],
                       CsvLabels({str(root / r["file"]): r["label"] for _, r in rows}),
                       valid=[bool(valid[i]) for i in keep] if valid else None,
                       split_name=f"csv column {col}" if col else None,
-                      unsplit=[str(root / rows[i][1]["file"]) for i in range(len(rows)) if i not in set(keep)])
+                      unsplit=[str(root / rows[i][1]["file"]) for i in sorted(aside)])
     listed = {p.resolve() for p in items} | {Path(p).resolve() for p in reading.unsplit}
     reading.unlabelled = [str(p) for p in walk_files(root) if is_image_file(p) and p.resolve() not in listed]
     return reading
