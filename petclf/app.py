@@ -241,14 +241,15 @@ def model_card(manifest: dict[str, Any]) -> str:
     classes = manifest["classes"]
     group_name, groups = class_groups(manifest)
     names = display_names(manifest)
-    by_group = {g: [names[c["name"]] for c in classes if groups.get(c["name"]) == g]
-                for g in dict.fromkeys(groups[c["name"]] for c in classes if c["name"] in groups)}
+    by_group: dict[str, list[str]] = {}  # {group: its classes' names}, or every class under "classes"
+    for c in classes:
+        by_group.setdefault(groups.get(c["name"], "classes"), []).append(names[c["name"]])
     metrics = manifest.get("metrics") or {}
     err = metrics.get("error_rate", metrics.get("valid_error"))
     inp = manifest["input"]
+    per_group = ", ".join(f"{len(v)} {g}" for g, v in by_group.items())
     rows = [("Architecture", f"`{manifest['arch']}` (timm) with a fastai head"),
-            ("Classes", f"{len(classes)}" + (f" ({group_name}: " + ", ".join(f"{len(v)} {g}" for g, v in
-                                                                           by_group.items()) + ")" if groups else "")),
+            ("Classes", f"{len(classes)}" + (f" ({group_name}: {per_group})" if groups else "")),
             ("Validation error", f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
             ("Trained", str(manifest.get("created", "unknown"))),
             ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
@@ -256,8 +257,8 @@ def model_card(manifest: dict[str, Any]) -> str:
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    lists = [(g, v) for g, v in by_group.items()] if groups else [("classes", [names[c["name"]] for c in classes])]
-    return f"| | |\n|---|---|\n{table}\n\n" + "\n\n".join(f"**{g.capitalize()}:** {', '.join(v)}" for g, v in lists)
+    return f"| | |\n|---|---|\n{table}\n\n" + "\n\n".join(f"**{g.capitalize()}:** {', '.join(v)}"
+                                                          for g, v in by_group.items())
 
 
 def verdict(probs: dict[str, float], species: dict[str, str], threshold: float = UNSURE_BELOW) -> str:

@@ -173,9 +173,9 @@ def data_check(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, l
     with bar("verifying images") as progress:
         pets = load_pets(data, split=split or D.split, valid_pct=valid_pct, seed=seed, use_cache=not no_cache,
                          progress=progress, layout=_value(layout) or D.layout, labels=labels)
-    named = read_groups(groups, pets.vocab) if groups else None
+    group_name, named = read_groups(groups, pets.vocab) if groups else ("species", None)
     typer.echo(pets.report.summary())
-    _print_class_table(pets.report.class_counts, *(named or ("species", None)))
+    _print_class_table(pets.report.class_counts, group_name, named)
     if report is not None:
         typer.echo(f"data report: {pets.report.save(report)}")
 

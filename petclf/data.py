@@ -242,11 +242,11 @@ class DataReport:
 
     def summary(self) -> str:
         """A few readable lines for a terminal or log."""
-        groups = pets_groups(list(self.class_counts))  # only Pets has built-in groups worth counting here
-        per = Counter() if groups is None else Counter({g: 0 for g in sorted(set(groups.values()))})
+        groups = pets_groups(list(self.class_counts)) or {}  # Pets' built-in cat/dog; other data has none here
+        per: Counter = Counter()
         for c, n in self.class_counts.items():
-            per.update({groups[c]: n} if groups else {})
-        split_groups = f" ({', '.join(f'{n} {g}' for g, n in per.items())})" if per else ""
+            per[groups.get(c)] += n
+        split_groups = f" ({', '.join(f'{per[g]} {g}' for g in sorted(set(groups.values())))})" if groups else ""
         lines = [f"layout {self.layout}: {self.layout_why}",
                  f"{self.n_images} usable images in {len(self.class_counts)} classes{split_groups} under {self.root}",
                  f"split {self.split}: {self.n_train} train, {self.n_valid} valid"]

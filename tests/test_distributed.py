@@ -121,6 +121,23 @@ def test_killed_distributed_run_resumes_through_the_cli(dist_data, tmp_path):
     load_network(run)
 
 
+def test_two_processes_train_on_a_csv_layout(tmp_path):
+    from petclf.synth import LABELS_CSV, synth_data
+
+    data, run = tmp_path / "mine", tmp_path / "run"
+    synth_data(data, "csv", n_classes=3, per_class=8, size=32, seed=3)
+    args = ["-m", "petclf", "train", "--data", str(data), "--labels", str(data / LABELS_CSV), "--arch", "resnet18",
+            "--no-pretrained", "--size", "32", "--presize", "40", "--bs", "4", "--freeze-epochs", "0", "--epochs", "1",
+            "--lr", "0.002", "--workers", "0", "--out", str(run)]
+    proc = subprocess.run(launch(*args, cwd=tmp_path), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((run / "model.json").read_text())
+    assert manifest["data"]["layout"] == "csv" and manifest["data"]["split"] == "csv column split"
+    assert [c["name"] for c in manifest["classes"]] == ["Crème brûlée", "Red fox", "blue whale"]
+    assert json.loads((run / "metrics.json").read_text())["processes"]["count"] == 2
+
+
 RANK_SCRIPT = """
 import sys
 from datetime import timedelta
