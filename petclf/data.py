@@ -313,14 +313,15 @@ def _split(reading: Reading, items: list[Path], split: str, valid_pct: float,
     return train_idx, valid_idx, split
 
 
-def _single_images_train(labels: list[str], train_idx: list[int], valid_idx: list[int],
-                         report: DataReport) -> tuple[list[int], list[int]]:
-    """A class with one image cannot be both trained on and validated: it trains, with a warning."""
+def _single_images_train(labels: list[str], train_idx: list[int], valid_idx: list[int], report: DataReport,
+                         move: bool) -> tuple[list[int], list[int]]:
+    """A class with one image cannot be both trained on and validated: a warning, and (`move`: in a split petclf
+    drew) it trains."""
     lonely = set(single_image_classes(labels))
     if lonely:
         report.warnings.append(f"{len(lonely)} class(es) with one image, used for training only (nothing "
                                f"validates them): {', '.join(sorted(lonely))}")
-    moved = {i for i in valid_idx if labels[i] in lonely}
+    moved = {i for i in valid_idx if labels[i] in lonely} if move else set()
     return sorted([*train_idx, *moved]), [i for i in valid_idx if i not in moved]
 
 
@@ -350,8 +351,9 @@ def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: 
     report.class_counts = dict(sorted(Counter(labels_).items()))
     if len(report.class_counts) < 2:
         raise DataError(f"found only one class ({labels_[0]}) in {root}; a classifier needs at least two")
-    if split_name == "random":  # a split petclf drew: a class with one image trains
-        train_idx, valid_idx = _single_images_train(labels_, train_idx, valid_idx, report)
+    own = split_name != split  # the layout's own split (train/ + valid/, a csv column): the user's, never changed
+    train_idx, valid_idx = _single_images_train(labels_, train_idx, valid_idx, report,
+                                                move=split_name == "random")
     report.split, report.n_images, report.n_train, report.n_valid = (split_name, len(items), len(train_idx),
                                                                      len(valid_idx))
     if not train_idx or not valid_idx:
@@ -360,7 +362,7 @@ def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: 
     for c in few_image_classes(report.class_counts):
         report.warnings.append(f"class {c} has only {report.class_counts[c]} images")
     missing = sorted(set(report.class_counts) - {labels_[i] for i in train_idx})
-    if missing and split_name != split:
+    if missing and own:
         raise DataError(f"the {split_name} split validates class(es) it never trains on: {', '.join(missing)}; "
                         "add training images for them or remove them")
     if missing:

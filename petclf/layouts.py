@@ -272,7 +272,10 @@ def read_layout(root: str | Path, layout: str = "auto", labels: str | Path | Non
     if layout not in LAYOUTS:
         raise DataError(f"layout must be one of {'|'.join(LAYOUTS)}, got {layout!r}")
     if layout == "csv" and labels is None:
-        raise DataError("--layout csv needs --labels FILE.csv (columns file,label and optionally split or is_valid)")
+        if len(found := labels_csvs(root)) != 1:
+            raise DataError("--layout csv needs --labels FILE.csv (columns file,label and optionally split or "
+                            f"is_valid); {root} has {len(found) or 'no'} CSV file(s) with those columns")
+        labels = found[0]
     if labels is not None and layout in ("auto", "csv"):
         return read_csv(root, labels, f"--labels {Path(labels).name} given" if layout == "auto" else "")
     if labels is not None:

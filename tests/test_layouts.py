@@ -145,6 +145,8 @@ def test_a_class_with_one_image_trains_with_a_warning(tmp_path):
         (i,) = [i for i, label in enumerate(pets.labels) if label == "quince"]
         assert i in pets.train_idx and i not in pets.valid_idx
         assert any("one image" in w and "quince" in w for w in pets.report.warnings)
+    split = _folders(_folders(tmp_path / "s", {"apple": 3, "quince": 1}, "train"), {"apple": 1}, "valid")
+    assert any("one image" in w and "quince" in w for w in D.load_pets(split).report.warnings)
 
 
 @pytest.mark.parametrize("a,b", [("Cat", "cat"), ("Crème", unicodedata.normalize("NFD", "Crème"))])
@@ -189,6 +191,8 @@ def test_csv_layout_without_labels_and_labels_with_another_layout_are_refused(tm
     _folders(tmp_path, {"a": 2, "b": 2})
     with pytest.raises(DataError, match="needs --labels"):
         read_layout(tmp_path, "csv")
+    _csv(tmp_path, "file,label\na/0.jpg,x\nb/0.jpg,y\n")  # the one labels CSV in the folder is the one meant
+    assert read_layout(tmp_path, "csv").labels == ["x", "y"]
     with pytest.raises(DataError, match="--labels is for --layout csv"):
         read_layout(tmp_path, "folders", tmp_path / "x.csv")
 
