@@ -333,7 +333,8 @@ def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: 
     root = reading.root
     check_label_clashes(reading.labels)
     report = DataReport(root=str(root), layout=reading.layout, layout_why=reading.why, warnings=reading.warnings,
-                        ignored=[str(p) for p in scan_files(root)[1]], unsplit=list(reading.unsplit))
+                        ignored=[str(p) for p in scan_files(root)[1] if p.resolve() != reading.labels_file],
+                        unsplit=list(reading.unsplit))
     if not reading.items and not reading.unlabelled:
         raise DataError(f"no images found in {root}")
     items, labels_ = _verified(reading, report, use_cache, progress)

@@ -51,6 +51,7 @@ class Reading:
     unlabelled: list[str] = field(default_factory=list)  # images the layout gives no label
     unsplit: list[str] = field(default_factory=list)  # labelled images in neither half of the layout's split
     warnings: list[str] = field(default_factory=list)
+    labels_file: Path | None = None  # the csv layout's labels file (not a stray non-image file)
 
 
 class CsvLabels:
@@ -208,7 +209,7 @@ def read_csv(root: Path, labels: str | Path, why: str = "") -> Reading:
                       CsvLabels({str(root / r["file"]): r["label"] for _, r in rows}),
                       valid=[bool(valid[i]) for i in keep] if valid else None,
                       split_name=f"csv column {col}" if col else None,
-                      unsplit=[str(root / rows[i][1]["file"]) for i in sorted(aside)])
+                      unsplit=[str(root / rows[i][1]["file"]) for i in sorted(aside)], labels_file=path.resolve())
     listed = {p.resolve() for p in items} | {Path(p).resolve() for p in reading.unsplit}
     reading.unlabelled = [str(p) for p in walk_files(root) if is_image_file(p) and p.resolve() not in listed]
     return reading
