@@ -61,6 +61,7 @@ class CsvLabels:
         self.labels = labels
 
     def __call__(self, path) -> str:
+        """The label the CSV gives `path`."""
         return self.labels[str(path)]
 
 
