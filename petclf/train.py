@@ -327,7 +327,7 @@ def run_detector(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) 
     if not (cfg.pretrained or cfg.weights):
         return off("the backbone started from random weights: its features do not tell a pet from anything else")
     if state.recipe == "probe":
-        return state.probe["not_a_pet"]
+        return state.probe.get("not_a_pet") or off("the probe was fitted before petclf had a not-a-pet detector")
     vocab = list(learn.dls.vocab)
     items = [pets.items[i] for i in pets.valid_idx]
     y = np.array([vocab.index(pets.labels[i]) for i in pets.valid_idx], dtype=int)
