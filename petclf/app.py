@@ -248,6 +248,14 @@ def friendly(e: Exception) -> str:
     return "Something went wrong with this image. Try another photo."
 
 
+def detector_line(entry: dict[str, Any] | None) -> str:
+    """The model card's line on the not-a-pet detector."""
+    if not entry or entry.get("method") == "off":
+        return f"no detector ({entry['why']})" if entry and entry.get("why") else "no detector"
+    flagged = f", flags {entry['pets_flagged']:.1%} of them" if "pets_flagged" in entry else ""
+    return f"{entry['method']}, threshold {entry['threshold']:.3f} (fitted on {entry.get('fitted_on', '?')}{flagged})"
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """Markdown for the model card panel: arch, classes, validation metrics, training date."""
     classes = manifest["classes"]
@@ -263,7 +271,8 @@ def model_card(manifest: dict[str, Any]) -> str:
             ("Validation error", f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
             ("Trained", str(manifest.get("created", "unknown"))),
             ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
-            ("Temperature", f"{float(manifest.get('temperature') or 1.0):.3g}")]
+            ("Temperature", f"{float(manifest.get('temperature') or 1.0):.3g}"),
+            ("Not a pet", detector_line(manifest.get("not_a_pet")))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -332,7 +341,8 @@ def decode(image: str | bytes) -> Image.Image:
         raise rejected(friendly(RuntimeError())) from None
 
 
-def make_classify(predictor: Predictor, batcher: Batcher, decoder: ThreadPoolExecutor):
+def make_classify(predictor: Predictor, batcher: Batcher, decoder: ThreadPoolExecutor,
+                  threshold: float | None = None):
     """The `classify` endpoint: image -> (breed label, species label, answer data): see the module docstring."""
 
     def classify(image: str | bytes | None) -> tuple[LabelData | None, LabelData | None, dict | None]:
@@ -340,7 +350,7 @@ def make_classify(predictor: Predictor, batcher: Batcher, decoder: ThreadPoolExe
             return None, None, None
         x = decoder.submit(lambda: predictor.preprocess([decode(image)])).result()
         p, s = batcher.outputs(x)
-        v = predictor.verdict(p[0], None if s is None else s[0])
+        v = predictor.verdict(p[0], None if s is None else s[0], threshold)
         return *labels(v, p[0], predictor), answer_data(v, p[0], predictor)
 
     return classify
@@ -396,7 +406,8 @@ def build_demo(predictor: Predictor, threshold: float | None = None, queue_size:
     has_cam = predictor.has_model  # Grad-CAM needs the torch network's gradients, whatever runs classify
     if has_cam:
         predictor.model  # noqa: B018 - load it now (ONNX backend: lazily), not during the first visitor's request
-    classify, explain = make_classify(predictor, batcher, decoder), make_explain(predictor, batcher, threshold)
+    classify = make_classify(predictor, batcher, decoder, threshold)
+    explain = make_explain(predictor, batcher, threshold)
     with Demo(title="petclf: which pet breed?", analytics_enabled=analytics_enabled(),
               delete_cache=(max(1, cache_seconds // 4), cache_seconds)) as demo:
         gr.Markdown("# Which breed is this pet?\nUpload, paste or snap a photo of a cat or a dog "
