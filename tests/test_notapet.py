@@ -157,3 +157,17 @@ def test_a_fine_tuned_run_fits_its_detector_on_the_validation_photos(tmp_path):
     assert entry["method"] == METHOD and entry["n_photos"] == 12 and "12 validation photos" in entry["fitted_on"]
     coffee = skimage_photo("coffee", tmp_path / "other")
     assert load_model(run_dir).answer(coffee).not_a_pet is True
+
+
+@pytest.mark.slow
+def test_the_onnx_path_answers_not_a_pet_without_torch(lite0_run, tmp_path):
+    import subprocess
+    import sys
+
+    coffee = skimage_photo("coffee", tmp_path)
+    code = ("import sys; from petclf.predict import load_model; p = load_model(sys.argv[1]); "
+            "v = p.answer(sys.argv[2]); print(p.backend, v.not_a_pet, "
+            "sorted(m for m in ('torch', 'fastai', 'timm', 'gradio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(lite0_run), str(coffee)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["onnx", "True", "[]"]
