@@ -4,7 +4,18 @@
     python -m petclf.app exports/latest                  # the same, without the CLI
 
     from gradio_client import Client, handle_file
-    breeds, species = Client("http://127.0.0.1:7860/").predict(handle_file("cat.jpg"), api_name="/classify")
+    breeds, species, answer = Client("http://127.0.0.1:7860/").predict(handle_file("cat.jpg"), api_name="/classify")
+
+`/classify` returns three values:
+- `breeds`: {"label": headline, "confidences": [{"label": display name, "confidence": p}, ...]} (top 5). The headline
+  is the breed answer's name: "Russian Blue" when sure, "Russian Blue or Egyptian Mau" when not, "Not a pet" when
+  the not-a-pet detector says so (the bars still show the breeds' probabilities).
+- `species`: {"label": "cat" | "dog" | "not sure" | "not a pet", "confidences": [{"label": "cat", ...}, ...]}; for a
+  model without groups (a user's own classes) it is null.
+- `answer`: both answers as data: {"breed_id": top class id (the machine key), "breed": its display name, "prob",
+  "species": the group the model is sure of or null, "species_prob", "not_a_pet": true | false | null (no detector),
+  "not_a_pet_score", "breed_sure", "likely": [{"breed_id", "breed", "prob"}] (the answer's two or three breeds when
+  unsure, the one when sure), "species_text", "breed_text" (the answers in words, as the page shows them)}.
 
     from petclf.app import build_demo                    # in a notebook: build, then launch it yourself
     demo = build_demo(load_model("exports/latest"))
@@ -37,6 +48,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import torch
+from gradio.components.label import LabelConfidence, LabelData
 from gradio.exceptions import InvalidPathError
 from PIL import Image
 from pydantic import ValidationError
@@ -47,12 +59,11 @@ from petclf.cam import gradcam_logits, overlay
 from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
 from petclf.errors import ImageError, PetclfError
 from petclf.image import MAX_BYTES, load_rgb
-from petclf.labels import display_name as pretty
 from petclf.labels import pets_groups
 from petclf.predict import Predictor, load_model
 from petclf.preprocess import valid_resize
+from petclf.verdict import Verdict
 
-UNSURE_BELOW = 0.5  # below this top-breed probability the demo says it is not sure this is a cat or a dog
 MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before they reach petclf
 MAX_DATA_URL = -(-MAX_BYTES // 3) * 4  # longest base64 text that decodes to at most MAX_BYTES (checked before decoding)
 MAX_REQUEST_BYTES = MAX_DATA_URL + 2**20  # any request body above this is refused (413) before it is read: one
@@ -89,6 +100,10 @@ class Batcher:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (1 x n_classes) for one preprocessed image (1 x 3 x H x W)."""
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities 1 x n_classes, not-a-pet score (1,) or None) for one preprocessed image."""
         fut: Future = Future()
         self._q.put((x, fut))
         return fut.result(self.timeout)
@@ -113,13 +128,13 @@ class Batcher:
 
     def _forward(self, items: list[tuple[np.ndarray, Future]]) -> None:
         try:
-            p = self.predictor.probs(np.concatenate([x for x, _ in items]))
+            p, s = self.predictor.outputs(np.concatenate([x for x, _ in items]))
         except Exception as e:  # noqa: BLE001 - hand the failure to every waiting caller
             for _, f in items:
                 f.set_exception(e)
             return
         for i, (_, f) in enumerate(items):
-            f.set_result(p[i:i + 1])
+            f.set_result((p[i:i + 1], None if s is None else s[i:i + 1]))
 
     def close(self) -> None:
         """Stop the worker thread once the queue drains."""
@@ -236,6 +251,14 @@ def friendly(e: Exception) -> str:
     return "Something went wrong with this image. Try another photo."
 
 
+def detector_line(entry: dict[str, Any] | None) -> str:
+    """The model card's line on the not-a-pet detector."""
+    if not entry or entry.get("method") == "off":
+        return f"no detector ({entry['why']})" if entry and entry.get("why") else "no detector"
+    flagged = f", flags {entry['pets_flagged']:.1%} of them" if "pets_flagged" in entry else ""
+    return f"{entry['method']}, threshold {entry['threshold']:.3f} (fitted on {entry.get('fitted_on', '?')}{flagged})"
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """Markdown for the model card panel: arch, classes, validation metrics, training date."""
     classes = manifest["classes"]
@@ -253,7 +276,8 @@ def model_card(manifest: dict[str, Any]) -> str:
             ("Validation error", f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
             ("Trained", str(manifest.get("created", "unknown"))),
             ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
-            ("Temperature", f"{float(manifest.get('temperature') or 1.0):.3g}")]
+            ("Temperature", f"{float(manifest.get('temperature') or 1.0):.3g}"),
+            ("Not a pet", detector_line(manifest.get("not_a_pet")))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -261,14 +285,54 @@ def model_card(manifest: dict[str, Any]) -> str:
                                                           for g, v in by_group.items())
 
 
-def verdict(probs: dict[str, float], species: dict[str, str], threshold: float = UNSURE_BELOW) -> str:
-    """The sentence under the label: the best guess, or that the model is not sure this is a cat or a dog."""
-    breed, p = next(iter(probs.items()))
-    if p < threshold:
-        return (f"**Not sure this is a cat or a dog.** Best guess: {pretty(breed)} at {p:.0%}. "
-                "Try a clear photo of one pet.")
-    group = f" ({species[breed]})" if breed in species else ""
-    return f"**{pretty(breed)}**{group}, {p:.0%} sure."
+def verdict(v: Verdict, noun: str = "Breed") -> str:
+    """The answers under the labels, in words: the species (or that this is not a pet), then the breed."""
+    if v.not_a_pet:
+        return (f"**{v.species_text}.** This photo does not look like the pets the model was trained on "
+                f"(similarity {v.not_a_pet_score:.2f}), so it names no {noun.lower()}.")
+    species = f"**{v.species_text}**" if v.species_text else ""
+    which = f"**{noun}:** {v.breed_text}" if v.breed_sure else f"**{noun}:** not sure, {v.breed_text}"
+    return "  \n".join(t for t in (species, which) if t)
+
+
+def headline(v: Verdict, display: dict[str, str]) -> str:
+    """The breed label's big name: the sure breed, the likely ones joined by 'or', or 'Not a pet'."""
+    if v.not_a_pet:
+        return "Not a pet"
+    return " or ".join(display.get(b, b) for b, _ in v.likely)
+
+
+def answer_data(v: Verdict, p: np.ndarray, predictor: Predictor) -> dict[str, Any]:
+    """The `answer` output: both answers as data, the class id as the machine key (see the module docstring)."""
+    top = int(np.argmax(p))
+    d = v.to_dict(predictor.display)
+    return {"breed_id": predictor.classes[top], "breed": predictor.display[predictor.classes[top]],
+            "prob": round(float(p[top]), 6), **{k: d[k] for k in ("species", "species_prob", "not_a_pet",
+                                                                  "not_a_pet_score", "breed_sure", "likely",
+                                                                  "species_text", "breed_text")}}
+
+
+def labels(v: Verdict, p: np.ndarray, predictor: Predictor) -> tuple[LabelData, LabelData | None]:
+    """The breed and species labels: headlines from the answers, bars from the probabilities."""
+    top = list(predictor.to_dict(p).items())[:TOPK]
+    breeds = LabelData(label=headline(v, predictor.display), confidences=[
+        LabelConfidence(label=predictor.display[b], confidence=q) for b, q in top])
+    if not predictor.groups:
+        return breeds, None
+    gp = predictor.group_probs(p)
+    name = "not a pet" if v.not_a_pet else (v.species or "not sure")
+    return breeds, LabelData(label=name, confidences=[LabelConfidence(label=g, confidence=q) for g, q in
+                                                      sorted(gp.items(), key=lambda gq: -gq[1])])
+
+
+class AnswerLabel(gr.Label):
+    """`gr.Label` that shows a headline of its own (the answer) above the probability bars."""
+
+    is_template = True  # the browser renders it as a plain gr.Label
+
+    def postprocess(self, value: Any) -> Any:
+        """`LabelData` as it is (its headline need not be the top bar); anything else as gr.Label does."""
+        return value if isinstance(value, LabelData) else super().postprocess(value)
 
 
 def decode(image: str | bytes) -> Image.Image:
@@ -282,22 +346,28 @@ def decode(image: str | bytes) -> Image.Image:
         raise rejected(friendly(RuntimeError())) from None
 
 
-def make_classify(predictor: Predictor, batcher: Batcher, decoder: ThreadPoolExecutor):
-    """The `classify` endpoint: image -> ({breed: prob} top 5, {cat: p, dog: p})."""
+def make_classify(predictor: Predictor, batcher: Batcher, decoder: ThreadPoolExecutor,
+                  threshold: float | None = None):
+    """The `classify` endpoint: image -> (breed label, species label, answer data): see the module docstring."""
 
-    def classify(image: str | bytes | None) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+    def classify(image: str | bytes | None) -> tuple[LabelData | None, LabelData | None, dict | None]:
         if image is None:
-            return None, None
+            return None, None, None
         x = decoder.submit(lambda: predictor.preprocess([decode(image)])).result()
-        p = batcher(x)[0]
-        top = dict(list(predictor.to_dict(p).items())[:TOPK])
-        return {pretty(b): v for b, v in top.items()}, predictor.group_probs(p)
+        p, s = batcher.outputs(x)
+        v = predictor.verdict(p[0], None if s is None else s[0], threshold)
+        return *labels(v, p[0], predictor), answer_data(v, p[0], predictor)
 
     return classify
 
 
-def make_explain(predictor: Predictor, batcher: Batcher, threshold: float = UNSURE_BELOW):
-    """The UI's second step: (Grad-CAM overlay or None, verdict sentence) for the same image."""
+def make_explain(predictor: Predictor, batcher: Batcher, threshold: float | None = None):
+    """The UI's second step: (Grad-CAM overlay or None, the answers in words) for the same image; `threshold`:
+    the breed answer's `unsure_below` (default: the bundle's)."""
+    noun = "Breed" if predictor.group_name == "species" else "Class"
+
+    def said(p: np.ndarray, s: np.ndarray | None) -> str:
+        return verdict(predictor.verdict(p[0], None if s is None else s[0], threshold), noun)
 
     def explain(image: str | bytes | None, show_cam: bool) -> tuple[Image.Image | None, str]:
         if image is None:
@@ -306,14 +376,13 @@ def make_explain(predictor: Predictor, batcher: Batcher, threshold: float = UNSU
         if min(img.size) < TINY:
             gr.Warning(f"This image is only {img.size[0]}x{img.size[1]} pixels; the prediction may be poor.")
         x = predictor.preprocess([img])
+        answer = said(*batcher.outputs(x))  # the detector reads the pooled features, which Grad-CAM does not give
         if not show_cam or not predictor.has_model:
-            return None, verdict(predictor.to_dict(batcher(x)[0]), predictor.groups, threshold)
+            return None, answer
         model = predictor.model
-        x = torch.from_numpy(x).to(next(model.parameters()).device)
-        heats, logits = gradcam_logits(model, x)  # the top class's map; its forward pass gives the verdict
-        probs = predictor.to_dict(predictor.softmax(logits.numpy())[0])
+        heats, _ = gradcam_logits(model, torch.from_numpy(x).to(next(model.parameters()).device))
         seen = valid_resize(img, max(predictor.pre.presize, CAM_SIDE))  # the crop the model saw, big enough to read
-        return overlay(seen, heats[0]), verdict(probs, predictor.groups, threshold)
+        return overlay(seen, heats[0]), answer
 
     return explain
 
@@ -343,7 +412,7 @@ def analytics_enabled() -> bool:
     return os.environ.get("GRADIO_ANALYTICS_ENABLED", "False") == "True"
 
 
-def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size: int = QUEUE_SIZE,
+def build_demo(predictor: Predictor, threshold: float | None = None, queue_size: int = QUEUE_SIZE,
                cache_seconds: int = CACHE_SECONDS, title: str | None = None,
                examples: list[str] | None = None) -> gr.Blocks:
     """The demo's Blocks: image in; classes (Pets: breeds), their groups (Pets: cat/dog), Grad-CAM and a verdict
@@ -359,7 +428,8 @@ def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size
     has_cam = predictor.has_model  # Grad-CAM needs the torch network's gradients, whatever runs classify
     if has_cam:
         predictor.model  # noqa: B018 - load it now (ONNX backend: lazily), not during the first visitor's request
-    classify, explain = make_classify(predictor, batcher, decoder), make_explain(predictor, batcher, threshold)
+    classify = make_classify(predictor, batcher, decoder, threshold)
+    explain = make_explain(predictor, batcher, threshold)
     pets = is_pets_model(predictor.manifest)
     title = title or default_title(predictor.manifest)
     examples = example_files(predictor.manifest) if examples is None else examples
@@ -376,14 +446,15 @@ def build_demo(predictor: Predictor, threshold: float = UNSURE_BELOW, queue_size
                 if examples:
                     gr.Examples(examples, inputs=image, label="Examples")
             with gr.Column():
-                breeds = gr.Label(num_top_classes=TOPK, label="Breed" if pets else "Class")
-                species = gr.Label(num_top_classes=TOPK, visible=bool(predictor.groups),
-                                   label="Cat or dog" if pets else (predictor.group_name or "group").capitalize())
                 note = gr.Markdown(elem_id="verdict")
+                breeds = AnswerLabel(num_top_classes=TOPK, label="Breed" if pets else "Class", elem_id="breeds")
+                species = AnswerLabel(num_top_classes=TOPK, elem_id="species", visible=bool(predictor.groups),
+                                      label="Cat or dog" if pets else (predictor.group_name or "group").capitalize())
+                answer = gr.JSON(visible=False)  # the answers as data, for API callers
                 cam = gr.Image(label="Where the model looked", interactive=False, type="pil", elem_id="gradcam")
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card(predictor.manifest))
-        image.change(classify, image, [breeds, species], api_name="classify", concurrency_limit=CONCURRENCY) \
+        image.change(classify, image, [breeds, species, answer], api_name="classify", concurrency_limit=CONCURRENCY) \
              .success(explain, [image, show_cam], [cam, note], api_visibility="private",
                       concurrency_limit=CAM_CONCURRENCY, concurrency_id="explain")
         show_cam.change(explain, [image, show_cam], [cam, note], api_visibility="private",

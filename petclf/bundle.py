@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from petclf.errors import BundleError
 from petclf.io import save_state_dict, sha256_file, write_atomic
 from petclf.labels import PETS_GROUP_NAME, display_name, pets_groups
+from petclf.notapet import METHOD as NOT_A_PET_METHOD
 from petclf.version import __version__
 
 if TYPE_CHECKING:
@@ -158,6 +159,21 @@ def _check_head(m: dict) -> None:
         _num(p, f"head.ps[{i}]" if isinstance(ps, list) else "head.ps", 0.0, 1.0)
 
 
+def _check_answers(m: dict) -> None:
+    """`unsure_below` (a probability) and `not_a_pet` (off, or the detector's threshold and pinned means file)."""
+    if m.get("unsure_below") is not None:
+        _num(m["unsure_below"], "unsure_below", 0.0, 1.0)
+    if m.get("not_a_pet") is None:
+        return
+    d = _dict(m["not_a_pet"], "not_a_pet")
+    method = _get(d, "method", "not_a_pet.")
+    _need(method in ("off", NOT_A_PET_METHOD), f"not_a_pet.method must be off or {NOT_A_PET_METHOD!r}, "
+                                                f"not {_show(method)}")
+    if method != "off":
+        _num(_get(d, "threshold", "not_a_pet."), "not_a_pet.threshold", -1.0, 1.0)
+        _file_pin(d, "not_a_pet")
+
+
 def manifest_problem(m: Any) -> str | None:
     """Why the parsed `model.json` cannot be used (one line), or None when every field the loaders read is sane."""
     try:
@@ -172,6 +188,7 @@ def manifest_problem(m: Any) -> str | None:
             _file_pin(m["onnx"], "onnx")
         if m.get("temperature") is not None:
             _num(m["temperature"], "temperature", *TEMPERATURE)
+        _check_answers(m)
         for key in ("versions", "metrics"):
             if m.get(key) is not None:
                 _dict(m[key], key)

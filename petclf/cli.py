@@ -319,17 +319,23 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
             fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
             out: Path | None = typer.Option(None, "--out", "-o", help="Write the results here instead of stdout."),
             backend: Backend = BackendOpt,
-            onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx.")) -> None:
-    """Predict breeds for images. Unreadable images get an error row; exit code 1 if any failed."""
+            onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx."),
+            unsure_below: float | None = typer.Option(None, "--unsure-below", min=0.0, max=1.0, metavar="P",
+                                                      help="Below this top-breed probability the verdict lists the "
+                                                           "likely breeds.", show_default="the model's own")) -> None:
+    """Predict breeds for images, in the order given: a species verdict (cat, dog or not a pet) and a breed verdict
+    per image. Unreadable images get an error row; exit code 1 if any failed."""
     from petclf.io import check_file_writable, write_atomic
     from petclf.predict import format_rows, load_model
 
     if out is not None:
         check_file_writable(out)  # before the work, not after it
     predictor = load_model(model, backend=_backend(backend, onnx))
+    if unsure_below is not None:
+        predictor.unsure_below = unsure_below
     rows = list(predictor.predict_paths(paths, bs=bs, tta=tta))
     # file names that are not UTF-8 come out as their own bytes, on stdout as in --out (never UnicodeEncodeError)
-    data = format_rows(rows, fmt, topk).encode("utf-8", "surrogateescape")
+    data = format_rows(rows, fmt, topk, predictor.display).encode("utf-8", "surrogateescape")
     if out is None:
         typer.echo(data, nl=False)
     else:

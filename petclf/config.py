@@ -31,6 +31,9 @@ PREDICT_BS = 32  # images per forward pass in `petclf predict`
 REPORT_BS = 64  # images per forward pass in `petclf report`
 REPORT_TOP_LOSSES = 9  # top-loss images the report shows, each with its Grad-CAM
 REPORT_MIN_VAL = 1  # most_confused: smallest off-diagonal count the report lists (fastai's `min_val`)
+UNSURE_BELOW = 0.5  # below this top-class probability the breed answer lists the likely ones (a bundle may set its own)
+LIKELY_MAX = 3  # an unsure answer lists at most this many breeds: the top two, and a third when it is likely enough
+LIKELY_MIN_PROB = 0.1  # the third breed is listed only from this probability up
 SERVE_HOST = "127.0.0.1"  # the demo listens on this machine only unless told otherwise
 SERVE_PORT = 7860  # Gradio's usual port
 

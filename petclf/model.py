@@ -58,6 +58,19 @@ class L2Norm(nn.Module):
         return nn.functional.normalize(x, dim=1)
 
 
+class WithFeatures(nn.Module):
+    """The bundle network with a second output, the body's average-pooled features: what the not-a-pet detector
+    compares with the class means (for the probe recipe, the features its head saw before L2 normalisation)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.net[0](x)
+        return self.net[1](f), (f.float().mean((2, 3)) if f.ndim == 4 else f.float())
+
+
 def linear_head(nf: int, n_out: int, pool: bool = True, l2norm: bool = False) -> nn.Sequential:
     """Average pool (+ L2 normalisation) + one linear layer: the head a linear probe trains."""
     from fastai.layers import Flatten

@@ -58,7 +58,12 @@ class OnnxNet:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed batch (onnxruntime releases the GIL while it runs)."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, pooled features) for a preprocessed batch; features are None in graphs exported before them."""
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return out[0], (out[1] if len(out) > 1 else None)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -112,14 +117,18 @@ def auto_onnx(model_dir: str | Path, manifest: dict[str, Any], device: str = "cp
 
 
 def _export_graph(net: torch.nn.Module, size: int, path: Path, opset: int) -> None:
-    """The TorchScript-based exporter (the dynamo one needs `onnxscript`), batch dimension dynamic."""
+    """The TorchScript-based exporter (the dynamo one needs `onnxscript`), batch dimension dynamic; two outputs,
+    logits and the pooled features the not-a-pet detector reads."""
     import torch
+
+    from petclf.model import WithFeatures
 
     x = torch.randn(2, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notices are not the user's concern
-        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(WithFeatures(net).eval(), (x,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["logits", "features"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}})
 
 
 def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3, seed: int = 0) -> tuple[float, float]:

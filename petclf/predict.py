@@ -28,11 +28,13 @@ import numpy as np
 from scipy.special import softmax
 
 from petclf.bundle import class_groups, display_names, read_manifest, resolve_bundle_dir
-from petclf.config import DEFAULT_MODEL, Backend, OutputFormat
+from petclf.config import DEFAULT_MODEL, UNSURE_BELOW, Backend, OutputFormat
 from petclf.errors import ImageError, PetclfError
 from petclf.image import ImageSource
 from petclf.io import list_images
+from petclf.notapet import Detector
 from petclf.preprocess import Preprocess
+from petclf.verdict import Verdict, make_verdict
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +54,7 @@ class Prediction:
     probs: dict[str, float] = field(default_factory=dict)
     group_probs: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    verdict: Verdict | None = None  # both answers (species or not a pet; breed), None for an error row
 
     @property
     def ok(self) -> bool:
@@ -86,13 +89,20 @@ def _glob(pattern: str) -> list[Path]:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Prediction]]:
-    """Files, folders (recursive) and globs -> (image files, error rows for arguments that name no image).
+    """Files, folders (recursive) and globs -> (image files, error rows for arguments that name no image)."""
+    items = expand_inputs(paths)
+    return [i for i in items if isinstance(i, Path)], [i for i in items if isinstance(i, Prediction)]
+
+
+def expand_inputs(paths: Iterable[str | Path]) -> list[Path | Prediction]:
+    """Files, folders (recursive) and globs -> image files and error rows (arguments that name no image), in the
+    order given; a file named twice comes once, where it first appears.
 
     Symlinked folders are not followed; a symlink that loops or leads nowhere is kept as a file, and decoding gives
     it its error row.
     """
-    files: list[Path] = []
-    errors: list[Prediction] = []
+    files: list[Path | Prediction] = []
+    errors = files  # error rows take their argument's place among the files
     for arg in paths:
         p = Path(arg)
         try:
@@ -113,7 +123,8 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Predicti
                 errors.append(Prediction(str(arg), error=f"{p.name}: file not found"))
         except (OSError, ValueError) as e:  # a name too long, a NUL byte, an unreadable folder
             errors.append(Prediction(str(arg), error=f"{p.name}: cannot read ({getattr(e, 'strerror', None) or e})"))
-    return list(dict.fromkeys(files)), errors
+    seen: set[Path] = set()
+    return [f for f in files if not isinstance(f, Path) or not (f in seen or seen.add(f))]
 
 
 def _bounded_map(fn: Callable, items: Sequence, pool: ThreadPoolExecutor, ahead: int) -> Iterator[Future]:
@@ -138,18 +149,29 @@ class TorchNet:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed batch."""
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, pooled features) for a preprocessed batch: one forward pass, as the ONNX graph gives them."""
         import torch
 
+        from petclf.model import WithFeatures
+
         with torch.inference_mode():
-            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+            logits, feats = WithFeatures(self.model)(torch.from_numpy(x).to(self.device))
+            return logits.float().cpu().numpy(), feats.cpu().numpy()
 
 
 class Predictor:
     """A loaded model and its preprocessing: `predict(image)`, `predict_paths(paths)`, `topk(image)`."""
 
     def __init__(self, net: Net, manifest: dict[str, Any], backend: str = "torch",
-                 model: torch.nn.Module | Callable[[], torch.nn.Module] | None = None):
+                 model: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
+                 detector: Detector | None = None):
         self.net, self.manifest, self.backend = net, manifest, backend
+        self.detector = detector  # the bundle's not-a-pet detector; None when it has none (or it is off)
+        # below this top-class probability the breed answer lists the likely ones; the bundle's own, else the default
+        self.unsure_below = float(manifest.get("unsure_below") or UNSURE_BELOW)
         # the torch network for Grad-CAM: given, or (ONNX backend) a loader called on first use
         self._model = model
         self._model_lock = threading.Lock()
@@ -197,6 +219,30 @@ class Predictor:
             p = (p + self.softmax(self.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
         return p
 
+    def outputs(self, x: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, not-a-pet scores or None without a detector) for a preprocessed batch."""
+        if self.detector is None or not hasattr(self.net, "outputs"):
+            return self.probs(x, tta), None
+        logits, feats = self.net.outputs(x)
+        if feats is None:  # a graph exported before it had the features output
+            return self.probs(x, tta), None
+        p = self.softmax(logits)
+        if tta:
+            p = (p + self.softmax(self.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
+        return p, self.detector(feats)[0]
+
+    def verdict(self, p: np.ndarray, score: float | None = None, unsure_below: float | None = None) -> Verdict:
+        """Both answers (species or not a pet; breed) for one row of probabilities and its not-a-pet score."""
+        flagged = None if score is None or self.detector is None else bool(score < self.detector.threshold)
+        return make_verdict(self.to_dict(p), self.group_probs(p), self.display, self.groups, self.group_name,
+                            flagged, None if score is None else float(score),
+                            self.unsure_below if unsure_below is None else unsure_below)
+
+    def answer(self, image: ImageSource, tta: bool = False) -> Verdict:
+        """Both answers for one image (path, bytes, PIL image or array)."""
+        p, s = self.outputs(self.pre.one(image), tta)
+        return self.verdict(p[0], None if s is None else s[0])
+
     def to_dict(self, p: np.ndarray) -> dict[str, float]:
         """One row of probabilities -> {breed: prob}, most likely first."""
         return {self.classes[i]: float(p[i]) for i in np.argsort(-p, kind="stable")}
@@ -227,20 +273,28 @@ class Predictor:
         rows = [Prediction(str(f), error=str(x)) if isinstance(x, ImageError) else None
                 for f, x in zip(files, xs, strict=True)]
         if good:
-            p = self.probs(np.concatenate([xs[i] for i in good]), tta)
+            p, s = self.outputs(np.concatenate([xs[i] for i in good]), tta)
             for j, i in enumerate(good):
-                rows[i] = Prediction(str(files[i]), self.to_dict(p[j]), self.group_probs(p[j]))
+                rows[i] = Prediction(str(files[i]), self.to_dict(p[j]), self.group_probs(p[j]),
+                                     verdict=self.verdict(p[j], None if s is None else s[j]))
         return rows
 
     def predict_paths(self, paths: Iterable[str | Path], bs: int = 32, tta: bool = False,
                       workers: int | None = None) -> Iterator[Prediction]:
-        """One `Prediction` per image under `paths` (files, folders, globs), in order; bad files get error rows.
+        """One `Prediction` per image under `paths` (files, folders, globs), in the order given; bad files and
+        arguments that name no image get error rows in their place.
 
         Images are decoded and preprocessed by a thread pool (Pillow and scipy release the GIL) a few batches ahead
         of the forward pass.
         """
-        files, errors = expand_paths(paths)
-        yield from errors
+        items = expand_inputs(paths)
+        files = [i for i in items if isinstance(i, Path)]
+        rows = self._predict_files(files, bs, tta, workers)
+        for item in items:
+            yield item if isinstance(item, Prediction) else next(rows)
+
+    def _predict_files(self, files: list[Path], bs: int, tta: bool, workers: int | None) -> Iterator[Prediction]:
+        """One `Prediction` per file, in order, batched."""
         workers = workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers, thread_name_prefix="petclf-decode") as pool:
             batch_files: list[Path] = []
@@ -280,65 +334,120 @@ def load_model(model_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", backe
         from petclf.bundle import load_network
 
         model, manifest = load_network(model_dir, device=device)
-        return Predictor(TorchNet(model, device), manifest, "torch", model=model)
+        return Predictor(TorchNet(model, device), manifest, "torch", model=model,
+                         detector=Detector.load(model_dir, manifest))
 
     def torch_model():
         from petclf.bundle import load_network
 
         return load_network(model_dir)[0]
 
-    return Predictor(OnnxNet(path), manifest, "onnx", model=torch_model)
+    return Predictor(OnnxNet(path), manifest, "onnx", model=torch_model, detector=Detector.load(model_dir, manifest))
 
 
 # ---------------------------------------------------------------------------------------------------- output
 
 
-def row_dict(row: Prediction, k: int = 5) -> dict[str, Any]:
-    """A result as plain data: file, top-k [{breed, prob}], species, species_prob, error."""
-    return {"file": row.file, "top": [{"breed": b, "prob": round(p, 6)} for b, p in row.top(k)],
-            "species": row.group,
-            "species_prob": round(row.group_probs[row.group], 6) if row.group else None, "error": row.error}
+Names = dict[str, str] | None  # {class id: display name}; None: labels.display_name
 
 
-def to_json(rows: Sequence[Prediction], k: int = 5) -> str:
-    """Results as a JSON list, one object per image."""
+def _name(names: Names, c: str) -> str:
+    from petclf.labels import display_name
+
+    return (names or {}).get(c) or display_name(c)
+
+
+def row_dict(row: Prediction, k: int = 5, names: Names = None) -> dict[str, Any]:
+    """A result as plain data: the class id (`breed_id`, the machine key) and display name of each of the top k,
+    the species and not-a-pet answers (each only where the model has them), both verdicts in words; `error` (null
+    unless the row failed: JSON readers find every key in every object)."""
+    if not row.ok:
+        return {"file": row.file, "top": [], "error": row.error}
+    v = row.verdict
+    d: dict[str, Any] = {"file": row.file, "breed_id": row.top(1)[0][0], "breed": _name(names, row.top(1)[0][0]),
+                         "prob": round(row.top(1)[0][1], 6),
+                         "top": [{"breed_id": b, "breed": _name(names, b), "prob": round(p, 6)} for b, p in row.top(k)]}
+    if row.group_probs:
+        d |= {"species": row.group, "species_prob": round(row.group_probs[row.group], 6)}
+    if v is not None and v.not_a_pet is not None:
+        d |= {"not_a_pet": v.not_a_pet, "not_a_pet_score": round(v.not_a_pet_score, 6)}
+    if v is not None:
+        d |= {"verdict": {"species": v.species_text, "breed": v.breed_text, "breed_sure": v.breed_sure,
+                          "likely": [b for b, _ in v.likely]}}
+    return d | {"error": None}
+
+
+def to_json(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
+    """Results as a JSON list, one object per image, in input order."""
     import json
 
-    return json.dumps([row_dict(r, k) for r in rows], indent=1) + "\n"
+    return json.dumps([row_dict(r, k, names) for r in rows], indent=1) + "\n"
 
 
-def to_csv(rows: Sequence[Prediction], k: int = 5) -> str:
-    """Results as CSV: file, breed_1, prob_1, ..., breed_k, prob_k, species, species_prob, error."""
+def _has(rows: Sequence[Prediction], what: str) -> bool:
+    """Whether any row has species answers (`species`), not-a-pet answers (`not_a_pet`) or an error (`error`)."""
+    if what == "error":
+        return any(not r.ok for r in rows)
+    if what == "species":
+        return any(r.group_probs for r in rows)
+    return any(r.verdict is not None and r.verdict.not_a_pet is not None for r in rows)
+
+
+def csv_header(rows: Sequence[Prediction], k: int) -> list[str]:
+    """The CSV columns these rows need: species, not-a-pet and error columns only where there is something to say."""
+    head = ["file", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("breed_id", "breed", "prob")]]
+    head += ["species", "species_prob"] if _has(rows, "species") else []
+    head += ["not_a_pet", "not_a_pet_score"] if _has(rows, "not_a_pet") else []
+    return head + ["verdict_species", "verdict_breed"] + (["error"] if _has(rows, "error") else [])
+
+
+def to_csv(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
+    """Results as CSV, in input order: file, breed_id_1, breed_1, prob_1, ..., [species, species_prob],
+    [not_a_pet, not_a_pet_score], verdict_species, verdict_breed, [error]."""
     import csv
     import io
 
+    head = csv_header(rows, k)
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("breed", "prob")], "species",
-                "species_prob", "error"])
+    w = csv.DictWriter(buf, head, lineterminator="\n", restval="")
+    w.writeheader()
     for r in rows:
-        d = row_dict(r, k)
-        top = [v for t in d["top"] for v in (t["breed"], f"{t['prob']:.6f}")]
-        top += [""] * (2 * k - len(top))
-        sp = "" if d["species_prob"] is None else f"{d['species_prob']:.6f}"
-        w.writerow([r.file, *top, d["species"] or "", sp, r.error or ""])
+        d = row_dict(r, k, names)
+        out = {"file": r.file, "error": r.error or ""}  # the error column exists only when a row failed
+        for i, t in enumerate(d.get("top", []), 1):
+            out |= {f"breed_id_{i}": t["breed_id"], f"breed_{i}": t["breed"], f"prob_{i}": f"{t['prob']:.6f}"}
+        if "species" in d:
+            out |= {"species": d["species"], "species_prob": f"{d['species_prob']:.6f}"}
+        if "not_a_pet" in d:
+            out |= {"not_a_pet": str(d["not_a_pet"]).lower(), "not_a_pet_score": f"{d['not_a_pet_score']:.6f}"}
+        if "verdict" in d:
+            out |= {"verdict_species": d["verdict"]["species"], "verdict_breed": d["verdict"]["breed"]}
+        w.writerow({c: v for c, v in out.items() if c in head})
     return buf.getvalue()
 
 
-def to_table(rows: Sequence[Prediction], k: int = 5, width: int = 160) -> str:
-    """Results as an aligned text table (rich), errors in their own column."""
+def verdict_text(row: Prediction) -> str:
+    """The table's verdict: both answers in words, the species one first ('' for an error row)."""
+    v = row.verdict
+    if v is None:
+        return ""
+    return v.species_text if v.not_a_pet else "; ".join(t for t in (v.species_text, v.breed_text) if t)
+
+
+def to_table(rows: Sequence[Prediction], k: int = 5, names: Names = None, width: int = 160) -> str:
+    """Results as an aligned text table (rich), in input order; an error column only when a row failed."""
     import io
 
     from rich.console import Console
     from rich.table import Table
 
+    errors = _has(rows, "error")
     table = Table(box=None, pad_edge=False)
-    for name in ("file", "top breeds", "species", "error"):
+    for name in ("file", "verdict", "top breeds", *(["error"] if errors else [])):
         table.add_column(name, overflow="fold")  # a long path is folded over lines, never cut to "..."
     for r in rows:
-        top = ", ".join(f"{b} {p:.1%}" for b, p in r.top(k))
-        sp = f"{r.group} {r.group_probs[r.group]:.0%}" if r.group else ""
-        table.add_row(r.file, top, sp, r.error or "")
+        top = ", ".join(f"{_name(names, b)} {p:.1%}" for b, p in r.top(k))
+        table.add_row(r.file, verdict_text(r), top, *([r.error or ""] if errors else []))
     buf = io.StringIO()
     Console(file=buf, width=width, no_color=True, highlight=False).print(table)
     return buf.getvalue()
@@ -347,10 +456,11 @@ def to_table(rows: Sequence[Prediction], k: int = 5, width: int = 160) -> str:
 WRITERS = {OutputFormat.table: to_table, OutputFormat.csv: to_csv, OutputFormat.json: to_json}
 
 
-def format_rows(rows: Sequence[Prediction], fmt: str | OutputFormat = OutputFormat.table, k: int = 5) -> str:
-    """Results in one of the `OutputFormat`s."""
+def format_rows(rows: Sequence[Prediction], fmt: str | OutputFormat = OutputFormat.table, k: int = 5,
+                names: Names = None) -> str:
+    """Results in one of the `OutputFormat`s; `names`: the predictor's display names (`Predictor.display`)."""
     try:
         writer = WRITERS[OutputFormat(fmt)]
     except ValueError:
         raise PetclfError(f"unknown format {fmt!r} (one of {', '.join(f.value for f in OutputFormat)})") from None
-    return writer(rows, k)
+    return writer(rows, k, names)

@@ -51,6 +51,17 @@ def network_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEAT
     return torch.cat(out).numpy()
 
 
+@torch.inference_mode()
+def pooled_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATURE_BS) -> np.ndarray:
+    """The body's average-pooled features of each image (the not-a-pet detector's input), in eval mode."""
+    from petclf.model import WithFeatures
+
+    net.eval()
+    device = next(net.parameters()).device
+    return torch.cat([WithFeatures(net)(torch.from_numpy(pre(images[i:i + bs])).to(device))[1].cpu()
+                      for i in range(0, len(images), bs)]).numpy()
+
+
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     """Each row scaled to unit length (what the network's L2Norm layer does)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -226,9 +237,22 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
         net[1][-1].weight.copy_(torch.from_numpy(fit.weight))
         net[1][-1].bias.copy_(torch.from_numpy(fit.bias))
     on_main(save_oof, run_dir, pets.items, vocab, y, fit.oof_logits, fit.cv["estimate"])
+    detector = not_a_pet_detector(x, y, len(vocab), run_dir, f"all {len(y)} labelled photos, each scored "
+                                  "against class means made without it")
     return {"error_rate": fit.cv["error"], "log_loss": fit.cv["log_loss"], "estimate": fit.cv["estimate"],
             "fold_errors": fit.cv["fold_errors"], "fold_error_std": fit.cv["fold_error_std"], "c": fit.c,
             "c_per_fold": fit.cv["c_per_fold"], "c_at_grid_edge": fit.cv["c_at_grid_edge"],
             "c_table": fit.cv["c_table"], "size": cfg.probe_size, "n_images": len(y),
             "feature_seconds": round(feature_seconds, 2), "fit_cpu_seconds": fit.cv["fit_cpu_seconds"],
-            "seconds": round(time.monotonic() - t0, 2)}
+            "seconds": round(time.monotonic() - t0, 2), "not_a_pet": detector}
+
+
+def not_a_pet_detector(x: np.ndarray, y: np.ndarray, n_classes: int, run_dir: Path, fitted_on: str) -> dict:
+    """Fit the not-a-pet detector on held-out features, write its class means into the run folder; the manifest's
+    `not_a_pet` entry (off, saying why, when there are too few photos)."""
+    from petclf.notapet import fit_detector, save_means
+
+    entry, means = fit_detector(x, y, n_classes, fitted_on)
+    if means is not None:
+        entry |= on_main(save_means, run_dir, means) or {}
+    return entry

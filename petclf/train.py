@@ -37,11 +37,11 @@ import torch
 
 from petclf import distributed
 from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN
-from petclf.config import EXPORTS, TrainConfig, save_config
+from petclf.config import EXPORTS, UNSURE_BELOW, TrainConfig, save_config
 from petclf.device import Compute, available_cores, resolve_compute
 from petclf.io import atomic_path, write_atomic
 from petclf.oof import read_oof
-from petclf.probe import run_probe
+from petclf.probe import not_a_pet_detector, pooled_features, run_probe
 from petclf.run import (
     CKPT_DIR,
     Phase,
@@ -316,6 +316,28 @@ def oof_temperature(run_dir: Path) -> dict:
     return choose_temperature(np.asarray(oof["logits"], np.float32), np.asarray(oof["labels"]))
 
 
+def run_detector(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> dict:
+    """The not-a-pet detector's manifest entry: the probe fitted it on every photo (leave-one-out); a fine-tuned
+    network gets one from its validation photos, which it never trained on. Off for a random-weight backbone, whose
+    features were never taught what a photo of anything looks like."""
+    from petclf.model import norm_stats
+    from petclf.notapet import off
+    from petclf.preprocess import Preprocess
+
+    if not (cfg.pretrained or cfg.weights):
+        return off("the backbone started from random weights: its features do not tell a pet from anything else")
+    if state.recipe == "probe":
+        return state.probe.get("not_a_pet") or off("the probe was fitted before petclf had a not-a-pet detector")
+    vocab = list(learn.dls.vocab)
+    items = [pets.items[i] for i in pets.valid_idx]
+    y = np.array([vocab.index(pets.labels[i]) for i in pets.valid_idx], dtype=int)
+    mean, std = norm_stats(cfg.arch)
+    x = pooled_features(distributed.unwrap(learn.model), items, Preprocess(cfg.size, cfg.presize, tuple(mean),
+                                                                            tuple(std)))
+    return not_a_pet_detector(x, y, len(vocab), run_dir, f"the {len(y)} validation photos, each scored against "
+                              "class means made without it")
+
+
 def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> None:
     """Bundle (weights + manifest), export.pkl and metrics.json; then the run is complete."""
     from petclf.bundle import make_manifest, write_bundle
@@ -332,7 +354,7 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
              "data": {"root": str(pets.root), "layout": pets.report.layout,
                       "split": "none: every photo trains the probe" if probe else pets.report.split, "sizes": sizes},
              "temperature": metrics["calibration"]["temperature"], "calibration": metrics["calibration"],
-             "recipe": metrics["recipe"]}
+             "recipe": metrics["recipe"], "not_a_pet": metrics["not_a_pet"], "unsure_below": UNSURE_BELOW}
     size, presize = (cfg.probe_size, cfg.probe_size) if probe else (cfg.size, cfg.presize)
     manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), size,
                              presize, mean, std, groups=groups, group_name=group_name, **extra)
@@ -508,6 +530,7 @@ def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> Tra
         metrics["processes"] = {"count": n, "bs_per_process": cfg.bs, "global_bs": n * cfg.bs}
         metrics["calibration"] = (oof_temperature(run_dir) if state.recipe == "probe"
                                   else choose_run_temperature(learn))
+        metrics["not_a_pet"] = run_detector(learn, cfg, pets, run_dir, state)
         export_run(learn, cfg, pets, run_dir, metrics)
         update_latest(run_dir)
     what = metrics.get("estimate", "valid")

@@ -15,17 +15,17 @@ from PIL import Image
 
 from petclf.app import (
     CAM_SIDE,
-    UNSURE_BELOW,
     Batcher,
     build_demo,
     example_files,
     launch_kwargs,
     make_explain,
     model_card,
-    pretty,
     verdict,
 )
+from petclf.labels import CAT_BREEDS, DOG_BREEDS, display_name, pets_groups
 from petclf.predict import load_model
+from petclf.verdict import make_verdict
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +77,40 @@ def test_batcher_groups_concurrent_calls_and_keeps_rows_apart(predictor, images)
     assert np.abs(np.concatenate(got) - want).max() < 1e-5
 
 
+PETS = list(CAT_BREEDS + DOG_BREEDS)
+
+
+def pets_verdict(probs: dict[str, float], species: dict[str, float], **kw):
+    """A verdict for all 37 breeds, the rest of the probability spread evenly."""
+    rest = (1 - sum(probs.values())) / (len(PETS) - len(probs))
+    full = {b: probs.get(b, rest) for b in PETS}
+    full = dict(sorted(full.items(), key=lambda bp: -bp[1]))
+    return make_verdict(full, species, {b: display_name(b) for b in PETS}, pets_groups(PETS), "species", **kw)
+
+
 def test_model_card_and_verdict(predictor):
     card = model_card({**predictor.manifest, "metrics": {"error_rate": 0.0725, "epochs": 4}})
     assert "resnet18" in card and "7.25%" in card and predictor.manifest["created"] in card and "epochs" in card
     assert "Abyssinian" in card and "American Bulldog" in card
-    sure = {"Bengal": 0.9, "beagle": 0.1}
-    assert verdict(sure, predictor.groups).startswith("**Bengal** (cat), 90%")
-    unsure = {"beagle": UNSURE_BELOW - 0.01, "Bengal": 0.51}
-    assert "Not sure this is a cat or a dog" in verdict(unsure, predictor.groups)
+    sure = pets_verdict({"Bengal": 0.9}, {"cat": 0.95, "dog": 0.05})
+    assert verdict(sure) == "**Cat, 95 %**  \n**Breed:** Bengal, 90 %"
+
+
+def test_a_sure_species_and_an_unsure_breed_is_never_not_a_cat_or_a_dog():
+    """The Russian Blue of issue 12: breed 40 %, cat 96 %, once said 'Not sure this is a cat or a dog'."""
+    v = pets_verdict({"Russian_Blue": 0.40, "Egyptian_Mau": 0.28, "British_Shorthair": 0.12, "beagle": 0.02},
+                     {"cat": 0.96, "dog": 0.04}, not_a_pet=False, score=0.6)
+    said = verdict(v)
+    assert "not a cat or a dog" not in said.lower() and "not sure this is a cat" not in said.lower()
+    assert said.startswith("**Cat, 96 %**")
+    assert "Russian Blue 40 % or Egyptian Mau 28 % or British Shorthair 12 %" in said
+    assert v.species == "cat" and not v.breed_sure and not v.not_a_pet
+    # a dog breed never shows up among a sure cat's likely breeds, however the rest is spread
+    v = pets_verdict({"Russian_Blue": 0.40, "beagle": 0.30}, {"cat": 0.66, "dog": 0.34})
+    assert [b for b, _ in v.likely][:1] == ["Russian_Blue"] and "beagle" not in dict(v.likely)
+    # only the detector says "not a cat or a dog"
+    v = pets_verdict({"Russian_Blue": 0.40}, {"cat": 0.96, "dog": 0.04}, not_a_pet=True, score=0.2)
+    assert verdict(v).startswith("**Not a cat or a dog.**") and v.species is None and not v.breed_sure
 
 
 def test_explain_gives_the_predictors_verdict_with_or_without_the_map(predictor, images):
@@ -92,7 +118,7 @@ def test_explain_gives_the_predictors_verdict_with_or_without_the_map(predictor,
     explain = make_explain(predictor, batcher)
     try:
         for path in images[:3]:
-            expected = verdict(predictor.predict(path), predictor.groups)
+            expected = verdict(predictor.answer(path))
             cam, said = explain(str(path), True)  # the verdict comes from Grad-CAM's own forward pass here
             assert said == expected and cam.size == (max(predictor.pre.presize, CAM_SIDE),) * 2
             assert explain(str(path), False) == (None, expected)  # and from the batched forward pass here
@@ -111,14 +137,19 @@ def test_examples_ship_with_the_package():
 @pytest.mark.slow
 def test_classify_endpoint_equals_the_predictor(client, predictor, images):
     for path in images[:4]:
-        breeds, species = classify(client, path)
+        breeds, species, answer = classify(client, path)
         want = predictor.topk(path, 5)
         got = [(c["label"], c["confidence"]) for c in breeds["confidences"]]
-        assert [b for b, _ in got] == [pretty(b) for b, _ in want]
+        assert [b for b, _ in got] == [predictor.display[b] for b, _ in want]
         assert max(abs(g - w) for (_, g), (_, w) in zip(got, want, strict=True)) < 1e-6
         row = next(predictor.predict_paths([path]))
-        assert species["label"] == row.group
+        v = row.verdict
+        assert species["label"] == (v.species or "not sure")
         assert {c["label"]: c["confidence"] for c in species["confidences"]} == pytest.approx(row.group_probs)
+        assert breeds["label"] == " or ".join(predictor.display[b] for b, _ in v.likely)
+        assert answer["breed_id"] == want[0][0] and answer["breed"] == predictor.display[want[0][0]]
+        assert answer["species_text"] == v.species_text and answer["breed_text"] == v.breed_text
+        assert answer["not_a_pet"] is None and answer["not_a_pet_score"] is None  # random weights: no detector
 
 
 @pytest.mark.slow
@@ -129,8 +160,8 @@ def test_concurrent_callers_get_their_own_answers(server, predictor, images):
     jobs = [(clients[i % 4], images[i % len(images)]) for i in range(16)]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda job: classify(*job), jobs))
-    for (_, path), (breeds, _) in zip(jobs, results, strict=True):
-        assert breeds["label"] == pretty(predictor.topk(path, 1)[0][0])
+    for (_, path), (_, _, answer) in zip(jobs, results, strict=True):
+        assert answer["breed_id"] == predictor.topk(path, 1)[0][0]
 
 
 def _bad_uploads(images) -> dict[str, bytes]:
@@ -163,8 +194,9 @@ def test_tiny_and_odd_images_are_classified(client, predictor, tmp_path):
     Image.new("RGB", (1, 1), (200, 120, 40)).save(tmp_path / "dot.png")
     Image.new("RGBA", (4000, 10), (0, 0, 0, 0)).save(tmp_path / "strip.png")
     for name in ("dot.png", "strip.png"):
-        breeds, species = classify(client, tmp_path / name)
-        assert len(breeds["confidences"]) == min(5, len(predictor.classes)) and species["label"] in ("cat", "dog")
+        breeds, species, _ = classify(client, tmp_path / name)
+        assert len(breeds["confidences"]) == min(5, len(predictor.classes))
+        assert species["label"] in ("cat", "dog", "not sure")
 
 
 @pytest.mark.slow

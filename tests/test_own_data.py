@@ -32,7 +32,7 @@ def _check_train_predict_report(cli, data: Path, run: Path, *flags) -> dict:
     assert pred.exit_code == 0, pred.output
     rows = json.loads(pred.stdout)
     manifest = json.loads((run / "model.json").read_text())
-    assert rows and all(r["top"][0]["breed"] in [c["name"] for c in manifest["classes"]] for r in rows)
+    assert rows and all(r["breed_id"] in [c["name"] for c in manifest["classes"]] for r in rows)
     rep = cli("report", "--model", run)
     assert rep.exit_code == 0, rep.output
     return {"check": check.output, "manifest": manifest, "rows": rows,
@@ -78,7 +78,7 @@ def test_pets_layout_end_to_end_with_the_probe(cli, tmp_path):
     assert s["group_name"] == "species" and s["split_used"] == "out-of-fold" and "species accuracy" in got["html"]
     demo = _serve_in_process(run)
     try:
-        breeds, species = _ask(demo.local_url, next((run / "examples").iterdir()))
+        breeds, species, _ = _ask(demo.local_url, next((run / "examples").iterdir()))
         assert breeds["label"] and species["label"] in ("cat", "dog")
         page = json.dumps(demo.config)
         assert "Which breed is this pet?" in page and "cat_chelsea" in page  # Pets wording, shipped pet photos
@@ -98,7 +98,7 @@ def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_
     m = got["manifest"]
     assert m["data"]["layout"] == "folders" and m["data"]["split"] == "folders train/ + valid/"
     assert [c["name"] for c in m["classes"]] == ["Crème brûlée", "Red fox", "blue whale"] and "group_name" not in m
-    assert all(r["species"] is None for r in got["rows"])
+    assert not any("species" in r for r in got["rows"])  # no groups: no species column
     s = got["report"]["summary"]
     assert s["layout"] == "folders" and s["group_name"] is None and s["n_evaluated"] == CLASSES * 2
     assert "accuracy</span>" in got["html"] and "species" not in got["html"] and "breed" not in got["html"]
@@ -121,8 +121,8 @@ def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_
         page = json.dumps(config, ensure_ascii=False)
         assert "Which dessert or animal?" in page and "Cat or dog" not in page and "cat_chelsea" not in page
         assert '"orig_name": "01.jpg"' in page  # the examples: the validation photos the run kept
-        classes, groups = _ask(url, data / "valid" / "Red fox" / "5.jpg")
-        assert classes["label"] in {"Crème brûlée", "Red fox", "blue whale"} and not groups
+        classes, groups, answer = _ask(url, data / "valid" / "Red fox" / "5.jpg")
+        assert answer["breed_id"] in {"Crème brûlée", "Red fox", "blue whale"} and not groups
     finally:
         server.terminate()
         server.wait(10)
@@ -158,8 +158,9 @@ def test_csv_layout_end_to_end_with_groups_and_resume(cli, tmp_path):
     assert "kind accuracy" in (run / "report" / "report.html").read_text()
     demo = _serve_in_process(run)
     try:
-        classes, kind = _ask(demo.local_url, data / "images" / "photo-0001.jpg")
-        assert classes["label"] in {"Crème brûlée", "Red fox", "blue whale"} and kind["label"] in ("food", "animal")
+        classes, kind, answer = _ask(demo.local_url, data / "images" / "photo-0001.jpg")
+        assert answer["breed_id"] in {"Crème brûlée", "Red fox", "blue whale"}
+        assert {c["label"] for c in kind["confidences"]} == {"food", "animal"}
         page = json.dumps(demo.config, ensure_ascii=False)
         assert "Which class is this?" in page and '"Kind"' in page
     finally:

@@ -147,6 +147,7 @@ def test_cli_predicts_a_folder_with_an_error_row_and_exit_1(cli, run_dir, photo_
         top = by_name[name]["top"]
         assert len(top) == 3 and [t["prob"] for t in top] == sorted((t["prob"] for t in top), reverse=True)
         assert by_name[name]["species"] in ("cat", "dog") and by_name[name]["error"] is None
+        assert [t["breed"] for t in top] == [t["breed_id"].replace("_", " ").title() for t in top]
 
 
 def test_cli_exit_0_when_all_good_and_every_format(cli, run_dir, photo_tree, predictor):
@@ -162,10 +163,14 @@ def test_cli_exit_0_when_all_good_and_every_format(cli, run_dir, photo_tree, pre
     assert str(good[0]) in table and want[0][0] in table
     rows = list(csv.DictReader(io.StringIO(outputs["csv"])))
     assert [r["file"] for r in rows] == [str(p) for p in good]
-    assert rows[0]["breed_1"] == want[0][0] and abs(float(rows[0]["prob_1"]) - want[0][1]) < 1e-5
-    assert rows[0]["breed_2"] == want[1][0] and rows[0]["error"] == ""
+    assert rows[0]["breed_id_1"] == want[0][0] and abs(float(rows[0]["prob_1"]) - want[0][1]) < 1e-5
+    assert rows[0]["breed_1"] == predictor.display[want[0][0]] and rows[0]["breed_id_2"] == want[1][0]
+    assert "error" not in rows[0] and rows[0]["species"] in ("cat", "dog") and rows[0]["verdict_breed"]
+    assert "not_a_pet" not in rows[0]  # random weights: the bundle has no detector, so no column pretends to be one
+    assert "error" not in table.splitlines()[0] and "verdict" in table.splitlines()[0]
     js = json.loads(outputs["json"])
-    assert [t["breed"] for t in js[1]["top"]] == [b for b, _ in predictor.topk(good[1], 2)]
+    assert [t["breed_id"] for t in js[1]["top"]] == [b for b, _ in predictor.topk(good[1], 2)]
+    assert js[1]["breed"] == predictor.display[js[1]["breed_id"]] and js[1]["verdict"]["species"]
     res = cli("predict", glob_arg, "--model", run_dir, "--format", "csv")
     assert res.exit_code == 1 and len(list(csv.DictReader(io.StringIO(res.stdout)))) == 3
 
@@ -191,8 +196,34 @@ def test_one_unreadable_file_is_its_own_error_row(predictor, photo_tree, tmp_pat
 def test_format_rows_formats_error_rows(predictor, photo_tree):
     rows = list(predictor.predict_paths([photo_tree / "broken.jpg", photo_tree / "a.jpg"]))
     assert "not an image" in format_rows(rows, "table")
-    assert list(csv.DictReader(io.StringIO(format_rows(rows, "csv", 4))))[0]["breed_1"] == ""
-    assert json.loads(format_rows(rows, "json"))[0]["species"] is None
+    csv_rows = list(csv.DictReader(io.StringIO(format_rows(rows, "csv", 4))))
+    assert csv_rows[0]["breed_1"] == "" and "not an image" in csv_rows[0]["error"] and csv_rows[1]["error"] == ""
+    js = json.loads(format_rows(rows, "json"))
+    assert js[0]["top"] == [] and "species" not in js[0] and js[1]["error"] is None
+
+
+def test_rows_come_in_input_order_with_errors_in_their_place(predictor, photo_tree, cli, run_dir):
+    args = [photo_tree / "a.jpg", photo_tree / "nope.jpg", photo_tree / "broken.jpg", photo_tree / "sub" / "b.png"]
+    rows = list(predictor.predict_paths(args, bs=1))
+    assert [Path(r.file).name for r in rows] == ["a.jpg", "nope.jpg", "broken.jpg", "b.png"]
+    assert [r.ok for r in rows] == [True, False, False, True]
+    res = cli("predict", *args, "--model", run_dir, "--format", "csv")
+    assert [Path(r["file"]).name for r in csv.DictReader(io.StringIO(res.stdout))] == ["a.jpg", "nope.jpg",
+                                                                                      "broken.jpg", "b.png"]
+
+
+def test_unsure_below_lists_the_likely_breeds(cli, run_dir, photo_tree, predictor):
+    path = photo_tree / "a.jpg"
+    top = predictor.topk(path, 2)
+    sure = json.loads(cli("predict", path, "--model", run_dir, "-f", "json", "--unsure-below", "0").stdout)[0]
+    unsure = json.loads(cli("predict", path, "--model", run_dir, "-f", "json", "--unsure-below", "1").stdout)[0]
+    assert sure["verdict"]["breed_sure"] and sure["verdict"]["likely"] == [top[0][0]]
+    assert not unsure["verdict"]["breed_sure"] and len(unsure["verdict"]["likely"]) >= 2
+    assert " or " in unsure["verdict"]["breed"] and predictor.display[unsure["verdict"]["likely"][0]] in \
+        unsure["verdict"]["breed"]
+    assert predictor.unsure_below == 0.5  # the bundle's own, written by training
+    res = cli("predict", path, "--model", run_dir, "--unsure-below", "1.5")
+    assert res.exit_code == 2 and "--unsure-below" in res.output
 
 
 # ---------------------------------------------------------------------------------------------------- bad inputs
