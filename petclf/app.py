@@ -364,7 +364,7 @@ def make_classify(predictor: Predictor, batcher: Batcher, decoder: ThreadPoolExe
 def make_explain(predictor: Predictor, batcher: Batcher, threshold: float | None = None):
     """The UI's second step: (Grad-CAM overlay or None, the answers in words) for the same image; `threshold`:
     the breed answer's `unsure_below` (default: the bundle's)."""
-    noun = "Breed" if predictor.group_name == "species" else "Class"
+    noun = predictor.noun.capitalize()
 
     def said(p: np.ndarray, s: np.ndarray | None) -> str:
         return verdict(predictor.verdict(p[0], None if s is None else s[0], threshold), noun)

@@ -335,7 +335,7 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
         predictor.unsure_below = unsure_below
     rows = list(predictor.predict_paths(paths, bs=bs, tta=tta))
     # file names that are not UTF-8 come out as their own bytes, on stdout as in --out (never UnicodeEncodeError)
-    data = format_rows(rows, fmt, topk, predictor.display).encode("utf-8", "surrogateescape")
+    data = format_rows(rows, fmt, topk, predictor.display, predictor.noun).encode("utf-8", "surrogateescape")
     if out is None:
         typer.echo(data, nl=False)
     else:

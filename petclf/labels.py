@@ -51,6 +51,11 @@ PETS_BREEDS = frozenset(CAT_BREEDS + DOG_BREEDS)
 PETS_GROUP_NAME = "species"  # what the second level is called for Pets: cat or dog
 
 
+def class_noun(group_name: str | None) -> str:
+    """What one class is called in words: `breed` for Pets (its groups are species), `class` for other data."""
+    return "breed" if group_name == PETS_GROUP_NAME else "class"
+
+
 def display_name(label: str) -> str:
     """The name people see: a Pets breed id in Title Case (`great_pyrenees` -> `Great Pyrenees`); any other
     label as it is (a user's class names are already for people)."""

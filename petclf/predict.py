@@ -32,6 +32,7 @@ from petclf.config import DEFAULT_MODEL, UNSURE_BELOW, Backend, OutputFormat
 from petclf.errors import ImageError, PetclfError
 from petclf.image import ImageSource
 from petclf.io import list_images
+from petclf.labels import class_noun
 from petclf.notapet import Detector
 from petclf.preprocess import Preprocess
 from petclf.verdict import Verdict, make_verdict
@@ -179,6 +180,7 @@ class Predictor:
         self.classes = [c["name"] for c in manifest["classes"]]
         self.display = display_names(manifest)  # {class id: the name people see}
         self.group_name, self.groups = class_groups(manifest)  # ("species", {breed: cat|dog}) for Pets
+        self.noun = class_noun(self.group_name)  # what a class is called in words: breed (Pets) or class
         self.temperature = float(manifest.get("temperature") or 1.0)
         self._group_idx = {g: np.array([i for i, c in enumerate(self.classes) if self.groups[c] == g])
                            for g in sorted(set(self.groups.values()))}
@@ -434,7 +436,8 @@ def verdict_text(row: Prediction) -> str:
     return v.species_text if v.not_a_pet else "; ".join(t for t in (v.species_text, v.breed_text) if t)
 
 
-def to_table(rows: Sequence[Prediction], k: int = 5, names: Names = None, width: int = 160) -> str:
+def to_table(rows: Sequence[Prediction], k: int = 5, names: Names = None, noun: str = "breed",
+             width: int = 160) -> str:
     """Results as an aligned text table (rich), in input order; an error column only when a row failed."""
     import io
 
@@ -443,7 +446,8 @@ def to_table(rows: Sequence[Prediction], k: int = 5, names: Names = None, width:
 
     errors = _has(rows, "error")
     table = Table(box=None, pad_edge=False)
-    for name in ("file", "verdict", "top breeds", *(["error"] if errors else [])):
+    heading = f"top {noun}es" if noun.endswith("s") else f"top {noun}s"  # breeds, classes
+    for name in ("file", "verdict", heading, *(["error"] if errors else [])):
         table.add_column(name, overflow="fold")  # a long path is folded over lines, never cut to "..."
     for r in rows:
         top = ", ".join(f"{_name(names, b)} {p:.1%}" for b, p in r.top(k))
@@ -457,10 +461,11 @@ WRITERS = {OutputFormat.table: to_table, OutputFormat.csv: to_csv, OutputFormat.
 
 
 def format_rows(rows: Sequence[Prediction], fmt: str | OutputFormat = OutputFormat.table, k: int = 5,
-                names: Names = None) -> str:
-    """Results in one of the `OutputFormat`s; `names`: the predictor's display names (`Predictor.display`)."""
+                names: Names = None, noun: str = "breed") -> str:
+    """Results in one of the `OutputFormat`s; `names`: the predictor's display names (`Predictor.display`);
+    `noun`: what the table calls a class (`Predictor.noun`)."""
     try:
-        writer = WRITERS[OutputFormat(fmt)]
+        fmt = OutputFormat(fmt)
     except ValueError:
         raise PetclfError(f"unknown format {fmt!r} (one of {', '.join(f.value for f in OutputFormat)})") from None
-    return writer(rows, k, names)
+    return to_table(rows, k, names, noun) if fmt is OutputFormat.table else WRITERS[fmt](rows, k, names)

@@ -43,7 +43,7 @@ from petclf.device import machine_device
 from petclf.errors import PetclfError
 from petclf.image import encode
 from petclf.io import check_writable, write_atomic
-from petclf.labels import PETS_GROUP_NAME
+from petclf.labels import class_noun
 from petclf.oof import OOF_NOTE, oof_outputs, read_oof
 from petclf.plots import is_number, plot_confusion, plot_history, plot_reliability, png, render_html
 from petclf.progress import bar
@@ -324,7 +324,7 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
     top5 = int((np.argsort(-ev.logits, axis=1)[:, :k] == ev.targs[:, None]).any(1).sum())
     same = int((np.array(groups)[preds] == np.array(groups)[ev.targs]).sum()) if groups else None
     return {"arch": ev.manifest["arch"], "model_dir": str(ev.model_dir), "data": str(ev.pets.root),
-            "layout": ev.pets.report.layout, "noun": "breed" if group_name == PETS_GROUP_NAME else "class",
+            "layout": ev.pets.report.layout, "noun": class_noun(group_name),
             "split": ev.split, "split_used": ev.split_used, "n_classes": len(classes),
             "n_images": ev.pets.report.n_images, "n_train": len(ev.pets.train_idx), "n_evaluated": n,
             "input_size": ev.manifest["input"]["size"],

@@ -15,6 +15,7 @@ import yaml
 from conftest import PRESIZE, SIZE
 from helpers import free_port
 
+from petclf.labels import PETS_BREEDS
 from petclf.synth import LABELS_CSV, synth_data
 
 TINY = ["--arch", "resnet18", "--no-pretrained", "--bs", "8", "--size", SIZE, "--presize", PRESIZE, "--workers",
@@ -32,6 +33,9 @@ def _check_train_predict_report(cli, data: Path, run: Path, *flags) -> dict:
     assert pred.exit_code == 0, pred.output
     rows = json.loads(pred.stdout)
     manifest = json.loads((run / "model.json").read_text())
+    table = cli("predict", run / "examples", "--model", run)
+    pets = all(c["name"] in PETS_BREEDS for c in manifest["classes"])
+    assert table.exit_code == 0 and ("top breeds" if pets else "top classes") in table.stdout, table.output
     assert rows and all(r["breed_id"] in [c["name"] for c in manifest["classes"]] for r in rows)
     rep = cli("report", "--model", run)
     assert rep.exit_code == 0, rep.output
