@@ -26,7 +26,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from statistics import median
@@ -42,6 +42,7 @@ from petclf.device import Compute, available_cores, resolve_compute
 from petclf.io import atomic_path, write_atomic
 from petclf.oof import read_oof
 from petclf.probe import run_probe
+from petclf.progress import RunClock, bar_unless, current_clock, run_clock, stage
 from petclf.run import (
     CKPT_DIR,
     Phase,
@@ -166,55 +167,135 @@ def build_learner(cfg: TrainConfig, dls, recipe: str, compute: Compute, path: Pa
 # ---------------------------------------------------------------------------------------------------- lr_find
 
 
+LR_FIND_MIN_STEPS = 50  # 0.16 decade per step over lr_find's 1e-7 ... 10: fine enough to place a valley
+FLAT_DROP = 2.0  # a curve whose smoothed loss falls by less than this many batch-noise sigmas is flat noise
+USED = "valley"  # the suggestion the run trains with: fastai's default, the most robust of its four
+
+
 @dataclass
 class LRFind:
-    """What lr_find found: the suggestion (valley), the curve, and the seconds it took."""
+    """What lr_find found: the LR used, every fastai suggestion, the curve, how flat it was, and the seconds."""
 
     suggestion: float
     lrs: list[float]
     losses: list[float]
     seconds: float
     fallback: bool = False
+    suggestions: dict[str, float] = field(default_factory=dict)  # fastai's valley, steep, slide, minimum
+    used: str = USED  # the suggestion `suggestion` is, or "fallback"
+    flat: dict = field(default_factory=dict)  # {"drop", "noise", "flat"}: the flatness test
+    raw: list[float] = field(default_factory=list)  # each batch's own loss
+
+    def record(self) -> dict:
+        """metrics.json's `lr_find`."""
+        return {"suggestion": self.suggestion, "used": self.used, "fallback": self.fallback,
+                "suggestions": self.suggestions, "flat": self.flat, "steps": len(self.lrs),
+                "seconds": round(self.seconds, 2), "why": self.why()}
+
+    def why(self) -> str:
+        """The choice in words."""
+        if self.flat.get("flat"):
+            return (f"the curve is flat noise (the smoothed loss falls {self.flat['drop']:.3g}, less than "
+                    f"{FLAT_DROP:g} x the batch-to-batch noise {self.flat['noise']:.3g}): no suggestion can be read "
+                    f"from it; using the recipe's default {self.suggestion:.2e}")
+        if self.fallback:
+            return f"no valley could be read from the curve; using the recipe's default {self.suggestion:.2e}"
+        others = ", ".join(f"{k} {v:.2e}" for k, v in self.suggestions.items() if k != self.used)
+        return (f"{self.used} {self.suggestion:.2e} (the middle of the longest stretch where the loss falls) is the "
+                f"LR; the other suggestions: {others}")
 
 
 def lr_find_steps(n_batches: int, max_steps: int = 100) -> int:
-    """Fewer steps on small data (two passes over the training set, at least 20), at most `max_steps`."""
-    return int(min(max_steps, max(20, 2 * n_batches)))
+    """Two passes over the training set, at least `LR_FIND_MIN_STEPS` (small data repeats batches), at most
+    `max_steps`."""
+    return int(min(max_steps, max(LR_FIND_MIN_STEPS, 2 * n_batches)))
 
 
-def lr_find(learn, max_steps: int = 100) -> LRFind:
-    """fastai's lr_find (stops on divergence), bounded in steps; falls back to 2e-3 if no valley can be read."""
+def suggest_lrs(lrs: list[float], losses: list[float], num_it: int) -> dict[str, float]:
+    """fastai's four suggestion functions on the curve, sliced as fastai's `lr_find` slices it; each one that can
+    be read ('minimum' is fastai's: a tenth of the minimum's LR)."""
+    from fastai.callback.schedule import minimum, slide, steep, valley
+
+    x, y = torch.tensor(lrs[num_it // 10:-5]), torch.tensor(losses[num_it // 10:-5])
+    nan = torch.nonzero(torch.isnan(y)).view(-1)
+    if len(nan):
+        x, y = x[:int(nan[0])], y[:int(nan[0])]
+    out = {}
+    for fn in (valley, steep, slide, minimum):
+        try:
+            lr = float(fn(x, y, num_it)[0])
+        except (IndexError, ValueError, RuntimeError):
+            continue  # too short a curve for this one (slide needs 16 points)
+        if math.isfinite(lr) and lr > 0:
+            out[fn.__name__] = lr
+    return out
+
+
+def flatness(raw: list[float], smoothed: list[float], num_it: int) -> dict:
+    """How far the smoothed loss falls below where it started, against the batch-to-batch noise of the raw losses
+    (a robust sigma of their differences); `flat` when it falls by less than `FLAT_DROP` sigmas."""
+    lo = num_it // 10
+    r = np.asarray(raw[lo:-5] if len(raw) > lo + 10 else raw, float)
+    sm = np.asarray(smoothed[lo:-5] if len(smoothed) > lo + 10 else smoothed, float)
+    r, sm = r[np.isfinite(r)], sm[np.isfinite(sm)]
+    if len(r) < 4 or len(sm) < 2:
+        return {"drop": 0.0, "noise": 0.0, "flat": True}
+    d = np.diff(r)
+    noise = float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
+    drop = float(sm[:max(1, len(sm) // 5)].mean() - sm.min())
+    return {"drop": round(drop, 4), "noise": round(noise, 4), "flat": bool(drop < FLAT_DROP * noise)}
+
+
+def lr_find(learn, max_steps: int = 100, fallback_lr: float = FALLBACK_LR) -> LRFind:
+    """fastai's lr_find (stops on divergence), bounded in steps, with a progress bar; valley's LR unless the curve
+    is flat noise or unreadable, then `fallback_lr`."""
+    from petclf.callbacks import LRFindWatch
+
     t0 = time.monotonic()
     num_it = lr_find_steps(len(learn.dls.train), max_steps)
-    with learn.no_logging():
-        try:
-            sugg = learn.lr_find(num_it=num_it, show_plot=False)
-            lr, fallback = float(sugg.valley), False
-        except (IndexError, ValueError, RuntimeError):
-            lr, fallback = FALLBACK_LR, True
-    if not math.isfinite(lr) or lr <= 0:
-        lr, fallback = FALLBACK_LR, True
-    lrs = [float(x) for x in learn.recorder.lrs]
-    losses = [float(x) for x in learn.recorder.losses]
-    return LRFind(lr, lrs, losses, time.monotonic() - t0, fallback)
+    with stage("lr_find", total=num_it, kind="train", quiet=not distributed.is_main()) as s:
+        watch = LRFindWatch(s)
+        with learn.no_logging(), learn.added_cbs(watch):
+            learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=None)
+        lrs = [float(x) for x in learn.recorder.lrs]
+        losses = [float(x) for x in learn.recorder.losses]
+        found = LRFind(fallback_lr, lrs, losses, 0.0, fallback=True, used="fallback", raw=watch.raw,
+                       suggestions=suggest_lrs(lrs, losses, num_it), flat=flatness(watch.raw, losses, num_it))
+        if USED in found.suggestions and not found.flat["flat"]:
+            found.suggestion, found.fallback, found.used = found.suggestions[USED], False, USED
+        found.seconds = time.monotonic() - t0
+        s.info = f"{found.used} {found.suggestion:.2e}"
+    return found
 
 
 def plot_lr_find(res: LRFind, path: Path) -> Path:
-    """Loss vs learning rate (log scale) with the suggestion marked, saved as PNG."""
+    """Loss vs learning rate (log scale): each batch's loss faint, fastai's smoothed curve, every suggestion marked
+    and the one used named in the title; saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     n = len(res.lrs)
     keep = slice(0, n - 5 if n > 15 else n)  # fastai's plot drops the diverging tail too
-    ax.plot(res.lrs[keep], res.losses[keep])
+    if res.raw:
+        ax.plot(res.lrs[keep], res.raw[keep], color="#bbb", lw=0.8, label="batch loss")
+    ax.plot(res.lrs[keep], res.losses[keep], color="tab:blue", label="smoothed loss")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    ax.axvline(res.suggestion, color="tab:red", linestyle="--")
-    ax.set_title(f"lr_find: suggestion {res.suggestion:.2e}" + (" (fallback)" if res.fallback else ""))
+    ax.set_ylabel("loss")
+    markers = dict(zip(("valley", "steep", "slide", "minimum"), ("o", "^", "s", "v"), strict=True))
+    log_lrs = np.log10(res.lrs[keep])
+    for name, lr in res.suggestions.items():
+        y = float(np.interp(math.log10(lr), log_lrs, res.losses[keep])) if n else 0.0
+        label = f"{name}{'/10' if name == 'minimum' else ''} {lr:.1e}" + (" (used)" if name == res.used else "")
+        ax.plot(lr, y, markers[name], ms=9 if name == res.used else 6, label=label)
+    if res.fallback:
+        ax.axvline(res.suggestion, color="tab:red", linestyle="--", label=f"default {res.suggestion:.1e} (used)")
+    flat = " - flat noise, recipe default used" if res.flat.get("flat") else ""
+    ax.set_title(f"lr_find: {res.used} {res.suggestion:.2e}{flat}", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -225,15 +306,18 @@ def plot_lr_find(res: LRFind, path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------------- the schedule
 
 
-def fit_phase(learn, phase: Phase, state: RunState, run_dir: Path, epochs_left: int, cbs: list | None = None):
+def fit_phase(learn, phase: Phase, state: RunState, run_dir: Path, total_epochs: int, cbs: list | None = None):
     """One fit_one_cycle, from `state.epoch` on (resume), with checkpoints and progress per epoch."""
     start = state.epoch
     global_start = sum(1 for h in state.history if h["phase"] != phase.name)
-    extra = [EpochEnd(state, phase, run_dir, start, global_start),
-             EpochProgress(phase, epochs_left, start, global_start), *(cbs or [])]
-    with distributed.distrib_ctx(learn):
-        learn.fit_one_cycle(phase.epochs, slice(*phase.lr) if phase.lr[0] != phase.lr[1] else phase.lr[1],
-                            pct_start=phase.pct_start, div=phase.div, cbs=extra, start_epoch=start)
+    progress = EpochProgress(phase, total_epochs, start, global_start)
+    extra = [EpochEnd(state, phase, run_dir, start, global_start), progress, *(cbs or [])]
+    try:
+        with distributed.distrib_ctx(learn):
+            learn.fit_one_cycle(phase.epochs, slice(*phase.lr) if phase.lr[0] != phase.lr[1] else phase.lr[1],
+                                pct_start=phase.pct_start, div=phase.div, cbs=extra, start_epoch=start)
+    finally:
+        progress.close()  # an interrupted epoch's bar leaves the screen
 
 
 def set_phase_trainable(learn, phase: Phase) -> None:
@@ -251,8 +335,7 @@ def run_schedule(learn, phases: list[Phase], state: RunState, run_dir: Path, bn_
         if opt_state is not None:
             learn.opt.load_state_dict(opt_state)
             opt_state = None
-        left = phase.epochs - state.epoch + sum(p.epochs for p in phases[state.phase + 1:])
-        fit_phase(learn, phase, state, run_dir, left, extra)
+        fit_phase(learn, phase, state, run_dir, sum(p.epochs for p in phases), extra)
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -267,9 +350,9 @@ class TrainResult:
     metrics: dict
 
 
-def final_metrics(learn, state: RunState) -> dict:
+def final_metrics(learn, state: RunState, cbs: list | None = None) -> dict:
     """metrics.json: final validation numbers, per-epoch history, LR, lr_find and timing."""
-    valid_loss, err, acc = (float(v) for v in learn.validate())
+    valid_loss, err, acc = (float(v) for v in learn.validate(cbs=cbs))
     return {"error_rate": err, "accuracy": acc, "valid_loss": valid_loss, "history": state.history,
             "lr": state.lr, "lr_find": state.lr_find, "recipe": state.recipe, "probe": state.probe,
             "train_seconds": round(state.train_seconds, 2),
@@ -289,14 +372,14 @@ def check_finite(learn) -> None:
                                "nothing was exported and `latest` is unchanged; try a lower --lr")
 
 
-def choose_run_temperature(learn) -> dict:
+def choose_run_temperature(learn, cbs: list | None = None) -> dict:
     """The bundle's temperature, chosen on the validation outputs by `calibrate.choose_temperature` (cross-validated
     within them, kept only when it lowers the held-out NLL)."""
     from fastcore.basics import noop
 
     from petclf.calibrate import choose_temperature
 
-    logits, targs = learn.get_preds(act=noop)
+    logits, targs = learn.get_preds(act=noop, cbs=cbs)
     return choose_temperature(logits.float().cpu().numpy(), targs.cpu().numpy())
 
 
@@ -334,24 +417,28 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
     size, presize = (cfg.probe_size, cfg.probe_size) if probe else (cfg.size, cfg.presize)
     manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), size,
                              presize, mean, std, **extra)
-    write_bundle(learn.model, run_dir, manifest)
-    export_onnx_quietly(run_dir)
-    with atomic_path(run_dir / "export.pkl") as tmp:  # absolute: fastai joins a relative name onto learn.path
-        learn.export(tmp)
+    with stage("export (model.safetensors, model.json, export.pkl)", total=1, kind="export") as s:
+        write_bundle(learn.model, run_dir, manifest)
+        with atomic_path(run_dir / "export.pkl") as tmp:  # absolute: fastai joins a relative name onto learn.path
+            learn.export(tmp)
+        s.advance()
+    with stage("ONNX export and check against torch", total=1, kind="onnx") as s:
+        s.info = export_onnx_quietly(run_dir)
+        s.advance()
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
 
 
-def export_onnx_quietly(run_dir: Path) -> None:
-    """model.onnx + its checksum file beside the bundle (`load_model` prefers it on CPU); a failure only logs."""
+def export_onnx_quietly(run_dir: Path) -> str:
+    """model.onnx + its checksum file beside the bundle (`load_model` prefers it on CPU); a failure only logs.
+    Returns what happened, in words."""
     from petclf.onnx import export_onnx, match_summary
 
     try:
         info = export_onnx(run_dir)
     except Exception as e:  # noqa: BLE001 - the run is good without ONNX; torch serves it
-        log(f"ONNX export skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "predict/serve will use torch")
-        return
-    log(f"wrote {info['file']} ({match_summary(info)})")
+        return (f"skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "predict/serve will use torch")
+    return f"wrote {info['file']} ({match_summary(info)})"
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -372,19 +459,15 @@ def start_state(learn, cfg: TrainConfig, recipe: str, run_dir: Path, pets) -> Ru
     first checkpoint. A probe interrupted before its checkpoint leaves nothing to resume: rerun it (it is short)."""
     state = RunState(recipe=recipe)
     if recipe == "probe":
-        state.probe = run_probe(learn, cfg, pets, run_dir)
-        p = state.probe
-        log(f"probe: C {p['c']:g}; {p['estimate']} error {p['error_rate']:.4f} (folds "
-            f"{' '.join(f'{e:.3f}' for e in p['fold_errors'])}) in {p['seconds']:.0f} s")
+        state.probe = run_probe(learn, cfg, pets, run_dir)  # its stages print C and the estimate
         on_main(save_checkpoint, learn, state, run_dir)
         return state
     if cfg.lr is None:
         found = lr_find(learn, cfg.lr_find_steps)
         state.lr = found.suggestion
-        state.lr_find = {"suggestion": found.suggestion, "seconds": round(found.seconds, 2),
-                         "fallback": found.fallback}
+        state.lr_find = found.record()
         on_main(plot_lr_find, found, run_dir / "lr_find.png")
-        log(f"lr_find: suggestion {found.suggestion:.2e} ({found.seconds:.0f} s, {len(found.lrs)} steps)")
+        log(f"lr_find ({len(found.lrs)} steps): {found.why()}")
     else:
         state.lr = cfg.lr
     on_main(save_checkpoint, learn, state, run_dir)
@@ -412,6 +495,32 @@ def describe(cfg: TrainConfig, compute: Compute, recipe: str, pets) -> str:
             f"{images}, {len(pets.vocab)} classes{procs}")
 
 
+EXPORT_GUESS_S, ONNX_GUESS_S = 3.0, 5.0  # the estimate's guesses for export and the ONNX check until they are timed
+
+
+def plan_run(clock: RunClock, learn, cfg: TrainConfig, recipe: str, epochs_done: int, n_items: int) -> None:
+    """The work left in this run, by kind, with guesses for the kinds that are timed only later (validation batches
+    from training ones; export), so the whole-run estimate comes after the first few batches."""
+    from petclf.probe import FEATURE_BS, fit_units
+
+    if recipe == "probe":
+        clock.plan("features", math.ceil(n_items / FEATURE_BS))
+        clock.plan("fit", fit_units(n_items))
+        clock.prior["fit"] = lambda r: 0.5  # refined after the first folds; logistic regressions on N x D features
+    else:
+        epochs = sum(p.epochs for p in plan_schedule(cfg, 1.0, recipe, cfg.pretrained or cfg.weights is not None))
+        left = max(0, epochs - epochs_done)
+        n_train, n_valid = len(learn.dls.train), len(learn.dls.valid)
+        if cfg.lr is None and not epochs_done and not cfg.resume:
+            clock.plan("train", lr_find_steps(n_train, cfg.lr_find_steps))
+        clock.plan("train", left * n_train)
+        clock.plan("valid", (left + 2) * n_valid)  # every epoch's, then the final metrics and the temperature
+        clock.prior["valid"] = lambda r: r["train"] / 3 if "train" in r else None  # no backward pass
+    clock.plan("export", 1)
+    clock.plan("onnx", 1)
+    clock.prior["export"], clock.prior["onnx"] = (lambda r: EXPORT_GUESS_S), (lambda r: ONNX_GUESS_S)
+
+
 def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any, RunState, dict | None, str]:
     """Learner, RunState, optimizer state to restore and recipe: from the checkpoint when resuming, else a fresh
     start (probe, lr_find and the first checkpoint, on rank 0)."""
@@ -423,8 +532,13 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
     # the probe's export.pkl carries its own input size (it sees no batch: features come through `Preprocess`)
     dls = build_dataloaders(replace(cfg, size=cfg.probe_size, presize=cfg.probe_size) if recipe == "probe" else cfg,
                             pets, compute.device)
-    learn = distributed.main_first(  # rank 0 fills the hub cache before the others read it
-        lambda: build_learner(cfg, dls, recipe, compute, path=run_dir / CKPT_DIR))
+    with stage("building the model", quiet=not distributed.is_main()):
+        learn = distributed.main_first(  # rank 0 fills the hub cache before the others read it
+            lambda: build_learner(cfg, dls, recipe, compute, path=run_dir / CKPT_DIR))
+    clock = current_clock()
+    if clock is not None:
+        done = len(ckpt["state"]["history"]) if ckpt else 0
+        plan_run(clock, learn, cfg, recipe, done, len(pets.items))
     if ckpt:
         state, opt_state = restore(learn, ckpt)
         log(f"resuming {run_dir} at phase {state.phase}, epoch {state.epoch} ({len(state.history)} epochs done)")
@@ -437,8 +551,16 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
     return learn, distributed.broadcast(state), None, recipe
 
 
-def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
-    """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory."""
+def train(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = None) -> TrainResult:
+    """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory; every stage shows
+    its progress, and the whole run's time is estimated from its first batches. `latest` beside the run is switched
+    to it when `latest`, or (None) when the run is in petclf's own `exports/`."""
+    with run_clock():
+        return train_run(cfg, cbs, latest)
+
+
+def train_run(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = None) -> TrainResult:
+    """`train` itself, inside its run clock."""
     from petclf.data import load_pets
 
     distributed.init_process_group()  # only when launched as several processes (accelerate launch, torchrun)
@@ -450,8 +572,9 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
         cfg = replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
     compute = resolve_device(cfg)
     # rank 0 downloads and verifies first; the others then find the data and the verification cache ready
-    pets = distributed.main_first(
-        lambda: load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed))
+    with bar_unless(not distributed.is_main(), "verifying images") as progress:
+        pets = distributed.main_first(
+            lambda: load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed, progress=progress))
     existed = False
     if fresh:
         # rank 0 names (and checks) the run directory; every rank then uses that name
@@ -471,10 +594,10 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
     except KeyboardInterrupt:
         log(f"interrupted; the last complete epoch is saved: petclf train --resume {run_dir}")
         raise
-    return finish(learn, cfg, pets, run_dir, state)
+    return finish(learn, cfg, pets, run_dir, state, owns_parent(run_dir) if latest is None else latest)
 
 
-def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> TrainResult:
+def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState, latest: bool = True) -> TrainResult:
     """Metrics and temperature, export, and point `latest` at the run (rank 0; others get metrics)."""
     state.done = True
     if not distributed.is_main():
@@ -482,19 +605,58 @@ def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> Tra
     n = distributed.world_size()
     with distributed.this_process_only():
         check_finite(learn)
-        metrics = probe_metrics(state) if state.recipe == "probe" else final_metrics(learn, state)
+        metrics = probe_metrics(state) if state.recipe == "probe" else validated_metrics(learn, state)
         if not math.isfinite(metrics["valid_loss"]):
             raise TrainingDiverged("training diverged: the validation loss is not finite; nothing was exported and "
                                    "`latest` is unchanged; try a lower --lr")
         metrics["recipe"] = recipe_record(cfg, state)
         metrics["processes"] = {"count": n, "bs_per_process": cfg.bs, "global_bs": n * cfg.bs}
-        metrics["calibration"] = (oof_temperature(run_dir) if state.recipe == "probe"
-                                  else choose_run_temperature(learn))
+        if state.recipe == "probe":
+            metrics["calibration"] = oof_temperature(run_dir)
         export_run(learn, cfg, pets, run_dir, metrics)
-        update_latest(run_dir)
-    what = metrics.get("estimate", "valid")
-    log(f"{what} error_rate {metrics['error_rate']:.4f}; run directory {run_dir}")
+        if latest:
+            update_latest(run_dir)
     return TrainResult(learn, run_dir, distributed.broadcast(metrics))
+
+
+def validated_metrics(learn, state: RunState) -> dict:
+    """The final validation metrics and the temperature, two passes over the validation set under one stage."""
+    from petclf.callbacks import BatchProgress
+
+    with stage("final validation and temperature", total=2 * len(learn.dls.valid), kind="valid") as s:
+        metrics = final_metrics(learn, state, cbs=[BatchProgress(s)])
+        metrics["calibration"] = choose_run_temperature(learn, cbs=[BatchProgress(s)])
+        s.info = f"error_rate {metrics['error_rate']:.4f}, temperature {metrics['calibration']['temperature']:.3g}"
+    return metrics
+
+
+def owns_parent(run_dir: Path) -> bool:
+    """True when the run folder sits in petclf's own `exports/` (where `latest` belongs); a folder the user chose
+    elsewhere gets nothing written beside it."""
+    return run_dir.resolve().parent == EXPORTS.resolve()
+
+
+def next_commands(run_dir: Path) -> list[str]:
+    """What to run next on a finished run: `--model` left out when `exports/latest` already points at it."""
+    latest = EXPORTS / "latest"
+    is_latest = latest.exists() and latest.resolve() == run_dir.resolve()
+    model = "" if is_latest else f" --model {run_dir}"
+    return [f"petclf predict{model} photo.jpg", f"petclf report{model}", f"petclf serve{model}"]
+
+
+def train_summary(result: TrainResult) -> str:
+    """The end of a run, said once: the result, the run folder and what it holds, and the next commands."""
+    m, run_dir = result.metrics, result.run_dir
+    how = m.get("estimate") or "validation split"
+    made = [n for n in ("model.safetensors", "model.json", "model.onnx", "metrics.json", "lr_find.png", "export.pkl",
+                        "oof.json") if (run_dir / n).is_file()]
+    latest = run_dir.parent / "latest"
+    points = f"; {latest} points to it" if latest.exists() and latest.resolve() == run_dir.resolve() else ""
+    lines = [f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}"
+             f" ({how})",
+             f"run folder: {run_dir} ({', '.join(made)}){points}",
+             "next:", *(f"  {c}" for c in next_commands(run_dir))]
+    return "\n".join(lines)
 
 
 def run_lr_find(cfg: TrainConfig, out: Path | None = None) -> tuple[LRFind, Path]:
