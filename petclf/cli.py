@@ -43,7 +43,7 @@ from petclf.config import (
     TrainConfig,
     check_device,
 )
-from petclf.errors import PetclfError
+from petclf.errors import PetclfError, as_typed, petclf_command
 from petclf.version import __version__
 
 # torch warns about its own deprecated jit at fastai import; users cannot act on it
@@ -72,7 +72,7 @@ app.add_typer(data_app, name="data")
 
 def fail(msg: str, code: int = 2) -> None:
     """Print one line to stderr and exit with `code`."""
-    typer.echo(f"error: {msg}", err=True)
+    typer.echo(f"error: {as_typed(msg)}", err=True)
     raise typer.Exit(code)
 
 
@@ -262,7 +262,7 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
                         freeze_epochs=freeze_epochs, lr=lr, bs=bs, size=size, presize=presize, split=split,
                         seed=seed, device=device, recipe=recipe, workers=workers, precision=precision,
                         threads=threads, channels_last=channels_last, out=out, resume=resume)
-    typer.echo(train_summary(train(cfg)))
+    typer.echo(train_summary(train(cfg), petclf_command()))
 
 
 @app.command("lr-find")

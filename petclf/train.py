@@ -39,6 +39,7 @@ from petclf import distributed
 from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN
 from petclf.config import EXPORTS, TrainConfig, save_config
 from petclf.device import Compute, available_cores, resolve_compute
+from petclf.errors import as_typed
 from petclf.io import atomic_path, write_atomic
 from petclf.oof import read_oof
 from petclf.probe import run_probe
@@ -264,7 +265,7 @@ def lr_find(learn, max_steps: int = 100, fallback_lr: float = FALLBACK_LR) -> LR
         if USED in found.suggestions and not found.flat["flat"]:
             found.suggestion, found.fallback, found.used = found.suggestions[USED], False, USED
         found.seconds = time.monotonic() - t0
-        s.info = f"{found.used} {found.suggestion:.2e}"
+        s.info = found.why()  # the stage's one line says which LR and why
     return found
 
 
@@ -467,7 +468,6 @@ def start_state(learn, cfg: TrainConfig, recipe: str, run_dir: Path, pets) -> Ru
         state.lr = found.suggestion
         state.lr_find = found.record()
         on_main(plot_lr_find, found, run_dir / "lr_find.png")
-        log(f"lr_find ({len(found.lrs)} steps): {found.why()}")
     else:
         state.lr = cfg.lr
     on_main(save_checkpoint, learn, state, run_dir)
@@ -506,7 +506,7 @@ def plan_run(clock: RunClock, learn, cfg: TrainConfig, recipe: str, epochs_done:
     if recipe == "probe":
         clock.plan("features", math.ceil(n_items / FEATURE_BS))
         clock.plan("fit", fit_units(n_items))
-        clock.prior["fit"] = lambda r: 0.5  # refined after the first folds; logistic regressions on N x D features
+        clock.prior["fit"] = lambda r: 0.1  # a guess till the first folds are timed (180 photos: 0.07 s per fold)
     else:
         epochs = sum(p.epochs for p in plan_schedule(cfg, 1.0, recipe, cfg.pretrained or cfg.weights is not None))
         left = max(0, epochs - epochs_done)
@@ -592,7 +592,7 @@ def train_run(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = N
     try:
         run_schedule(learn, phases, state, run_dir, bn_freeze, opt_state, cbs)
     except KeyboardInterrupt:
-        log(f"interrupted; the last complete epoch is saved: petclf train --resume {run_dir}")
+        log(as_typed(f"interrupted; the last complete epoch is saved: petclf train --resume {run_dir}"))
         raise
     return finish(learn, cfg, pets, run_dir, state, owns_parent(run_dir) if latest is None else latest)
 
@@ -626,7 +626,7 @@ def validated_metrics(learn, state: RunState) -> dict:
     with stage("final validation and temperature", total=2 * len(learn.dls.valid), kind="valid") as s:
         metrics = final_metrics(learn, state, cbs=[BatchProgress(s)])
         metrics["calibration"] = choose_run_temperature(learn, cbs=[BatchProgress(s)])
-        s.info = f"error_rate {metrics['error_rate']:.4f}, temperature {metrics['calibration']['temperature']:.3g}"
+        s.info = f"temperature {metrics['calibration']['temperature']:.3g}"  # the result itself is said once, at the end
     return metrics
 
 
@@ -636,15 +636,14 @@ def owns_parent(run_dir: Path) -> bool:
     return run_dir.resolve().parent == EXPORTS.resolve()
 
 
-def next_commands(run_dir: Path) -> list[str]:
-    """What to run next on a finished run: `--model` left out when `exports/latest` already points at it."""
-    latest = EXPORTS / "latest"
-    is_latest = latest.exists() and latest.resolve() == run_dir.resolve()
-    model = "" if is_latest else f" --model {run_dir}"
-    return [f"petclf predict{model} photo.jpg", f"petclf report{model}", f"petclf serve{model}"]
+def next_commands(run_dir: Path, cmd: str = "petclf") -> list[str]:
+    """What to run next on a finished run (`cmd`: how the user runs petclf); `--model` is always named, so the
+    commands stay true after another run moves `latest`."""
+    return [f"{cmd} predict --model {run_dir} photo.jpg", f"{cmd} report --model {run_dir}",
+            f"{cmd} serve --model {run_dir}"]
 
 
-def train_summary(result: TrainResult) -> str:
+def train_summary(result: TrainResult, cmd: str = "petclf") -> str:
     """The end of a run, said once: the result, the run folder and what it holds, and the next commands."""
     m, run_dir = result.metrics, result.run_dir
     how = m.get("estimate") or "validation split"
@@ -655,7 +654,7 @@ def train_summary(result: TrainResult) -> str:
     lines = [f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}"
              f" ({how})",
              f"run folder: {run_dir} ({', '.join(made)}){points}",
-             "next:", *(f"  {c}" for c in next_commands(run_dir))]
+             "next:", *(f"  {c}" for c in next_commands(run_dir, cmd))]
     return "\n".join(lines)
 
 
