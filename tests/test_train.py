@@ -20,8 +20,9 @@ from conftest import tiny_config
 from petclf.callbacks import StopAfter
 from petclf.config import TrainConfig
 from petclf.errors import PetclfError
+from petclf.lrfind import lr_find_steps
 from petclf.run import resume_config
-from petclf.train import RUN_FILES, Phase, choose_recipe, default_workers, lr_find_steps, plan_schedule, train
+from petclf.train import RUN_FILES, Phase, choose_recipe, default_workers, plan_schedule, train
 
 
 def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
@@ -344,7 +345,7 @@ def test_disk_full_is_one_line_naming_the_file(cli, synth_dir, tmp_path):
 
 
 def test_flatness_tells_a_curve_from_flat_noise():
-    from petclf.train import flatness
+    from petclf.lrfind import flatness
 
     rng = np.random.default_rng(0)
     n = 60
@@ -376,7 +377,8 @@ def test_lr_find_on_flat_noise_says_so_and_falls_back(synth_dir, tmp_path):
     from fastai.losses import CrossEntropyLossFlat
 
     from petclf.data import load_pets
-    from petclf.train import FALLBACK_LR, build_dataloaders, lr_find, plot_lr_find
+    from petclf.lrfind import FALLBACK_LR, lr_find, plot_lr_find
+    from petclf.train import build_dataloaders
 
     cfg = tiny_cfg(synth_dir, tmp_path / "r")
     dls = build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu")
@@ -390,8 +392,9 @@ def test_lr_find_on_flat_noise_says_so_and_falls_back(synth_dir, tmp_path):
 
 @pytest.mark.slow
 def test_lr_find_records_every_suggestion_and_uses_valley(synth_dir, tmp_path):
+    from petclf.lrfind import lr_find, plot_lr_find
     from petclf.model import efficientnet_lite0_weights
-    from petclf.train import build_dataloaders, build_learner, lr_find, plot_lr_find, resolve_device
+    from petclf.train import build_dataloaders, build_learner, resolve_device
 
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     cfg = tiny_cfg(synth_dir, tmp_path / "r", arch="tf_efficientnet_lite0", weights=str(weights), pretrained=True,
