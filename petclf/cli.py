@@ -36,6 +36,7 @@ from petclf.config import (
     TOPK,
     Backend,
     ConfigError,
+    LogTo,
     OutputFormat,
     Precision,
     Recipe,
@@ -247,7 +248,11 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
                   None, "--channels-last", help="Train in the channels_last layout (auto: CUDA and CPU).",
                   show_default=D.channels_last),
               config: Path | None = ConfigOpt,
-              out: Path | None = typer.Option(None, "--out", "-o", help="Run folder.",
+              log: LogTo | None = typer.Option(None, "--log", help="Also log losses and metrics for TensorBoard "
+                                                                  "(RUN/tb/; needs pip install tensorboard).",
+                                               show_default=D.log),
+              out: Path | None = typer.Option(None, "--out", "-o", help="Run folder; `latest` is updated only "
+                                                                         "under exports/.",
                                               show_default="exports/<date>-<arch>"),
               resume: Path | None = typer.Option(
                   None, "--resume", help="Continue the run in this folder (only --device, --workers and --threads "
@@ -261,7 +266,7 @@ def train_cmd(data: Path | None = DataOpt, arch: str | None = ArchOpt, weights: 
     cfg = _train_config(config, data=data, arch=arch, weights=weights, pretrained=pretrained, epochs=epochs,
                         freeze_epochs=freeze_epochs, lr=lr, bs=bs, size=size, presize=presize, split=split,
                         seed=seed, device=device, recipe=recipe, workers=workers, precision=precision,
-                        threads=threads, channels_last=channels_last, out=out, resume=resume)
+                        threads=threads, channels_last=channels_last, log=log, out=out, resume=resume)
     typer.echo(train_summary(train(cfg), petclf_command()))
 
 

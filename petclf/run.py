@@ -31,7 +31,7 @@ from petclf.io import save_state_dict, write_atomic
 
 T = TypeVar("T")
 CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors
-MACHINE_KEYS = ("device", "workers", "threads")  # what `--resume` may change: this machine's, not the recipe's
+MACHINE_KEYS = ("device", "workers", "threads", "log")  # what `--resume` may change: not the recipe
 
 
 # ---------------------------------------------------------------------------------------------------- rank 0
@@ -125,9 +125,6 @@ def default_out(arch: str, now: datetime | None = None) -> Path:
     while out.exists():
         out, n = EXPORTS / f"{stamp}-{arch.replace('/', '_')}-{n}", n + 1
     return out
-
-
-MACHINE_KEYS = ("device", "workers", "threads")  # what `--resume` may change: this machine's, not the recipe's
 
 
 def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:

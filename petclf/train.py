@@ -38,7 +38,7 @@ from petclf import distributed
 from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN
 from petclf.config import EXPORTS, TrainConfig, save_config
 from petclf.device import Compute, available_cores, resolve_compute
-from petclf.errors import as_typed
+from petclf.errors import PetclfError, as_typed
 from petclf.io import atomic_path, write_atomic
 from petclf.lrfind import LRFind, lr_find, lr_find_steps, plot_lr_find
 from petclf.oof import read_oof
@@ -423,6 +423,7 @@ def train_run(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = N
     """`train` itself, inside its run clock."""
     from petclf.data import load_pets
 
+    check_logging(cfg)  # before any work: a missing package is one line, not a failure after lr_find
     distributed.init_process_group()  # only when launched as several processes (accelerate launch, torchrun)
     fresh = not cfg.resume
     if not fresh:
@@ -450,7 +451,7 @@ def train_run(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = N
     phases = plan_schedule(cfg, state.lr, recipe, pretrained)
     bn_freeze = cfg.bn_freeze == "on" or (cfg.bn_freeze == "auto" and recipe == "probe")
     try:
-        run_schedule(learn, phases, state, run_dir, bn_freeze, opt_state, cbs)
+        run_schedule(learn, phases, state, run_dir, bn_freeze, opt_state, [*(cbs or []), *log_callbacks(cfg, run_dir)])
     except KeyboardInterrupt:
         log(as_typed(f"interrupted; the last complete epoch is saved: petclf train --resume {run_dir}"))
         raise
@@ -477,6 +478,28 @@ def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState, latest
         if latest:
             update_latest(run_dir)
     return TrainResult(learn, run_dir, distributed.broadcast(metrics))
+
+
+TB_DIR = "tb"  # inside the run folder: TensorBoard's event files (`--log tensorboard`)
+
+
+def check_logging(cfg: TrainConfig) -> None:
+    """One line naming the package to install when `--log tensorboard` cannot work here."""
+    if cfg.log == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise PetclfError("--log tensorboard needs the tensorboard package: pip install tensorboard "
+                              "(or pip install 'petclf[tensorboard]')")
+
+
+def log_callbacks(cfg: TrainConfig, run_dir: Path) -> list:
+    """fastai's TensorBoardCallback writing losses, LRs and metrics to the run folder's tb/ (rank 0 writes)."""
+    if cfg.log != "tensorboard":
+        return []
+    from fastai.callback.tensorboard import TensorBoardCallback
+
+    return [TensorBoardCallback(log_dir=str(run_dir / TB_DIR), trace_model=False, log_preds=False)]
 
 
 def validated_metrics(learn, state: RunState) -> dict:

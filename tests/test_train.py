@@ -410,3 +410,32 @@ def test_lr_find_records_every_suggestion_and_uses_valley(synth_dir, tmp_path):
     assert not rec["flat"]["flat"] and rec["used"] == "valley" and rec["suggestion"] == rec["suggestions"]["valley"]
     assert rec["why"].startswith("valley") and "steep" in rec["why"] and rec["steps"] >= 20
     assert plot_lr_find(found, tmp_path / "lr.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------- --log
+
+
+def _has_tensorboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+@pytest.mark.skipif(_has_tensorboard(), reason="tensorboard is installed: the run logs (next test)")
+def test_log_tensorboard_without_the_package_is_one_line_before_any_work(synth_dir, tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "petclf", "train", "-d", str(synth_dir), "--log", "tensorboard",
+                           "-o", str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert "pip install tensorboard" in line and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_tensorboard(), reason="tensorboard not installed (pip install 'petclf[tensorboard]')")
+def test_log_tensorboard_writes_event_files_in_the_run_folder(synth_dir, tmp_path):
+    out = tmp_path / "r"
+    train(tiny_cfg(synth_dir, out, epochs=1, freeze_epochs=0, log="tensorboard"))
+    events = list((out / "tb").glob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 100 for e in events)
