@@ -393,6 +393,10 @@ def demo_cmd(out: Path = typer.Option(demo_defaults.OUT, "--out", "-o",
              epochs: int = typer.Option(demo_defaults.EPOCHS, "--epochs", "-e", help="Epochs after unfreezing.")
              ) -> None:
     """The whole pipeline offline on CPU in a few minutes: synthetic data, a small model, train, export, report."""
-    from petclf.demo import run_demo
+    from petclf.progress import stage
+
+    with stage("loading torch and fastai"):
+        import petclf.train  # noqa: F401 - the slow imports (torch, fastai, timm), under the bar
+        from petclf.demo import run_demo
 
     run_demo(out, epochs=epochs)
