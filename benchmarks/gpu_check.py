@@ -1,6 +1,6 @@
 """Check petclf's whole GPU path on a CUDA machine and record what it measured (issue 15).
 
-    benchmarks/gpu_check.sh --wheels .whl OUT_DIR              # on the GPU machine (README, "GPU check")
+    benchmarks/gpu_check.sh --wheels .whl OUT_DIR              # on the GPU machine (docs/internals.md, "GPU check")
     benchmarks/gpu_check.sh --device cpu OUT_DIR               # the same steps at tiny sizes on a CPU (make test)
     python benchmarks/gpu_check.py [--device cuda|cpu] [--steps facts,data,train] [--work DIR] [--keep] OUT_DIR
 

@@ -45,18 +45,24 @@ def env() -> dict[str, str]:
             "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONWARNINGS": "ignore"}
 
 
+def fail(msg: str, code: int = 2) -> None:
+    """One line to stderr and exit: 2 for bad input, 1 when the job failed."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
 def wait_for(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
     """Until `url` answers (or the server died, or time ran out)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"error: petclf serve exited with code {proc.returncode}")
+            fail(f"petclf serve exited with code {proc.returncode}", 1)
         try:
             urllib.request.urlopen(url, timeout=2)
             return
         except OSError:
             time.sleep(0.5)
-    sys.exit(f"error: {url} did not answer in {seconds:.0f} s")
+    fail(f"{url} did not answer in {seconds:.0f} s", 1)
 
 
 def first_photo(model: Path) -> Path:
@@ -108,9 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     model = args.model.resolve()
     if not (model / "model.json").is_file():
-        sys.exit(f"error: no model at {args.model}: run `make demo` first, or pass --model RUN")
+        fail(f"no model at {args.model}: run `make demo` first, or pass --model RUN")
     if not Path(CHROMIUM).is_file():
-        sys.exit(f"error: {CHROMIUM} not found: `make browser` installs Debian's Chromium")
+        fail(f"{CHROMIUM} not found: `make browser` installs Debian's Chromium")
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
