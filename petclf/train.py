@@ -278,14 +278,14 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
     size, presize = (cfg.probe_size, cfg.probe_size) if probe else (cfg.size, cfg.presize)
     manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), size,
                              presize, mean, std, **extra)
-    with stage("export (model.safetensors, model.json, export.pkl)", total=1, kind="export") as s:
+    with stage("export (model.safetensors, model.json)", total=1, kind="export") as s:
         write_bundle(learn.model, run_dir, manifest)
-        with atomic_path(run_dir / "export.pkl") as tmp:  # absolute: fastai joins a relative name onto learn.path
-            learn.export(tmp)
         s.advance()
     with stage("ONNX export and check against torch", total=1, kind="onnx") as s:
         s.info = export_onnx_quietly(run_dir)
         s.advance()
+    with atomic_path(run_dir / "export.pkl") as tmp:  # absolute: fastai joins a relative name onto learn.path
+        learn.export(tmp)
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
 
 
@@ -401,7 +401,7 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
         plan_run(clock, learn, cfg, recipe, done, len(pets.items))
     if ckpt:
         state, opt_state = restore(learn, ckpt)
-        log(f"resuming {run_dir} at phase {state.phase}, epoch {state.epoch} ({len(state.history)} epochs done)")
+        log(f"resuming {run_dir} at epoch {len(state.history) + 1} ({len(state.history)} done)")
         return learn, state, opt_state, recipe
     # probe and lr_find run once, on rank 0; its weights reach the others when DDP wraps the model
     state = None
