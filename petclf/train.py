@@ -401,7 +401,7 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
         plan_run(clock, learn, cfg, recipe, done, len(pets.items))
     if ckpt:
         state, opt_state = restore(learn, ckpt)
-        log(f"resuming {run_dir} at epoch {len(state.history) + 1} ({len(state.history)} done)")
+        log(f"resuming {run_dir} at epoch {len(state.history) + 1} ({len(state.history)} epochs done)")
         return learn, state, opt_state, recipe
     # probe and lr_find run once, on rank 0; its weights reach the others when DDP wraps the model
     state = None
