@@ -17,7 +17,9 @@ backbone's L2-normalised pooled features at `probe_size` px, C by cross-validati
 out-of-fold predictions are saved in `oof.json`. No lr_find, no fine-tune (measured to add nothing).
 `auto` picks `probe` when there are fewer than `small_data` training images per class.
 
-Every file lands in the run directory; `exports/latest` (beside it) is switched to the run only once it is complete.
+Every file lands in the run directory; `exports/latest` is switched to the run once it is complete, and only when the
+run is in petclf's own `exports/` (a folder the user chose gets nothing written beside it). Every stage shows its
+progress (`petclf.progress`), and the whole run's time is estimated from its first batches.
 """
 
 from __future__ import annotations
