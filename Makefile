@@ -11,11 +11,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
+# hints then quote what the user typed (make train ARGS="--data DIR"), and the next commands the venv's petclf
+RUN_VIA = PETCLF_CMD=$(BIN)/petclf PETCLF_VIA_MAKE
+
 train: $(STAMP)  ## fine-tune the default recipe on Pets (downloads it to data/ if missing)
-	$(BIN)/petclf train $(ARGS)
+	$(RUN_VIA)=train $(BIN)/petclf train $(ARGS)
 
 demo: $(STAMP)  ## the whole pipeline offline on CPU: synthetic data, train, export, report
-	$(BIN)/petclf demo $(ARGS)
+	$(RUN_VIA)=demo $(BIN)/petclf demo $(ARGS)
 
 browser:  ## Debian's Chromium for the browser tests (never `playwright install`)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \

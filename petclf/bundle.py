@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from petclf.config import DEFAULT_MODEL
 from petclf.errors import BundleError
 from petclf.io import save_state_dict, sha256_file, write_atomic
 from petclf.labels import PETS_GROUP_NAME, display_name, pets_groups
@@ -228,8 +229,13 @@ def write_bundle(model: nn.Module, out_dir: str | Path, manifest: dict[str, Any]
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:
-    """The folder `path` names: itself, or the run named inside a `latest` file (written where symlinks fail)."""
+    """The folder `path` names: itself, the folder of a `model.json` named directly, `exports/latest` for a bare
+    `latest`, or the run named inside a `latest` file (written where symlinks fail)."""
     path = Path(path)
+    if path.name == MANIFEST_NAME and path.is_file():
+        path = path.parent
+    if str(path) == "latest" and not path.exists():
+        path = DEFAULT_MODEL
     if path.is_file() and path.name == "latest":
         return path.parent / path.read_text().strip()
     return path

@@ -1,6 +1,6 @@
 """fastai callbacks of a petclf run: checkpoints after every epoch, progress, frozen BatchNorm, interruption.
 
-    learn.fit_one_cycle(n, lr, cbs=[EpochEnd(state, phase, run_dir), EpochProgress(phase, epochs_left)])
+    learn.fit_one_cycle(n, lr, cbs=[EpochEnd(state, phase, run_dir), EpochProgress(phase, total_epochs)])
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from fastai.learner import Recorder
 from torch import nn
 
 from petclf import distributed
-from petclf.progress import is_terminal, rich_bar
-from petclf.run import CKPT_DIR, Phase, RunState, log, on_main, save_checkpoint, save_weights
+from petclf.config import TrainConfig
+from petclf.errors import PetclfError
+from petclf.progress import Stage
+from petclf.run import CKPT_DIR, Phase, RunState, on_main, save_checkpoint, save_weights
 
 
 class FreezeBN(Callback):
@@ -46,7 +48,7 @@ class EpochEnd(Callback):
         train_loss, valid_loss, err, acc = (float(v) for v in self.learn.recorder.values[-1][:4])
         seconds = time.monotonic() - self.t0
         st = self.state
-        st.history.append({"epoch": self.global_start + self.epoch, "phase": self.phase.name,
+        st.history.append({"epoch": self.global_start + self.epoch + 1, "phase": self.phase.name,
                            "train_loss": train_loss, "valid_loss": valid_loss, "error_rate": err, "accuracy": acc,
                            "seconds": round(seconds, 3)})
         st.train_seconds += seconds
@@ -73,71 +75,100 @@ class StopAfter(Callback):
                 raise KeyboardInterrupt
 
 
-def _fmt_secs(s: float) -> str:
-    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+class BatchProgress(Callback):
+    """Advance a progress `Stage` after every batch, with fastai's running (smoothed) loss while training."""
+
+    order = Recorder.order + 2
+
+    def __init__(self, stage: Stage | None):
+        self.stage = stage
+
+    def after_batch(self):
+        if self.stage is not None:
+            self.stage.advance(info=f"loss {float(self.learn.smooth_loss):.4f}" if self.training else None)
+
+
+class LRFindWatch(BatchProgress):
+    """lr_find's progress, and each batch's own loss (fastai records only the smoothed one): the noise they show
+    tells a real curve from a flat one."""
+
+    def __init__(self, stage: Stage | None):
+        super().__init__(stage)
+        self.raw: list[float] = []
+
+    def after_batch(self):
+        if self.training:
+            self.raw.append(float(self.learn.loss.detach()))
+            super().after_batch()
 
 
 class EpochProgress(Callback):
-    """fastprogress's replacement: a rich bar per epoch + a row per epoch on a terminal, one plain line when piped.
-
-    After the first few batches it prints the estimated time per epoch and for the rest of the run.
-    """
+    """fastprogress's replacement: per epoch a stage "epoch k/N phase" (a rich bar with the running loss on a
+    terminal) ending in one line of metrics; every batch feeds the run clock (train and valid batches apart)."""
 
     order = Recorder.order + 2
-    ESTIMATE_AFTER = 3  # batches timed before estimating (the first one is warm-up)
 
-    def __init__(self, phase: Phase, epochs_left: int, start_epoch: int = 0, global_start: int = 0,
+    def __init__(self, phase: Phase, total_epochs: int, start_epoch: int = 0, global_start: int = 0,
                  terminal: bool | None = None):
-        self.phase, self.epochs_left = phase, epochs_left
+        self.phase, self.total_epochs = phase, total_epochs
         self.start_epoch, self.global_start = start_epoch, global_start
-        self.terminal = is_terminal() if terminal is None else terminal
-        self.estimated, self.bar = False, None
+        self.terminal, self.stage = terminal, None
 
-    def before_fit(self):
-        if self.terminal and distributed.is_main():
-            self.bar = rich_bar()
-            self.bar.start()
+    def title(self) -> str:
+        """'epoch 3/5 unfrozen': 1-based, counted over the whole run (the numbers metrics.json records)."""
+        return f"epoch {self.global_start + self.epoch + 1}/{self.total_epochs} {self.phase.name}"
 
     def before_epoch(self):
-        self.n_batches, self.t_first = 0, None
-        if self.bar is not None and self.epoch >= self.start_epoch:
+        if self.epoch >= self.start_epoch:
             n = len(self.learn.dls.train) + len(self.learn.dls.valid)
-            self.task = self.bar.add_task(f"{self.phase.name} epoch {self.global_start + self.epoch}", total=n)
+            self.stage = Stage(self.title(), n, "train", quiet=not distributed.is_main(),
+                               terminal=self.terminal).start()
+
+    def before_validate(self):
+        if self.stage is not None:
+            self.stage.switch(f"{self.title()} validating", "valid")
 
     def after_batch(self):
-        self.n_batches += 1
-        if self.bar is not None:
-            self.bar.advance(self.task)
-        if not self.training or self.estimated:
-            return
-        k = max(1, min(self.ESTIMATE_AFTER, len(self.learn.dls.train) - 1))  # tiny data: fewer timed batches
-        if self.n_batches == 1:
-            self.t_first = time.monotonic()
-        elif self.n_batches == k + 1 or len(self.learn.dls.train) == 1:
-            per_batch = (time.monotonic() - self.t_first) / k
-            self.estimate(per_batch * (len(self.learn.dls.train) + len(self.learn.dls.valid) / 3))
-
-    def estimate(self, per_epoch: float) -> None:
-        """Print the estimated time per epoch and for the rest of the run, once."""
-        log(f"estimated {_fmt_secs(per_epoch)} per epoch, about {_fmt_secs(per_epoch * self.epochs_left)} "
-            f"for the {self.epochs_left} epoch(s) left")
-        self.estimated = True
+        if self.stage is not None:
+            self.stage.advance(info=f"loss {float(self.learn.smooth_loss):.4f}" if self.training else None)
 
     def after_epoch(self):
-        if self.epoch < self.start_epoch or not self.learn.recorder.values:
+        if self.stage is None:
             return
-        if self.bar is not None:
-            self.bar.remove_task(self.task)
+        st, self.stage = self.stage, None
+        if not self.learn.recorder.values:
+            st.drop()
+            return
         train_loss, valid_loss, err, acc = (float(v) for v in self.learn.recorder.values[-1][:4])
-        line = (f"epoch {self.global_start + self.epoch:>3} {self.phase.name:<8} train_loss {train_loss:.4f} "
-                f"valid_loss {valid_loss:.4f} error_rate {err:.4f} accuracy {acc:.4f} "
-                f"{self.learn.recorder.log[-1] if self.learn.recorder.log else ''}")
-        if self.bar is not None:
-            self.bar.console.print(line)
-        else:
-            log(line)
+        st.name = self.title()
+        st.info = (f"train_loss {train_loss:.4f} valid_loss {valid_loss:.4f} error_rate {err:.4f} "
+                   f"accuracy {acc:.4f}")
+        st.stop()
 
-    def after_fit(self):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+    def close(self):
+        """Take the bar off the screen after an interruption (fastai calls no after_fit then)."""
+        if self.stage is not None:
+            self.stage.drop()
+            self.stage = None
+
+
+TB_DIR = "tb"  # inside the run folder: TensorBoard's event files (`--log tensorboard`)
+
+
+def check_logging(cfg: TrainConfig) -> None:
+    """One line naming the package to install when `--log tensorboard` cannot work here."""
+    if cfg.log == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise PetclfError("--log tensorboard needs the tensorboard package: pip install tensorboard "
+                              "(or pip install 'petclf[tensorboard]')")
+
+
+def log_callbacks(cfg: TrainConfig, run_dir: Path) -> list:
+    """fastai's TensorBoardCallback writing losses, LRs and metrics to the run folder's tb/ (rank 0 writes)."""
+    if cfg.log != "tensorboard":
+        return []
+    from fastai.callback.tensorboard import TensorBoardCallback
+
+    return [TensorBoardCallback(log_dir=str(run_dir / TB_DIR), trace_model=False, log_preds=False)]

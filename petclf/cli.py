@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+import typer.core
 
 from petclf import demo as demo_defaults
 from petclf import synth as synth_defaults
@@ -36,6 +37,7 @@ from petclf.config import (
     Backend,
     ConfigError,
     Layout,
+    LogTo,
     OutputFormat,
     Precision,
     Recipe,
@@ -43,7 +45,7 @@ from petclf.config import (
     TrainConfig,
     check_device,
 )
-from petclf.errors import PetclfError
+from petclf.errors import PetclfError, as_typed, petclf_command
 from petclf.version import __version__
 
 # torch warns about its own deprecated jit at fastai import; users cannot act on it
@@ -52,15 +54,27 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", c
 D = TrainConfig()  # defaults shown in --help are read from here, their one source
 HELP = {"help_option_names": ["-h", "--help"]}
 
+WORKFLOW = ("data", "train", "lr-find", "predict", "report", "serve", "export", "demo")  # --help lists them so
+
+
+class WorkflowGroup(typer.core.TyperGroup):
+    """Commands listed in the order of the work (typer lists sub-apps like `data` after every command)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
+
+
 app = typer.Typer(help="Fine-tune, serve and interpret pet-breed classifiers (Oxford-IIIT Pets, fastai + timm).",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, context_settings=HELP)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, context_settings=HELP,
+                  cls=WorkflowGroup)
 data_app = typer.Typer(help="Inspect and generate datasets.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(data_app, name="data")
 
 
 def fail(msg: str, code: int = 2) -> None:
     """Print one line to stderr and exit with `code`."""
-    typer.echo(f"error: {msg}", err=True)
+    typer.echo(f"error: {as_typed(msg)}", err=True)
     raise typer.Exit(code)
 
 
@@ -255,29 +269,27 @@ def train_cmd(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, la
                   None, "--channels-last", help="Train in the channels_last layout (auto: CUDA and CPU).",
                   show_default=D.channels_last),
               config: Path | None = ConfigOpt,
-              out: Path | None = typer.Option(None, "--out", "-o", help="Run folder.",
+              log: LogTo | None = typer.Option(None, "--log", help="Also log losses and metrics for TensorBoard "
+                                                                  "(RUN/tb/; needs pip install tensorboard).",
+                                               show_default=D.log),
+              out: Path | None = typer.Option(None, "--out", "-o", help="Run folder; `latest` is updated only "
+                                                                         "under exports/.",
                                               show_default="exports/<date>-<arch>"),
               resume: Path | None = typer.Option(
                   None, "--resume", help="Continue the run in this folder (only --device, --workers and --threads "
                                          "may change).")) -> None:
     """Fine-tune a pretrained timm model: lr_find, fit_one_cycle (frozen, then unfrozen), export the run folder."""
-    from petclf.train import train
+    from petclf.progress import stage
+
+    with stage("loading torch and fastai"):  # seconds on a cold start: the user sees the run begin at once
+        from petclf.train import train, train_summary
 
     cfg = _train_config(config, data=data, layout=layout, labels=labels, groups=groups, arch=arch, weights=weights,
                         pretrained=pretrained, epochs=epochs,
                         freeze_epochs=freeze_epochs, lr=lr, bs=bs, size=size, presize=presize, split=split,
                         seed=seed, device=device, recipe=recipe, workers=workers, precision=precision,
-                        threads=threads, channels_last=channels_last, out=out, resume=resume)
-    result = train(cfg)
-    m = result.metrics
-    how = f" ({m['estimate']})" if m.get("estimate") else ""
-    typer.echo(f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}"
-               f"{how}")
-    made = [n for n in ("model.safetensors", "model.json", "model.onnx", "metrics.json", "lr_find.png", "export.pkl",
-                        "oof.json") if (result.run_dir / n).is_file()]
-    latest = result.run_dir.parent / "latest"
-    points = f"; {latest} points to it" if latest.resolve() == result.run_dir.resolve() else ""
-    typer.echo(f"run folder: {result.run_dir} ({', '.join(made)}){points}")
+                        threads=threads, channels_last=channels_last, log=log, out=out, resume=resume)
+    typer.echo(train_summary(train(cfg), petclf_command()))
 
 
 @app.command("lr-find")
@@ -419,7 +431,11 @@ def demo_cmd(out: Path = typer.Option(demo_defaults.OUT, "--out", "-o",
              layout: Layout = typer.Option(Layout.pets, "--layout", help="The synthetic data's layout: pets, "
                                                                          "folders or csv.")) -> None:
     """The whole pipeline offline on CPU in a few minutes: synthetic data, a small model, train, export, report."""
-    from petclf.demo import run_demo
+    from petclf.progress import stage
+
+    with stage("loading torch and fastai"):
+        import petclf.train  # noqa: F401 - the slow imports (torch, fastai, timm), under the bar
+        from petclf.demo import run_demo
 
     if layout == Layout.auto:
         fail("--layout for the demo is pets, folders or csv")

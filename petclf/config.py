@@ -88,6 +88,13 @@ class Backend(str, Enum):
     onnx = "onnx"
 
 
+class LogTo(str, Enum):
+    """Where a training run also logs its losses and metrics: none, or TensorBoard (the run folder's tb/)."""
+
+    none = "none"
+    tensorboard = "tensorboard"
+
+
 class OutputFormat(str, Enum):
     """How `petclf predict` writes its results."""
 
@@ -100,7 +107,7 @@ DEVICES = ("auto", "cpu", "mps", "cuda", "cuda:N")  # what --device takes (N: a 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SPLITS = ("random", "official", "FILE")  # what --split takes (FILE: a file naming the validation images)
 CHOICES: dict[str, type[Enum]] = {"recipe": Recipe, "precision": Precision, "channels_last": Switch,
-                                  "bn_freeze": Switch, "layout": Layout}
+                                  "bn_freeze": Switch, "layout": Layout, "log": LogTo}
 MAX_CONFIG_BYTES = 64 * 1024  # a settings file is a few hundred bytes; anything this big is not one
 # (lowest, highest, lowest allowed itself, highest allowed itself) of every numeric setting; None: unbounded there
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
@@ -156,6 +163,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 > fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16
     threads: int | None = None  # torch CPU threads; None: every core this process may use
     channels_last: str = "auto"  # auto (on for CUDA and CPU, off for MPS) | on | off: the layout the network trains in
+    log: str = "none"  # none | tensorboard: also log losses and metrics for TensorBoard in the run folder's tb/
 
     def __post_init__(self) -> None:
         for name, kind in CHOICES.items():

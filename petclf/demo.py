@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from petclf.config import TrainConfig
+from petclf.config import EXPORTS, TrainConfig
 
 N_CLASSES, PER_CLASS, IMG_SIZE = 6, 30, 96  # the synthetic set: 180 images, small enough for a CPU
 SIZE, PRESIZE = 64, 80  # training crop and item resize, in px
@@ -61,16 +61,20 @@ def step_data(ctx: dict[str, Any]) -> None:
 
 
 def step_train(ctx: dict[str, Any]) -> None:
-    """Train and export into a fresh run folder under `out/runs`."""
-    from petclf.run import default_out
+    """Train and export into a fresh run folder under `out/runs` (petclf's own folder: `runs/latest` points at it),
+    and point `exports/latest` at it too when `out` is inside exports/, so predict, report and serve find it."""
+    from petclf.run import default_out, update_latest
     from petclf.train import train
 
     arch, weights = demo_weights(ctx["out"])
     run = ctx["out"] / "runs" / default_out(arch).name
-    result = train(demo_config(ctx["paths"]["data"], run, arch, weights, ctx["epochs"], ctx["threads"], ctx["layout"]))
+    result = train(demo_config(ctx["paths"]["data"], run, arch, weights, ctx["epochs"], ctx["threads"], ctx["layout"]),
+                   latest=True)
     ctx["result"] = result
     ctx["paths"]["run"] = result.run_dir
     ctx["paths"]["latest"] = result.run_dir.parent / "latest"
+    if EXPORTS.resolve() in result.run_dir.resolve().parents:
+        ctx["paths"]["latest"] = update_latest(result.run_dir, EXPORTS) or ctx["paths"]["latest"]
 
 
 def step_report(ctx: dict[str, Any]) -> None:
@@ -97,4 +101,19 @@ def run_demo(out: str | Path = OUT, epochs: int = EPOCHS, threads: int | None = 
         m = ctx["result"].metrics
         print(f"  error_rate {m['error_rate']:.4f} ({m.get('estimate', 'validation split')}; recipe "
               f"{m['recipe']['name']})")
+        print("next:")
+        for cmd in demo_next_commands(ctx["paths"]):
+            print(f"  {cmd}")
     return ctx["paths"]
+
+
+def demo_next_commands(paths: dict[str, Path]) -> list[str]:
+    """predict, report and serve on the demo's model: by default when `exports/latest` points at it."""
+    from petclf.errors import petclf_command
+
+    cmd, run = petclf_command(), paths["run"]
+    latest = paths.get("latest")
+    default = latest is not None and latest.resolve() == (EXPORTS / "latest").resolve() == run.resolve()
+    model = "" if default else f" --model {paths['latest'] or run}"
+    photo = next(iter(sorted(paths["data"].glob("*.jpg"))), paths["data"])
+    return [f"{cmd} predict{model} {photo}", f"{cmd} report{model}", f"{cmd} serve{model}"]

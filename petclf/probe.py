@@ -14,9 +14,10 @@ one centre view, L2-normalised features and C by CV log-loss beat the old probe 
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,27 +28,32 @@ from petclf import distributed
 from petclf.calibrate import nll
 from petclf.config import TrainConfig
 from petclf.oof import save_oof
+from petclf.progress import stage
 from petclf.run import log, on_main
 
 C_GRID = tuple(10.0 ** k for k in range(8))  # unit-norm features: 1 ... 1e7, one per decade
 INNER_FOLDS = 4  # folds of the CV that chooses C
 OUTER_FOLDS = 5  # folds of the nested estimate
 FEATURE_BS = 32  # images per forward pass
+Tick = Callable[[], None] | None  # called after each unit of work (a batch, a fold's fit): progress
 
 
 # ---------------------------------------------------------------------------------------------------- features
 
 
 @torch.inference_mode()
-def network_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATURE_BS) -> np.ndarray:
+def network_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATURE_BS,
+                     tick: Callable[[], None] | None = None) -> np.ndarray:
     """What the final Linear of `net` (backbone -> pool -> L2Norm -> Linear) sees, for each image preprocessed by
-    `pre` (a `Preprocess`: the predictor's pixels), in eval mode."""
+    `pre` (a `Preprocess`: the predictor's pixels), in eval mode; `tick()` after each batch."""
     net.eval()
     device = next(net.parameters()).device
     out = []
     for i in range(0, len(images), bs):
         x = torch.from_numpy(pre(images[i:i + bs])).to(device)
         out.append(net[1][:-1](net[0](x)).float().cpu())
+        if tick:
+            tick()
     return torch.cat(out).numpy()
 
 
@@ -142,8 +148,8 @@ def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def cv_table(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float], k: int = INNER_FOLDS,
-             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """k-fold CV of every C: (mean log-loss per C, error per C)."""
+             seed: int = 0, tick: Tick = None) -> tuple[np.ndarray, np.ndarray]:
+    """k-fold CV of every C: (mean log-loss per C, error per C); `tick()` after each fold."""
     losses, errors = np.zeros(len(cs)), np.zeros(len(cs))
     for test in stratified_folds(y, k, seed):
         train = np.setdiff1d(np.arange(len(y)), test)
@@ -151,27 +157,31 @@ def cv_table(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float], 
             logits = logits_of(x[test], wb)
             losses[j] += nll(logits, y[test]) * len(test) / len(y)
             errors[j] += float((logits.argmax(1) != y[test]).sum()) / len(y)
+        if tick:
+            tick()
     return losses, errors
 
 
 def choose_c(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] = C_GRID, k: int = INNER_FOLDS,
-             seed: int = 0) -> tuple[float, dict]:
+             seed: int = 0, tick: Tick = None) -> tuple[float, dict]:
     """The C of lowest CV log-loss (CV error is too coarse on a few photos per class), and the CV table."""
-    losses, errors = cv_table(x, y, n_classes, cs, k, seed)
+    losses, errors = cv_table(x, y, n_classes, cs, k, seed, tick)
     best = int(np.argmin(losses))
     return float(cs[best]), {"c": list(cs), "log_loss": losses.round(4).tolist(), "error": errors.round(4).tolist()}
 
 
 def nested_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] = C_GRID, outer: int = OUTER_FOLDS,
-              inner: int = INNER_FOLDS, seed: int = 0) -> tuple[dict, np.ndarray]:
+              inner: int = INNER_FOLDS, seed: int = 0, tick: Tick = None) -> tuple[dict, np.ndarray]:
     """Each outer fold chooses its own C by inner CV on its training photos, refits, predicts its held-out photos:
     (the estimate, N x K out-of-fold logits, each row from a model that never saw that photo)."""
     oof = np.zeros((len(y), n_classes), np.float32)
     fold_errors, chosen = [], []
     for test in stratified_folds(y, outer, seed):
         train = np.setdiff1d(np.arange(len(y)), test)
-        c, _ = choose_c(x[train], y[train], n_classes, cs, inner, seed + 1)
+        c, _ = choose_c(x[train], y[train], n_classes, cs, inner, seed + 1, tick)
         (wb,) = fit_logreg(x[train], y[train], n_classes, [c])
+        if tick:
+            tick()
         oof[test] = logits_of(x[test], wb)
         fold_errors.append(round(float((oof[test].argmax(1) != y[test]).mean()), 4))
         chosen.append(c)
@@ -192,14 +202,21 @@ class ProbeFit:
     oof_logits: np.ndarray | None = None  # N x K
 
 
+def fit_units(n: int, inner: int = INNER_FOLDS, outer: int = OUTER_FOLDS) -> int:
+    """The fits `fit_probe_cv` makes on `n` photos (fewer when small classes cut the folds): its progress total."""
+    return inner + 1 + outer * (inner + 1) if n else 0
+
+
 def fit_probe_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] = C_GRID, seed: int = 0,
-                 estimate: bool = True) -> ProbeFit:
+                 estimate: bool = True, tick: Tick = None) -> ProbeFit:
     """C by CV on all photos, refit on all of them; with `estimate`, the nested-CV estimate the run reports (never
     the CV error C was chosen on: that one is optimistic)."""
     t0 = time.process_time()
-    c, table = choose_c(x, y, n_classes, cs, INNER_FOLDS, seed)
+    c, table = choose_c(x, y, n_classes, cs, INNER_FOLDS, seed, tick)
     (wb,) = fit_logreg(x, y, n_classes, [c])
-    cv, oof = nested_cv(x, y, n_classes, cs, OUTER_FOLDS, INNER_FOLDS, seed) if estimate else ({}, None)
+    if tick:
+        tick()
+    cv, oof = nested_cv(x, y, n_classes, cs, OUTER_FOLDS, INNER_FOLDS, seed, tick) if estimate else ({}, None)
     cv.update(c=c, c_table=table, c_at_grid_edge=c in (min(cs), max(cs)),
               fit_cpu_seconds=round(time.process_time() - t0, 2))
     return ProbeFit(wb[0], wb[1], c, cv, oof)
@@ -230,9 +247,16 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
     net = distributed.unwrap(learn.model).to(learn.dls.device)  # fastai moves it only when fitting
     vocab = list(learn.dls.vocab)
     y = np.array([vocab.index(label) for label in pets.labels])
-    x = network_features(net, pets.items, Preprocess(cfg.probe_size, cfg.probe_size, tuple(mean), tuple(std)))
+    pre = Preprocess(cfg.probe_size, cfg.probe_size, tuple(mean), tuple(std))
+    quiet = not distributed.is_main()
+    with stage(f"probe features ({cfg.probe_size} px)", total=math.ceil(len(y) / FEATURE_BS), kind="features",
+               quiet=quiet) as s:
+        x = network_features(net, pets.items, pre, tick=s.advance)
     feature_seconds = time.monotonic() - t0
-    fit = fit_probe_cv(x, y, len(vocab), seed=cfg.seed)
+    with stage("probe fit (C by 4-fold CV, nested 5-fold estimate)", total=fit_units(len(y)), kind="fit",
+               quiet=quiet) as s:
+        fit = fit_probe_cv(x, y, len(vocab), seed=cfg.seed, tick=s.advance)
+        s.info = f"C {fit.c:g}, {fit.cv['estimate']} error {fit.cv['error']:.4f}"
     with torch.no_grad():
         net[1][-1].weight.copy_(torch.from_numpy(fit.weight))
         net[1][-1].bias.copy_(torch.from_numpy(fit.bias))

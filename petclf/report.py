@@ -588,6 +588,7 @@ def write_report(model: str | Path = DEFAULT_MODEL, data: str | Path | None = No
     out = check_writable(out if out is not None else model_dir / "report")  # before the long part, not after it
     ev = evaluate(model_dir, data, split, bs=bs, device=device, workers=workers, progress=progress, labels=labels)
     report = compute_report(ev, min_val=min_val, top_k=top_k)
-    figures = draw_figures(report, ev)
+    with _bar("drawing the figures (Grad-CAM of the top losses)", progress):
+        figures = draw_figures(report, ev)
     report["timing"]["total_seconds"] = time.perf_counter() - start
     return save_outputs(report, figures, out)

@@ -31,7 +31,7 @@ from petclf.io import save_state_dict, write_atomic
 
 T = TypeVar("T")
 CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors
-MACHINE_KEYS = ("device", "workers", "threads")  # what `--resume` may change: this machine's, not the recipe's
+MACHINE_KEYS = ("device", "workers", "threads", "log")  # what `--resume` may change: not the recipe
 
 
 # ---------------------------------------------------------------------------------------------------- rank 0
@@ -127,9 +127,6 @@ def default_out(arch: str, now: datetime | None = None) -> Path:
     return out
 
 
-MACHINE_KEYS = ("device", "workers", "threads")  # what `--resume` may change: this machine's, not the recipe's
-
-
 def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
     """The run directory for a fresh run, created, and whether it existed before (empty). A folder that holds
     anything is refused: a run (finished or not) is never overwritten, and neither is anything of the user's."""
@@ -203,21 +200,26 @@ def is_latest_pointer(latest: Path) -> bool:
         name = latest.read_text().strip()
     except (OSError, UnicodeDecodeError):
         return False
-    return bool(name) and "/" not in name and (latest.parent / name / "model.json").is_file()
+    rel = Path(name)
+    return (bool(name) and not rel.is_absolute() and ".." not in rel.parts
+            and (latest.parent / rel / "model.json").is_file())
 
 
-def update_latest(run_dir: Path) -> Path | None:
-    """Point `<parent>/latest` at `run_dir` atomically (a symlink; a file naming it where symlinks fail). Anything
-    named `latest` there that petclf did not make is left alone (None is returned, and a line says so)."""
-    latest = run_dir.parent / "latest"
+def update_latest(run_dir: Path, where: Path | None = None) -> Path | None:
+    """Point `<where>/latest` (default: beside the run) at `run_dir` atomically, by a relative symlink (a file
+    naming it where symlinks fail). Anything named `latest` there that petclf did not make is left alone (None is
+    returned, and a line says so)."""
+    where = where or run_dir.parent
+    latest = where / "latest"
     if (latest.exists() or latest.is_symlink()) and not is_latest_pointer(latest):
         log(f"left {latest} alone (it is not petclf's); the run is in {run_dir}")
         return None
-    tmp = run_dir.parent / f".latest.tmp{os.getpid()}"
+    target = os.path.relpath(run_dir.resolve(), where.resolve())
+    tmp = where / f".latest.tmp{os.getpid()}"
     tmp.unlink(missing_ok=True)
     try:
-        os.symlink(run_dir.name, tmp, target_is_directory=True)
+        os.symlink(target, tmp, target_is_directory=True)
     except OSError:
-        tmp.write_text(run_dir.name + "\n")
+        tmp.write_text(target + "\n")
     os.replace(tmp, latest)
     return latest

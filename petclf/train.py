@@ -17,7 +17,9 @@ backbone's L2-normalised pooled features at `probe_size` px, C by cross-validati
 out-of-fold predictions are saved in `oof.json`. No lr_find, no fine-tune (measured to add nothing).
 `auto` picks `probe` when there are fewer than `small_data` training images per class.
 
-Every file lands in the run directory; `exports/latest` (beside it) is switched to the run only once it is complete.
+Every file lands in the run directory; `exports/latest` is switched to the run once it is complete, and only when the
+run is in petclf's own `exports/` (a folder the user chose gets nothing written beside it). Every stage shows its
+progress (`petclf.progress`), and the whole run's time is estimated from its first batches.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -36,12 +37,15 @@ import numpy as np
 import torch
 
 from petclf import distributed
-from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN
+from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN, check_logging, log_callbacks
 from petclf.config import EXPORTS, UNSURE_BELOW, TrainConfig, save_config
 from petclf.device import Compute, available_cores, resolve_compute
+from petclf.errors import as_typed
 from petclf.io import atomic_path, write_atomic
+from petclf.lrfind import LRFind, lr_find, lr_find_steps, plot_lr_find
 from petclf.oof import read_oof
 from petclf.probe import not_a_pet_detector, pooled_features, run_probe
+from petclf.progress import RunClock, bar_unless, current_clock, run_clock, stage
 from petclf.run import (
     CKPT_DIR,
     Phase,
@@ -57,7 +61,6 @@ from petclf.run import (
     update_latest,
 )
 
-FALLBACK_LR = 2e-3  # fastai fine_tune's base_lr, used when lr_find cannot suggest one
 RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.json", "lr_find.png", "export.pkl",
              "data_report.json")  # a probe run writes oof.json instead of lr_find.png
 
@@ -163,77 +166,21 @@ def build_learner(cfg: TrainConfig, dls, recipe: str, compute: Compute, path: Pa
     return learn
 
 
-# ---------------------------------------------------------------------------------------------------- lr_find
-
-
-@dataclass
-class LRFind:
-    """What lr_find found: the suggestion (valley), the curve, and the seconds it took."""
-
-    suggestion: float
-    lrs: list[float]
-    losses: list[float]
-    seconds: float
-    fallback: bool = False
-
-
-def lr_find_steps(n_batches: int, max_steps: int = 100) -> int:
-    """Fewer steps on small data (two passes over the training set, at least 20), at most `max_steps`."""
-    return int(min(max_steps, max(20, 2 * n_batches)))
-
-
-def lr_find(learn, max_steps: int = 100) -> LRFind:
-    """fastai's lr_find (stops on divergence), bounded in steps; falls back to 2e-3 if no valley can be read."""
-    t0 = time.monotonic()
-    num_it = lr_find_steps(len(learn.dls.train), max_steps)
-    with learn.no_logging():
-        try:
-            sugg = learn.lr_find(num_it=num_it, show_plot=False)
-            lr, fallback = float(sugg.valley), False
-        except (IndexError, ValueError, RuntimeError):
-            lr, fallback = FALLBACK_LR, True
-    if not math.isfinite(lr) or lr <= 0:
-        lr, fallback = FALLBACK_LR, True
-    lrs = [float(x) for x in learn.recorder.lrs]
-    losses = [float(x) for x in learn.recorder.losses]
-    return LRFind(lr, lrs, losses, time.monotonic() - t0, fallback)
-
-
-def plot_lr_find(res: LRFind, path: Path) -> Path:
-    """Loss vs learning rate (log scale) with the suggestion marked, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    n = len(res.lrs)
-    keep = slice(0, n - 5 if n > 15 else n)  # fastai's plot drops the diverging tail too
-    ax.plot(res.lrs[keep], res.losses[keep])
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    ax.axvline(res.suggestion, color="tab:red", linestyle="--")
-    ax.set_title(f"lr_find: suggestion {res.suggestion:.2e}" + (" (fallback)" if res.fallback else ""))
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------- the schedule
 
 
-def fit_phase(learn, phase: Phase, state: RunState, run_dir: Path, epochs_left: int, cbs: list | None = None):
+def fit_phase(learn, phase: Phase, state: RunState, run_dir: Path, total_epochs: int, cbs: list | None = None):
     """One fit_one_cycle, from `state.epoch` on (resume), with checkpoints and progress per epoch."""
     start = state.epoch
     global_start = sum(1 for h in state.history if h["phase"] != phase.name)
-    extra = [EpochEnd(state, phase, run_dir, start, global_start),
-             EpochProgress(phase, epochs_left, start, global_start), *(cbs or [])]
-    with distributed.distrib_ctx(learn):
-        learn.fit_one_cycle(phase.epochs, slice(*phase.lr) if phase.lr[0] != phase.lr[1] else phase.lr[1],
-                            pct_start=phase.pct_start, div=phase.div, cbs=extra, start_epoch=start)
+    progress = EpochProgress(phase, total_epochs, start, global_start)
+    extra = [EpochEnd(state, phase, run_dir, start, global_start), progress, *(cbs or [])]
+    try:
+        with distributed.distrib_ctx(learn):
+            learn.fit_one_cycle(phase.epochs, slice(*phase.lr) if phase.lr[0] != phase.lr[1] else phase.lr[1],
+                                pct_start=phase.pct_start, div=phase.div, cbs=extra, start_epoch=start)
+    finally:
+        progress.close()  # an interrupted epoch's bar leaves the screen
 
 
 def set_phase_trainable(learn, phase: Phase) -> None:
@@ -251,8 +198,7 @@ def run_schedule(learn, phases: list[Phase], state: RunState, run_dir: Path, bn_
         if opt_state is not None:
             learn.opt.load_state_dict(opt_state)
             opt_state = None
-        left = phase.epochs - state.epoch + sum(p.epochs for p in phases[state.phase + 1:])
-        fit_phase(learn, phase, state, run_dir, left, extra)
+        fit_phase(learn, phase, state, run_dir, sum(p.epochs for p in phases), extra)
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -267,9 +213,9 @@ class TrainResult:
     metrics: dict
 
 
-def final_metrics(learn, state: RunState) -> dict:
+def final_metrics(learn, state: RunState, cbs: list | None = None) -> dict:
     """metrics.json: final validation numbers, per-epoch history, LR, lr_find and timing."""
-    valid_loss, err, acc = (float(v) for v in learn.validate())
+    valid_loss, err, acc = (float(v) for v in learn.validate(cbs=cbs))
     return {"error_rate": err, "accuracy": acc, "valid_loss": valid_loss, "history": state.history,
             "lr": state.lr, "lr_find": state.lr_find, "recipe": state.recipe, "probe": state.probe,
             "train_seconds": round(state.train_seconds, 2),
@@ -289,14 +235,14 @@ def check_finite(learn) -> None:
                                "nothing was exported and `latest` is unchanged; try a lower --lr")
 
 
-def choose_run_temperature(learn) -> dict:
+def choose_run_temperature(learn, cbs: list | None = None) -> dict:
     """The bundle's temperature, chosen on the validation outputs by `calibrate.choose_temperature` (cross-validated
     within them, kept only when it lowers the held-out NLL)."""
     from fastcore.basics import noop
 
     from petclf.calibrate import choose_temperature
 
-    logits, targs = learn.get_preds(act=noop)
+    logits, targs = learn.get_preds(act=noop, cbs=cbs)
     return choose_temperature(logits.float().cpu().numpy(), targs.cpu().numpy())
 
 
@@ -332,8 +278,10 @@ def run_detector(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) 
     items = [pets.items[i] for i in pets.valid_idx]
     y = np.array([vocab.index(pets.labels[i]) for i in pets.valid_idx], dtype=int)
     mean, std = norm_stats(cfg.arch)
-    x = pooled_features(distributed.unwrap(learn.model), items, Preprocess(cfg.size, cfg.presize, tuple(mean),
-                                                                            tuple(std)))
+    with stage("not-a-pet detector (features of the validation photos)", total=1, kind="detector") as s:
+        x = pooled_features(distributed.unwrap(learn.model), items, Preprocess(cfg.size, cfg.presize, tuple(mean),
+                                                                                tuple(std)))
+        s.advance()
     return not_a_pet_detector(x, y, len(vocab), run_dir, f"the {len(y)} validation photos, each scored against "
                               "class means made without it")
 
@@ -358,9 +306,13 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
     size, presize = (cfg.probe_size, cfg.probe_size) if probe else (cfg.size, cfg.presize)
     manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), size,
                              presize, mean, std, groups=groups, group_name=group_name, **extra)
-    write_bundle(learn.model, run_dir, manifest)
-    save_examples(pets, run_dir / EXAMPLES_DIR, every=probe)
-    export_onnx_quietly(run_dir)
+    with stage("export (model.safetensors, model.json, examples)", total=1, kind="export") as s:
+        write_bundle(learn.model, run_dir, manifest)
+        save_examples(pets, run_dir / EXAMPLES_DIR, every=probe)
+        s.advance()
+    with stage("ONNX export and check against torch", total=1, kind="onnx") as s:
+        s.info = export_onnx_quietly(run_dir)
+        s.advance()
     with atomic_path(run_dir / "export.pkl") as tmp:  # absolute: fastai joins a relative name onto learn.path
         learn.export(tmp)
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
@@ -373,27 +325,27 @@ def run_groups(cfg: TrainConfig, vocab: list[str]) -> tuple[str | None, dict[str
     return read_groups(cfg.groups, vocab) if cfg.groups else (None, None)
 
 
-def load_run_data(cfg: TrainConfig):
+def load_run_data(cfg: TrainConfig, progress=None):
     """The run's verified, split data, with its groups file checked against the classes before anything is built."""
     from petclf.data import load_pets
 
-    pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed, layout=cfg.layout,
-                     labels=cfg.labels)
+    pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed, progress=progress,
+                     layout=cfg.layout, labels=cfg.labels)
     run_groups(cfg, pets.vocab)
     return pets
 
 
-def export_onnx_quietly(run_dir: Path) -> None:
-    """model.onnx + its checksum file beside the bundle (`load_model` prefers it on CPU); a failure only logs."""
+def export_onnx_quietly(run_dir: Path) -> str:
+    """model.onnx + its checksum file beside the bundle (`load_model` prefers it on CPU); a failure only logs.
+    Returns what happened, in words."""
     from petclf.onnx import export_onnx, match_summary
 
     try:
         info = export_onnx(run_dir)
     except Exception as e:  # noqa: BLE001 - the run is good without ONNX; torch serves it
-        log(f"ONNX export skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "predict/serve will use torch")
-        return
-    log(f"wrote {info['file']} ({match_summary(info)})")
+        return (f"skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "predict/serve will use torch")
+    return f"wrote {info['file']} ({match_summary(info)})"
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -414,19 +366,14 @@ def start_state(learn, cfg: TrainConfig, recipe: str, run_dir: Path, pets) -> Ru
     first checkpoint. A probe interrupted before its checkpoint leaves nothing to resume: rerun it (it is short)."""
     state = RunState(recipe=recipe)
     if recipe == "probe":
-        state.probe = run_probe(learn, cfg, pets, run_dir)
-        p = state.probe
-        log(f"probe: C {p['c']:g}; {p['estimate']} error {p['error_rate']:.4f} (folds "
-            f"{' '.join(f'{e:.3f}' for e in p['fold_errors'])}) in {p['seconds']:.0f} s")
+        state.probe = run_probe(learn, cfg, pets, run_dir)  # its stages print C and the estimate
         on_main(save_checkpoint, learn, state, run_dir)
         return state
     if cfg.lr is None:
         found = lr_find(learn, cfg.lr_find_steps)
         state.lr = found.suggestion
-        state.lr_find = {"suggestion": found.suggestion, "seconds": round(found.seconds, 2),
-                         "fallback": found.fallback}
+        state.lr_find = found.record()
         on_main(plot_lr_find, found, run_dir / "lr_find.png")
-        log(f"lr_find: suggestion {found.suggestion:.2e} ({found.seconds:.0f} s, {len(found.lrs)} steps)")
     else:
         state.lr = cfg.lr
     on_main(save_checkpoint, learn, state, run_dir)
@@ -454,6 +401,32 @@ def describe(cfg: TrainConfig, compute: Compute, recipe: str, pets) -> str:
             f"{images}, {len(pets.vocab)} classes{procs}")
 
 
+EXPORT_GUESS_S, ONNX_GUESS_S = 3.0, 5.0  # the estimate's guesses for export and the ONNX check until they are timed
+
+
+def plan_run(clock: RunClock, learn, cfg: TrainConfig, recipe: str, epochs_done: int, n_items: int) -> None:
+    """The work left in this run, by kind, with guesses for the kinds that are timed only later (validation batches
+    from training ones; export), so the whole-run estimate comes after the first few batches."""
+    from petclf.probe import FEATURE_BS, fit_units
+
+    if recipe == "probe":
+        clock.plan("features", math.ceil(n_items / FEATURE_BS))
+        clock.plan("fit", fit_units(n_items))
+        clock.prior["fit"] = lambda r: 0.1  # a guess till the first folds are timed (180 photos: 0.07 s per fold)
+    else:
+        epochs = sum(p.epochs for p in plan_schedule(cfg, 1.0, recipe, cfg.pretrained or cfg.weights is not None))
+        left = max(0, epochs - epochs_done)
+        n_train, n_valid = len(learn.dls.train), len(learn.dls.valid)
+        if cfg.lr is None and not epochs_done and not cfg.resume:
+            clock.plan("train", lr_find_steps(n_train, cfg.lr_find_steps))
+        clock.plan("train", left * n_train)
+        clock.plan("valid", (left + 2) * n_valid)  # every epoch's, then the final metrics and the temperature
+        clock.prior["valid"] = lambda r: r["train"] / 3 if "train" in r else None  # no backward pass
+    clock.plan("export", 1)
+    clock.plan("onnx", 1)
+    clock.prior["export"], clock.prior["onnx"] = (lambda r: EXPORT_GUESS_S), (lambda r: ONNX_GUESS_S)
+
+
 def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any, RunState, dict | None, str]:
     """Learner, RunState, optimizer state to restore and recipe: from the checkpoint when resuming, else a fresh
     start (probe, lr_find and the first checkpoint, on rank 0)."""
@@ -465,11 +438,16 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
     # the probe's export.pkl carries its own input size (it sees no batch: features come through `Preprocess`)
     dls = build_dataloaders(replace(cfg, size=cfg.probe_size, presize=cfg.probe_size) if recipe == "probe" else cfg,
                             pets, compute.device)
-    learn = distributed.main_first(  # rank 0 fills the hub cache before the others read it
-        lambda: build_learner(cfg, dls, recipe, compute, path=run_dir / CKPT_DIR))
+    with stage("building the model", quiet=not distributed.is_main()):
+        learn = distributed.main_first(  # rank 0 fills the hub cache before the others read it
+            lambda: build_learner(cfg, dls, recipe, compute, path=run_dir / CKPT_DIR))
+    clock = current_clock()
+    if clock is not None:
+        done = len(ckpt["state"]["history"]) if ckpt else 0
+        plan_run(clock, learn, cfg, recipe, done, len(pets.items))
     if ckpt:
         state, opt_state = restore(learn, ckpt)
-        log(f"resuming {run_dir} at phase {state.phase}, epoch {state.epoch} ({len(state.history)} epochs done)")
+        log(f"resuming {run_dir} at epoch {len(state.history) + 1} ({len(state.history)} epochs done)")
         return learn, state, opt_state, recipe
     # probe and lr_find run once, on rank 0; its weights reach the others when DDP wraps the model
     state = None
@@ -479,8 +457,17 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
     return learn, distributed.broadcast(state), None, recipe
 
 
-def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
-    """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory."""
+def train(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = None) -> TrainResult:
+    """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory; every stage shows
+    its progress, and the whole run's time is estimated from its first batches. `latest` beside the run is switched
+    to it when `latest`, or (None) when the run is in petclf's own `exports/`."""
+    with run_clock():
+        return train_run(cfg, cbs, latest)
+
+
+def train_run(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = None) -> TrainResult:
+    """`train` itself, inside its run clock."""
+    check_logging(cfg)  # before any work: a missing package is one line, not a failure after lr_find
     distributed.init_process_group()  # only when launched as several processes (accelerate launch, torchrun)
     fresh = not cfg.resume
     if not fresh:
@@ -491,7 +478,8 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
                           if (v := getattr(cfg, k))})
     compute = resolve_device(cfg)
     # rank 0 downloads and verifies first; the others then find the data and the verification cache ready
-    pets = distributed.main_first(lambda: load_run_data(cfg))
+    with bar_unless(not distributed.is_main(), "verifying images") as progress:
+        pets = distributed.main_first(lambda: load_run_data(cfg, progress))
     existed = False
     if fresh:
         # rank 0 names (and checks) the run directory; every rank then uses that name
@@ -507,14 +495,14 @@ def train(cfg: TrainConfig, cbs: list | None = None) -> TrainResult:
     phases = plan_schedule(cfg, state.lr, recipe, pretrained)
     bn_freeze = cfg.bn_freeze == "on" or (cfg.bn_freeze == "auto" and recipe == "probe")
     try:
-        run_schedule(learn, phases, state, run_dir, bn_freeze, opt_state, cbs)
+        run_schedule(learn, phases, state, run_dir, bn_freeze, opt_state, [*(cbs or []), *log_callbacks(cfg, run_dir)])
     except KeyboardInterrupt:
-        log(f"interrupted; the last complete epoch is saved: petclf train --resume {run_dir}")
+        log(as_typed(f"interrupted; the last complete epoch is saved: petclf train --resume {run_dir}"))
         raise
-    return finish(learn, cfg, pets, run_dir, state)
+    return finish(learn, cfg, pets, run_dir, state, owns_parent(run_dir) if latest is None else latest)
 
 
-def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> TrainResult:
+def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState, latest: bool = True) -> TrainResult:
     """Metrics and temperature, export, and point `latest` at the run (rank 0; others get metrics)."""
     state.done = True
     if not distributed.is_main():
@@ -522,20 +510,58 @@ def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState) -> Tra
     n = distributed.world_size()
     with distributed.this_process_only():
         check_finite(learn)
-        metrics = probe_metrics(state) if state.recipe == "probe" else final_metrics(learn, state)
+        metrics = probe_metrics(state) if state.recipe == "probe" else validated_metrics(learn, state)
         if not math.isfinite(metrics["valid_loss"]):
             raise TrainingDiverged("training diverged: the validation loss is not finite; nothing was exported and "
                                    "`latest` is unchanged; try a lower --lr")
         metrics["recipe"] = recipe_record(cfg, state)
         metrics["processes"] = {"count": n, "bs_per_process": cfg.bs, "global_bs": n * cfg.bs}
-        metrics["calibration"] = (oof_temperature(run_dir) if state.recipe == "probe"
-                                  else choose_run_temperature(learn))
+        if state.recipe == "probe":
+            metrics["calibration"] = oof_temperature(run_dir)
         metrics["not_a_pet"] = run_detector(learn, cfg, pets, run_dir, state)
         export_run(learn, cfg, pets, run_dir, metrics)
-        update_latest(run_dir)
-    what = metrics.get("estimate", "valid")
-    log(f"{what} error_rate {metrics['error_rate']:.4f}; run directory {run_dir}")
+        if latest:
+            update_latest(run_dir)
     return TrainResult(learn, run_dir, distributed.broadcast(metrics))
+
+
+def validated_metrics(learn, state: RunState) -> dict:
+    """The final validation metrics and the temperature, two passes over the validation set under one stage."""
+    from petclf.callbacks import BatchProgress
+
+    with stage("final validation and temperature", total=2 * len(learn.dls.valid), kind="valid") as s:
+        metrics = final_metrics(learn, state, cbs=[BatchProgress(s)])
+        metrics["calibration"] = choose_run_temperature(learn, cbs=[BatchProgress(s)])
+        s.info = f"temperature {metrics['calibration']['temperature']:.3g}"  # the result is said once, at the end
+    return metrics
+
+
+def owns_parent(run_dir: Path) -> bool:
+    """True when the run folder sits in petclf's own `exports/` (where `latest` belongs); a folder the user chose
+    elsewhere gets nothing written beside it."""
+    return run_dir.resolve().parent == EXPORTS.resolve()
+
+
+def next_commands(run_dir: Path, cmd: str = "petclf") -> list[str]:
+    """What to run next on a finished run (`cmd`: how the user runs petclf); `--model` is always named, so the
+    commands stay true after another run moves `latest`."""
+    return [f"{cmd} predict --model {run_dir} photo.jpg", f"{cmd} report --model {run_dir}",
+            f"{cmd} serve --model {run_dir}"]
+
+
+def train_summary(result: TrainResult, cmd: str = "petclf") -> str:
+    """The end of a run, said once: the result, the run folder and what it holds, and the next commands."""
+    m, run_dir = result.metrics, result.run_dir
+    how = m.get("estimate") or "validation split"
+    made = [n for n in ("model.safetensors", "model.json", "model.onnx", "metrics.json", "lr_find.png", "export.pkl",
+                        "oof.json") if (run_dir / n).is_file()]
+    latest = run_dir.parent / "latest"
+    points = f"; {latest} points to it" if latest.exists() and latest.resolve() == run_dir.resolve() else ""
+    lines = [f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}"
+             f" ({how})",
+             f"run folder: {run_dir} ({', '.join(made)}){points}",
+             "next:", *(f"  {c}" for c in next_commands(run_dir, cmd))]
+    return "\n".join(lines)
 
 
 def run_lr_find(cfg: TrainConfig, out: Path | None = None) -> tuple[LRFind, Path]:

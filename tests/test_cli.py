@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,3 +65,22 @@ def test_one_class_is_refused_with_exit_2(tmp_path):
 def test_bad_usage_exits_2():
     assert run("data", "check", "--no-such-flag").returncode == 2
     assert run("data", "synth", "/tmp/x", "--classes", "99").returncode == 2
+
+
+def test_help_lists_commands_in_workflow_order():
+    out = run("--help").stdout
+    where = [out.index(f"│ {name} ") for name in ("data", "train", "lr-find", "predict", "report", "serve", "export",
+                                                    "demo")]
+    assert where == sorted(where), out
+
+
+@pytest.mark.slow
+def test_model_takes_the_folder_its_model_json_or_latest(tiny_run, tmp_path):
+    photo = next(Path(json.loads((tiny_run.run_dir / "model.json").read_text())["data"]["root"]).glob("*.jpg"))
+    for model in (tiny_run.run_dir, tiny_run.run_dir / "model.json"):
+        out = run("predict", "--model", str(model), str(photo), "-f", "csv")
+        assert out.returncode == 0 and photo.name in out.stdout, out.stderr
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "latest").symlink_to(tiny_run.run_dir, target_is_directory=True)
+    out = run("predict", "--model", "latest", str(photo), "-f", "csv", cwd=tmp_path)  # exports/latest
+    assert out.returncode == 0 and photo.name in out.stdout, out.stderr

@@ -20,8 +20,9 @@ from conftest import tiny_config
 from petclf.callbacks import StopAfter
 from petclf.config import TrainConfig
 from petclf.errors import PetclfError
+from petclf.lrfind import lr_find_steps
 from petclf.run import resume_config
-from petclf.train import RUN_FILES, Phase, choose_recipe, default_workers, lr_find_steps, plan_schedule, train
+from petclf.train import RUN_FILES, Phase, choose_recipe, default_workers, plan_schedule, train
 
 
 def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
@@ -48,7 +49,7 @@ def bundle_probs(run_dir: Path, learn) -> np.ndarray:
 
 
 def test_lr_find_steps_shrink_on_small_data():
-    assert lr_find_steps(3) == 20
+    assert lr_find_steps(3) == 50  # small data: batches repeat, enough steps to place a valley
     assert lr_find_steps(30) == 60
     assert lr_find_steps(185) == 100
 
@@ -99,14 +100,14 @@ def test_train_writes_the_whole_run_folder(synth_dir, tmp_path, capsys):
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     assert (out / "checkpoints" / "last.pt").is_file() and (out / "checkpoints" / "best.safetensors").is_file()
-    assert (tmp_path / "runs" / "latest").resolve() == out.resolve()
+    assert not (tmp_path / "runs" / "latest").exists()  # a folder the user chose: nothing written beside the run
 
     m = json.loads((out / "metrics.json").read_text())
     assert m == json.loads(json.dumps(res.metrics))
     assert {"error_rate", "accuracy", "valid_loss", "history", "lr", "lr_find", "train_seconds",
             "images_per_second"} <= set(m)
     assert m["lr"] == m["lr_find"]["suggestion"] and m["lr_find"]["seconds"] > 0
-    assert [h["epoch"] for h in m["history"]] == [0, 1, 2]
+    assert [h["epoch"] for h in m["history"]] == [1, 2, 3]  # 1-based, as the log and the report say
     assert {h["phase"] for h in m["history"]} == {"unfrozen"}  # random init: nothing to freeze
     assert set(m["history"][0]) == {"epoch", "phase", "train_loss", "valid_loss", "error_rate", "accuracy",
                                     "seconds"}
@@ -167,11 +168,11 @@ def test_interrupted_run_resumes_on_schedule(synth_dir, tmp_path):
     hist = res.metrics["history"]
     stem = next(m for m in res.learn.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert stem.weight.is_contiguous()  # the resumed run keeps the saved layout setting
-    assert [h["epoch"] for h in hist] == [0, 1, 2]  # epoch 0 not repeated, 1 and 2 run after the resume
+    assert [h["epoch"] for h in hist] == [1, 2, 3]  # epoch 1 not repeated, 1 and 2 run after the resume
     (phase,) = plan_schedule(cfg, cfg.lr, "fastbook", pretrained=False)
     expected = combined_cos(phase.pct_start, cfg.lr / phase.div, cfg.lr, cfg.lr / 1e5)(1 / 3)
     assert lrs_seen[0] == pytest.approx(expected, rel=1e-6)  # the one-cycle schedule continues at epoch 1 of 3
-    assert (out / "model.json").is_file() and (tmp_path / "latest").resolve() == out.resolve()
+    assert (out / "model.json").is_file() and not (tmp_path / "latest").exists()
     with pytest.raises(PetclfError, match="already complete"):
         train(TrainConfig(resume=str(out)))
 
@@ -242,7 +243,7 @@ def test_cli_sigint_keeps_checkpoint_then_resumes(cli, synth_dir, tmp_path):
     res = cli("train", "--resume", out, "--workers", "0", "--threads", "1")
     assert res.exit_code == 0, res.output
     hist = json.loads((out / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
@@ -256,15 +257,21 @@ def test_cli_train_offline_message(cli, synth_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_demo_runs_offline(tmp_path):
-    from petclf.demo import run_demo
+def test_demo_runs_offline_and_leaves_its_model_where_predict_finds_it(tmp_path, monkeypatch, cli, capsys):
+    from petclf.demo import OUT, run_demo
 
-    paths = run_demo(tmp_path / "demo", epochs=1, threads=1)
+    monkeypatch.chdir(tmp_path)  # the default out, exports/demo, as `make demo` runs it
+    paths = run_demo(OUT, epochs=1, threads=1)
     run = paths["run"]
     probe_files = [n for n in RUN_FILES if n != "lr_find.png"] + ["oof.json"]  # lite0 weights: the probe recipe
     assert all((run / name).is_file() for name in probe_files)
-    assert paths["latest"].resolve() == run.resolve()
+    assert (tmp_path / "exports" / "latest").resolve() == (run.parent / "latest").resolve() == run.resolve()
     assert json.loads((run / "metrics.json").read_text())["error_rate"] <= 0.25
+    printed = capsys.readouterr().out
+    photo = next(ln.split()[-1] for ln in printed.splitlines() if ln.strip().startswith("petclf predict"))
+    res = cli("predict", photo)  # no --model: exports/latest
+    assert res.exit_code == 0 and "Abyssinian" in res.output, res.output
+    assert "  petclf report\n" in printed and "  petclf serve\n" in printed
 
 
 class PoisonWeights(StopAfter):
@@ -332,3 +339,103 @@ def test_disk_full_is_one_line_naming_the_file(cli, synth_dir, tmp_path):
         assert "inline_container" not in res.output and "Errno" not in res.output
     finally:
         subprocess.run(["umount", str(full)], check=True)
+
+
+# ---------------------------------------------------------------------------------------------------- lr_find
+
+
+def test_flatness_tells_a_curve_from_flat_noise():
+    from petclf.lrfind import flatness
+
+    rng = np.random.default_rng(0)
+    n = 60
+    falling = 2.0 - 1.2 / (1 + np.exp(-(np.arange(n) - 30) / 4))  # a pretrained net's curve: falls by 1.2
+    raw = list(falling + rng.normal(0, 0.1, n))
+    assert not flatness(raw, list(falling), n)["flat"]
+    noise = list(1.39 + rng.normal(0, 0.1, n))  # nothing learnt: batch noise around ln(4)
+    smooth = list(np.convolve(noise, np.ones(10) / 10, mode="same"))
+    f = flatness(noise, smooth, n)
+    assert f["flat"] and f["noise"] == pytest.approx(0.1, rel=0.3)
+
+
+class Untrainable(torch.nn.Module):
+    """Fixed random features and a bias scaled to nothing: its loss moves with the batches, never with the LR."""
+
+    def __init__(self, n_classes: int):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 8, stride=8), torch.nn.AdaptiveAvgPool2d(1),
+                                            torch.nn.Flatten(), torch.nn.Linear(8, n_classes)).requires_grad_(False)
+        self.bias = torch.nn.Parameter(torch.zeros(n_classes))
+
+    def forward(self, x):
+        return self.features(x) + 1e-9 * self.bias
+
+
+@pytest.mark.slow
+def test_lr_find_on_flat_noise_says_so_and_falls_back(synth_dir, tmp_path):
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+
+    from petclf.data import load_pets
+    from petclf.lrfind import FALLBACK_LR, lr_find, plot_lr_find
+    from petclf.train import build_dataloaders
+
+    cfg = tiny_cfg(synth_dir, tmp_path / "r")
+    dls = build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu")
+    learn = Learner(dls, Untrainable(dls.c), loss_func=CrossEntropyLossFlat(), path=tmp_path)
+    found = lr_find(learn, max_steps=50)
+    assert found.flat["flat"] and found.fallback and found.used == "fallback" and found.suggestion == FALLBACK_LR
+    assert "flat noise" in found.why() and "default" in found.why()
+    assert len(found.raw) == len(found.lrs) == 50  # a flat curve never diverges: every step ran
+    assert plot_lr_find(found, tmp_path / "lr.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_lr_find_records_every_suggestion_and_uses_valley(synth_dir, tmp_path):
+    from petclf.lrfind import lr_find, plot_lr_find
+    from petclf.model import efficientnet_lite0_weights
+    from petclf.train import build_dataloaders, build_learner, resolve_device
+
+    weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
+    cfg = tiny_cfg(synth_dir, tmp_path / "r", arch="tf_efficientnet_lite0", weights=str(weights), pretrained=True,
+                   lr=None)
+    from petclf.data import load_pets
+
+    compute = resolve_device(cfg)
+    learn = build_learner(cfg, build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu"), "fastbook",
+                          compute, path=tmp_path)
+    found = lr_find(learn, max_steps=50)
+    rec = found.record()
+    assert set(rec["suggestions"]) == {"valley", "steep", "slide", "minimum"}, rec
+    assert not rec["flat"]["flat"] and rec["used"] == "valley" and rec["suggestion"] == rec["suggestions"]["valley"]
+    assert rec["why"].startswith("valley") and "steep" in rec["why"] and rec["steps"] >= 20
+    assert plot_lr_find(found, tmp_path / "lr.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------- --log
+
+
+def _has_tensorboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+@pytest.mark.skipif(_has_tensorboard(), reason="tensorboard is installed: the run logs (next test)")
+def test_log_tensorboard_without_the_package_is_one_line_before_any_work(synth_dir, tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "petclf", "train", "-d", str(synth_dir), "--log", "tensorboard",
+                           "-o", str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert "pip install tensorboard" in line and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_tensorboard(), reason="tensorboard not installed (pip install 'petclf[tensorboard]')")
+def test_log_tensorboard_writes_event_files_in_the_run_folder(synth_dir, tmp_path):
+    out = tmp_path / "r"
+    train(tiny_cfg(synth_dir, out, epochs=1, freeze_epochs=0, log="tensorboard"))
+    events = list((out / "tb").glob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 100 for e in events)
