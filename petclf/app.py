@@ -528,13 +528,14 @@ def exposure_warning(host: str, share: bool, auth: tuple[str, str] | None) -> st
 
 
 def main(model_dir: str | Path = DEFAULT_MODEL, host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False,
-         backend: str = "auto", auth: tuple[str, str] | None = None, title: str | None = None) -> None:
+         backend: str = "auto", auth: tuple[str, str] | None = None, title: str | None = None,
+         unsure_below: float | None = None) -> None:
     """Load the bundle once (`auto`: classify with onnxruntime when model.onnx verifies), build the demo, serve."""
     check_address(host, port)
     if warning := exposure_warning(host, share, auth):
         print(warning, file=sys.stderr)
     predictor = load_model(model_dir, backend=backend)
-    demo = build_demo(predictor, title=title,
+    demo = build_demo(predictor, threshold=unsure_below, title=title,
                       examples=example_files(predictor.manifest, resolve_bundle_dir(model_dir)))
     # torch, fastai, Gradio and the model leave ~630,000 long-lived objects that every full collection would walk
     # (350-380 ms holding the GIL, measured on this demo); frozen, they keep those pauses out of request latency

@@ -150,6 +150,8 @@ ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Trained model: a r
                                                              "a `latest` link.")
 BackendOpt = typer.Option(Backend.auto, "--backend", help="What runs the network: auto is onnxruntime on CPU when "
                                                           "model.onnx verifies, torch otherwise.")
+UnsureOpt = typer.Option(None, "--unsure-below", min=0.0, max=1.0, metavar="P", show_default="the model's own",
+                         help="Below this top-class probability the answer lists the likely classes.")
 # Training flags default to None so that the layering defaults < --config FILE < flags holds (petclf.config).
 ArchOpt = typer.Option(None, "--arch", "-a", help="timm model name.", show_default=str(D.arch))
 WeightsOpt = typer.Option(None, "--weights", help="Local timm state dict (.pth/.safetensors) instead of the hub.")
@@ -332,9 +334,7 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
             out: Path | None = typer.Option(None, "--out", "-o", help="Write the results here instead of stdout."),
             backend: Backend = BackendOpt,
             onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx."),
-            unsure_below: float | None = typer.Option(None, "--unsure-below", min=0.0, max=1.0, metavar="P",
-                                                      help="Below this top-breed probability the verdict lists the "
-                                                           "likely breeds.", show_default="the model's own")) -> None:
+            unsure_below: float | None = UnsureOpt) -> None:
     """Predict breeds for images, in the order given: a species verdict (cat, dog or not a pet) and a breed verdict
     per image. Unreadable images get an error row; exit code 1 if any failed."""
     from petclf.io import check_file_writable, write_atomic
@@ -399,14 +399,15 @@ def serve(model: Path = ModelOpt,
           onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx."),
           title: str | None = typer.Option(None, "--title", help="The page's heading.",
                                            show_default="from the model: 'Which breed is this pet?' for Pets, "
-                                                        "'Which class is this?' otherwise")) -> None:
+                                                        "'Which class is this?' otherwise"),
+          unsure_below: float | None = UnsureOpt) -> None:
     """Serve the Gradio demo: upload a photo, see the class (Pets: breed, cat or dog), and Grad-CAM (always run by
     torch)."""
     from petclf.app import main as serve_demo
     from petclf.app import parse_auth
 
     serve_demo(model, host=host, port=port, share=share, backend=_backend(backend, onnx), auth=parse_auth(auth),
-               title=title)
+               title=title, unsure_below=unsure_below)
 
 
 @app.command("export")

@@ -110,8 +110,8 @@ def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_
     port = free_port()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "GRADIO_ANALYTICS_ENABLED": "False"}
     server = subprocess.Popen([sys.executable, "-m", "petclf", "serve", "--model", str(run), "--port", str(port),
-                               "--title", "Which dessert or animal?"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+                               "--title", "Which dessert or animal?", "--unsure-below", "1"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 60
@@ -127,6 +127,7 @@ def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_
         assert '"orig_name": "01.jpg"' in page  # the examples: the validation photos the run kept
         classes, groups, answer = _ask(url, data / "valid" / "Red fox" / "5.jpg")
         assert answer["breed_id"] in {"Crème brûlée", "Red fox", "blue whale"} and not groups
+        assert answer["breed_sure"] is (answer["prob"] >= 1.0)  # --unsure-below 1: short of certainty, unsure
     finally:
         server.terminate()
         server.wait(10)
