@@ -366,7 +366,8 @@ def report(model: Path = ModelOpt,
            data: Path | None = typer.Option(None, "--data", "-d", help="Data folder.",
                                             show_default="the one the run recorded"),
            split: str = typer.Option("valid", "--split", metavar="[valid|test|FILE]",
-                                     help="valid (the run's own split), test (the official test list) or a FILE "
+                                     help="valid (the run's own split), test (Pets: the official test list; "
+                                          "folders: test/<label>/; csv: rows whose split is test) or a FILE "
                                           "naming the images."),
            out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.html, report.json and "
                                                                       "figures/.", show_default="MODEL/report"),

@@ -305,7 +305,7 @@ def _split(reading: Reading, items: list[Path], split: str, valid_pct: float,
            seed: int) -> tuple[list[int], list[int], str]:
     """(train, valid, split name): the layout's own split (train/ + valid/, a csv column) unless `split` names
     another than random, else `split_indices`."""
-    if reading.valid is not None and split == "random":
+    if reading.valid is not None and split in ("random", "test"):
         valid = dict(zip(map(str, reading.items), reading.valid, strict=True))
         flags = [valid[str(p)] for p in items]
         return [i for i, v in enumerate(flags) if not v], [i for i, v in enumerate(flags) if v], reading.split_name
@@ -328,9 +328,15 @@ def _single_images_train(labels: list[str], train_idx: list[int], valid_idx: lis
 def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: float = 0.2, seed: int = 42,
               use_cache: bool = True, progress=None, layout: str = "auto", labels: str | Path | None = None) -> Pets:
     """Find the data, read its layout (`auto`, `pets`, `folders`, or `csv` with `labels`), verify, label and
-    split it; raise `DataError` if training could not go on."""
-    reading = read_layout(find_root(data), layout, labels)
+    split it; raise `DataError` if training could not go on. `split="test"`: the data's test part (Pets' official
+    list, a folders layout's test/, a csv's test rows) as the validation half, for `report --split test`."""
+    reading = read_layout(find_root(data), layout, labels, test=split == "test")
     root = reading.root
+    if split == "test" and reading.layout == "pets":  # Pets' test part is its official list
+        split = "official"
+        if (ann := annotations_dir(root)) is None or not all((ann / f).is_file() for f in ("test.txt", "trainval.txt")):
+            raise DataError("--split test needs the official Pets lists annotations/test.txt and trainval.txt beside "
+                            "images/; pass --split valid or a file naming the images instead")
     check_label_clashes(reading.labels)
     report = DataReport(root=str(root), layout=reading.layout, layout_why=reading.why, warnings=reading.warnings,
                         ignored=[str(p) for p in scan_files(root)[1] if p.resolve() != reading.labels_file],

@@ -30,6 +30,7 @@ from petclf.labels import breed_of, label_from_path
 
 LAYOUTS = tuple(x.value for x in Layout)  # what --layout takes
 TRAIN_DIR = "train"  # fastai GrandparentSplitter's train_name
+TEST_DIR = "test"  # a folders layout's test part (test/<label>/), a csv split value: what `report --split test` reads
 VALID_DIRS = ("valid", "val", "test")  # validation folder names, the first present wins (the others are set aside)
 SPLIT_VALUES = {"train": False, "valid": True, "val": True, "validation": True, "test": True}  # a csv `split` cell
 BOOL_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
@@ -107,14 +108,15 @@ def _class_dirs(tops: list[Path]) -> list[Path]:
     return sorted(d for t in tops if t.is_dir() for d in t.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def read_folders(root: Path, why: str = "") -> Reading:
+def read_folders(root: Path, why: str = "", test: bool = False) -> Reading:
     """`root/<label>/<file>`, or `root/train|valid/<label>/<file>`: the parent folder is the label (fastai's
     `parent_label`), and train/ + valid/ (or val/, test/) the split (fastai's `GrandparentSplitter`); train/ alone
-    is all training data, split as usual."""
+    is all training data, split as usual. `test`: test/ is the held-out half instead (for `report --split test`)."""
     from fastai.data.transforms import GrandparentSplitter, parent_label
 
     split_dirs = _has_split_dirs(root)
-    valid_name = _valid_dir(root) if split_dirs else None
+    valid_name = (TEST_DIR if (root / TEST_DIR).is_dir() else None) if test else _valid_dir(root)
+    valid_name = valid_name if split_dirs else None
     tops = [root / TRAIN_DIR, *([root / valid_name] if valid_name else [])] if split_dirs else [root]
     images = [p for p in walk_files(root) if is_image_file(p)]
     in_class = [p.parent != root and p.parent not in tops for p in images]  # else: in no class folder
@@ -156,16 +158,22 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
         raise DataError(f"{path.name} is not a UTF-8 CSV file ({e})") from None
 
 
-def _csv_valid(rows: list[tuple[int, dict[str, str]]], col: str, problems: list[str]) -> list[bool | None]:
+def _csv_valid(rows: list[tuple[int, dict[str, str]]], col: str, problems: list[str],
+               test: bool = False) -> list[bool | None] | None:
     """Each row's split from a `split` (train/valid/test) or `is_valid` (true/false) cell; None: set aside (test
-    rows beside valid ones)."""
+    rows beside valid ones). `test`: the `test` rows are the held-out half and valid rows are set aside (None when
+    there are no test rows)."""
     table = SPLIT_VALUES if col == "split" else BOOL_VALUES
     bad = [f"line {n}: {r[col]!r}" for n, r in rows if r[col].lower() not in table]
     if bad:
         problems.append(f"{len(bad)} {col} value(s) not in {'/'.join(sorted(set(table) - {''}))} ({_listing(bad)})")
     values = [r[col].lower() for _, r in rows]
+    if test:
+        if col != "split" or TEST_DIR not in values:
+            return None
+        return [True if v == TEST_DIR else None if table.get(v, False) else False for v in values]
     has_valid = any(v in ("valid", "val", "validation") for v in values)
-    return [None if col == "split" and v == "test" and has_valid else table.get(v, False) for v in values]
+    return [None if col == "split" and v == TEST_DIR and has_valid else table.get(v, False) for v in values]
 
 
 def _csv_problems(rows: list[tuple[int, dict[str, str]]], root: Path) -> list[str]:
@@ -190,8 +198,9 @@ def _csv_problems(rows: list[tuple[int, dict[str, str]]], root: Path) -> list[st
     return [f"{len(v)} {what} ({_listing(v)})" for what, v in found.items() if v]
 
 
-def read_csv(root: Path, labels: str | Path, why: str = "") -> Reading:
-    """`file,label` rows (plus `split` or `is_valid`), files relative to `root`: fastai's from_df conventions."""
+def read_csv(root: Path, labels: str | Path, why: str = "", test: bool = False) -> Reading:
+    """`file,label` rows (plus `split` or `is_valid`), files relative to `root`: fastai's from_df conventions.
+    `test`: the `split` column's test rows are the held-out half (for `report --split test`)."""
     path = Path(labels).expanduser()
     header, rows = _csv_rows(path)
     missing = [c for c in ("file", "label") if c not in header]
@@ -200,7 +209,7 @@ def read_csv(root: Path, labels: str | Path, why: str = "") -> Reading:
                         "it needs file,label and optionally split or is_valid")
     problems = _csv_problems(rows, root)
     col = next((c for c in ("split", "is_valid") if c in header), None)
-    valid = _csv_valid(rows, col, problems) if col else None
+    valid = _csv_valid(rows, col, problems, test) if col else None
     if problems:
         raise DataError(f"{path.name}: " + "; ".join(problems))
     aside = {i for i in range(len(rows)) if valid is not None and valid[i] is None}  # test rows beside valid ones
@@ -268,9 +277,23 @@ def detect(root: Path) -> Reading:
     return readings[-1]
 
 
-def read_layout(root: str | Path, layout: str = "auto", labels: str | Path | None = None) -> Reading:
-    """The labelled images under `root` as `layout` reads them (`auto`: detected; `--labels` means csv)."""
-    root = Path(root)
+def read_layout(root: str | Path, layout: str = "auto", labels: str | Path | None = None,
+                test: bool = False) -> Reading:
+    """The labelled images under `root` as `layout` reads them (`auto`: detected; `--labels` means csv); `test`:
+    with a folders or csv layout's test part as the held-out half, as `report --split test` evaluates it."""
+    reading = _read_layout(Path(root), layout, labels)
+    if not test or reading.layout == "pets":  # Pets' test part is its official list (split `official`)
+        return reading
+    reading = read_csv(reading.root, reading.labels_file, reading.why, test=True) if reading.layout == "csv" \
+        else read_folders(reading.root, reading.why, test=True)
+    if reading.valid is None:
+        where = "rows whose split is test" if reading.layout == "csv" else f"{TEST_DIR}/<label>/ beside {TRAIN_DIR}/"
+        raise DataError(f"--split test needs a test part: this {reading.layout} layout has no {where}")
+    return reading
+
+
+def _read_layout(root: Path, layout: str, labels: str | Path | None) -> Reading:
+    """`read_layout` without the test part."""
     if layout not in LAYOUTS:
         raise DataError(f"layout must be one of {'|'.join(LAYOUTS)}, got {layout!r}")
     if layout == "csv" and labels is None:

@@ -38,7 +38,7 @@ from fastai.torch_core import TensorBase, noop
 from petclf.bundle import class_groups, load_network, read_manifest, resolve_bundle_dir
 from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax
 from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES
-from petclf.data import Pets, annotations_dir, find_data, load_pets, make_dataloaders
+from petclf.data import Pets, load_pets, make_dataloaders
 from petclf.device import machine_device
 from petclf.errors import PetclfError
 from petclf.image import encode
@@ -111,12 +111,13 @@ def resolve_layout(config: dict | None, data: str | Path | None, labels: str | P
 
 
 def resolve_split(split: str, config: dict | None) -> tuple[str, float, int]:
-    """`valid` -> the run's own split, `test` -> the official test list, FILE -> that list: (split, valid_pct, seed)."""
+    """`valid` -> the run's own split, `test` -> the data's test part (Pets: the official list), FILE -> that list:
+    (split, valid_pct, seed)."""
     cfg = config or {}
     if split == "valid":
         return str(cfg.get("split") or "random"), float(cfg.get("valid_pct") or 0.2), int(cfg.get("seed") or 42)
     if split == "test":
-        return "official", 0.2, 42
+        return "test", 0.2, 42
     if not Path(split).is_file():
         raise ReportError(f"--split must be valid, test or a file naming the images to evaluate; not found: {split}")
     return split, 0.2, 42
@@ -215,11 +216,10 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     split_used, valid_pct, seed = resolve_split(split, run["config"])
     layout, labels = resolve_layout(run["config"], data, labels)
     data = data if data is not None else _recorded_data(manifest, run)
-    if split == "test":
-        _check_test_list(data)
     with _bar("verifying images", progress) as report_progress:
         pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress,
                          layout=layout, labels=labels)
+    split_used = pets.report.split if split == "test" else split_used  # as the data read it: official, test/, ...
     learn = make_learner(model_dir, pets, bs=bs, device=device, workers=workers)
     oof = read_oof(model_dir) if split == "valid" else None
     if oof is not None:  # a probe run trained on every photo: judge it by its out-of-fold predictions instead
@@ -244,14 +244,6 @@ def _oof_outputs(oof: dict, items: list[Path]) -> tuple[np.ndarray, ...]:
     except ValueError as e:
         raise ReportError(f"{e}: the out-of-fold predictions cover only the training photos; pass --split FILE "
                           "naming new photos") from None
-
-
-def _check_test_list(data: str | Path | None) -> None:
-    """Fail with one line unless the data has the official test list that `--split test` reads."""
-    ann = annotations_dir(find_data(data))
-    if ann is None or not (ann / "test.txt").is_file() or not (ann / "trainval.txt").is_file():
-        raise ReportError("--split test needs the official Pets lists annotations/test.txt and trainval.txt beside "
-                          "images/; pass --split valid or a file naming the images instead")
 
 
 @contextmanager

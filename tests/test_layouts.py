@@ -73,6 +73,24 @@ def test_val_or_test_folder_is_the_validation_half_and_a_test_beside_valid_is_se
     assert all("/test/" in p for p in pets.report.unsplit)
 
 
+def test_split_test_reads_the_test_part_of_folders_and_csv_and_refuses_data_without_one(tmp_path):
+    root = _folders(tmp_path / "f", {"x": 3, "y": 3}, "train")
+    _folders(_folders(root, {"x": 1, "y": 1}, "valid"), {"x": 2, "y": 2}, "test")
+    pets = D.load_pets(root, split="test")
+    assert sorted(str(pets.items[i].relative_to(root)) for i in pets.valid_idx) == \
+        ["test/x/0.jpg", "test/x/1.jpg", "test/y/0.jpg", "test/y/1.jpg"]
+    assert pets.report.split == "folders train/ + test/" and all("/valid/" in u for u in pets.report.unsplit)
+    for k in range(6):
+        _img(tmp_path / "c" / f"p{k}.png")
+    halves = ["train", "train", "valid", "valid", "test", "test"]
+    _csv(tmp_path / "c", "file,label,split\n" + "".join(f"p{k}.png,{'AB'[k % 2]},{h}\n" for k, h in enumerate(halves)))
+    pets = D.load_pets(tmp_path / "c", split="test")
+    assert sorted(pets.items[i].name for i in pets.valid_idx) == ["p4.png", "p5.png"] and len(pets.train_idx) == 2
+    for no_test in (_folders(tmp_path / "n", {"x": 3, "y": 3}), _folders(tmp_path / "v", {"x": 3, "y": 3}, "train")):
+        with pytest.raises(DataError, match="--split test needs a test part"):
+            D.load_pets(no_test, split="test")
+
+
 def test_csv_with_is_valid_follows_fastais_col_splitter(tmp_path):
     import pandas as pd
     from fastai.data.transforms import ColSplitter

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -107,6 +108,11 @@ def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_
     assert s["layout"] == "folders" and s["group_name"] is None and s["n_evaluated"] == CLASSES * 2
     assert "accuracy</span>" in got["html"] and "species" not in got["html"] and "breed" not in got["html"]
     assert json.loads((run / "metrics.json").read_text())["lr_find"]["suggestion"] > 0  # lr_find ran on it
+    shutil.copytree(data / "valid", data / "test")  # a test part beside valid/: what `report --split test` reads
+    rep = cli("report", "--model", run, "--split", "test", "--out", tmp_path / "test-report")
+    assert rep.exit_code == 0, rep.output
+    s = json.loads((tmp_path / "test-report" / "report.json").read_text())["summary"]
+    assert s["split_used"] == "folders train/ + test/" and s["n_evaluated"] == CLASSES * 2
     port = free_port()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "GRADIO_ANALYTICS_ENABLED": "False"}
     server = subprocess.Popen([sys.executable, "-m", "petclf", "serve", "--model", str(run), "--port", str(port),
