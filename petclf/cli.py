@@ -201,12 +201,12 @@ def _print_class_table(counts: dict[str, int], group_name: str, groups: dict[str
     from rich.console import Console
     from rich.table import Table
 
-    from petclf.labels import pets_groups
+    from petclf.labels import display_name, pets_groups
 
     groups = groups or pets_groups(list(counts))
     table = Table("class", *([group_name] if groups else []), "images", box=None, pad_edge=False)
     for c, n in counts.items():
-        table.add_row(c, *([groups[c]] if groups else []), str(n))
+        table.add_row(display_name(c), *([groups[c]] if groups else []), str(n))
     Console(width=100).print(table)
 
 
