@@ -131,18 +131,24 @@ def _export_graph(net: torch.nn.Module, size: int, path: Path, opset: int) -> No
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}})
 
 
-def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3, seed: int = 0) -> tuple[float, float]:
-    """(largest |logit difference| between torch and onnxruntime, largest |logit|) on `n` random inputs.
+def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3,
+               seed: int = 0) -> dict[str, tuple[float, float]]:
+    """{output: (largest |difference| between torch and onnxruntime, largest |value|)} for both outputs, logits and
+    the pooled features the not-a-pet detector reads, on `n` random inputs.
 
     Random inputs can drive a head fitted by the probe recipe to logits in the thousands, where float32 rounding
-    alone differs by 1e-3; the difference is judged against that scale (`RTOL`), not as an absolute number.
+    alone differs by 1e-3; each difference is judged against its output's scale (`RTOL`), not as an absolute number.
     """
     import torch
 
+    from petclf.model import WithFeatures
+
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
-        ref = net(x).float().numpy()
-    return float(np.abs(OnnxNet(path)(x.numpy()) - ref).max()), float(np.abs(ref).max())
+        ref = [t.float().numpy() for t in WithFeatures(net).eval()(x)]
+    got = OnnxNet(path).outputs(x.numpy())
+    return {name: (float(np.abs(g - r).max()), float(np.abs(r).max()))
+            for name, g, r in zip(("logits", "features"), got, ref, strict=True)}
 
 
 def match_summary(info: dict[str, Any]) -> str:
@@ -159,12 +165,15 @@ def export_onnx(model_dir: str | Path, opset: int = OPSET, rtol: float = RTOL) -
     size = int(manifest["input"]["size"])
     with atomic_path(model_dir / ONNX_NAME) as tmp:
         _export_graph(net, size, tmp, opset)
-        diff, scale = check_onnx(net, tmp, size)
-        if not diff <= rtol * max(1.0, scale):
-            raise PetclfError(f"ONNX export differs from torch by {diff:.2g} on logits up to {scale:.3g} (more than "
-                              f"{rtol:g} of them); model.onnx not written")
+        checked = check_onnx(net, tmp, size)
+        for name, (diff, scale) in checked.items():
+            if not diff <= rtol * max(1.0, scale):
+                raise PetclfError(f"ONNX export differs from torch by {diff:.2g} on {name} up to {scale:.3g} (more "
+                                  f"than {rtol:g} of them); model.onnx not written")
+        (diff, scale), (feat_diff, _) = checked["logits"], checked["features"]
         info = {"file": ONNX_NAME, "sha256": sha256_file(tmp), "weights_sha256": manifest["weights"]["sha256"],
-                "opset": opset, "input_size": size, "max_abs_diff": diff, "max_abs_logit": scale, "rtol": rtol,
+                "opset": opset, "input_size": size, "max_abs_diff": diff, "max_abs_logit": scale,
+                "features_max_abs_diff": feat_diff, "rtol": rtol,
                 "torch": torch.__version__.split("+")[0]}
     write_atomic(model_dir / ONNX_INFO_NAME, json.dumps(info, indent=1))
     pin_onnx(model_dir, ONNX_NAME, info["sha256"])  # last: until model.json names the graph, it is never run

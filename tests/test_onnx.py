@@ -168,3 +168,22 @@ def test_the_probe_recipes_l2norm_head_exports(tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     assert np.abs(OnnxNet(tmp_path / "model.onnx", threads=1)(x.numpy()) - expected).max() < 1e-4
+
+
+def test_the_export_check_compares_the_features_output_too(run_dir):
+    import copy
+
+    from petclf.bundle import load_network
+    from petclf.onnx import check_onnx
+
+    net, manifest = load_network(run_dir)
+    size = int(manifest["input"]["size"])
+    same = check_onnx(net, run_dir / "model.onnx", size)
+    assert set(same) == {"logits", "features"} and same["features"][0] < 1e-3 < same["features"][1]
+    body_changed = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in body_changed[0].parameters():
+            p.mul_(1.5)
+    assert check_onnx(body_changed, run_dir / "model.onnx", size)["features"][0] > 1e-2
+    info = json.loads((run_dir / "model.onnx.json").read_text())
+    assert info["features_max_abs_diff"] < 1e-3  # what training's export recorded
