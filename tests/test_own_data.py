@@ -178,3 +178,23 @@ def test_csv_layout_end_to_end_with_groups_and_resume(cli, tmp_path):
         assert "Which class is this?" in page and '"Kind"' in page
     finally:
         demo.close()
+
+
+@pytest.mark.slow
+def test_petclf_demo_and_lr_find_on_a_users_own_layouts(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo's `exports/latest`, if it wrote one, would land here
+    res = cli("demo", "--layout", "folders", "--out", tmp_path / "demo")
+    assert res.exit_code == 0, res.output
+    (run,) = [p for p in (tmp_path / "demo" / "runs").iterdir() if p.is_dir() and not p.is_symlink()]
+    manifest = json.loads((run / "model.json").read_text())
+    assert manifest["data"]["layout"] == "folders" and "group_name" not in manifest
+    photo = next((tmp_path / "demo" / "data-folders").rglob("*.jpg"))
+    pred = cli("predict", photo, "--model", run)
+    assert pred.exit_code == 0 and "top classes" in pred.stdout and photo.parent.name in pred.stdout, pred.output
+
+    data = tmp_path / "mine"
+    synth_data(data, "csv", n_classes=CLASSES, per_class=PER_CLASS, size=SIZE)
+    res = cli("lr-find", "--data", data, "--labels", data / LABELS_CSV, "--arch", "resnet18", "--no-pretrained",
+              "--bs", "8", "--size", SIZE, "--presize", PRESIZE, "--workers", "0", "--out", tmp_path / "lr")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "lr" / "lr_find.png").is_file() and f"{CLASSES} classes" in res.output
