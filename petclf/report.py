@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +45,7 @@ from petclf.io import check_writable, write_atomic
 from petclf.labels import class_noun
 from petclf.oof import OOF_NOTE, oof_outputs, read_oof
 from petclf.plots import is_number, plot_confusion, plot_history, plot_reliability, png, render_html
-from petclf.progress import bar
+from petclf.progress import bar_unless
 from petclf.version import __version__
 
 TOP_K = REPORT_TOP_LOSSES
@@ -216,7 +215,7 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     split_used, valid_pct, seed = resolve_split(split, run["config"])
     layout, labels = resolve_layout(run["config"], data, labels)
     data = data if data is not None else _recorded_data(manifest, run)
-    with _bar("verifying images", progress) as report_progress:
+    with bar_unless(not progress, "verifying images") as report_progress:
         pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress,
                          layout=layout, labels=labels)
     split_used = pets.report.split if split == "test" else split_used  # as the data read it: official, test/, ...
@@ -230,7 +229,7 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     if oof is not None:
         logits, targs, losses = _oof_outputs(oof, list(learn.dls.valid.items))
     else:
-        with _bar(f"predicting {split}", progress) as report_progress:
+        with bar_unless(not progress, f"predicting {split}") as report_progress:
             logits, targs, losses = predict_split(learn, report_progress)
     seconds = time.perf_counter() - start
     return Evaluation(model_dir, manifest, run, learn, pets, split, split_used, list(learn.dls.valid.items),
@@ -244,16 +243,6 @@ def _oof_outputs(oof: dict, items: list[Path]) -> tuple[np.ndarray, ...]:
     except ValueError as e:
         raise ReportError(f"{e}: the out-of-fold predictions cover only the training photos; pass --split FILE "
                           "naming new photos") from None
-
-
-@contextmanager
-def _bar(description: str, show: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """petclf's progress bar when `show`, else nothing."""
-    if not show:
-        yield None
-        return
-    with bar(description) as progress:
-        yield progress
 
 
 # ---------------------------------------------------------------------------------------------------- numbers
@@ -580,7 +569,7 @@ def write_report(model: str | Path = DEFAULT_MODEL, data: str | Path | None = No
     out = check_writable(out if out is not None else model_dir / "report")  # before the long part, not after it
     ev = evaluate(model_dir, data, split, bs=bs, device=device, workers=workers, progress=progress, labels=labels)
     report = compute_report(ev, min_val=min_val, top_k=top_k)
-    with _bar("drawing the figures (Grad-CAM of the top losses)", progress):
+    with bar_unless(not progress, "drawing the figures (Grad-CAM of the top losses)"):
         figures = draw_figures(report, ev)
     report["timing"]["total_seconds"] = time.perf_counter() - start
     return save_outputs(report, figures, out)
