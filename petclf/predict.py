@@ -102,30 +102,29 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path | Prediction]:
     Symlinked folders are not followed; a symlink that loops or leads nowhere is kept as a file, and decoding gives
     it its error row.
     """
-    files: list[Path | Prediction] = []
-    errors = files  # error rows take their argument's place among the files
+    items: list[Path | Prediction] = []  # image files, and error rows in their argument's place
     for arg in paths:
         p = Path(arg)
         try:
             if p.is_dir():
                 found = list_images(p)
-                files += found
+                items += found
                 if not found:
-                    errors.append(Prediction(str(p), error=f"{p}: no images in this folder"))
+                    items.append(Prediction(str(p), error=f"{p}: no images in this folder"))
             elif p.exists() or p.is_symlink():
-                files.append(p)
+                items.append(p)
             elif _is_glob(str(arg)):
                 matched = _glob(str(arg))
                 for m in matched:
-                    files += list_images(m) if m.is_dir() else [m]
+                    items += list_images(m) if m.is_dir() else [m]
                 if not matched:
-                    errors.append(Prediction(str(arg), error=f"{arg}: no files match"))
+                    items.append(Prediction(str(arg), error=f"{arg}: no files match"))
             else:
-                errors.append(Prediction(str(arg), error=f"{p.name}: file not found"))
+                items.append(Prediction(str(arg), error=f"{p.name}: file not found"))
         except (OSError, ValueError) as e:  # a name too long, a NUL byte, an unreadable folder
-            errors.append(Prediction(str(arg), error=f"{p.name}: cannot read ({getattr(e, 'strerror', None) or e})"))
+            items.append(Prediction(str(arg), error=f"{p.name}: cannot read ({getattr(e, 'strerror', None) or e})"))
     seen: set[Path] = set()
-    return [f for f in files if not isinstance(f, Path) or not (f in seen or seen.add(f))]
+    return [i for i in items if not isinstance(i, Path) or not (i in seen or seen.add(i))]
 
 
 def _bounded_map(fn: Callable, items: Sequence, pool: ThreadPoolExecutor, ahead: int) -> Iterator[Future]:
@@ -216,22 +215,21 @@ class Predictor:
 
     def probs(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
         """Probabilities for a preprocessed batch; with `tta`, averaged with the horizontally flipped batch."""
-        p = self.softmax(self.logits(x))
-        if tta:
-            p = (p + self.softmax(self.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
-        return p
+        return self._flip_averaged(self.softmax(self.logits(x)), x, tta)
+
+    def _flip_averaged(self, p: np.ndarray, x: np.ndarray, tta: bool) -> np.ndarray:
+        """`p` (the batch `x`'s probabilities), or with `tta` its mean with those of the horizontally flipped batch."""
+        if not tta:
+            return p
+        return (p + self.softmax(self.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
 
     def outputs(self, x: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, not-a-pet scores or None without a detector) for a preprocessed batch."""
         if self.detector is None or not hasattr(self.net, "outputs"):
             return self.probs(x, tta), None
-        logits, feats = self.net.outputs(x)
-        if feats is None:  # a graph exported before it had the features output
-            return self.probs(x, tta), None
-        p = self.softmax(logits)
-        if tta:
-            p = (p + self.softmax(self.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
-        return p, self.detector(feats)[0]
+        logits, feats = self.net.outputs(x)  # one forward pass for both
+        p = self._flip_averaged(self.softmax(logits), x, tta)
+        return p, None if feats is None else self.detector(feats)[0]  # None: a graph exported before features
 
     def verdict(self, p: np.ndarray, score: float | None = None, unsure_below: float | None = None) -> Verdict:
         """Both answers (species or not a pet; breed) for one row of probabilities and its not-a-pet score."""
