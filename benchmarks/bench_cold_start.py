@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, cat_photo, git_worktree, load_avg, make_bundle
+from benchmarks.common import ROOT, cat_photo, finish_run, git_worktree, load_avg, make_bundle
 
 GOAL_COLD_START_S = 1.0  # `petclf predict one.jpg` on the ONNX path, wall time minus the forward pass: at most
 BASELINE = "500ae75"  # the commit before the redesign (issue 10)
@@ -215,12 +215,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         r["forward"] = forward
         r["forward_all_ms"] = [t for f in forward for t in f.pop("times_ms")]
         r["forward_ms"] = statistics.median(r["forward_all_ms"])
-        r["load_avg_end"] = load_avg()
         print("\n" + report(r))
-        print(f"load average (1, 5, 15 min) at start: {r['load_avg_start']}; at end: {r['load_avg_end']}")
-        if args.out:
-            args.out.write_text(json.dumps(r, indent=1))
-        return r
+        return finish_run(r, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, cat_photo, interleaved_ms, load_avg, make_bundle
+from benchmarks.common import ROOT, cat_photo, finish_run, interleaved_ms, load_avg, make_bundle
 
 KEEP_ABOVE = 0.05  # a trick is kept when it saves at least this share of the one-image prediction time
 BASELINE = "500ae75"  # the commit before the redesign, the last with both tricks
@@ -161,15 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
                 reps = args.reps if size[0] * size[1] < 10**6 else args.reps_large
                 r["ms"][name] = time_photo(fns, predictor, path, reps)
                 print(name, json.dumps(r["ms"][name]), flush=True)
-        r["load_avg_end"] = load_avg()
         print(f"\n{parts} bands (baseline's choice on {torch.get_num_threads()} threads); predictor backend "
               f"{predictor.backend}; largest output difference from this tree's Preprocess.one: "
               f"{json.dumps(r['max_abs_diff'])}\n")
         print(decisions(r))
-        print(f"load average (1, 5, 15 min) at start: {r['load_avg_start']}; at end: {r['load_avg_end']}")
-        if args.out:
-            args.out.write_text(json.dumps(r, indent=1))
-        return r
+        return finish_run(r, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,6 +9,7 @@ Run the benchmarks from the repository root (`python -m benchmarks.bench_predict
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -93,6 +94,16 @@ def git_worktree(rev: str, prefix: str = "petclf_baseline_") -> Iterator[Path]:
 def load_avg() -> str:
     """The 1, 5 and 15 minute load averages, for the record next to every timing."""
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def finish_run(r: dict, out: Path | None) -> dict:
+    """The end of a bench run: the load average now, printed beside the one at its start (`r["load_avg_start"]`),
+    and `r` saved as JSON to `out` when given."""
+    r["load_avg_end"] = load_avg()
+    print(f"load average (1, 5, 15 min) at start: {r['load_avg_start']}; at end: {r['load_avg_end']}")
+    if out:
+        out.write_text(json.dumps(r, indent=1))
+    return r
 
 
 def interleaved_ms(fns: dict[str, Callable], items, warmup: int = 3, reps: int = 2,
