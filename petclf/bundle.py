@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from petclf.config import DEFAULT_MODEL
 from petclf.errors import BundleError
-from petclf.io import save_state_dict, sha256_file, write_atomic
+from petclf.io import save_state_dict, verify_sha256, write_atomic
 from petclf.labels import PETS_GROUP_NAME, display_name, pets_groups
 from petclf.notapet import METHOD as NOT_A_PET_METHOD
 from petclf.version import __version__
@@ -294,8 +294,7 @@ def weights_path(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
 
 def verify_weights(path: Path, manifest: dict[str, Any]) -> None:
     """Refuse weights whose SHA-256 differs from the manifest's (changed after export)."""
-    if sha256_file(path) != manifest["weights"].get("sha256"):
-        raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
+    verify_sha256(path, manifest["weights"].get("sha256"))
 
 
 def read_weights(bundle_dir: str | Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:

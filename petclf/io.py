@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from petclf.errors import PetclfError
+from petclf.errors import BundleError, PetclfError
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +37,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def verify_sha256(path: Path, sha256: str | None) -> None:
+    """Refuse a bundle file whose SHA-256 differs from the one model.json pinned when it was written."""
+    if sha256_file(path) != sha256:
+        raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
 
 
 def umask() -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from petclf.errors import BundleError
-from petclf.io import sha256_file, write_atomic
+from petclf.io import sha256_file, verify_sha256, write_atomic
 
 METHOD = "cosine to the nearest class mean"  # how the manifest names the detector that is on
 FILE = "not_a_pet.safetensors"  # the class means, beside the bundle, pinned in model.json
@@ -115,8 +115,7 @@ class Detector:
         path = Path(bundle_dir) / entry["file"]
         if not path.is_file():
             raise BundleError(f"corrupt model file: {path} is missing (model.json's not_a_pet names it)")
-        if sha256_file(path) != entry["sha256"]:
-            raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
+        verify_sha256(path, entry["sha256"])
         try:
             means = load(path.read_bytes())["class_means"]
         except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file

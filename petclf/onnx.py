@@ -26,7 +26,7 @@ import numpy as np
 from petclf.bundle import MANIFEST_NAME, load_network, pin_onnx, resolve_bundle_dir, verify_weights, weights_path
 from petclf.device import available_cores
 from petclf.errors import BundleError, PetclfError
-from petclf.io import atomic_path, sha256_file, write_atomic
+from petclf.io import atomic_path, sha256_file, verify_sha256, write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -91,8 +91,7 @@ def verified_onnx(model_dir: Path, manifest: dict[str, Any]) -> Path:
         raise BundleError(f"corrupt model file: {info_path} is not valid JSON") from None
     if not isinstance(info, dict) or info.get("weights_sha256") != manifest["weights"]["sha256"]:
         raise BundleError(f"{ONNX_NAME} in {model_dir} was made from other weights: run `petclf export --onnx` again")
-    if sha256_file(path) != pin["sha256"]:
-        raise BundleError(f"checksum mismatch: {path} differs from the one exported; refusing to load it")
+    verify_sha256(path, pin["sha256"])
     weights = weights_path(model_dir, manifest)
     if weights.is_file():  # the graph is intact, but a bundle with tampered weights is refused whole, whatever runs it
         verify_weights(weights, manifest)

@@ -80,7 +80,7 @@ def test_tampered_weights_are_refused_before_loading(bundle, tmp_path):
 
 
 def test_truncated_weights_with_matching_checksum_are_corrupt(bundle, tmp_path):
-    from petclf.bundle import sha256_file
+    from petclf.io import sha256_file
 
     b = _copy(bundle[0], tmp_path)
     w = b / WEIGHTS_NAME
