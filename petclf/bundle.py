@@ -48,9 +48,10 @@ TEMPERATURE = (1e-3, 1e3)  # softmax(logits / T): T outside this range is a brok
 MAX_NAME = 256  # characters in a class name, architecture name or file name
 HEADS = {  # head kinds `model.build_model` builds, with the keys each may carry (fastai's create_head arguments)
     "fastai": {"concat_pool", "lin_ftrs", "ps", "first_bn", "bn_final", "lin_first"},
-    "linear": {"l2norm"},  # l2norm: pooled features scaled to unit length before the Linear (the probe recipe)
-}
+    "linear": {"l2norm", "gem_p"},  # l2norm: pooled features scaled to unit length before the Linear (the probe
+}                                   # recipe); gem_p: GeM pooling's exponent (absent: average pooling)
 HEAD_FLAGS = ("concat_pool", "first_bn", "bn_final", "lin_first", "l2norm")
+GEM_P = (1.0, 16.0)  # head.gem_p: 1 is average pooling, 16 is already close to max pooling
 MAX_LIN_FTRS = (16, 65_536)  # fastai head: at most 16 hidden layers of at most 65,536 features
 
 
@@ -155,6 +156,8 @@ def _check_head(m: dict) -> None:
               f"head.lin_ftrs must be null or a list of at most {MAX_LIN_FTRS[0]} sizes, not {_show(ftrs)}")
         for i, f in enumerate(ftrs):
             _int(f, f"head.lin_ftrs[{i}]", 1, MAX_LIN_FTRS[1])
+    if "gem_p" in head:
+        _num(head["gem_p"], "head.gem_p", *GEM_P)
     ps = head.get("ps", 0.5)
     for i, p in enumerate(ps if isinstance(ps, list) else [ps]):
         _num(p, f"head.ps[{i}]" if isinstance(ps, list) else "head.ps", 0.0, 1.0)

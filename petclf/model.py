@@ -12,6 +12,7 @@ cached copy the error names `--weights FILE`, a timm-format state dict (.pth or 
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from petclf.io import reachable, save_state_dict
 # fastai's vision_learner head (create_head); recorded in every bundle so the network can be rebuilt exactly.
 FASTAI_HEAD: dict[str, Any] = {"kind": "fastai", "concat_pool": True, "lin_ftrs": None, "ps": 0.5,
                                "first_bn": True, "bn_final": False, "lin_first": False}
+# The probe's pooling: GeM with p = 2 (root mean square) beat average pooling on pets-dev's real photos at every size
+# of training set tried (384 px, lite0: 0.096 vs 0.112 on 50 splits at 4 photos per breed, 0.158 vs 0.193 at 2; p = 3
+# and 4 within 0.5 points of p = 2, worse log-loss; docs/small-data-findings.md, "Pooling").
+PROBE_GEM_P = 2.0
 
 
 def check_arch(arch: str) -> None:
@@ -58,9 +63,25 @@ class L2Norm(nn.Module):
         return nn.functional.normalize(x, dim=1)
 
 
+class GeMPool(nn.Module):
+    """Generalised-mean pooling (Radenovic et al., 2018): `mean(x ** p) ** (1 / p)` over each map, N x C x 1 x 1.
+    p = 1 is average pooling, large p tends to max pooling; it needs non-negative maps (a body ending in a ReLU)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().clamp(min=1e-6).pow(self.p).mean((2, 3), keepdim=True).pow(1 / self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
+
+
 class WithFeatures(nn.Module):
     """The bundle network with a second output, the body's average-pooled features: what the not-a-pet detector
-    compares with the class means (for the probe recipe, the features its head saw before L2 normalisation)."""
+    compares with the class means, whatever the head pools (on GeM features the detector measured worse:
+    BENCHMARKS.md, "Not a pet")."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -68,15 +89,42 @@ class WithFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.net[0](x)
-        return self.net[1](f), (f.float().mean((2, 3)) if f.ndim == 4 else f.float())
+        return self.net[1](f), average_pooled(f)
 
 
-def linear_head(nf: int, n_out: int, pool: bool = True, l2norm: bool = False) -> nn.Sequential:
-    """Average pool (+ L2 normalisation) + one linear layer: the head a linear probe trains."""
+def average_pooled(f: torch.Tensor) -> torch.Tensor:
+    """A body's output averaged over its map (N x C x H x W -> N x C); already pooled outputs as they are."""
+    return f.float().mean((2, 3)) if f.ndim == 4 else f.float()
+
+
+def linear_head(nf: int, n_out: int, pool: bool = True, l2norm: bool = False,
+                gem_p: float | None = None) -> nn.Sequential:
+    """Pool (average, or GeM with `gem_p`) (+ L2 normalisation) + one linear layer: the head a linear probe trains."""
     from fastai.layers import Flatten
 
-    layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), Flatten()] if pool else []
+    pooling = GeMPool(gem_p) if gem_p is not None else nn.AdaptiveAvgPool2d(1)
+    layers: list[nn.Module] = [pooling, Flatten()] if pool else []
     return nn.Sequential(*layers, *([L2Norm()] if l2norm else []), nn.Linear(nf, n_out))
+
+
+@functools.lru_cache(maxsize=32)
+def rectified_body(arch: str) -> bool:
+    """Whether `arch`'s feature maps are never negative (its body ends in a ReLU, as ResNets and EfficientNet-Lite
+    do), the premise of GeM pooling: checked on a random-weight body, whose last activation decides the sign."""
+    check_arch(arch)
+    body = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="").eval()
+    try:
+        with torch.no_grad():
+            f = body(torch.randn(2, 3, 64, 64))
+    except Exception:  # noqa: BLE001 - a body that does not take 64 px maps (fixed-size ViTs) pools no maps
+        return False
+    return f.ndim == 4 and bool((f >= 0).all())
+
+
+def probe_head(arch: str) -> dict[str, Any]:
+    """The probe recipe's head: GeM pooling (p = PROBE_GEM_P) where the maps are non-negative, else average pooling,
+    then L2 normalisation and a Linear."""
+    return {"kind": "linear", "l2norm": True} | ({"gem_p": PROBE_GEM_P} if rectified_body(arch) else {})
 
 
 def build_model(arch: str, n_out: int, head: dict[str, Any] | None = None, pretrained: bool = False,
@@ -93,7 +141,7 @@ def build_model(arch: str, n_out: int, head: dict[str, Any] | None = None, pretr
 
         body = TimmBody(body_model, pretrained)
         return nn.Sequential(body, linear_head(body_model.num_features, n_out, pool=body.needs_pool,
-                                               l2norm=bool(head.pop("l2norm", False))))
+                                               l2norm=bool(head.pop("l2norm", False)), gem_p=head.pop("gem_p", None)))
     if kind != "fastai":
         raise PetclfError(f"unknown head kind {kind!r}")
     model, _ = create_timm_model(arch, n_out, pretrained=pretrained, **head, **timm_kwargs)

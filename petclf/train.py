@@ -12,7 +12,7 @@
 
 Recipes. `fastbook`: fastai's head, lr_find's valley, `fine_tune` semantics (head alone with fit_one_cycle, then
 unfreeze and fit_one_cycle with discriminative LRs). `probe` (small data): a logistic regression on the frozen
-backbone's L2-normalised pooled features at `probe_size` px, C by cross-validation, fitted on every labelled photo
+backbone's GeM-pooled, L2-normalised features at `probe_size` px, C by cross-validation, fitted on every labelled photo
 (no validation split) and written into a linear head; its error is a nested cross-validation estimate, and the
 out-of-fold predictions are saved in `oof.json`. No lr_find, no fine-tune (measured to add nothing).
 `auto` picks `probe` when there are fewer than `small_data` training images per class.
@@ -130,11 +130,11 @@ def default_workers(device: str, cores: int | None = None) -> int:
     return 0 if device == "cpu" else min(8, cores)
 
 
-def head_spec(recipe: str) -> dict[str, Any]:
-    """The head recorded in the manifest: a linear head for the probe recipe, fastai's otherwise."""
-    from petclf.model import FASTAI_HEAD
+def head_spec(recipe: str, arch: str) -> dict[str, Any]:
+    """The head recorded in the manifest: the probe's linear head for the probe recipe, fastai's otherwise."""
+    from petclf.model import FASTAI_HEAD, probe_head
 
-    return {"kind": "linear", "l2norm": True} if recipe == "probe" else dict(FASTAI_HEAD)
+    return probe_head(arch) if recipe == "probe" else dict(FASTAI_HEAD)
 
 
 def build_learner(cfg: TrainConfig, dls, recipe: str, compute: Compute, path: Path | None = None):
@@ -152,7 +152,8 @@ def build_learner(cfg: TrainConfig, dls, recipe: str, compute: Compute, path: Pa
     from petclf.model import make_network
 
     pretrained = cfg.pretrained or cfg.weights is not None
-    net = make_network(cfg.arch, dls.c, head=head_spec(recipe), pretrained=cfg.pretrained, weights=cfg.weights)
+    net = make_network(cfg.arch, dls.c, head=head_spec(recipe, cfg.arch), pretrained=cfg.pretrained,
+                       weights=cfg.weights)
     learn = Learner(dls, net, loss_func=CrossEntropyLossFlat(), splitter=default_split,
                     metrics=[error_rate, accuracy], path=path, model_dir=".")
     learn.remove_cb(ProgressCallback)
@@ -250,7 +251,9 @@ def recipe_record(cfg: TrainConfig, state: RunState) -> dict:
     """metrics.json's and the bundle's `recipe`: its name, and for the probe how its head was made."""
     if state.recipe != "probe":
         return {"name": state.recipe}
-    return {"name": "probe", "size": cfg.probe_size, "features": "pooled, L2-normalised, centre view",
+    gem_p = head_spec("probe", cfg.arch).get("gem_p")
+    pooled = f"GeM-pooled (p = {gem_p:g})" if gem_p else "average-pooled"
+    return {"name": "probe", "size": cfg.probe_size, "features": f"{pooled}, L2-normalised, centre view",
             "c": state.probe["c"], "estimate": state.probe["estimate"], "trained_on": "every labelled photo"}
 
 
@@ -304,8 +307,8 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
              "temperature": metrics["calibration"]["temperature"], "calibration": metrics["calibration"],
              "recipe": metrics["recipe"], "not_a_pet": metrics["not_a_pet"], "unsure_below": UNSURE_BELOW}
     size, presize = (cfg.probe_size, cfg.probe_size) if probe else (cfg.size, cfg.presize)
-    manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"]), list(learn.dls.vocab), size,
-                             presize, mean, std, groups=groups, group_name=group_name, **extra)
+    manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"], cfg.arch), list(learn.dls.vocab),
+                             size, presize, mean, std, groups=groups, group_name=group_name, **extra)
     with stage("export (model.safetensors, model.json, examples)", total=1, kind="export") as s:
         write_bundle(learn.model, run_dir, manifest)
         save_examples(pets, run_dir / EXAMPLES_DIR, every=probe)

@@ -52,7 +52,8 @@ def test_round_trip_is_exact_and_manifest_is_complete(bundle):
     assert not list(out.glob(".*tmp*")), "no temp files left behind"
 
 
-@pytest.mark.parametrize("head", [{"kind": "linear"}, {"kind": "linear", "l2norm": True}])
+@pytest.mark.parametrize("head", [{"kind": "linear"}, {"kind": "linear", "l2norm": True},
+                                  {"kind": "linear", "l2norm": True, "gem_p": 2.0}])
 def test_linear_head_round_trips(tmp_path, head):
     model = build_model("resnet18", 2, head=head).eval()
     write_bundle(model, tmp_path, make_manifest("resnet18", head, ["Bengal", "pug"], 32, 40, [0.5] * 3, [0.5] * 3))
@@ -144,6 +145,8 @@ CORRUPT = {  # the issue's malformed manifests, and more; each must be one line,
     "temperature Infinity": (_literal("temperature", "Infinity"), "temperature must be in"),
     "temperature 0": (_set("temperature", 0), "temperature"),
     "l2norm not a flag": (_set("head", {"kind": "linear", "l2norm": "yes"}), "head.l2norm must be true or false"),
+    "gem_p 0": (_set("head", {"kind": "linear", "gem_p": 0}), r"head.gem_p must be in \[1, 16\]"),
+    "gem_p a string": (_set("head", {"kind": "linear", "gem_p": "2"}), "head.gem_p must be a number"),
     "temperature true": (_set("temperature", True), "temperature must be a number"),
     "std 0": (_set("input.std", [0, 0, 0]), r"input.std\[0\] must be in"),
     "std negative": (_set("input.std", [0.2, -0.2, 0.2]), r"input.std\[1\]"),

@@ -11,6 +11,9 @@ import torch
 
 from petclf.errors import PetclfError
 from petclf.model import (
+    PROBE_GEM_P,
+    GeMPool,
+    WithFeatures,
     build_model,
     cached_hub_weights,
     classifier_names,
@@ -18,7 +21,9 @@ from petclf.model import (
     imagenet_model,
     make_network,
     norm_stats,
+    probe_head,
     read_state_dict,
+    rectified_body,
 )
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -121,3 +126,37 @@ def test_build_model_linear_head_shapes():
     net = build_model("resnet18", 7, head={"kind": "linear"})
     out = net.eval()(torch.zeros(2, 3, 64, 64))
     assert out.shape == (2, 7)
+
+
+def test_gem_pooling_spans_average_to_max():
+    x = torch.rand(2, 5, 4, 3) * 6
+    assert torch.allclose(GeMPool(1)(x).flatten(1), x.mean((2, 3)), atol=1e-6)
+    assert torch.allclose(GeMPool(2)(x).flatten(1), x.pow(2).mean((2, 3)).sqrt(), atol=1e-6)
+    mean, gem3, peak = x.mean((2, 3)), GeMPool(3)(x).flatten(1), x.amax((2, 3))
+    assert bool(((mean <= gem3 + 1e-6) & (gem3 <= peak + 1e-6)).all())
+
+
+@pytest.mark.parametrize("arch,gem", [("resnet18", True), ("tf_efficientnet_lite0", True),  # end in a ReLU
+                                      ("convnext_atto", False), ("efficientnet_b0", False)])  # LayerNorm, SiLU
+def test_the_probe_pools_by_gem_only_where_the_maps_are_never_negative(arch, gem):
+    assert rectified_body(arch) is gem
+    assert probe_head(arch) == {"kind": "linear", "l2norm": True} | ({"gem_p": PROBE_GEM_P} if gem else {})
+    net = build_model(arch, 3, head=probe_head(arch)).eval()
+    assert isinstance(net[1][0], GeMPool) is gem
+
+
+def test_one_forward_pass_gives_the_probes_features_and_the_detectors():
+    """`probe_features`: the GeM head's L2-normalised input (what the probe fits) and the body's average-pooled
+    features (what the not-a-pet detector fits), as the predictor's WithFeatures gives them at prediction."""
+    from petclf.probe import probe_features
+
+    net = build_model("resnet18", 3, head=probe_head("resnet18")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    seen, pooled = probe_features(net, [x[:1], x[1:]], lambda batch: torch.cat(batch).numpy(), bs=1)
+    with torch.no_grad():
+        maps = net[0](x)
+        logits, feats = WithFeatures(net)(x)
+    gem = maps.pow(2).mean((2, 3)).sqrt()
+    assert np.allclose(seen, torch.nn.functional.normalize(gem, dim=1).numpy(), atol=1e-6)
+    assert np.allclose(pooled, maps.mean((2, 3)).numpy(), atol=1e-6) and np.allclose(feats.numpy(), pooled, atol=1e-6)
+    assert torch.allclose(logits, net[1][-1](torch.from_numpy(seen)), atol=1e-5)

@@ -152,13 +152,15 @@ def test_export_pins_the_graph_of_an_older_bundle(cli, run_dir, tmp_path, caplog
     assert set(pin) == {"file", "sha256"} and load_model(bundle).backend == "onnx"
 
 
-def test_the_probe_recipes_l2norm_head_exports(tmp_path):
-    """backbone -> pool -> L2Norm -> Linear: F.normalize becomes ReduceL2 + Div; onnxruntime agrees with torch."""
+def test_the_probe_recipes_head_exports(tmp_path):
+    """backbone -> GeM pool -> L2Norm -> Linear: GeM becomes Clip, Pow and ReduceMean, F.normalize ReduceL2 + Div;
+    onnxruntime agrees with torch."""
     from petclf.bundle import make_manifest, write_bundle
-    from petclf.model import build_model
+    from petclf.model import build_model, probe_head
     from petclf.onnx import OnnxNet, export_onnx
 
-    head = {"kind": "linear", "l2norm": True}
+    head = probe_head("resnet18")
+    assert "gem_p" in head
     model = build_model("resnet18", 3, head=head).eval()
     write_bundle(model, tmp_path, make_manifest("resnet18", head, ["Bengal", "pug", "boxer"], 32, 32, [0.5] * 3,
                                                 [0.5] * 3))

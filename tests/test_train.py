@@ -182,9 +182,10 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     from scipy.special import softmax
 
     from petclf.bundle import load_network
-    from petclf.model import efficientnet_lite0_weights
+    from petclf.model import efficientnet_lite0_weights, norm_stats
     from petclf.predict import load_model
-    from petclf.probe import C_GRID
+    from petclf.preprocess import Preprocess
+    from petclf.probe import C_GRID, logits_of, network_features
 
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     out = tmp_path / "probe"
@@ -203,7 +204,8 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     assert m["calibration"]["n"] == 64  # the temperature is chosen on the out-of-fold logits
 
     net, manifest = load_network(out)
-    assert manifest["head"] == {"kind": "linear", "l2norm": True} and manifest["recipe"] == m["recipe"]
+    assert manifest["head"] == {"kind": "linear", "l2norm": True, "gem_p": 2.0} and manifest["recipe"] == m["recipe"]
+    assert m["recipe"]["features"] == "GeM-pooled (p = 2), L2-normalised, centre view"
     assert manifest["input"]["size"] == manifest["input"]["presize"] == 64
     assert manifest["data"]["sizes"] == {"train": 64, "valid": 0}  # no validation split: all photos train
     files = oof["files"][:6]
@@ -212,6 +214,12 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     with torch.no_grad():
         expected = softmax(res.learn.model.eval()(torch.from_numpy(x)).numpy() / manifest["temperature"], axis=1)
     assert np.abs(torch_p.probs(x) - expected).max() < 1e-4 and np.abs(onnx_p.probs(x) - expected).max() < 1e-4
+    # the probe's own features of these photos (its preprocessing, its pooling) through the bundle's Linear are
+    # what both predictors compute from the files: predict, the demo and the report see what the probe was fitted on
+    fitted_on = network_features(res.learn.model, files, Preprocess(64, 64, *map(tuple, norm_stats(manifest["arch"]))))
+    head = (net[1][-1].weight.detach().numpy(), net[1][-1].bias.detach().numpy())
+    for p in (torch_p, onnx_p):
+        assert np.abs(p.logits(p.preprocess(files)) - logits_of(fitted_on, head)).max() < 1e-3, p.backend
 
 
 def _epochs_saved(ckpt: Path) -> int:
