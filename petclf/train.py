@@ -11,10 +11,11 @@
     result.learn, result.run_dir, result.metrics
 
 Recipes. `fastbook`: fastai's head, lr_find's valley, `fine_tune` semantics (head alone with fit_one_cycle, then
-unfreeze and fit_one_cycle with discriminative LRs). `probe` (small data): a logistic regression on the frozen
-backbone's GeM-pooled, L2-normalised features at `probe_size` px, C by cross-validation, fitted on every labelled photo
-(no validation split) and written into a linear head; its error is a nested cross-validation estimate, and the
-out-of-fold predictions are saved in `oof.json`. No lr_find, no fine-tune (measured to add nothing).
+unfreeze and fit_one_cycle with discriminative LRs). `probe` (small data): the frozen backbone's GeM-pooled,
+L2-normalised features at `probe_size` px; a logistic regression on them (C by cross-validation), then the same
+Linear trained on crops of the feature maps, fitted on every labelled photo (no validation split) and written into a
+linear head (`petclf.probe`); its error is a cross-validation estimate, and the out-of-fold predictions are saved in
+`oof.json`. No lr_find, no fine-tune of the backbone (measured to add nothing).
 `auto` picks `probe` when there are fewer than `small_data` training images per class.
 
 Every file lands in the run directory; `exports/latest` is switched to the run once it is complete, and only when the
@@ -254,7 +255,7 @@ def recipe_record(cfg: TrainConfig, state: RunState) -> dict:
     gem_p = head_spec("probe", cfg.arch).get("gem_p")
     pooled = f"GeM-pooled (p = {gem_p:g})" if gem_p else "average-pooled"
     return {"name": "probe", "size": cfg.probe_size, "features": f"{pooled}, L2-normalised, centre view",
-            "c": state.probe["c"], "estimate": state.probe["estimate"], "trained_on": "every labelled photo"}
+            "head": state.probe["head"], "estimate": state.probe["estimate"], "trained_on": "every labelled photo"}
 
 
 def oof_temperature(run_dir: Path) -> dict:
@@ -355,11 +356,12 @@ def export_onnx_quietly(run_dir: Path) -> str:
 
 
 def probe_metrics(state: RunState) -> dict:
-    """metrics.json of a probe run: the nested-CV estimate (never an error on the photos the model trained on)."""
+    """metrics.json of a probe run: the cross-validation estimate (never an error on the photos the model trained
+    on)."""
     p = state.probe
     return {"error_rate": p["error_rate"], "accuracy": 1.0 - p["error_rate"], "valid_loss": p["log_loss"],
             "estimate": p["estimate"], "fold_errors": p["fold_errors"], "fold_error_std": p["fold_error_std"],
-            "log_loss": p["log_loss"], "c": p["c"], "c_per_fold": p["c_per_fold"], "history": [], "lr": None,
+            "log_loss": p["log_loss"], "history": [], "lr": None,
             "lr_find": None, "recipe": state.recipe, "probe": p, "train_seconds": p["seconds"],
             "images_per_second": round(p["n_images"] / p["seconds"], 2) if p["seconds"] else None}
 
@@ -410,12 +412,16 @@ EXPORT_GUESS_S, ONNX_GUESS_S = 3.0, 5.0  # the estimate's guesses for export and
 def plan_run(clock: RunClock, learn, cfg: TrainConfig, recipe: str, epochs_done: int, n_items: int) -> None:
     """The work left in this run, by kind, with guesses for the kinds that are timed only later (validation batches
     from training ones; export), so the whole-run estimate comes after the first few batches."""
-    from petclf.probe import FEATURE_BS, fit_units
+    from petclf.probe import FEATURE_BS, OUTER_FOLDS, fit_units, map_pool
 
     if recipe == "probe":
         clock.plan("features", math.ceil(n_items / FEATURE_BS))
-        clock.plan("fit", fit_units(n_items))
-        clock.prior["fit"] = lambda r: 0.1  # a guess till the first folds are timed (180 photos: 0.07 s per fold)
+        if map_pool(distributed.unwrap(learn.model).eval(), cfg.probe_size, n_items) is not None:
+            clock.plan("heads", OUTER_FOLDS + 1)  # the head on crops, then its 5-fold estimate
+            clock.prior["heads"] = lambda r: 0.006 * n_items  # a guess till the first is timed (185 photos: 1 s)
+        else:
+            clock.plan("fit", fit_units(n_items))
+            clock.prior["fit"] = lambda r: 0.1  # a guess till the first folds are timed (180 photos: 0.07 s a fold)
     else:
         epochs = sum(p.epochs for p in plan_schedule(cfg, 1.0, recipe, cfg.pretrained or cfg.weights is not None))
         left = max(0, epochs - epochs_done)

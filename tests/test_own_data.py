@@ -81,8 +81,8 @@ def test_pets_layout_end_to_end_with_the_probe(cli, tmp_path):
     assert all(r["species"] in ("cat", "dog") for r in got["rows"])
     s = got["report"]["summary"]
     assert s["group_name"] == "species" and s["split_used"] == "out-of-fold" and "species accuracy" in got["html"]
-    c = json.loads((run / "metrics.json").read_text())["recipe"]["c"]
-    assert f"(C = {c:g}, chosen by cross-validation)" in " ".join(got["html"].split())  # 1e+07, not 10000000.0
+    assert "head: Linear trained on crops of the feature maps (30 epochs, from the probe at C = " \
+           "10)" in " ".join(got["html"].split())  # 10, not 10.0
     demo = _serve_in_process(run)
     try:
         breeds, species, _ = _ask(demo.local_url, next((run / "examples").iterdir()))

@@ -185,15 +185,15 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     from petclf.model import efficientnet_lite0_weights, norm_stats
     from petclf.predict import load_model
     from petclf.preprocess import Preprocess
-    from petclf.probe import C_GRID, logits_of, network_features
+    from petclf.probe import HEAD_ON_CROPS, logits_of, network_features
 
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     out = tmp_path / "probe"
     res = train(tiny_cfg(synth_dir, out, arch="tf_efficientnet_lite0", weights=str(weights), pretrained=True,
                          probe_size=64))
     m = res.metrics
-    assert m["recipe"]["name"] == "probe" and m["recipe"]["size"] == 64 and m["recipe"]["c"] == m["c"] in C_GRID
-    assert m["estimate"] == "nested 5-fold cross-validation" and len(m["fold_errors"]) == len(m["c_per_fold"]) == 5
+    assert m["recipe"]["name"] == "probe" and m["recipe"]["size"] == 64 and m["recipe"]["head"] == HEAD_ON_CROPS
+    assert m["estimate"] == "5-fold cross-validation" and len(m["fold_errors"]) == 5  # of the head on crops
     assert m["error_rate"] <= 0.25  # ImageNet features separate the synthetic breeds linearly
     assert m["history"] == [] and m["lr_find"] is None and not (out / "lr_find.png").exists()
 
@@ -220,6 +220,21 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     head = (net[1][-1].weight.detach().numpy(), net[1][-1].bias.detach().numpy())
     for p in (torch_p, onnx_p):
         assert np.abs(p.logits(p.preprocess(files)) - logits_of(fitted_on, head)).max() < 1e-3, p.backend
+
+
+@pytest.mark.slow
+def test_without_maps_to_keep_the_probe_alone_is_the_head(synth_dir, tmp_path, monkeypatch):
+    from petclf import probe
+    from petclf.model import efficientnet_lite0_weights
+
+    monkeypatch.setattr(probe, "MAX_MAPS_BYTES", 0)  # as for a ViT, or more photos than memory holds maps for
+    weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
+    res = train(tiny_cfg(synth_dir, tmp_path / "run", arch="tf_efficientnet_lite0", weights=str(weights),
+                         pretrained=True, probe_size=64))
+    m = res.metrics
+    assert m["estimate"] == "nested 5-fold cross-validation" and m["probe"]["c"] in probe.C_GRID
+    assert m["recipe"]["head"] == f"logistic regression (C = {m['probe']['c']:g}, chosen by 4-fold cross-validation)"
+    assert len(m["probe"]["c_per_fold"]) == 5 and m["error_rate"] <= 0.25
 
 
 def _epochs_saved(ckpt: Path) -> int:
