@@ -31,14 +31,7 @@ import torch
 from scipy.special import logsumexp, softmax
 
 from petclf.labels import breed_of
-from petclf.model import (
-    build_model,
-    efficientnet_lite0_weights,
-    load_backbone_state,
-    norm_stats,
-    probe_head,
-    read_state_dict,
-)
+from petclf.model import efficientnet_lite0_weights, make_network, norm_stats, probe_head, read_state_dict
 from petclf.notapet import Detector, fit_detector
 from petclf.preprocess import Preprocess
 from petclf.probe import fit_probe_cv, logits_of, probe_features, stratified_folds
@@ -72,11 +65,10 @@ def non_pet_photos() -> list[Path]:
 def features(weights: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(average-pooled features, the probe head's features, ImageNet logits) of each photo at the predictor's pixels,
     from one forward pass of the probe network's body."""
-    state = read_state_dict(weights)
-    net = build_model(ARCH, 2, head=probe_head(ARCH))
-    load_backbone_state(net[0].model, state, ARCH)
+    net = make_network(ARCH, 2, head=probe_head(ARCH), weights=weights)
     mean, std = norm_stats(ARCH)
     seen, pooled = probe_features(net, files, Preprocess(SIZE, SIZE, tuple(mean), tuple(std)))
+    state = read_state_dict(weights)  # the ImageNet head, which the network leaves out
     w, b = state["classifier.weight"].numpy(), state["classifier.bias"].numpy()
     return pooled, seen, pooled @ w.T + b
 

@@ -34,14 +34,7 @@ import torch
 
 from benchmarks.common import load_avg
 from petclf.labels import breed_of
-from petclf.model import (
-    build_model,
-    efficientnet_lite0_weights,
-    load_backbone_state,
-    norm_stats,
-    probe_head,
-    read_state_dict,
-)
+from petclf.model import efficientnet_lite0_weights, make_network, norm_stats, probe_head
 from petclf.preprocess import Preprocess
 from petclf.probe import (
     crop_head,
@@ -62,9 +55,7 @@ RECIPES = ("probe", "probe alone", "avg probe", "old probe")
 
 def load_network(weights: Path, n_classes: int, head: dict) -> torch.nn.Module:
     """A network with ImageNet weights in the body and `head` (its Linear is not used here)."""
-    net = build_model(ARCH, n_classes, head=head)
-    load_backbone_state(net[0].model, read_state_dict(weights), ARCH)
-    return net.eval()
+    return make_network(ARCH, n_classes, head=head, weights=weights).eval()
 
 
 def old_features(net: torch.nn.Module, files: list[Path], mean, std) -> np.ndarray:
