@@ -67,7 +67,7 @@ def features(weights: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray, 
     from one forward pass of the probe network's body."""
     net = make_network(ARCH, 2, head=probe_head(ARCH), weights=weights)
     mean, std = norm_stats(ARCH)
-    seen, pooled = probe_features(net, files, Preprocess(SIZE, SIZE, tuple(mean), tuple(std)))
+    seen, pooled, _ = probe_features(net, files, Preprocess(SIZE, SIZE, tuple(mean), tuple(std)))
     state = read_state_dict(weights)  # the ImageNet head, which the network leaves out
     w, b = state["classifier.weight"].numpy(), state["classifier.bias"].numpy()
     return pooled, seen, pooled @ w.T + b

@@ -47,11 +47,12 @@ Tick = Callable[[], None] | None  # called after each unit of work (a batch, a f
 
 @torch.inference_mode()
 def probe_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATURE_BS,
-                   tick: Callable[[], None] | None = None, keep_maps: bool = False) -> tuple:
+                   tick: Callable[[], None] | None = None,
+                   keep_maps: bool = False) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
     """What the final Linear of `net` (backbone -> pool -> L2Norm -> Linear) sees, and the body's average-pooled
     features (the not-a-pet detector's input), for each image preprocessed by `pre` (a `Preprocess`: the predictor's
-    pixels), in eval mode, from one forward pass; `tick()` after each batch. With `keep_maps`, a third output: the
-    body's feature maps (N x C x H x W, float16, on the CPU) for `crop_head`."""
+    pixels), in eval mode, from one forward pass; `tick()` after each batch; and with `keep_maps` the body's
+    feature maps (N x C x H x W, float16, on the CPU) for `crop_head`, else None."""
     from petclf.model import average_pooled
 
     net.eval()
@@ -65,8 +66,7 @@ def probe_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATUR
             maps.append(f.half().cpu())
         if tick:
             tick()
-    out = torch.cat(seen).numpy(), torch.cat(pooled).numpy()
-    return (*out, torch.cat(maps)) if keep_maps else out
+    return torch.cat(seen).numpy(), torch.cat(pooled).numpy(), torch.cat(maps) if keep_maps else None
 
 
 def network_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATURE_BS,
@@ -361,14 +361,14 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
     quiet = not distributed.is_main()
     with stage(f"probe features ({cfg.probe_size} px)", total=math.ceil(len(y) / FEATURE_BS), kind="features",
                quiet=quiet) as s:
-        x, pooled, *maps = probe_features(net, pets.items, pre, tick=s.advance, keep_maps=pool is not None)
+        x, pooled, maps = probe_features(net, pets.items, pre, tick=s.advance, keep_maps=pool is not None)
     feature_seconds = time.monotonic() - t0
-    if maps:  # the head on crops; the probe's own C and estimate would change nothing in it: not computed
+    if maps is not None:  # the head on crops; the probe's own C and estimate would change nothing in it: not computed
         with stage(f"head on crops of the maps ({CROP_EPOCHS} epochs; {OUTER_FOLDS}-fold estimate)",
                    total=OUTER_FOLDS + 1, kind="heads", quiet=quiet) as s:
-            head = crop_head(maps[0], y, len(vocab), pool, cfg.seed)
+            head = crop_head(maps, y, len(vocab), pool, cfg.seed)
             s.advance()
-            est, oof = crop_head_cv(maps[0], y, len(vocab), pool, cfg.seed, tick=s.advance)
+            est, oof = crop_head_cv(maps, y, len(vocab), pool, cfg.seed, tick=s.advance)
             s.info = f"{est['estimate']} error {est['error']:.4f}"
         about = {"head": HEAD_ON_CROPS}
     else:

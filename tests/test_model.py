@@ -152,10 +152,12 @@ def test_one_forward_pass_gives_the_probes_features_and_the_detectors():
 
     net = build_model("resnet18", 3, head=probe_head("resnet18")).eval()
     x = torch.randn(2, 3, 64, 64)
-    seen, pooled = probe_features(net, [x[:1], x[1:]], lambda batch: torch.cat(batch).numpy(), bs=1)
+    seen, pooled, kept = probe_features(net, [x[:1], x[1:]], lambda batch: torch.cat(batch).numpy(), bs=1,
+                                        keep_maps=True)
     with torch.no_grad():
         maps = net[0](x)
         logits, feats = WithFeatures(net)(x)
+    assert kept.dtype == torch.float16 and torch.allclose(kept.float(), maps, rtol=1e-2, atol=1e-2)
     gem = maps.pow(2).mean((2, 3)).sqrt()
     assert np.allclose(seen, torch.nn.functional.normalize(gem, dim=1).numpy(), atol=1e-6)
     assert np.allclose(pooled, maps.mean((2, 3)).numpy(), atol=1e-6) and np.allclose(feats.numpy(), pooled, atol=1e-6)
