@@ -1,6 +1,6 @@
 """Not-a-pet detection on real photos: candidate signals, each scored on pets a model did not train on.
 
-    .venv/bin/python -m benchmarks.bench_not_a_pet --data ../shared/pets-dev         # ~3-4 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_not_a_pet --data ../shared/pets-dev         # ~1 min on 2 cores
 
 Pets: every photo of `--data` (`<breed>_<n>.jpg`), stratified 5-fold over photos; each fold's detector is fitted on
 the other four folds only, as `petclf train` fits it (on the run's labelled photos), and scores the held-out fold.
