@@ -1,6 +1,7 @@
-"""The small-data recipe on a frozen backbone: a logistic regression on its GeM-pooled, L2-normalised features, C
-chosen by cross-validation (the probe), then the same Linear trained on crops of the feature maps (the head the
-bundle keeps), each with an honest error estimate (cross-validation, out-of-fold predictions).
+"""The small-data recipe on a frozen backbone: a Linear on its GeM-pooled, L2-normalised features, started from a
+logistic regression and trained on crops of the feature maps (`crop_head`: the head the bundle keeps); where there
+are no maps to keep, the logistic regression alone with C chosen by cross-validation (the probe, `fit_probe_cv`).
+Each comes with an honest error estimate (cross-validation, out-of-fold predictions).
 
     from petclf.probe import crop_head, fit_probe_cv, network_features, probe_features, run_probe
     run_probe(learn, cfg, pets, run_dir)              # the recipe in a run: all photos, head set, oof.json written

@@ -12,10 +12,11 @@
 
 Recipes. `fastbook`: fastai's head, lr_find's valley, `fine_tune` semantics (head alone with fit_one_cycle, then
 unfreeze and fit_one_cycle with discriminative LRs). `probe` (small data): the frozen backbone's GeM-pooled,
-L2-normalised features at `probe_size` px; a logistic regression on them (C by cross-validation), then the same
-Linear trained on crops of the feature maps, fitted on every labelled photo (no validation split) and written into a
-linear head (`petclf.probe`); its error is a cross-validation estimate, and the out-of-fold predictions are saved in
-`oof.json`. No lr_find, no fine-tune of the backbone (measured to add nothing).
+L2-normalised features at `probe_size` px; a Linear started from a logistic regression on them and trained on crops
+of the feature maps (where there are no maps to keep, the logistic regression alone, C by cross-validation), fitted
+on every labelled photo (no validation split) and written into a linear head (`petclf.probe`); its error is a
+cross-validation estimate, and the out-of-fold predictions are saved in `oof.json`. No lr_find, no fine-tune of the
+backbone (measured to add nothing).
 `auto` picks `probe` when there are fewer than `small_data` training images per class.
 
 Every file lands in the run directory; `exports/latest` is switched to the run once it is complete, and only when the
