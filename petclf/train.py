@@ -567,8 +567,11 @@ def train_summary(result: TrainResult, cmd: str = "petclf") -> str:
                         "oof.json") if (run_dir / n).is_file()]
     latest = run_dir.parent / "latest"
     points = f"; {latest} points to it" if latest.exists() and latest.resolve() == run_dir.resolve() else ""
+    cal = m.get("calibration") or {}
+    scaled = (f", {cal['cv_nll_after']:.4f} at the shipped temperature {cal['temperature']:.2f}" if cal.get("kept")
+              else "")  # the loss the predictions have: a probe head's raw logits are small (T ~ 0.25)
     lines = [f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}"
-             f" ({how})",
+             f"{scaled} ({how})",
              f"run folder: {run_dir} ({', '.join(made)}){points}",
              "next:", *(f"  {c}" for c in next_commands(run_dir, cmd))]
     return "\n".join(lines)

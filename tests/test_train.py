@@ -22,7 +22,7 @@ from petclf.config import TrainConfig
 from petclf.errors import PetclfError
 from petclf.lrfind import lr_find_steps
 from petclf.run import resume_config
-from petclf.train import RUN_FILES, Phase, choose_recipe, default_workers, plan_schedule, train
+from petclf.train import RUN_FILES, Phase, choose_recipe, default_workers, plan_schedule, train, train_summary
 
 
 def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
@@ -202,6 +202,9 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     assert logits.shape == np.array(oof["probs"]).shape == (64, 4) and len(oof["files"]) == 64
     assert m["error_rate"] == pytest.approx(float((logits.argmax(1) != labels).mean()))
     assert m["calibration"]["n"] == 64  # the temperature is chosen on the out-of-fold logits
+    cal, said = m["calibration"], train_summary(res).splitlines()[0]  # the loss the shipped predictions have, too
+    assert said.startswith(f"error_rate {m['error_rate']:.4f}") and "(5-fold cross-validation)" in said
+    assert (f"{cal['cv_nll_after']:.4f} at the shipped temperature {cal['temperature']:.2f}" in said) == cal["kept"]
 
     net, manifest = load_network(out)
     assert manifest["head"] == {"kind": "linear", "l2norm": True, "gem_p": 2.0} and manifest["recipe"] == m["recipe"]
