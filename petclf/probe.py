@@ -183,25 +183,38 @@ def choose_c(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] =
     return float(cs[best]), {"c": list(cs), "log_loss": losses.round(4).tolist(), "error": errors.round(4).tolist()}
 
 
+def cross_validate(y: np.ndarray, n_classes: int, fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                   outer: int = OUTER_FOLDS, seed: int = 0, kind: str = "",
+                   tick: Tick = None) -> tuple[dict, np.ndarray]:
+    """`fit_predict(train, test)` (indices -> the test photos' logits from a model fitted on the training ones) on
+    each of `outer` stratified folds: (the estimate, N x K out-of-fold logits, each row from a model that never saw
+    that photo); `kind` qualifies the estimate's name ("nested"); `tick()` after each fold."""
+    oof = np.zeros((len(y), n_classes), np.float32)
+    fold_errors = []
+    for test in stratified_folds(y, outer, seed):
+        oof[test] = fit_predict(np.setdiff1d(np.arange(len(y)), test), test)
+        fold_errors.append(round(float((oof[test].argmax(1) != y[test]).mean()), 4))
+        if tick:
+            tick()
+    name = " ".join(filter(None, [kind, f"{len(fold_errors)}-fold cross-validation"]))
+    return {"estimate": name, "error": float((oof.argmax(1) != y).mean()), "fold_errors": fold_errors,
+            "fold_error_std": round(float(np.std(fold_errors)), 4), "log_loss": round(nll(oof, y), 4)}, oof
+
+
 def nested_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] = C_GRID, outer: int = OUTER_FOLDS,
               inner: int = INNER_FOLDS, seed: int = 0, tick: Tick = None) -> tuple[dict, np.ndarray]:
     """Each outer fold chooses its own C by inner CV on its training photos, refits, predicts its held-out photos:
-    (the estimate, N x K out-of-fold logits, each row from a model that never saw that photo)."""
-    oof = np.zeros((len(y), n_classes), np.float32)
-    fold_errors, chosen = [], []
-    for test in stratified_folds(y, outer, seed):
-        train = np.setdiff1d(np.arange(len(y)), test)
+    (the estimate with each fold's C, N x K out-of-fold logits)."""
+    chosen = []
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         c, _ = choose_c(x[train], y[train], n_classes, cs, inner, seed + 1, tick)
-        (wb,) = fit_logreg(x[train], y[train], n_classes, [c])
-        if tick:
-            tick()
-        oof[test] = logits_of(x[test], wb)
-        fold_errors.append(round(float((oof[test].argmax(1) != y[test]).mean()), 4))
         chosen.append(c)
-    est = {"estimate": f"nested {len(chosen)}-fold cross-validation", "error": float((oof.argmax(1) != y).mean()),
-           "fold_errors": fold_errors, "fold_error_std": round(float(np.std(fold_errors)), 4),
-           "log_loss": round(nll(oof, y), 4), "c_per_fold": chosen}
-    return est, oof
+        (wb,) = fit_logreg(x[train], y[train], n_classes, [c])
+        return logits_of(x[test], wb)
+
+    est, oof = cross_validate(y, n_classes, fit_predict, outer, seed, "nested", tick)
+    return est | {"c_per_fold": chosen}, oof
 
 
 @dataclass
@@ -298,19 +311,12 @@ def crop_head_cv(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.
                  tick: Tick = None) -> tuple[dict, np.ndarray]:
     """The estimate of `crop_head` by 5-fold CV over photos (the probe's outer folds): (the estimate, N x K
     out-of-fold logits, each row from a head that never saw that photo)."""
-    oof = np.zeros((len(y), n_classes), np.float32)
-    fold_errors = []
-    for test in stratified_folds(y, OUTER_FOLDS, seed):
-        train = np.setdiff1d(np.arange(len(y)), test)
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         wb = crop_head(maps[train], y[train], n_classes, pool, seed)
         with torch.no_grad():
-            oof[test] = logits_of(pooled_unit(maps[test], pool).numpy(), wb)
-        fold_errors.append(round(float((oof[test].argmax(1) != y[test]).mean()), 4))
-        if tick:
-            tick()
-    return {"estimate": f"{len(fold_errors)}-fold cross-validation", "error": float((oof.argmax(1) != y).mean()),
-            "fold_errors": fold_errors, "fold_error_std": round(float(np.std(fold_errors)), 4),
-            "log_loss": round(nll(oof, y), 4)}, oof
+            return logits_of(pooled_unit(maps[test], pool).numpy(), wb)
+
+    return cross_validate(y, n_classes, fit_predict, OUTER_FOLDS, seed, tick=tick)
 
 
 # ---------------------------------------------------------------------------------------------------- the run
