@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from fastai.callback.core import Callback
 
-from petclf.config import TrainConfig
+from petclf.config import DEFAULT_BS, TrainConfig
 from petclf.data import load_pets
 from petclf.device import Compute, available_cores
 from petclf.model import build_model
@@ -233,7 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--arch", default=TrainConfig.arch)
     ap.add_argument("--size", type=int, default=TrainConfig.size)
     ap.add_argument("--presize", type=int, default=TrainConfig.presize)
-    ap.add_argument("--bs", type=int, default=TrainConfig.bs)
+    ap.add_argument("--bs", type=int, default=DEFAULT_BS)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N, as `petclf train --device`")
     ap.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16, as `petclf train`")
     ap.add_argument("--channels-last", default="auto", help="auto | on | off, as `petclf train`")

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from petclf.config import TrainConfig
+from petclf.config import DEFAULT_BS, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_GOAL_S = 90.0  # the whole default recipe on 3,000+ training images, on one H100-class GPU (issue 15)
@@ -81,7 +81,7 @@ class Scale:
 D = TrainConfig()
 SCALES = {
     # the default recipe (petclf's defaults) on 37 x 105 = 3,885 photos
-    "cuda": Scale(37, 105, 1.0, D.arch, D.size, D.presize, D.bs, D.epochs, D.freeze_epochs, 30, 2, 3, 1024, 256,
+    "cuda": Scale(37, 105, 1.0, D.arch, D.size, D.presize, DEFAULT_BS, D.epochs, D.freeze_epochs, 30, 2, 3, 1024, 256,
                   D.channels_last, D.threads, D.lr_find_steps, 300),
     # On the CPU, the default layout: oneDNN's channels_last kernels took ~13 s to build at first use here, longer
     # than the whole tiny run. One thread: with the cores busy with other work, two threads waiting for each other

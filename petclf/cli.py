@@ -24,6 +24,7 @@ import typer.core
 from petclf import demo as demo_defaults
 from petclf import synth as synth_defaults
 from petclf.config import (
+    DEFAULT_BS,
     DEFAULT_MODEL,
     DEVICES,
     PREDICT_BS,
@@ -157,7 +158,8 @@ ArchOpt = typer.Option(None, "--arch", "-a", help="timm model name.", show_defau
 WeightsOpt = typer.Option(None, "--weights", help="Local timm state dict (.pth/.safetensors) instead of the hub.")
 PretrainedOpt = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights.",
                              show_default="pretrained" if D.pretrained else "no-pretrained")
-BsOpt = typer.Option(None, "--bs", min=1, help="Batch size (per process).", show_default=str(D.bs))
+BsOpt = typer.Option(None, "--bs", min=1, help="Batch size (per process).",
+                     show_default=f"{DEFAULT_BS}, fewer when the training part is small")
 SizeOpt = typer.Option(None, "--size", min=1, help="Training crop size in px.", show_default=str(D.size))
 PresizeOpt = typer.Option(None, "--presize", min=1, help="Item resize before batch augmentation.",
                           show_default=str(D.presize))

@@ -36,6 +36,9 @@ LIKELY_MAX = 3  # an unsure answer lists at most this many breeds: the top two, 
 LIKELY_MIN_PROB = 0.1  # the third breed is listed only from this probability up
 SERVE_HOST = "127.0.0.1"  # the demo listens on this machine only unless told otherwise
 SERVE_PORT = 7860  # Gradio's usual port
+DEFAULT_BS = 32  # training batch (per process) when --bs is not given, and the training part has room for it
+MIN_STEPS = 4  # a batch size not given shrinks so that every epoch has at least this many steps
+MIN_BS = 2  # fastai's head normalises each training batch (BatchNorm1d): one image is not a batch
 
 
 class ConfigError(PetclfError):
@@ -141,7 +144,7 @@ class TrainConfig:
     epochs: int = 4  # epochs after unfreezing (fastai's fine_tune(epochs))
     freeze_epochs: int = 1  # epochs on the head alone before unfreezing
     lr: float | None = None  # base learning rate; None runs lr_find and uses its suggestion
-    bs: int = 32  # batch size (per process when distributed)
+    bs: int | None = None  # batch size (per process when distributed); None: DEFAULT_BS, fewer on small data
     size: int = 224  # training crop size in pixels (aug_transforms size)
     presize: int = 460  # item-level resize before batch augmentation (fastbook presizing)
     min_scale: float = 0.75  # smallest crop scale of RandomResizedCrop in aug_transforms
@@ -194,6 +197,27 @@ def check_range(name: str, value: float | None, lo: float | None, hi: float | No
         left = "(-inf" if lo is None else ("[" if lo_ok else "(") + f"{lo:g}"
         right = "inf)" if hi is None else f"{hi:g}" + ("]" if hi_ok else ")")
         raise ConfigError(f"setting {name!r} must be a number in {left}, {right}, got {value!r}")
+
+
+def fit_bs(bs: int | None, n_train: int, processes: int = 1) -> tuple[int, str | None]:
+    """The training batch per process for `n_train` images over `processes`, and a line saying why it is not
+    DEFAULT_BS (None when it is, or was set). The training loop drops a last partial batch, so a batch larger than a
+    process's share would leave an epoch with no step: a set `bs` is refused then; one not set shrinks to the
+    largest that gives MIN_STEPS steps an epoch."""
+    share = n_train // processes
+    each = f"{n_train} training images" + (f" ({share} per process, {processes} processes)" if processes > 1 else "")
+    if share < MIN_BS:
+        raise ConfigError(f"the {each} are too few for one training batch of {MIN_BS} (BatchNorm needs two images); "
+                          "add training photos" + (" or use fewer processes" if processes > 1 else ""))
+    fitted = min(DEFAULT_BS, max(MIN_BS, share // MIN_STEPS))
+    if bs is not None and not MIN_BS <= bs <= share:
+        why = ("one image is not a batch: fastai's head normalises over the batch" if bs < MIN_BS else
+               "the last partial batch is dropped, so an epoch would have no step")
+        raise ConfigError(f"--bs {bs} does not fit the {each}: {why}; pass --bs {fitted} or leave --bs out")
+    if bs is not None or fitted == DEFAULT_BS:
+        return bs or fitted, None
+    return fitted, (f"batch size {fitted} instead of {DEFAULT_BS}: the {each} give {share // fitted} steps an "
+                    "epoch (--bs sets it)")
 
 
 def config_keys() -> list[str]:

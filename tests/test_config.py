@@ -116,3 +116,24 @@ def test_cli_range_errors_are_one_line_exit_2(cli, tmp_path):
     for flags in (["--bs", "0"], ["--workers", "-3"], ["--threads", "100000"], ["--lr", "nan"]):
         res = cli("train", "--data", tmp_path, *flags)
         assert res.exit_code == 2 and "Traceback" not in res.output, (flags, res.output)
+
+
+def test_batch_size_fits_the_training_part_unless_it_was_set():
+    from petclf.config import DEFAULT_BS, fit_bs
+
+    assert fit_bs(None, 5000) == (DEFAULT_BS, None)
+    bs, why = fit_bs(None, 24)  # 24 < 32: the largest batch giving 4 steps an epoch
+    assert bs == 6 and why.startswith("batch size 6 instead of 32") and "4 steps" in why
+    assert fit_bs(None, 24, processes=2)[0] == 3 and fit_bs(None, 5, processes=2)[0] == 2  # each process's share
+    assert fit_bs(24, 24) == (24, None) and fit_bs(12, 24, processes=2) == (12, None)  # set: kept while it fits
+    for bs, n, procs in ((64, 24, 1), (16, 24, 2), (1, 24, 1)):
+        with pytest.raises(ConfigError, match=rf"^--bs {bs} does not fit .*; pass --bs \d+ or leave --bs out$"):
+            fit_bs(bs, n, procs)
+    with pytest.raises(ConfigError, match="too few for one training batch"):
+        fit_bs(None, 3, processes=2)
+
+
+def test_a_batch_size_set_in_a_file_or_a_flag_is_told_from_the_default(tmp_path):
+    (tmp_path / "c.yaml").write_text("bs: 64\n")
+    assert resolve_config().bs is None and TrainConfig().bs is None  # not set: fitted to the data
+    assert resolve_config(tmp_path / "c.yaml").bs == 64 and resolve_config(bs=32).bs == 32

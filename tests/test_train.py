@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import PRESIZE, SIZE, tiny_config
 
 from petclf.callbacks import StopAfter
 from petclf.config import TrainConfig
@@ -463,3 +463,70 @@ def test_log_tensorboard_writes_event_files_in_the_run_folder(synth_dir, tmp_pat
     train(tiny_cfg(synth_dir, out, epochs=1, freeze_epochs=0, log="tensorboard"))
     events = list((out / "tb").glob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 100 for e in events)
+
+
+# ---------------------------------------------------------------------------------------------------- batch size
+
+
+@pytest.fixture(scope="module")
+def thirty_photos(tmp_path_factory) -> Path:
+    """Issue 27's folder: 3 classes x 10 photos, so the random split trains on 24, fewer than the default batch."""
+    from petclf.synth import synth_data
+
+    data = tmp_path_factory.mktemp("thirty")
+    synth_data(data, "folders", n_classes=3, per_class=10, size=SIZE)
+    return data
+
+
+def fine_tune_args(data: Path, out: Path) -> list:
+    """Issue 27's command: the fine-tune recipe from random weights, lr_find included (fewer steps, via --config)."""
+    settings = out.parent / "settings.yaml"
+    settings.write_text("lr_find_steps: 10\n")
+    return ["train", "--data", data, "--layout", "folders", "--arch", "resnet18", "--no-pretrained", "--size", SIZE,
+            "--presize", PRESIZE, "--epochs", "1", "--freeze-epochs", "0", "--threads", "1", "--out", out,
+            "--config", settings]
+
+
+@pytest.mark.slow
+def test_fewer_training_photos_than_the_batch_size_train_with_a_batch_that_fits(cli, thirty_photos, tmp_path):
+    run = tmp_path / "run"
+    res = cli(*fine_tune_args(thirty_photos, run))
+    assert res.exit_code == 0, res.output
+    assert "batch size 6 instead of 32: the 24 training images give 4 steps an epoch" in res.output
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["processes"]["bs_per_process"] == 6 and m["lr_find"]["steps"] > 0 and len(m["history"]) == 1
+    assert json.loads((run / "model.json").read_text())["data"]["sizes"] == {"train": 24, "valid": 6}
+    assert yaml.safe_load((run / "config.yaml").read_text())["bs"] is None  # not set: refitted on --resume
+
+
+@pytest.mark.slow
+def test_a_batch_size_set_larger_than_the_training_part_is_one_line(cli, thirty_photos, tmp_path):
+    run = tmp_path / "run"
+    for extra in (["--bs", "64"], ["--config", tmp_path / "bs.yaml"]):
+        (tmp_path / "bs.yaml").write_text("bs: 64\n")  # a config file's bs is set by the user, as a flag's is
+        args = fine_tune_args(thirty_photos, run)
+        res = cli(*(args[:-2] if extra[0] == "--config" else args), *extra)
+        errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert errors == ["error: --bs 64 does not fit the 24 training images: the last partial batch is dropped, "
+                          "so an epoch would have no step; pass --bs 6 or leave --bs out"], res.output
+        assert not run.exists()  # refused before anything was written
+    res = cli("lr-find", "--data", thirty_photos, "--arch", "resnet18", "--no-pretrained", "--bs", "64",
+              "--out", tmp_path)
+    assert res.exit_code == 2 and "error: --bs 64 does not fit" in res.output, res.output
+
+
+def test_resume_checks_the_saved_batch_size_against_the_data(thirty_photos, tmp_path):
+    from dataclasses import asdict
+
+    from petclf.config import save_config
+    from petclf.run import CKPT_DIR, RunState
+
+    run = tmp_path / "run"
+    (run / CKPT_DIR).mkdir(parents=True)
+    save_config(TrainConfig(data=str(thirty_photos), arch="resnet18", pretrained=False, bs=64, out=str(run)),
+                run / "config.yaml")
+    torch.save({"model": {}, "opt": None, "state": asdict(RunState())}, run / CKPT_DIR / "last.pt")
+    with pytest.raises(PetclfError, match=r"^--bs 64 does not fit the 24 training images"):
+        train(TrainConfig(resume=str(run)))
+    assert (run / CKPT_DIR / "last.pt").is_file()  # the run is kept as it was
