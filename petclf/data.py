@@ -364,8 +364,10 @@ def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: 
     report.split, report.n_images, report.n_train, report.n_valid = (split_name, len(items), len(train_idx),
                                                                      len(valid_idx))
     if not train_idx or not valid_idx:
+        fix = ("add photos: the random split validates valid_pct of them, rounded down" if split_name == "random"
+               else "put photos in both parts")
         raise DataError(f"split {split_name!r} leaves {len(train_idx)} training and {len(valid_idx)} validation "
-                        "images")
+                        f"images; a run needs both: {fix}")
     for c in few_image_classes(report.class_counts):
         report.warnings.append(f"class {c} has only {report.class_counts[c]} images")
     missing = sorted(set(report.class_counts) - {labels_[i] for i in train_idx})

@@ -147,6 +147,23 @@ def test_empty_folder_and_one_class_are_refused(tmp_path):
         D.load_pets(tmp_path)
 
 
+@pytest.mark.parametrize("layout,per_class,split,match", [
+    ("pets", 1, "random", "leaves 2 training and 0 validation images; a run needs both: add photos"),  # 1 a class
+    ("pets", 2, "random", "leaves 4 training and 0 validation images"),  # 20 % of 4 rounds to none
+    ("csv", 3, "train", "leaves 6 training and 0 validation images; a run needs both: put photos in both parts"),
+    ("csv", 3, "valid", "leaves 0 training and 6 validation images")])
+def test_data_too_small_to_split_is_one_line(tmp_path, layout, per_class, split, match):
+    from petclf.synth import LABELS_CSV, synth_data
+
+    synth_data(tmp_path, layout, n_classes=2, per_class=per_class, size=16)
+    labels = tmp_path / LABELS_CSV
+    if layout == "csv":  # every photo in one part of the csv's split
+        rows = labels.read_text().splitlines()
+        labels.write_text("\n".join([rows[0], *(r.rsplit(",", 1)[0] + f",{split}" for r in rows[1:])]) + "\n")
+    with pytest.raises(DataError, match=match):
+        D.load_pets(tmp_path, layout=layout, labels=labels if layout == "csv" else None)
+
+
 def test_a_class_with_few_images_is_named_in_a_warning(tmp_path):
     synth_pets(tmp_path, n_classes=3, per_class=20, size=16)
     for p in list(tmp_path.glob("Bengal_*.jpg"))[3:]:

@@ -24,11 +24,11 @@ TINY = ["--arch", "resnet18", "--no-pretrained", "--bs", "8", "--size", SIZE, "-
 CLASSES, PER_CLASS = 3, 10
 
 
-def _check_train_predict_report(cli, data: Path, run: Path, *flags) -> dict:
+def _check_train_predict_report(cli, data: Path, run: Path, *flags, tiny: list = TINY) -> dict:
     """data check, train, predict and report through the CLI; returns the report's JSON."""
     check = cli("data", "check", "--data", data)
     assert check.exit_code == 0, check.output
-    res = cli("train", "--data", data, *TINY, "--out", run, *flags)
+    res = cli("train", "--data", data, *tiny, "--out", run, *flags)
     assert res.exit_code == 0, res.output
     pred = cli("predict", run / "examples", "--model", run, "-f", "json")
     assert pred.exit_code == 0, pred.output
@@ -40,7 +40,7 @@ def _check_train_predict_report(cli, data: Path, run: Path, *flags) -> dict:
     assert rows and all(r["breed_id"] in [c["name"] for c in manifest["classes"]] for r in rows)
     rep = cli("report", "--model", run)
     assert rep.exit_code == 0, rep.output
-    return {"check": check.output, "manifest": manifest, "rows": rows,
+    return {"check": check.output, "train": res.output, "manifest": manifest, "rows": rows,
             "report": json.loads((run / "report" / "report.json").read_text()),
             "html": (run / "report" / "report.html").read_text()}
 
@@ -68,6 +68,26 @@ def _serve_in_process(run: Path):
     demo = build_demo(predictor, examples=example_files(predictor.manifest, run))
     demo.launch(**launch_kwargs(port=free_port()), prevent_thread_lock=True, quiet=True)
     return demo
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["fastbook", "probe"])
+@pytest.mark.parametrize("layout,per_class", [("pets", 3), ("folders", 3), ("csv", 5)])
+def test_the_smallest_data_of_each_layout_trains_predicts_and_reports(cli, tmp_path, layout, per_class, recipe):
+    """2 classes: 3 photos each (a random split of 6 validates 1), or 5 (the csv's split column validates the 5th);
+    no --bs: the batch fits the few training photos."""
+    data, run = tmp_path / layout, tmp_path / "runs" / layout
+    synth_data(data, layout, n_classes=2, per_class=per_class, size=SIZE)
+    labels = ["--labels", data / LABELS_CSV] if layout == "csv" else []
+    tiny = [f for f in TINY if f not in ("--bs", "8")]
+    got = _check_train_predict_report(cli, data, run, *labels, "--recipe", recipe, "--epochs", "1",
+                                       "--freeze-epochs", "0", "--config",
+                                       _settings(tmp_path, probe_size=SIZE, lr_find_steps=5), tiny=tiny)
+    sizes, s = got["manifest"]["data"]["sizes"], got["report"]["summary"]
+    assert sizes["train"] + sizes["valid"] == 2 * per_class
+    assert s["n_evaluated"] == (2 * per_class if recipe == "probe" else sizes["valid"])
+    if recipe == "fastbook":
+        assert f"batch size 2 instead of 32: the {sizes['train']} training images give" in got["train"]
 
 
 @pytest.mark.slow
