@@ -128,15 +128,18 @@ def test_two_processes_train_on_a_csv_layout(tmp_path):
     data, run = tmp_path / "mine", tmp_path / "run"
     synth_data(data, "csv", n_classes=3, per_class=8, size=32, seed=3)
     args = ["-m", "petclf", "train", "--data", str(data), "--labels", str(data / LABELS_CSV), "--arch", "resnet18",
-            "--no-pretrained", "--size", "32", "--presize", "40", "--bs", "4", "--freeze-epochs", "0", "--epochs", "1",
-            "--lr", "0.002", "--workers", "0", "--out", str(run)]
+            "--no-pretrained", "--size", "32", "--presize", "40", "--freeze-epochs", "0", "--epochs", "1",
+            "--lr", "0.002", "--workers", "0", "--out", str(run)]  # no --bs: fitted to each process's share
     proc = subprocess.run(launch(*args, cwd=tmp_path), cwd=tmp_path, env=env(), capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((run / "model.json").read_text())
     assert manifest["data"]["layout"] == "csv" and manifest["data"]["split"] == "csv column split"
     assert [c["name"] for c in manifest["classes"]] == ["Crème brûlée", "Red fox", "blue whale"]
-    assert json.loads((run / "metrics.json").read_text())["processes"]["count"] == 2
+    assert json.loads((run / "metrics.json").read_text())["processes"] == {"count": 2, "bs_per_process": 2,
+                                                                          "global_bs": 4}
+    assert "batch size 2 instead of 32: the 21 training images (10 per process, 2 processes) give 5 steps" \
+        in proc.stderr
 
 
 RANK_SCRIPT = """
