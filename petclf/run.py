@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from petclf import distributed
-from petclf.config import EXPORTS, TrainConfig, load_config_file, resolve_config
+from petclf.config import DEFAULT_BS, EXPORTS, TrainConfig, fit_bs, load_config_file, resolve_config
 from petclf.errors import PetclfError
 from petclf.io import save_state_dict, write_atomic
 
@@ -158,6 +158,17 @@ def discarded_on_failure(run_dir: Path, fresh: bool, existed: bool = False) -> I
             if not existed:
                 shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def batch_size(cfg: TrainConfig, pets, recipe: str = "fastbook") -> int:
+    """The run's training batch per process: `fit_bs` where batches train (said in one line when it shrank); the
+    probe trains none (its features go through in batches of their own), so any batch size serves it."""
+    if recipe == "probe":
+        return cfg.bs or DEFAULT_BS
+    bs, why = fit_bs(cfg.bs, len(pets.train_idx), distributed.world_size())
+    if why:
+        log(why)
+    return bs
 
 
 def settings_given(cfg: TrainConfig) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import torch
 
 from petclf import distributed
 from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN, check_logging, log_callbacks
-from petclf.config import DEFAULT_BS, EXPORTS, UNSURE_BELOW, TrainConfig, fit_bs, save_config
+from petclf.config import EXPORTS, UNSURE_BELOW, TrainConfig, save_config
 from petclf.device import Compute, available_cores, resolve_compute
 from petclf.errors import as_typed
 from petclf.io import atomic_path, write_atomic
@@ -52,6 +52,7 @@ from petclf.run import (
     CKPT_DIR,
     Phase,
     RunState,
+    batch_size,
     discarded_on_failure,
     load_checkpoint,
     log,
@@ -123,17 +124,6 @@ def build_dataloaders(cfg: TrainConfig, pets, device: str):
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
     return make_dataloaders(pets, bs=cfg.bs, size=cfg.size, presize=cfg.presize, min_scale=cfg.min_scale,
                             mean=mean, std=std, device=torch.device(device), workers=workers, seed=cfg.seed)
-
-
-def batch_size(cfg: TrainConfig, pets, recipe: str = "fastbook") -> int:
-    """The training batch per process: `fit_bs` where batches train (said in one line when it shrank); the probe
-    trains none (its features go through in FEATURE_BS), so any batch size serves it."""
-    if recipe == "probe":
-        return cfg.bs or DEFAULT_BS
-    bs, why = fit_bs(cfg.bs, len(pets.train_idx), distributed.world_size())
-    if why:
-        log(why)
-    return bs
 
 
 def default_workers(device: str, cores: int | None = None) -> int:
@@ -537,8 +527,7 @@ def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState, latest
             raise TrainingDiverged("training diverged: the validation loss is not finite; nothing was exported and "
                                    "`latest` is unchanged; try a lower --lr")
         metrics["recipe"] = recipe_record(cfg, state)
-        bs = learn.dls.train.bs  # fitted to the data when --bs was not given
-        metrics["processes"] = {"count": n, "bs_per_process": bs, "global_bs": n * bs}
+        metrics["processes"] = {"count": n, "bs_per_process": learn.dls.bs, "global_bs": n * learn.dls.bs}
         if state.recipe == "probe":
             metrics["calibration"] = oof_temperature(run_dir)
         metrics["not_a_pet"] = run_detector(learn, cfg, pets, run_dir, state)
