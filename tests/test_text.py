@@ -324,3 +324,12 @@ def test_data_check_shows_hostile_names_as_text(hostile, cli):
     for name in ("[/bold]after", "$_$", "\\x1b[31mred", "[g](javascript:alert(5))", "\\u202egpj.exe",
                  shown(UNLABELLED)):
         assert name in flat, name
+
+
+def test_progress_bar_shows_a_path_with_markup_as_it_is(capsys):
+    from petclf.progress import rich_bar
+
+    with rich_bar(transient=False) as bar:  # `report --split FILE` puts the file's path in the description
+        bar.add_task(f"predicting {FILES['rich_path']}", total=2, info=HOSTILE["rich_close"])
+    err = capsys.readouterr().err
+    assert f"predicting {FILES['rich_path']}" in err and HOSTILE["rich_close"] in err
