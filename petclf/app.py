@@ -282,15 +282,15 @@ def model_card(manifest: dict[str, Any]) -> str:
             ("Not a pet", detector_line(manifest.get("not_a_pet")))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]
-    # every cell and name is text (a bundle someone sent can name anything): only petclf's own ** and | are syntax
+    # every cell and name is text (a bundle someone sent can name anything): only petclf's ** and | are syntax
     table = "\n".join(f"| {as_markdown(k)} | {as_markdown(v)} |" for k, v in rows)
     return f"| | |\n|---|---|\n{table}\n\n" + "\n\n".join(
         f"**{as_markdown(g.capitalize())}:** {as_markdown(', '.join(v))}" for g, v in by_group.items())
 
 
 def verdict(v: Verdict, noun: str = "Breed") -> str:
-    """The answers under the labels, in words: the species (or that this is not a pet), then the breed; Markdown
-    whose names are text."""
+    """The answers under the labels, in words: the species (or that this is not a pet), then the breed;
+    Markdown whose names are text."""
     v = replace(v, species_text=as_markdown(v.species_text), breed_text=as_markdown(v.breed_text))
     if v.not_a_pet:
         return (f"**{v.species_text}.** This photo does not look like the pets the model was trained on "
@@ -393,8 +393,8 @@ def make_explain(predictor: Predictor, batcher: Batcher, threshold: float | None
 
 
 def text_markdown(value: str = "", **kw: Any) -> gr.Markdown:
-    """A Markdown panel for text petclf wrote around `as_markdown` names: no LaTeX ($$ in a name stays $$), and
-    Gradio's HTML sanitiser on as a second guard."""
+    """A Markdown panel for text petclf wrote around `as_markdown` names: no LaTeX ($$ in a name stays $$),
+    and Gradio's HTML sanitiser on as a second guard."""
     return gr.Markdown(value, latex_delimiters=[], sanitize_html=True, **kw)
 
 

@@ -261,7 +261,7 @@ class DataReport:
                 lines.append(f"{len(names)} {title}: " + ", ".join(Path(n).name for n in names[:20])
                              + (" ..." if len(names) > 20 else ""))
         lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(map(shown, lines))  # each is one line: a newline or ANSI escape in one came from a name
+        return "\n".join(map(shown, lines))  # one line each: a newline or ANSI escape in one is a name's
 
 
 @dataclass

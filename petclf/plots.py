@@ -53,10 +53,10 @@ def plot_confusion(conf: dict[str, Any]):
     ax = fig.subplots()
     im = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))  # sqrt: rare confusions stay visible
     fs = 10 if n > 20 else 11
-    names = [shown(display_name(c)) for c in conf["classes"]]  # class names are text: no mathtext, no controls
+    names = [shown(display_name(c)) for c in conf["classes"]]  # names are text: no mathtext, no controls
     ax.set_xticks(range(n), names, rotation=90, fontsize=fs, **PLAIN_TEXT)
-    ax.set_yticks(range(n), [f"{c} ({int(r)})" for c, r in zip(names, counts.sum(1), strict=True)], fontsize=fs,
-                  **PLAIN_TEXT)
+    rows = [f"{c} ({int(r)})" for c, r in zip(names, counts.sum(1), strict=True)]
+    ax.set_yticks(range(n), rows, fontsize=fs, **PLAIN_TEXT)
     groups, colors = conf.get("groups"), group_colors(conf.get("groups"))
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()) if groups else ():
         for lab, g in zip(labels, groups, strict=True):
@@ -76,7 +76,8 @@ def plot_confusion(conf: dict[str, Any]):
     ax.set_xlabel("predicted", fontsize=11)
     ax.set_ylabel("actual (images in the split)", fontsize=11)
     by = f"; by {conf['group_name']}: " + ", ".join(colors) if groups else ""
-    ax.set_title(f"row-normalised confusion matrix, % of each actual class{shown(by)}", fontsize=11, **PLAIN_TEXT)
+    ax.set_title(f"row-normalised confusion matrix, % of each actual class{shown(by)}", fontsize=11,
+                 **PLAIN_TEXT)
     cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
     cb.set_label("share of the row")
     return fig
@@ -178,7 +179,7 @@ def _duration(s: Any) -> str:
 
 
 def _shown_value(v: Any) -> Any:
-    """jinja2 `finalize`: strings `shown` (markup jinja2 already escaped, `|join`'s, stays markup), others as is."""
+    """jinja2 `finalize`: strings `shown` (markup jinja2 made, as by `|join`, stays markup), others as is."""
     from markupsafe import Markup
 
     if isinstance(v, Markup):

@@ -410,7 +410,7 @@ def to_csv(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
     from petclf.text import as_cell
 
     head = csv_header(rows, k)
-    numbers = {c for c in head if c.startswith("prob_") or c.endswith(("_prob", "_score"))}  # ours, never text
+    numbers = {c for c in head if c.startswith("prob_") or c.endswith(("_prob", "_score"))}  # ours: no text
     buf = io.StringIO()
     w = csv.DictWriter(buf, head, lineterminator="\n", restval="")
     w.writeheader()

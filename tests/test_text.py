@@ -1,10 +1,10 @@
-"""Hostile names are text on every surface (BAD_INPUTS 35): a model whose classes, groups, display names, title and
-file names hold HTML, Markdown, rich markup, mathtext, ANSI escapes, formulas, bidi overrides, newlines or 500
-characters, run through the demo in Chromium, `/classify`, the report in Chromium, predict's table, CSV and JSON,
-and `petclf data check`; plus `petclf.text` itself.
+"""Hostile names are text on every surface (BAD_INPUTS 35): a model whose classes, groups, display names,
+title and file names hold HTML, Markdown, rich markup, mathtext, ANSI escapes, formulas, bidi overrides,
+newlines or 500 characters, run through the demo in Chromium, `/classify`, the report in Chromium, predict's
+table, CSV and JSON, `petclf data check` and the progress bar; plus `petclf.text` itself.
 
-The model is built, not trained (random weights: what it predicts does not matter, only how names are shown); the
-data is a csv layout, so names may hold `/` and newlines that no folder name can.
+The model is built, not trained (random weights: what it predicts does not matter, only how names are shown);
+the data is a csv layout, so names may hold `/` and newlines that no folder name can.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ HOSTILE = {  # id: class name
     "iframe": '<iframe src="http://evil.example/frame"></iframe>',
     "template": "{{ 7*7 }}",
     "rtl": "abc\u202egpj.exe",
-    "long": "L" + "o" * 253 + "ng",  # a bundle's longest (256); the 500-character ones are the title and a path
+    "long": "L" + "o" * 253 + "ng",  # a bundle's longest (256); the title and a path have 500 characters
     "newline": "line one\n# line two",
     "rich_close": "[/bold]after",
     "rich_slash": "x[/]y",
@@ -97,8 +97,8 @@ def _photo(path: Path, k: int) -> None:
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory) -> dict:
-    """Data (csv layout, hostile labels and file names), a groups file, and a model folder over it (random weights,
-    config, data report, an example photo with a hostile name), made once for the module."""
+    """Data (csv layout, hostile labels and file names), a groups file, and a model folder over it (random
+    weights, config, data report, an example photo with a hostile name), made once for the module."""
     from petclf.bundle import make_manifest, write_bundle
     from petclf.config import TrainConfig, save_config
     from petclf.data import load_pets
@@ -109,7 +109,7 @@ def hostile(tmp_path_factory) -> dict:
     data, run = root / "data", root / "run"
     names = list(HOSTILE.values())
     files = [f"images/{c:02d}-{k}.png" for c in range(len(names)) for k in range(PER_CLASS)]
-    files[: len(FILES)] = [f"images/{f}" for f in FILES.values()]  # class 0 and 1's photos carry hostile names
+    files[: len(FILES)] = [f"images/{f}" for f in FILES.values()]  # the first classes' photos: hostile names
     rows = [(f, names[i // PER_CLASS], "valid" if i % PER_CLASS == PER_CLASS - 1 else "train")
             for i, f in enumerate(files)]
     for i, (f, _, _) in enumerate(rows):
@@ -123,9 +123,9 @@ def hostile(tmp_path_factory) -> dict:
         csv.writer(fh).writerows([("label", GROUP_NAME), *[(n, GROUPS[i % 2]) for i, n in enumerate(names)]])
     pets = load_pets(data, layout="csv", labels=labels, split="random")
     group_name, groups = read_groups(groups_csv, pets.vocab)
+    metrics = {"error_rate": 0.5, "<img src=http://evil.example/m.png>": "[m](http://evil.example/m)"}
     manifest = make_manifest("resnet18", FASTAI_HEAD, pets.vocab, 64, 80, [0.485, 0.456, 0.406],
-                             [0.229, 0.224, 0.225], groups=groups, group_name=group_name,
-                             metrics={"error_rate": 0.5, "<img src=http://evil.example/m.png>": "[m](http://evil.example/m)"})
+                             [0.229, 0.224, 0.225], groups=groups, group_name=group_name, metrics=metrics)
     next(c for c in manifest["classes"] if c["name"] == HOSTILE["www"])["display"] = DISPLAY
     write_bundle(build_model("resnet18", len(pets.vocab)), run, manifest)
     save_config(TrainConfig(data=str(data), layout="csv", labels=str(labels), groups=str(groups_csv),
@@ -160,15 +160,16 @@ FOREIGN_JS = """() => {
     const h = a.getAttribute('href');
     if (/^\\s*javascript:/i.test(h) || h.includes('evil.example')) bad.push(a.outerHTML);
   }
-  for (const el of document.querySelectorAll('img, iframe, form, input[type=password], input[name=password]')) {
+  const tags = 'img, iframe, form, input[type=password], input[name=password]';
+  for (const el of document.querySelectorAll(tags)) {
     const src = el.getAttribute('src') || el.getAttribute('action') || '';
-    if (el.tagName !== 'IMG' || src.includes('evil.example') || src === 'x') bad.push(el.outerHTML.slice(0, 200));
+    if (el.tagName !== 'IMG' || src.includes('evil.example') || src === 'x') bad.push(el.outerHTML);
   }
-  for (const s of document.querySelectorAll('script')) {  // Gradio's config holds the names as JSON: data, inert
+  for (const s of document.querySelectorAll('script')) {  // Gradio's config holds the names as JSON: inert
     const t = s.textContent;
     if (t.includes('alert(') && !t.trimStart().startsWith('window.gradio_config =')) bad.push(s.outerHTML);
   }
-  for (const el of document.querySelectorAll('[onerror], [onload], [onclick]')) bad.push(el.outerHTML.slice(0, 200));
+  for (const el of document.querySelectorAll('[onerror], [onload], [onclick]')) bad.push(el.outerHTML);
   return bad;
 }"""
 
@@ -189,7 +190,7 @@ def test_demo_page_shows_hostile_names_as_text(browser, hostile):
         page.goto(demo.local_url)
         page.get_by_text("Model card").first.click()
         page.locator("input[type=file]").first.set_input_files(str(hostile["files"][0]))
-        page.locator("#verdict").get_by_text("%").first.wait_for(state="visible")  # the answer's line is there
+        page.locator("#verdict").get_by_text("%").first.wait_for(state="visible")  # the answer in words
         page.locator("[data-testid='label-output-value']").first.wait_for(state="visible")
         text = page.locator("body").inner_text()
         bad = page.evaluate(FOREIGN_JS)
@@ -198,8 +199,9 @@ def test_demo_page_shows_hostile_names_as_text(browser, hostile):
         page.close()
         demo.close()
     assert bad == [] and seen == {"foreign": [], "dialogs": []}, (bad, seen)
-    for name in (TITLE, HOSTILE["md_link"], HOSTILE["form"], HOSTILE["js_link"], HOSTILE["template"], GROUPS[1]):
-        assert shown(name) in text, name  # the heading, the intro and the model card show each as it is written
+    for name in (TITLE, HOSTILE["md_link"], HOSTILE["form"], HOSTILE["js_link"], HOSTILE["template"],
+                 GROUPS[1]):
+        assert shown(name) in text, name  # the heading, the intro and the model card show each as written
     assert shown(HOSTILE["newline"]) in text and shown(HOSTILE["ansi"]) in text
     assert TITLE in title
 
@@ -222,7 +224,8 @@ def test_classify_returns_the_true_names(hostile):
     display = predictor.display
     assert answer["breed_id"] in hostile["vocab"] and answer["breed"] == display[answer["breed_id"]]
     assert {c["label"] for c in breeds["confidences"]} <= set(display.values())
-    assert species["label"] in (*GROUPS, "not sure") and {c["label"] for c in species["confidences"]} == set(GROUPS)
+    assert species["label"] in (*GROUPS, "not sure")
+    assert {c["label"] for c in species["confidences"]} == set(GROUPS)
     assert display[HOSTILE["www"]] == DISPLAY
 
 
@@ -240,7 +243,7 @@ def test_report_page_shows_hostile_names_as_text(browser, hostile, tmp_path):
         page.goto(paths["html"].resolve().as_uri(), wait_until="load")
         bad = page.evaluate(FOREIGN_JS)
         scripts = page.evaluate("document.querySelectorAll('script, iframe, form, object, embed').length")
-        links = page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))")
+        links = page.evaluate("Array.from(document.querySelectorAll('a[href]'), a => a.getAttribute('href'))")
         text = page.locator("body").inner_text()
     finally:
         page.close()
@@ -311,13 +314,14 @@ def test_predict_csv_neutralises_formulas_and_keeps_numbers(predicted, hostile):
 
 def test_predict_csv_neutralises_a_file_cell_too(hostile, cli, monkeypatch):
     monkeypatch.chdir(hostile["data"] / "images")
-    r = cli("predict", FILES["formula_file"], FILES["rich_path"], "--model", hostile["run"], "--format", "csv")
+    r = cli("predict", FILES["formula_file"], FILES["rich_path"], "--model", hostile["run"], "-f", "csv")
     assert r.exit_code == 0, r.output
     assert [row["file"] for row in csv.DictReader(io.StringIO(r.stdout))] == ["'=1+1.png", "x[/]y.png"]
 
 
 def test_data_check_shows_hostile_names_as_text(hostile, cli):
-    r = cli("data", "check", "--data", hostile["data"], "--labels", hostile["labels"], "--groups", hostile["groups"])
+    r = cli("data", "check", "--data", hostile["data"], "--labels", hostile["labels"],
+            "--groups", hostile["groups"])
     assert r.exit_code == 0, r.output
     assert "\x1b" not in r.output and "\u202e" not in r.output
     flat = r.output.replace("\n", "")
