@@ -42,6 +42,7 @@ import socket
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ from petclf.image import MAX_BYTES, load_rgb
 from petclf.labels import pets_groups
 from petclf.predict import Predictor, load_model
 from petclf.preprocess import valid_resize
+from petclf.text import as_markdown
 from petclf.verdict import Verdict
 
 MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before they reach petclf
@@ -271,7 +273,7 @@ def model_card(manifest: dict[str, Any]) -> str:
     err = metrics.get("error_rate", metrics.get("valid_error"))
     inp = manifest["input"]
     per_group = ", ".join(f"{len(v)} {g}" for g, v in by_group.items())
-    rows = [("Architecture", f"`{manifest['arch']}` (timm) with a fastai head"),
+    rows = [("Architecture", f"{manifest['arch']} (timm) with a fastai head"),
             ("Classes", f"{len(classes)}" + (f" ({group_name}: {per_group})" if groups else "")),
             ("Validation error", f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
             ("Trained", str(manifest.get("created", "unknown"))),
@@ -280,13 +282,16 @@ def model_card(manifest: dict[str, Any]) -> str:
             ("Not a pet", detector_line(manifest.get("not_a_pet")))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"| | |\n|---|---|\n{table}\n\n" + "\n\n".join(f"**{g.capitalize()}:** {', '.join(v)}"
-                                                          for g, v in by_group.items())
+    # every cell and name is text (a bundle someone sent can name anything): only petclf's ** and | are syntax
+    table = "\n".join(f"| {as_markdown(k)} | {as_markdown(v)} |" for k, v in rows)
+    return f"| | |\n|---|---|\n{table}\n\n" + "\n\n".join(
+        f"**{as_markdown(g.capitalize())}:** {as_markdown(', '.join(v))}" for g, v in by_group.items())
 
 
 def verdict(v: Verdict, noun: str = "Breed") -> str:
-    """The answers under the labels, in words: the species (or that this is not a pet), then the breed."""
+    """The answers under the labels, in words: the species (or that this is not a pet), then the breed;
+    Markdown whose names are text."""
+    v = replace(v, species_text=as_markdown(v.species_text), breed_text=as_markdown(v.breed_text))
     if v.not_a_pet:
         return (f"**{v.species_text}.** This photo does not look like the pets the model was trained on "
                 f"(similarity {v.not_a_pet_score:.2f}), so it names no {noun.lower()}.")
@@ -387,6 +392,12 @@ def make_explain(predictor: Predictor, batcher: Batcher, threshold: float | None
     return explain
 
 
+def text_markdown(value: str = "", **kw: Any) -> gr.Markdown:
+    """A Markdown panel for text petclf wrote around `as_markdown` names: no LaTeX ($$ in a name stays $$),
+    and Gradio's HTML sanitiser on as a second guard."""
+    return gr.Markdown(value, latex_delimiters=[], sanitize_html=True, **kw)
+
+
 def is_pets_model(manifest: dict[str, Any]) -> bool:
     """True when every class is an Oxford-IIIT Pets breed: the shipped pet photos and Pets wording fit it."""
     return pets_groups([c["name"] for c in manifest["classes"]]) is not None
@@ -437,7 +448,7 @@ def build_demo(predictor: Predictor, threshold: float | None = None, queue_size:
              f"one of {len(predictor.classes)} classes: " + ", ".join(predictor.display[c] for c in predictor.classes))
     with Demo(title=f"petclf: {title}", analytics_enabled=analytics_enabled(),
               delete_cache=(max(1, cache_seconds // 4), cache_seconds)) as demo:
-        gr.Markdown(f"# {title}\nUpload, paste or snap a photo of {intro}.")
+        text_markdown(f"# {as_markdown(title)}\nUpload, paste or snap a photo of {as_markdown(intro)}.")
         with gr.Row():
             with gr.Column():
                 image = UploadedImage(label="Photo", sources=["upload", "webcam", "clipboard"], type="filepath")
@@ -446,14 +457,14 @@ def build_demo(predictor: Predictor, threshold: float | None = None, queue_size:
                 if examples:
                     gr.Examples(examples, inputs=image, label="Examples")
             with gr.Column():
-                note = gr.Markdown(elem_id="verdict")
+                note = text_markdown(elem_id="verdict")
                 breeds = AnswerLabel(num_top_classes=TOPK, label="Breed" if pets else "Class", elem_id="breeds")
                 species = AnswerLabel(num_top_classes=TOPK, elem_id="species", visible=bool(predictor.groups),
                                       label="Cat or dog" if pets else (predictor.group_name or "group").capitalize())
                 answer = gr.JSON(visible=False)  # the answers as data, for API callers
                 cam = gr.Image(label="Where the model looked", interactive=False, type="pil", elem_id="gradcam")
         with gr.Accordion("Model card", open=False):
-            gr.Markdown(model_card(predictor.manifest))
+            text_markdown(model_card(predictor.manifest))
         image.change(classify, image, [breeds, species, answer], api_name="classify", concurrency_limit=CONCURRENCY) \
              .success(explain, [image, show_cam], [cam, note], api_visibility="private",
                       concurrency_limit=CAM_CONCURRENCY, concurrency_id="explain")

@@ -204,12 +204,15 @@ def _print_class_table(counts: dict[str, int], group_name: str, groups: dict[str
     from rich.table import Table
 
     from petclf.labels import display_name, pets_groups
+    from petclf.text import as_terminal
 
     groups = groups or pets_groups(list(counts))
-    table = Table("class", *([group_name] if groups else []), "images", box=None, pad_edge=False)
+    table = Table("class", box=None, pad_edge=False)
+    for head in ([group_name] if groups else []) + ["images"]:
+        table.add_column(as_terminal(head))
     for c, n in counts.items():
-        table.add_row(display_name(c), *([groups[c]] if groups else []), str(n))
-    Console(width=100).print(table)
+        table.add_row(*map(as_terminal, (display_name(c), *([groups[c]] if groups else []))), str(n))
+    Console(width=100, highlight=False).print(table)
 
 
 @data_app.command("synth")

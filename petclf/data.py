@@ -32,6 +32,7 @@ from petclf.image import load_rgb
 from petclf.io import is_image_file, reachable, walk_files, write_atomic
 from petclf.labels import label_from_path, pets_groups
 from petclf.layouts import Reading, check_label_clashes, pets_root, read_layout, single_image_classes
+from petclf.text import shown
 
 DATA_DIR = Path("data")  # where downloads land and the default dataset is looked for
 PETS_DIRNAME = "oxford-iiit-pet"  # fastai's folder name for URLs.PETS
@@ -260,7 +261,7 @@ class DataReport:
                 lines.append(f"{len(names)} {title}: " + ", ".join(Path(n).name for n in names[:20])
                              + (" ..." if len(names) > 20 else ""))
         lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
+        return "\n".join(map(shown, lines))  # one line each: a newline or ANSI escape in one is a name's
 
 
 @dataclass

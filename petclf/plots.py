@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from petclf.labels import display_name
+from petclf.text import PLAIN_TEXT, shown
 
 NOT_RECORDED = "not recorded"
 
@@ -52,9 +53,10 @@ def plot_confusion(conf: dict[str, Any]):
     ax = fig.subplots()
     im = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))  # sqrt: rare confusions stay visible
     fs = 10 if n > 20 else 11
-    ax.set_xticks(range(n), [display_name(c) for c in conf["classes"]], rotation=90, fontsize=fs)
-    rows = zip(conf["classes"], counts.sum(1), strict=True)
-    ax.set_yticks(range(n), [f"{display_name(c)} ({int(r)})" for c, r in rows], fontsize=fs)
+    names = [shown(display_name(c)) for c in conf["classes"]]  # names are text: no mathtext, no controls
+    ax.set_xticks(range(n), names, rotation=90, fontsize=fs, **PLAIN_TEXT)
+    rows = [f"{c} ({int(r)})" for c, r in zip(names, counts.sum(1), strict=True)]
+    ax.set_yticks(range(n), rows, fontsize=fs, **PLAIN_TEXT)
     groups, colors = conf.get("groups"), group_colors(conf.get("groups"))
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()) if groups else ():
         for lab, g in zip(labels, groups, strict=True):
@@ -74,7 +76,8 @@ def plot_confusion(conf: dict[str, Any]):
     ax.set_xlabel("predicted", fontsize=11)
     ax.set_ylabel("actual (images in the split)", fontsize=11)
     by = f"; by {conf['group_name']}: " + ", ".join(colors) if groups else ""
-    ax.set_title(f"row-normalised confusion matrix, % of each actual class{by}", fontsize=11)
+    ax.set_title(f"row-normalised confusion matrix, % of each actual class{shown(by)}", fontsize=11,
+                 **PLAIN_TEXT)
     cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
     cb.set_label("share of the row")
     return fig
@@ -175,12 +178,22 @@ def _duration(s: Any) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+def _shown_value(v: Any) -> Any:
+    """jinja2 `finalize`: strings `shown` (markup jinja2 made, as by `|join`, stays markup), others as is."""
+    from markupsafe import Markup
+
+    if isinstance(v, Markup):
+        return Markup(shown(v))  # escaping never makes a control character: this changes only the names' own
+    return shown(v) if isinstance(v, str) else v
+
+
 def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
     """The report as one self-contained HTML page (figures embedded as data URIs, no external resources)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
+    # every value printed is text: control characters made visible, then HTML-escaped (jinja2's autoescape)
     env = Environment(loader=PackageLoader("petclf", "templates"), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True, finalize=_shown_value)
     conf = report["confusion"]
     group_of = dict(zip(conf["classes"], conf.get("groups") or [], strict=False))
     env.filters.update(num=_fmt, pct=_pct, pct_na=_pct_na, ci=_ci, duration=_duration, pretty=display_name,

@@ -407,7 +407,10 @@ def to_csv(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
     import csv
     import io
 
+    from petclf.text import as_cell
+
     head = csv_header(rows, k)
+    numbers = {c for c in head if c.startswith("prob_") or c.endswith(("_prob", "_score"))}  # ours: no text
     buf = io.StringIO()
     w = csv.DictWriter(buf, head, lineterminator="\n", restval="")
     w.writeheader()
@@ -422,7 +425,7 @@ def to_csv(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
             out |= {"not_a_pet": str(d["not_a_pet"]).lower(), "not_a_pet_score": f"{d['not_a_pet_score']:.6f}"}
         if "verdict" in d:
             out |= {"verdict_species": d["verdict"]["species"], "verdict_breed": d["verdict"]["breed"]}
-        w.writerow({c: v for c, v in out.items() if c in head})
+        w.writerow({c: v if c in numbers else as_cell(v) for c, v in out.items() if c in head})
     return buf.getvalue()
 
 
@@ -442,6 +445,8 @@ def to_table(rows: Sequence[Prediction], k: int = 5, names: Names = None, noun: 
     from rich.console import Console
     from rich.table import Table
 
+    from petclf.text import as_terminal
+
     errors = _has(rows, "error")
     table = Table(box=None, pad_edge=False)
     heading = f"top {noun}es" if noun.endswith("s") else f"top {noun}s"  # breeds, classes
@@ -449,7 +454,8 @@ def to_table(rows: Sequence[Prediction], k: int = 5, names: Names = None, noun: 
         table.add_column(name, overflow="fold")  # a long path is folded over lines, never cut to "..."
     for r in rows:
         top = ", ".join(f"{_name(names, b)} {p:.1%}" for b, p in r.top(k))
-        table.add_row(r.file, verdict_text(r), top, *([r.error or ""] if errors else []))
+        cells = (r.file, verdict_text(r), top, *([r.error or ""] if errors else []))
+        table.add_row(*map(as_terminal, cells))  # names are text: never rich markup, never raw control codes
     buf = io.StringIO()
     Console(file=buf, width=width, no_color=True, highlight=False).print(table)
     return buf.getvalue()

@@ -47,9 +47,11 @@ def rich_bar(transient: bool = True):
         TimeRemainingColumn,
     )
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    console=Console(file=sys.stderr), transient=transient)
+    plain = {"markup": False}  # a description can hold a user's path (report --split FILE): text, not markup
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", **plain), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                    TextColumn("{task.fields[info]}", **plain), console=Console(file=sys.stderr),
+                    transient=transient)
 
 
 # ---------------------------------------------------------------------------------------------------- the run clock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import http.client
 import io
 import time
@@ -89,7 +90,7 @@ def pets_verdict(probs: dict[str, float], species: dict[str, float], **kw):
 
 
 def test_model_card_and_verdict(predictor):
-    card = model_card({**predictor.manifest, "metrics": {"error_rate": 0.0725, "epochs": 4}})
+    card = html.unescape(model_card({**predictor.manifest, "metrics": {"error_rate": 0.0725, "epochs": 4}}))
     assert "resnet18" in card and "7.25%" in card and predictor.manifest["created"] in card and "epochs" in card
     assert "Abyssinian" in card and "American Bulldog" in card
     sure = pets_verdict({"Bengal": 0.9}, {"cat": 0.95, "dog": 0.05})
