@@ -61,7 +61,7 @@ from petclf.image import MAX_BYTES, load_rgb
 from petclf.labels import pets_groups
 from petclf.predict import Predictor, load_model
 from petclf.preprocess import valid_resize
-from petclf.serve import Limits, middleware, private_cache, safe_files, stop_like_ctrl_c
+from petclf.serve import Limits, keep_memory_trimmed, middleware, private_cache, safe_files, stop_like_ctrl_c
 from petclf.verdict import Verdict
 
 MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before they reach petclf
@@ -403,6 +403,7 @@ def build_demo(predictor: Predictor, threshold: float | None = None, queue_size:
     # each thread that allocates gets its own glibc malloc arena, and with a dozen threads passing multi-megabyte
     # images around the arenas fragmented (the server grew ~40 KB per request under bench_predict's load)
     decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="petclf-decode")
+    keep_memory_trimmed()  # a near-limit data URL passes through Gradio's threads too: their arenas kept it
     has_cam = predictor.has_model  # Grad-CAM needs the torch network's gradients, whatever runs classify
     if has_cam:
         predictor.model  # noqa: B018 - load it now (ONNX backend: lazily), not during the first visitor's request

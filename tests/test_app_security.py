@@ -170,6 +170,8 @@ MALFORMED = {  # payload -> what the client must be told
     b'{"data": [{"path": "/etc/passwd"}]}': "not uploaded to this demo",
     b'{"data": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]}': "not uploaded to this demo",
     b'{"data": [{"url": "http://example.com/x.jpg", "meta": {"_type": "gradio.FileData"}}]}': "Send the image",
+    b'{"data": [{"path": "/etc/pass\\u0000wd", "meta": {"_type": "gradio.FileData"}}]}': "NUL byte",  # issue 28.7
+    b'{"data": [{"path": "/etc/pass\\u0000wd"}]}': "NUL byte",
 }
 
 
@@ -187,6 +189,18 @@ def test_malformed_payloads_get_a_clear_message_and_one_log_line(served):
     new_lines = log.read_text().splitlines()[lines_before:]
     assert "Traceback" not in "\n".join(new_lines)
     assert len([ln for ln in new_lines if ln.startswith("upload rejected:")]) == len(MALFORMED), new_lines
+
+
+@pytest.mark.slow
+def test_a_folder_of_the_cache_is_no_upload_and_its_path_is_not_echoed(served):
+    """Issue 28.7: a payload naming the server's cache folder (or a folder in it) is told it was not uploaded,
+    and the answer does not hold the server's path."""
+    port, _, log = served
+    cache = next((log.parent / "cache").glob("petclf-serve-*"))  # `petclf serve`'s own cache in GRADIO_TEMP_DIR
+    for folder in [cache, *(p for p in cache.iterdir() if p.is_dir())][:3]:
+        for meta in ('', ', "meta": {"_type": "gradio.FileData"}'):
+            status, text = call_classify(port, f'{{"data": [{{"path": "{folder}"{meta}}}]}}'.encode())
+            assert status == 200 and b"not uploaded to this demo" in text and str(cache).encode() not in text, text
 
 
 @pytest.fixture(scope="module")
