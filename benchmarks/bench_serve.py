@@ -47,10 +47,17 @@ build_demo(load_model(sys.argv[1])).launch(**launch_kwargs(port=int(sys.argv[2])
 
 
 def post(port: int, path: str, body: bytes, headers: dict, source: str = "127.0.0.1") -> tuple[int, bytes]:
-    """(status, body) of one POST."""
+    """(status, body) of one POST; the server's answer even when it answers (413, 429) before reading the body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600, source_address=(source, 0))
     try:
-        conn.request("POST", path, body=body, headers=headers)
+        conn.putrequest("POST", path)
+        for k, v in {**headers, "Content-Length": str(len(body))}.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        try:
+            conn.send(body)
+        except OSError:
+            pass  # refused unread: the answer is waiting
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:

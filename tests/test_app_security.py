@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import free_port, start_serve
 
 from petclf.app import (
     MAX_DATA_URL,
@@ -80,23 +80,7 @@ def send_oversized(port: int, mb: int, chunked: bool) -> tuple[int | str, bytes]
 @pytest.fixture(scope="module")
 def served(tiny_run, tmp_path_factory):
     """(port, process, log file) of `petclf serve` in its own process, as a user starts it."""
-    tmp = tmp_path_factory.mktemp("serve")
-    port, log = free_port(), tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "PETCLF_AUTH")}
-    env.update(GRADIO_TEMP_DIR=str(tmp / "cache"), PYTHONWARNINGS="ignore")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "petclf", "serve", "--model", str(tiny_run.run_dir),
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
+    proc, port, log = start_serve(tiny_run.run_dir, tmp_path_factory.mktemp("serve"))
     yield port, proc, log
     proc.terminate()
     proc.wait(20)

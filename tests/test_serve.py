@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import free_port, start_serve
 
 from petclf.app import build_demo, example_files, launch_kwargs
 from petclf.serve import Limits, safe_files
@@ -128,32 +128,6 @@ def launched(predictor, **kw):
     demo = build_demo(predictor)
     demo.launch(**launch_kwargs(port=free_port(), **kw), prevent_thread_lock=True, quiet=True)
     return demo
-
-
-def wait_for_server(proc: subprocess.Popen, port: int, log: Path, limit: float = 300) -> None:
-    """Return once `port` answers; fail saying why if the process ends or `limit` seconds pass."""
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            ask(port, "GET", "/gradio_api/startup-events")
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"server did not start within {limit:.0f} s: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-
-
-def start_serve(model: Path, tmp: Path, *args: str) -> tuple[subprocess.Popen, int, Path]:
-    """`petclf serve --model model` in its own process, its cache under `tmp/cache`; (process, port, log)."""
-    port, log = free_port(), tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "PETCLF_AUTH")}
-    env.update(GRADIO_TEMP_DIR=str(tmp / "cache"), PYTHONWARNINGS="ignore")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "petclf", "serve", "--model", str(model), "--port", str(port),
-                                 *args], env=env, stdout=out, stderr=subprocess.STDOUT)
-    wait_for_server(proc, port, log)
-    return proc, port, log
 
 
 # ---------------------------------------------------------------------------------------------------- the login
@@ -369,3 +343,28 @@ def test_symlinks_in_a_runs_examples_are_never_listed_or_served(own_run, tmp_pat
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_login_page_and_the_demo_behind_it_work_in_a_browser(browser, predictor):
+    """The gate lets through what the login page needs, and after the login everything the demo needs."""
+    demo = launched(predictor, auth=(USER, PASSWORD))
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    refused = []
+    page.on("response", lambda r: refused.append(r.url) if r.status == 401 else None)
+    try:
+        page.goto(demo.local_url)
+        page.locator("input[type=password]").fill(PASSWORD)
+        page.locator("input").first.fill(USER)
+        page.get_by_role("button", name="Login").click()
+        page.locator("input[type=file]").first.set_input_files(example_files()[0])
+        label = page.locator("[data-testid='label-output-value']").first
+        label.wait_for(state="visible")
+        assert label.inner_text().strip()
+        page.locator("#gradcam img").first.wait_for(state="visible")  # a file route, behind the login
+        assert refused == []
+    finally:
+        page.close()
+        demo.close()
