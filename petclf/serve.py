@@ -261,29 +261,37 @@ def safe_files(folder: Path, root: Path, suffixes: Iterable[str]) -> list[Path]:
 _libc: Any = None
 _trimmer: threading.Thread | None = None
 TRIM_EVERY = 5.0  # seconds between two `malloc_trim` calls of the server process
+MMAP_THRESHOLD = 2**20  # blocks of this many bytes and more get their own mapping, returned to the system on free
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
-def trim_memory() -> None:
-    """Hand the heap freed by big requests back to the system (glibc's `malloc_trim`; a no-op elsewhere): glibc
-    keeps what the threads that read and decoded a 26 MB data URL freed, in their arenas, and RSS only grew."""
+def libc() -> Any:
+    """glibc, for `mallopt` and `malloc_trim`; None elsewhere (musl, macOS)."""
     global _libc
     if _libc is None:
         name = ctypes.util.find_library("c")
-        _libc = ctypes.CDLL(name) if name else False
-    if _libc and hasattr(_libc, "malloc_trim"):
-        _libc.malloc_trim(0)  # ctypes releases the GIL for the call
+        lib = ctypes.CDLL(name) if name else None
+        _libc = lib if lib is not None and hasattr(lib, "malloc_trim") else False
+    return _libc or None
 
 
 def keep_memory_trimmed(every: float = TRIM_EVERY) -> None:
-    """Call `trim_memory` every `every` seconds on a daemon thread (one per process, however many demos)."""
+    """Give the memory big requests freed back to the system (glibc; a no-op elsewhere): blocks of 1 MB and more
+    get their own mapping, and a daemon thread (one per process) calls `malloc_trim` every `every` seconds.
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MB), so after the first
+    near-limit data URL the next ones (26 MB of text, 19 MB decoded, 20 MB of pixels) came from the threads' heaps,
+    which kept them: +660 MB of RSS after 50 such requests (benchmarks/bench_serve.py)."""
     global _trimmer
-    if _trimmer is not None:
+    lib = libc()
+    if lib is None or _trimmer is not None:
         return
+    lib.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # a fixed threshold also turns glibc's raising of it off
 
     def loop() -> None:
         while True:
             time.sleep(every)
-            trim_memory()
+            lib.malloc_trim(0)  # ctypes releases the GIL for the call
 
     _trimmer = threading.Thread(target=loop, name="petclf-trim", daemon=True)
     _trimmer.start()
