@@ -82,10 +82,20 @@ def app_routes(routes: list, prefix: str = "") -> list[tuple[str, str]]:
 
 def ask(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
         source: str = "127.0.0.1") -> tuple[int, dict, bytes]:
-    """(status, headers, body) of one request; a streamed answer is cut after its first 64 KB."""
+    """(status, headers, body) of one request, also when the server answers before reading the body (413, 429);
+    a streamed answer is not read."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60, source_address=(source, 0))
     try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        conn.putrequest(method, path)
+        sent = {"Content-Type": "application/json", **({"Content-Length": str(len(body))} if body else {}),
+                **(headers or {})}
+        for k, v in sent.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        try:
+            conn.send(body or b"")
+        except OSError:
+            pass  # refused unread: the answer is waiting
         resp = conn.getresponse()
         streamed = "text/event-stream" in resp.getheader("content-type", "")
         data = b"" if method == "HEAD" or streamed else resp.read(2**16)
