@@ -34,10 +34,10 @@ import base64
 import errno
 import gc
 import ipaddress
-import json
 import logging
 import os
 import queue
+import shutil
 import socket
 import sys
 import threading
@@ -53,7 +53,6 @@ from gradio.components.label import LabelConfidence, LabelData
 from gradio.exceptions import InvalidPathError
 from PIL import Image
 from pydantic import ValidationError
-from starlette.middleware import Middleware
 
 from petclf.bundle import class_groups, display_names, resolve_bundle_dir
 from petclf.cam import gradcam_logits, overlay
@@ -63,6 +62,7 @@ from petclf.image import MAX_BYTES, load_rgb
 from petclf.labels import pets_groups
 from petclf.predict import Predictor, load_model
 from petclf.preprocess import valid_resize
+from petclf.serve import Limits, keep_memory_trimmed, middleware, private_cache, safe_files, stop_like_ctrl_c
 from petclf.text import as_markdown
 from petclf.verdict import Verdict
 
@@ -70,6 +70,7 @@ MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before
 MAX_DATA_URL = -(-MAX_BYTES // 3) * 4  # longest base64 text that decodes to at most MAX_BYTES (checked before decoding)
 MAX_REQUEST_BYTES = MAX_DATA_URL + 2**20  # any request body above this is refused (413) before it is read: one
 # image as a base64 data URL plus room for the JSON around it; Gradio's max_file_size covers only /upload's files
+LIMITS = Limits(max_request_bytes=MAX_REQUEST_BYTES)  # upload budget, cache cap, login throttle (petclf.serve)
 CACHE_SECONDS = 900  # uploads and Grad-CAM images are deleted from Gradio's cache this long after they were written
 QUEUE_SIZE = 64  # waiting requests beyond this are told the demo is busy instead of hanging
 CONCURRENCY = 8  # classify requests decoded at once; their forward passes are batched together
@@ -167,8 +168,12 @@ class UploadedImage(gr.Image):
                 raise rejected("That upload is not an image.") from None
         if payload.path is None:
             raise rejected("Send the image as an upload (its path from /gradio_api/upload) or a base64 data URL.")
-        if not Path(payload.path).resolve().is_relative_to(Path(self.GRADIO_CACHE).resolve()):
-            # without `meta`, Gradio hands any path through unchecked; never open server files for a visitor
+        if "\0" in payload.path:
+            raise rejected("Malformed request: a file path holds a NUL byte.")
+        path = Path(payload.path)
+        if not (path.resolve().is_relative_to(Path(self.GRADIO_CACHE).resolve()) and path.is_file()):
+            # without `meta`, Gradio hands any path through unchecked; never open server files for a visitor, nor
+            # tell them what is where (a folder in the cache is not an upload)
             raise rejected("That file was not uploaded to this demo: upload it first (/gradio_api/upload).")
         return payload.path
 
@@ -189,7 +194,9 @@ class Demo(gr.Blocks):
                            '({"path": ..., "meta": {"_type": "gradio.FileData"}}).') from None
         except InvalidPathError:
             raise rejected("That file was not uploaded to this demo: upload it first (/gradio_api/upload).") from None
-        except ValueError:
+        except ValueError as e:
+            if "null byte" in str(e):  # from Gradio's own path check, before ours
+                raise rejected("Malformed request: a file path holds a NUL byte.") from None
             if len(inputs) >= len(block_fn.inputs):
                 raise
             raise rejected(f"Malformed request: {block_fn.name} takes {len(block_fn.inputs)} input(s), "
@@ -206,36 +213,6 @@ def forget_data_urls(state: Any, blocks: list) -> None:
         value = props.get("value")
         if isinstance(value, dict) and str(value.get("url") or "").startswith("data:"):
             props["value"] = None
-
-
-class BodyLimit:
-    """ASGI middleware: a request whose declared body (Content-Length) is over `max_bytes` gets 413 before any of it
-    is read. A body without a declared length (chunked) gets 411: browsers and gradio_client always declare it, and
-    the server (h11) never passes on more bytes than were declared."""
-
-    def __init__(self, app: Any, max_bytes: int = MAX_REQUEST_BYTES):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            declared = headers.get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                msg = f"request body is {int(declared):,} bytes, over the {self.max_bytes:,}-byte limit"
-                return await self.refuse(send, 413, msg)
-            if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-                return await self.refuse(send, 411, "request body has no Content-Length; send one")
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    async def refuse(send: Any, status: int, msg: str) -> None:
-        """Answer `status` with one line, unread body and all, and log that line."""
-        log.warning("request refused: %s", msg)
-        body = json.dumps({"detail": msg}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
 
 
 def rejected(msg: str) -> gr.Error:
@@ -405,12 +382,13 @@ def is_pets_model(manifest: dict[str, Any]) -> bool:
 
 def example_files(manifest: dict[str, Any] | None = None, model_dir: str | Path | None = None) -> list[str]:
     """The demo's examples: the shipped pet photos for a Pets model (or no model given), else the validation photos
-    its run kept (`RUN_EXAMPLES` in the model folder), else none."""
+    its run kept (`RUN_EXAMPLES` in the model folder: its regular files only, no symlink followed), else none."""
     folder = EXAMPLES_DIR if manifest is None or is_pets_model(manifest) else \
         Path(model_dir) / RUN_EXAMPLES if model_dir is not None else None
     if folder is None:
         return []
-    return sorted(str(p) for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    root = EXAMPLES_DIR if folder == EXAMPLES_DIR else Path(model_dir)
+    return [str(p) for p in safe_files(folder, root, (".jpg", ".jpeg", ".png", ".webp"))]
 
 
 def default_title(manifest: dict[str, Any]) -> str:
@@ -436,6 +414,7 @@ def build_demo(predictor: Predictor, threshold: float | None = None, queue_size:
     # each thread that allocates gets its own glibc malloc arena, and with a dozen threads passing multi-megabyte
     # images around the arenas fragmented (the server grew ~40 KB per request under bench_predict's load)
     decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="petclf-decode")
+    keep_memory_trimmed()  # a near-limit data URL passes through Gradio's threads too: their arenas kept it
     has_cam = predictor.has_model  # Grad-CAM needs the torch network's gradients, whatever runs classify
     if has_cam:
         predictor.model  # noqa: B018 - load it now (ONNX backend: lazily), not during the first visitor's request
@@ -475,11 +454,12 @@ def build_demo(predictor: Predictor, threshold: float | None = None, queue_size:
 
 
 def launch_kwargs(host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False,
-                  auth: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Safe `launch` settings: request and file size limits, nothing served beyond the demo's own files."""
+                  auth: tuple[str, str] | None = None, limits: Limits = LIMITS) -> dict[str, Any]:
+    """Safe `launch` settings: request and file size limits, `limits`' guards (petclf.serve), nothing served
+    beyond the demo's own files."""
     return {"server_name": host, "server_port": port, "share": share, "auth": auth, "max_file_size": MAX_FILE_SIZE,
             "allowed_paths": [], "show_error": False, "ssr_mode": False,
-            "app_kwargs": {"middleware": [Middleware(BodyLimit, max_bytes=MAX_REQUEST_BYTES)]}}
+            "app_kwargs": {"middleware": middleware(limits)}}
 
 
 class ServeError(PetclfError):
@@ -492,7 +472,7 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
         return None
     user, sep, password = value.partition(":")
     if not (user and sep and password):
-        raise ServeError("--auth takes USER:PASS (both non-empty)")
+        raise ServeError("--auth (or PETCLF_AUTH) takes USER:PASS (both non-empty)")
     return user, password
 
 
@@ -546,17 +526,21 @@ def main(model_dir: str | Path = DEFAULT_MODEL, host: str = SERVE_HOST, port: in
     if warning := exposure_warning(host, share, auth):
         print(warning, file=sys.stderr)
     predictor = load_model(model_dir, backend=backend)
-    demo = build_demo(predictor, threshold=unsure_below, title=title,
-                      examples=example_files(predictor.manifest, resolve_bundle_dir(model_dir)))
-    # torch, fastai, Gradio and the model leave ~630,000 long-lived objects that every full collection would walk
-    # (350-380 ms holding the GIL, measured on this demo); frozen, they keep those pauses out of request latency
-    gc.freeze()
+    cache = private_cache()
+    stop_like_ctrl_c()
     try:
+        demo = build_demo(predictor, threshold=unsure_below, title=title,
+                          examples=example_files(predictor.manifest, resolve_bundle_dir(model_dir)))
+        # torch, fastai, Gradio and the model leave ~630,000 long-lived objects that every full collection would
+        # walk (350-380 ms holding the GIL, measured on this demo); frozen, they keep those pauses out of requests
+        gc.freeze()
         demo.launch(**launch_kwargs(host, port, share, auth))
     except OSError as e:
         if "port" not in str(e).lower():
             raise
         raise ServeError(f"port {port} is in use on {host}: pass another with --port") from None
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # uploads, half-written ones too, and Grad-CAM images
 
 
 if __name__ == "__main__":

@@ -412,6 +412,8 @@ def serve(model: Path = ModelOpt,
     from petclf.app import main as serve_demo
     from petclf.app import parse_auth
 
+    if auth is None and os.environ.get("PETCLF_AUTH") == "":
+        auth = ""  # click skips an empty variable: refuse it like --auth '' rather than serve without the login
     serve_demo(model, host=host, port=port, share=share, backend=_backend(backend, onnx), auth=parse_auth(auth),
                title=title, unsure_below=unsure_below)
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import free_port, start_serve
 
 from petclf.app import (
     MAX_DATA_URL,
@@ -80,23 +80,7 @@ def send_oversized(port: int, mb: int, chunked: bool) -> tuple[int | str, bytes]
 @pytest.fixture(scope="module")
 def served(tiny_run, tmp_path_factory):
     """(port, process, log file) of `petclf serve` in its own process, as a user starts it."""
-    tmp = tmp_path_factory.mktemp("serve")
-    port, log = free_port(), tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "PETCLF_AUTH")}
-    env.update(GRADIO_TEMP_DIR=str(tmp / "cache"), PYTHONWARNINGS="ignore")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "petclf", "serve", "--model", str(tiny_run.run_dir),
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
+    proc, port, log = start_serve(tiny_run.run_dir, tmp_path_factory.mktemp("serve"))
     yield port, proc, log
     proc.terminate()
     proc.wait(20)
@@ -170,6 +154,8 @@ MALFORMED = {  # payload -> what the client must be told
     b'{"data": [{"path": "/etc/passwd"}]}': "not uploaded to this demo",
     b'{"data": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]}': "not uploaded to this demo",
     b'{"data": [{"url": "http://example.com/x.jpg", "meta": {"_type": "gradio.FileData"}}]}': "Send the image",
+    b'{"data": [{"path": "/etc/pass\\u0000wd", "meta": {"_type": "gradio.FileData"}}]}': "NUL byte",  # issue 28.7
+    b'{"data": [{"path": "/etc/pass\\u0000wd"}]}': "NUL byte",
 }
 
 
@@ -187,6 +173,18 @@ def test_malformed_payloads_get_a_clear_message_and_one_log_line(served):
     new_lines = log.read_text().splitlines()[lines_before:]
     assert "Traceback" not in "\n".join(new_lines)
     assert len([ln for ln in new_lines if ln.startswith("upload rejected:")]) == len(MALFORMED), new_lines
+
+
+@pytest.mark.slow
+def test_a_folder_of_the_cache_is_no_upload_and_its_path_is_not_echoed(served):
+    """Issue 28.7: a payload naming the server's cache folder (or a folder in it) is told it was not uploaded,
+    and the answer does not hold the server's path."""
+    port, _, log = served
+    cache = next((log.parent / "cache").glob("petclf-serve-*"))  # `petclf serve`'s own cache in GRADIO_TEMP_DIR
+    for folder in [cache, *(p for p in cache.iterdir() if p.is_dir())][:3]:
+        for meta in ('', ', "meta": {"_type": "gradio.FileData"}'):
+            status, text = call_classify(port, f'{{"data": [{{"path": "{folder}"{meta}}}]}}'.encode())
+            assert status == 200 and b"not uploaded to this demo" in text and str(cache).encode() not in text, text
 
 
 @pytest.fixture(scope="module")
