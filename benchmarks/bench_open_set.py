@@ -30,13 +30,13 @@ import torch
 from scipy.special import softmax
 
 from petclf.calibrate import choose_temperature
+from petclf.config import UNSURE_BELOW
 from petclf.labels import breed_of, species_of
 from petclf.model import GeMPool, efficientnet_lite0_weights, make_network, norm_stats, probe_head, read_state_dict
 from petclf.notapet import class_means, fit_detector, leave_one_out_scores, scores
 from petclf.openset import (
     IMAGENET_GROUPS,
-    KNOWN_QUANTILE,
-    PET_QUANTILE,
+    QUANTILE,
     OpenSet,
     coverage,
     fit_open_set,
@@ -87,17 +87,21 @@ def cached(path: Path | None, make):
 
 
 def candidate(notpet: str = "cos", known: str | None = None, q: float = 0.05, sure: str = "0.5",
-              species: str = "head"):
+              species: str = "head", q2: float | None = None):
     """A candidate's answers: fn(fold data, photos) -> {kind: 'known'|'other'|'not', species, sure, top}."""
     def answers(f: dict, x: np.ndarray, qn: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
         xt, qt, yt = f["x_train"], f["q_train"], f["y_train"]
         k = int(yt.max()) + 1
         mass = sum(qn[:, lo:hi].sum(1) for lo, hi in IMAGENET_GROUPS.values())
-        is_not_mass = mass < np.quantile(sum(qt[:, lo:hi].sum(1) for lo, hi in IMAGENET_GROUPS.values()),
-                                         PET_QUANTILE)
+        train_mass = sum(qt[:, lo:hi].sum(1) for lo, hi in IMAGENET_GROUPS.values())
         entry, means = fit_detector(xt, yt, k, "fold")
-        is_not_cos = scores(x, means) < entry["threshold"]
-        is_not = {"cos": is_not_cos, "mass": is_not_mass, "mass|cos": is_not_mass & is_not_cos}[notpet]
+        entry5, _ = fit_detector(xt, yt, k, "fold", QUANTILE)
+        is_not = {"cos": lambda: scores(x, means) < entry["threshold"],
+                  "mass": lambda: mass < np.quantile(train_mass, 0.01),
+                  "mass&cos 1%": lambda: (mass < np.quantile(train_mass, 0.01))
+                  & (scores(x, means) < entry["threshold"]),
+                  "mass&cos": lambda: (mass < np.quantile(train_mass, QUANTILE))
+                  & (scores(x, means) < entry5["threshold"])}[notpet]()
         other = np.zeros(len(x), bool)
         if known == "cos":
             loo = leave_one_out_scores(xt, yt, k)
@@ -105,13 +109,18 @@ def candidate(notpet: str = "cos", known: str | None = None, q: float = 0.05, su
         elif known == "cover":
             covered = np.bincount(top_pet_class(qt), minlength=1000) > 0
             other = coverage(qn, covered) < np.quantile(leave_one_out_coverage(qt), q)
+        elif known == "cover|cos":
+            covered = np.bincount(top_pet_class(qt), minlength=1000) > 0
+            loo = leave_one_out_scores(xt, yt, k)
+            other = (coverage(qn, covered) < np.quantile(leave_one_out_coverage(qt), q)) | \
+                (scores(x, class_means(xt, yt, k)) < np.quantile(loo[np.isfinite(loo)], q2 or q))
         elif known == "ptop":
             other = probs.max(1) < q
         dog = probs[:, f["dog"]].sum(1)
         inet_dog = qn[:, slice(*IMAGENET_GROUPS["dog"])].sum(1) >= qn[:, slice(*IMAGENET_GROUPS["cat"])].sum(1)
         head_sp = np.where(dog >= 0.5, "dog", "cat")
         sp = np.where(other & (species == "mix"), np.where(inet_dog, "dog", "cat"), head_sp)
-        t = 0.5 if sure == "0.5" else sure_threshold(f["oof_probs"], yt)
+        t = 0.5 if sure == "0.5" else sure_threshold(f["oof_probs"], yt, 0.02 if sure == "oof 2%" else 0.03)
         top = probs.argmax(1)
         ok = (probs.max(1) >= t) & (np.where(f["dog"][top], "dog", "cat") == sp) & ~other & ~is_not
         return {"kind": np.where(is_not, "not", np.where(other, "other", "known")),
@@ -123,9 +132,10 @@ def shipped(f: dict, x: np.ndarray, qn: np.ndarray, probs: np.ndarray) -> dict[s
     """petclf.openset as a bundle runs it (fitted on the fold's training photos) and make_verdict's rules."""
     from petclf.verdict import make_verdict
 
-    entry, arrays = fit_open_set(f["x_train"], f["y_train"], f["oof_probs"], f["W"], f["b"], "fold")
+    entry, arrays = fit_open_set(f["x_train"], f["y_train"], len(f["classes"]), f["oof_probs"], f["W"], f["b"], "")
     sig = OpenSet(arrays["weight"].astype(np.float32), arrays["bias"], arrays["covered"].astype(bool),
-                  entry["pet_threshold"], entry["known_threshold"], entry["sure_below"])(x)
+                  arrays["class_means"], *(entry[k] for k in ("pet_threshold", "cosine_threshold", "known_threshold",
+                                                              "sure_below")))(x)
     classes = f["classes"]
     groups = {c: species_of(c) for c in classes}
     out: dict[str, list] = {"kind": [], "species": [], "sure": [], "top": []}
@@ -134,7 +144,8 @@ def shipped(f: dict, x: np.ndarray, qn: np.ndarray, probs: np.ndarray) -> dict[s
         gp = {"dog": float(p[f["dog"]].sum()), "cat": float(p[~f["dog"]].sum())}
         v = make_verdict(d, gp, {c: c for c in classes}, groups, "species", unsure_below=entry["sure_below"],
                          open_set={"pet": bool(sig.pet[i]), "known": bool(sig.known[i]),
-                                   "species": str(sig.species[i]), "species_prob": float(sig.species_prob[i])})
+                                   "species": str(sig.species[i]), "species_prob": float(sig.species_prob[i])},
+                         species_below=UNSURE_BELOW)
         out["kind"].append({"not_a_pet": "not", "other": "other"}.get(v.answer, "known"))
         out["species"].append(v.species or "")
         out["sure"].append(v.breed_sure)
@@ -144,16 +155,24 @@ def shipped(f: dict, x: np.ndarray, qn: np.ndarray, probs: np.ndarray) -> dict[s
 
 CANDIDATES = {
     "today: cos, sure 0.5": candidate("cos"),
-    "mass": candidate("mass"),
-    "mass|cos": candidate("mass|cos"),
-    "mass + known cos 5%": candidate("mass", "cos", 0.05, species="mix"),
-    "mass + known cos 10%": candidate("mass", "cos", 0.10, species="mix"),
-    "mass + known cover 5%": candidate("mass", "cover", KNOWN_QUANTILE, species="mix"),
-    "mass + known cover 10%": candidate("mass", "cover", 0.10, species="mix"),
-    "mass + known ptop 0.5": candidate("mass", "ptop", 0.5, species="mix"),
-    "mass, sure oof": candidate("mass", sure="oof"),
-    "mass + known cos 5%, sure oof": candidate("mass", "cos", 0.05, sure="oof", species="mix"),
-    "mass + known cover 5%, sure oof": candidate("mass", "cover", KNOWN_QUANTILE, sure="oof", species="mix"),
+    "mass 1%": candidate("mass"),
+    "mass&cos 1%": candidate("mass&cos 1%"),
+    "mass&cos 5%": candidate("mass&cos"),
+    "mass&cos + known cos 5%": candidate("mass&cos", "cos", 0.05, species="mix"),
+    "mass&cos + known cover 5%": candidate("mass&cos", "cover", 0.05, species="mix"),
+    "mass&cos + known cover 10%": candidate("mass&cos", "cover", 0.10, species="mix"),
+    "mass&cos + known cover|cos 5%": candidate("mass&cos", "cover|cos", 0.05, species="mix"),
+    "mass&cos + known ptop 0.5": candidate("mass&cos", "ptop", 0.5, species="mix"),
+    "mass&cos, sure oof": candidate("mass&cos", sure="oof"),
+    "mass&cos + known cos 5%, sure oof": candidate("mass&cos", "cos", 0.05, sure="oof", species="mix"),
+    "mass&cos + known cover 5%, sure oof": candidate("mass&cos", "cover", 0.05, sure="oof", species="mix"),
+    "mass&cos + known cover|cos 5%, sure oof": candidate("mass&cos", "cover|cos", 0.05, sure="oof", species="mix"),
+    "mass&cos + known cover|cos 2%, sure oof": candidate("mass&cos", "cover|cos", 0.02, sure="oof", species="mix"),
+    "mass&cos + known cover 10%|cos 5%, oof": candidate("mass&cos", "cover|cos", 0.10, sure="oof", species="mix",
+                                                          q2=0.05),
+    "mass&cos + known cover 5%|cos 10%, oof": candidate("mass&cos", "cover|cos", 0.05, sure="oof", species="mix",
+                                                          q2=0.10),
+    "mass&cos + known cover|cos 5%, oof 2%": candidate("mass&cos", "cover|cos", 0.05, sure="oof 2%", species="mix"),
     "shipped (petclf.openset + verdict)": shipped,
 }
 

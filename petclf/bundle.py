@@ -191,6 +191,7 @@ def _check_open_set(m: dict) -> None:
     _int(_get(d, "version", "open_set."), "open_set.version", 1, 1_000)
     for key in ("pet_threshold", "known_threshold", "sure_below"):
         _num(_get(d, key, "open_set."), f"open_set.{key}", 0.0, 1.0)
+    _num(_get(d, "cosine_threshold", "open_set."), "open_set.cosine_threshold", -1.0, 1.0)
     _file_pin(d, "open_set")
 
 

@@ -7,18 +7,19 @@ never saw.
     signals = OpenSet.load(bundle_dir, manifest)(features)     # at prediction: None when the bundle has it off
     signals.pet, signals.known, signals.species, signals.species_prob
 
-Three signals, each with a threshold set on the training run's own photos by a stated procedure (nothing is fitted
-on photos of other things):
-- a pet: the ImageNet head's probability on its dog and domestic-cat classes is at least the `PET_QUANTILE` quantile
-  of the training photos' (about 1 % of real pets fall below it);
-- a breed it knows: the share of that probability on the ImageNet classes the training photos' own top-1 fell on
-  ("covered" classes), at least the `KNOWN_QUANTILE` quantile of the training photos' shares, each photo scored
-  against the classes covered without it (leave-one-out, as `petclf.notapet` scores its class means);
+Three signals, each with a threshold set on the training run's own photos by one stated procedure (the 5 % quantile
+of their held-out scores; nothing is fitted on photos of other things):
+- a pet unless both say otherwise: the ImageNet head's probability on its dog and domestic-cat classes ("pet mass")
+  and the cosine of the photo's features to the nearest class mean (`petclf.notapet`'s score, leave-one-out), each
+  below its 5 % quantile on the training photos;
+- a breed it knows unless either says otherwise: the share of the pet mass on the ImageNet classes the training
+  photos' own top-1 fell on ("coverage", leave-one-out) and the same cosine, each at least its 5 % quantile;
 - sure of a breed: the calibrated top probability at least `sure_below`, the lowest on a grid at which the run's
   out-of-fold predictions are sure and wrong on at most `SURE_WRONG` of its photos.
-Picked by measurement: benchmarks/bench_open_set.py, BENCHMARKS.md "Three answers". It needs an ImageNet head that
-reads the average-pooled features (a frozen ImageNet backbone: the probe recipe), and classes that are all cats and
-dogs (Pets' groups); anything else has it off. Numpy only: the ONNX path stays torch-free.
+A cat or dog of another breed gets its species from the ImageNet head (the breed head only knows the 37). Picked by
+measurement: benchmarks/bench_open_set.py, BENCHMARKS.md "Three answers". It needs an ImageNet head that reads the
+average-pooled features (a frozen ImageNet backbone: the probe recipe) and classes that are cats or dogs; anything
+else has it off. Numpy only: the ONNX path stays torch-free.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ from scipy.special import softmax
 
 from petclf.errors import BundleError
 from petclf.io import sha256_file, verify_sha256, write_atomic
+from petclf.notapet import class_means, leave_one_out_scores, scores
 
 METHOD = "imagenet head"  # how the manifest names the open-set signals when they are on
 VERSION = 1  # of the manifest's `open_set` entry: readers ignore an entry of another version (and say so)
 FILE = "open_set.safetensors"  # the ImageNet head and its covered classes, beside the bundle, pinned in model.json
 IMAGENET_GROUPS = {"dog": (151, 269), "cat": (281, 286)}  # ImageNet-1k's dog breeds and domestic cats: [lo, hi)
 N_IMAGENET = 1000
-PET_QUANTILE = 0.01  # a photo is a pet from this quantile of the training photos' pet mass up
-KNOWN_QUANTILE = 0.05  # a photo is of a known breed from this quantile of their leave-one-out coverage up
+QUANTILE = 0.05  # every threshold: this quantile of the training photos' (held-out) scores
 SURE_WRONG = 0.03  # the sure rule's threshold: out-of-fold photos sure and wrong at most this share
 SURE_GRID = np.round(np.arange(0.5, 1.0, 0.01), 2)  # thresholds tried, lowest first
 MIN_PHOTOS = 10  # fewer training photos give no quantile worth recording: the signals stay off
@@ -97,25 +98,29 @@ def sure_threshold(probs: np.ndarray, y: np.ndarray, most_wrong: float = SURE_WR
     return 1.0
 
 
-def fit_open_set(pooled: np.ndarray, y: np.ndarray, oof_probs: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                 fitted_on: str) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+def fit_open_set(pooled: np.ndarray, y: np.ndarray, n_classes: int, oof_probs: np.ndarray, weight: np.ndarray,
+                 bias: np.ndarray, fitted_on: str) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     """(manifest entry, arrays to save or None): the thresholds of the three signals from the training photos'
     average-pooled features `pooled`, labels `y` and out-of-fold calibrated probabilities `oof_probs`."""
     if len(y) < MIN_PHOTOS:
         return off(f"only {len(y)} labelled photos to fit thresholds on (needs {MIN_PHOTOS})"), None
     q = imagenet_probs(pooled, weight, bias)
-    pet = sum(group_mass(q).values())
-    loo = leave_one_out_coverage(q)
+    cos = leave_one_out_scores(pooled, y, n_classes)
     covered = np.bincount(top_pet_class(q), minlength=N_IMAGENET) > 0
-    sure = sure_threshold(oof_probs, y)
     entry = {"method": METHOD, "version": VERSION, "fitted_on": fitted_on, "n_photos": int(len(y)),
-             "pet_threshold": round(float(np.quantile(pet, PET_QUANTILE)), 6), "pet_quantile": PET_QUANTILE,
-             "known_threshold": round(float(np.quantile(loo, KNOWN_QUANTILE)), 6), "known_quantile": KNOWN_QUANTILE,
-             "covered_classes": int(covered.sum()), "sure_below": sure, "sure_wrong": SURE_WRONG,
-             "imagenet_groups": {g: list(r) for g, r in IMAGENET_GROUPS.items()}}
+             "quantile": QUANTILE, "pet_threshold": quantile(sum(group_mass(q).values())),
+             "cosine_threshold": quantile(cos[np.isfinite(cos)]),
+             "known_threshold": quantile(leave_one_out_coverage(q)),
+             "covered_classes": int(covered.sum()), "sure_below": sure_threshold(oof_probs, y),
+             "sure_wrong": SURE_WRONG, "imagenet_groups": {g: list(r) for g, r in IMAGENET_GROUPS.items()}}
     arrays = {"weight": np.ascontiguousarray(weight, np.float16), "bias": np.asarray(bias, np.float32),
-              "covered": covered.astype(np.uint8)}
+              "covered": covered.astype(np.uint8), "class_means": class_means(pooled, y, n_classes)}
     return entry, arrays
+
+
+def quantile(x: np.ndarray) -> float:
+    """The `QUANTILE` quantile of held-out scores, as the manifest records it."""
+    return round(float(np.quantile(x, QUANTILE)), 6)
 
 
 def save_arrays(bundle_dir: Path, arrays: dict[str, np.ndarray]) -> dict[str, str]:
@@ -140,13 +145,15 @@ class Signals:
 
 @dataclass
 class OpenSet:
-    """A bundle's open-set signals: the backbone's ImageNet head, the classes its training photos covered and the
-    thresholds."""
+    """A bundle's open-set signals: the backbone's ImageNet head, the classes its training photos covered, the class
+    means and the thresholds."""
 
     weight: np.ndarray  # 1000 x D
     bias: np.ndarray  # 1000
     covered: np.ndarray  # bool, 1000
+    means: np.ndarray  # K x D, unit rows
     pet_threshold: float
+    cosine_threshold: float
     known_threshold: float
     sure_below: float
 
@@ -158,7 +165,8 @@ class OpenSet:
         stacked = np.stack([mass[g] for g in names], 1)
         pet = stacked.sum(1)
         cover = coverage(q, self.covered)
-        return Signals(pet >= self.pet_threshold, cover >= self.known_threshold,
+        near = scores(features, self.means) >= self.cosine_threshold
+        return Signals((pet >= self.pet_threshold) | near, (cover >= self.known_threshold) & near,
                        np.array(names)[stacked.argmax(1)], stacked.max(1) / np.maximum(pet, 1e-300), pet, cover)
 
     @classmethod
@@ -176,11 +184,13 @@ class OpenSet:
         verify_sha256(path, entry["sha256"])
         try:
             a = load(path.read_bytes())
-            w, b, covered = a["weight"], a["bias"], a["covered"].astype(bool)
+            w, b, covered, means = a["weight"], a["bias"], a["covered"].astype(bool), a["class_means"]
         except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
             raise BundleError(f"corrupt model file: {path}: {type(e).__name__}") from None
-        if w.ndim != 2 or w.shape[0] != N_IMAGENET or b.shape != (N_IMAGENET,) or covered.shape != (N_IMAGENET,) \
-                or not (np.isfinite(w).all() and np.isfinite(b).all()):
-            raise BundleError(f"corrupt model file: {path}: an ImageNet head of shape {w.shape} does not fit")
-        return cls(w.astype(np.float32), b.astype(np.float32), covered, float(entry["pet_threshold"]),
-                   float(entry["known_threshold"]), float(entry["sure_below"]))
+        fits = (w.ndim == 2 and w.shape[0] == N_IMAGENET and b.shape == (N_IMAGENET,)
+                and covered.shape == (N_IMAGENET,) and means.shape == (manifest.get("n_classes"), w.shape[1]))
+        if not fits or not all(np.isfinite(t).all() for t in (w, b, means)):
+            raise BundleError(f"corrupt model file: {path}: an ImageNet head of shape {w.shape} or class means of "
+                              f"shape {means.shape} do not fit the model")
+        return cls(w.astype(np.float32), b.astype(np.float32), covered, means, *(
+            float(entry[k]) for k in ("pet_threshold", "cosine_threshold", "known_threshold", "sure_below")))

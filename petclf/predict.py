@@ -263,7 +263,7 @@ class Predictor:
         open_set = None if row is None or row["pet"] < 0 else {k: row[k].item() for k in OPEN_SET_FIELDS}
         return make_verdict(self.to_dict(p), self.group_probs(p), self.display, self.groups, self.group_name,
                             flagged, score, self.unsure_below if unsure_below is None else unsure_below,
-                            open_set, self.noun)
+                            open_set, self.noun, None if self.open_set is None else UNSURE_BELOW)
 
     def answer(self, image: ImageSource, tta: bool = False) -> Verdict:
         """Both answers for one image (path, bytes, PIL image or array)."""

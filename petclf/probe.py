@@ -426,8 +426,8 @@ def open_set_answers(net: torch.nn.Module, cfg: TrainConfig, pooled: np.ndarray,
     head, why = imagenet_head(net, cfg, vocab)
     if head is None:
         return out | {"open_set": off(why)}
-    entry, arrays = fit_open_set(pooled, y, probs, *head, f"all {len(y)} labelled photos; the known-breed share "
-                                 "leave-one-out, the sure threshold on out-of-fold predictions")
+    entry, arrays = fit_open_set(pooled, y, len(vocab), probs, *head, f"all {len(y)} labelled photos (coverage and "
+                                 "cosine leave-one-out; the sure threshold on out-of-fold predictions)")
     if arrays is not None:
         entry |= on_main(save_arrays, run_dir, arrays) or {}
     return out | {"open_set": entry}

@@ -121,16 +121,18 @@ def breed_words(likely: list[tuple[str, float]], sure: bool, display: dict[str, 
 def make_verdict(probs: dict[str, float], group_probs: dict[str, float], display: dict[str, str],
                  groups: dict[str, str], group_name: str | None = None, not_a_pet: bool | None = None,
                  score: float | None = None, unsure_below: float = UNSURE_BELOW,
-                 open_set: dict[str, Any] | None = None, noun: str = "breed") -> Verdict:
+                 open_set: dict[str, Any] | None = None, noun: str = "breed",
+                 species_below: float | None = None) -> Verdict:
     """The answers for one image from its class probabilities, group probabilities, the not-a-pet detector's result
     (`not_a_pet`, `score`) and the open-set signals (`open_set`: {pet, known, species, species_prob}, see
-    `petclf.openset`), which decide where a bundle has them."""
+    `petclf.openset`), which decide where a bundle has them. A group is sure from `species_below` (default: the
+    breed's `unsure_below`)."""
     answer = open_set_answer(open_set) if open_set is not None else "none" if not_a_pet else "known"
     if answer == "other":  # the species from the ImageNet head, the closest class of it (never a sure one)
         species, species_prob = open_set["species"], float(open_set["species_prob"])
         likely = likely_classes(probs, groups, species)[:1]
     else:
-        species, species_prob = sure_group(group_probs, unsure_below)
+        species, species_prob = sure_group(group_probs, unsure_below if species_below is None else species_below)
     top, top_p = max(probs.items(), key=lambda cp: cp[1])
     # a top breed of the other species is no sure answer: the two answers must agree
     sure = answer == "known" and top_p >= unsure_below and (species is None or groups.get(top) == species)

@@ -48,7 +48,7 @@ def fitted() -> tuple[dict, dict, np.ndarray, np.ndarray]:
     x = np.concatenate([photos("beagle-like", 12, 0), photos("tabby-like", 12, 1)])
     y = np.repeat([0, 1], 12)
     oof = np.eye(2)[y] * 0.9 + 0.05
-    entry, arrays = fit_open_set(x, y, oof, *toy_head(), "toy")
+    entry, arrays = fit_open_set(x, y, 2, oof, *toy_head(), "toy")
     return entry, arrays, x, y
 
 
@@ -56,7 +56,8 @@ def test_the_three_signals_tell_a_known_breed_another_breed_and_no_pet():
     entry, arrays, _, _ = fitted()
     assert entry["method"] == METHOD and entry["version"] == VERSION and entry["covered_classes"] == 2
     det = OpenSet(arrays["weight"].astype(np.float32), arrays["bias"], arrays["covered"].astype(bool),
-                  entry["pet_threshold"], entry["known_threshold"], entry["sure_below"])
+                  arrays["class_means"], *(entry[k] for k in ("pet_threshold", "cosine_threshold", "known_threshold",
+                                                              "sure_below")))
     names = ("beagle-like", "corgi-like", "tabby-like", "coffee-like")
     s = det(np.concatenate([photos(n, 1, 9, noise=0.0) for n in names]))
     assert s.pet.tolist() == [True, True, True, False]
@@ -126,7 +127,7 @@ def test_the_manifest_check_refuses_a_broken_open_set_entry(tiny_run):
     m = json.loads((tiny_run.run_dir / "model.json").read_text())
     assert m["open_set"]["method"] == "off" and "random weights" in m["open_set"]["why"]
     good = {"method": METHOD, "version": 1, "pet_threshold": 0.5, "known_threshold": 0.4, "sure_below": 0.8,
-            "file": FILE, "sha256": "0" * 64}
+            "cosine_threshold": 0.6, "file": FILE, "sha256": "0" * 64}
     assert manifest_problem({**m, "open_set": good}) is None
     assert "pet_threshold" in manifest_problem({**m, "open_set": {**good, "pet_threshold": float("nan")}})
     assert "open_set.file" in manifest_problem({**m, "open_set": {**good, "file": "../x"}})
