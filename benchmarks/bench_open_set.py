@@ -203,7 +203,7 @@ def score(name: str, fn, folds: list[dict], pets: dict, inet: dict) -> dict[str,
     met = (r["nonpet: not"] >= .95 and r["pet: not"] <= .05 and r["pet: species"] >= .95
            and r["unknown breed: sure"] <= .10 and r["pets: not"] <= .01 and r["pets: species"] >= .99
            and r["pets: sure+wrong"] <= .05 and r["pets: sure"] >= .80)
-    print(f"{name:<36} " + " ".join(f"{v:>6.1%}" for v in r.values())
+    print(f"{name:<40} " + " ".join(f"{v:>8.1%}" for v in r.values())
           + f"  {wild['wild cat']:>11} {wild['wolf/fox']:>11}  {'met' if met else ''}")
     return r
 
@@ -239,12 +239,11 @@ def run(data: Path, other: Path, weights: Path, cache: Path | None) -> None:
                       "classes": classes,
                       "pets_probs": softmax(logits_of(pets["z"][test], m["head"]) / m["T"], 1),
                       "inet_probs": softmax(logits_of(inet["z"], m["head"]) / m["T"], 1)})
-    heads = ("nonpet:not", "pet:not", "pet:sp", "unk:sure", "kn:sure", "pets:not", "pets:sp", "pets:sure",
-             "sure+wr", "pets:oth")
-    print(f"{'candidate':<36} " + " ".join(f"{h:>6}"[-8:] for h in heads)
-          + "  wild cat not/other/known, wolf/fox the same")
-    print(f"{'goal':<36} {'>=95%':>6} {'<=5%':>6} {'>=95%':>6} {'<=10%':>6} {'':>6} {'<=1%':>6} {'>=99%':>6} "
-          f"{'>=80%':>6} {'<=5%':>6}")
+    heads = ("npet:not", "pet:not", "pet:sp", "unk:sure", "kn:sure", "pets:not", "pets:sp", "p:sure", "sure+wr",
+             "p:other")
+    goals = (">=95%", "<=5%", ">=95%", "<=10%", "", "<=1%", ">=99%", ">=80%", "<=5%", "")
+    print(f"{'candidate':<40} " + " ".join(f"{h:>8}" for h in heads) + "  wild cat not/other/known, wolf/fox")
+    print(f"{'goal':<40} " + " ".join(f"{g:>8}" for g in goals))
     for name, fn in CANDIDATES.items():
         score(name, fn, folds, pets, inet)
     print(f"total {time.monotonic() - t0:.0f} s")
