@@ -401,7 +401,8 @@ def row_dict(row: Prediction, k: int = 5, names: Names = None) -> dict[str, Any]
             (row.group, row.group_probs[row.group])
         d |= {"species": g, "species_prob": round(q, 6)}
     if v is not None and v.not_a_pet is not None:
-        d |= {"not_a_pet": v.not_a_pet, "not_a_pet_score": round(v.not_a_pet_score, 6)}
+        d |= {"not_a_pet": v.not_a_pet,
+              "not_a_pet_score": None if v.not_a_pet_score is None else round(v.not_a_pet_score, 6)}
     if v is not None:
         d |= {"answer": v.answer, "verdict": {"species": v.species_text, "breed": v.breed_text,
                                               "breed_sure": v.breed_sure, "likely": [b for b, _ in v.likely]}}
@@ -450,7 +451,9 @@ def to_csv(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
         if "species" in d:
             out |= {"species": d["species"], "species_prob": f"{d['species_prob']:.6f}"}
         if "not_a_pet" in d:
-            out |= {"not_a_pet": str(d["not_a_pet"]).lower(), "not_a_pet_score": f"{d['not_a_pet_score']:.6f}"}
+            score = d["not_a_pet_score"]
+            out |= {"not_a_pet": str(d["not_a_pet"]).lower(),
+                    "not_a_pet_score": "" if score is None else f"{score:.6f}"}
         if "verdict" in d:
             out |= {"verdict_species": d["verdict"]["species"], "verdict_breed": d["verdict"]["breed"],
                     "answer": d["answer"]}
