@@ -32,8 +32,8 @@ import numpy as np
 from scipy.special import softmax
 
 from petclf.errors import BundleError
-from petclf.io import sha256_file, verify_sha256, write_atomic
-from petclf.notapet import class_means, leave_one_out_scores, scores
+from petclf.io import sha256_file, write_atomic
+from petclf.notapet import class_means, leave_one_out_scores, read_pinned, scores
 
 METHOD = "imagenet head"  # how the manifest names the open-set signals when they are on
 VERSION = 1  # of the manifest's `open_set` entry: readers ignore an entry of another version (and say so)
@@ -176,17 +176,9 @@ class OpenSet:
         entry = manifest.get("open_set") or {}
         if entry.get("method") != METHOD or entry.get("version") != VERSION:
             return None
-        from safetensors.numpy import load
-
-        path = Path(bundle_dir) / entry["file"]
-        if not path.is_file():
-            raise BundleError(f"corrupt model file: {path} is missing (model.json's open_set names it)")
-        verify_sha256(path, entry["sha256"])
-        try:
-            a = load(path.read_bytes())
-            w, b, covered, means = a["weight"], a["bias"], a["covered"].astype(bool), a["class_means"]
-        except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
-            raise BundleError(f"corrupt model file: {path}: {type(e).__name__}") from None
+        path, (w, b, covered, means) = read_pinned(bundle_dir, entry, "open_set",
+                                                   ("weight", "bias", "covered", "class_means"))
+        covered = covered.astype(bool)
         fits = (w.ndim == 2 and w.shape[0] == N_IMAGENET and b.shape == (N_IMAGENET,)
                 and covered.shape == (N_IMAGENET,) and means.shape == (manifest.get("n_classes"), w.shape[1]))
         if not fits or not all(np.isfinite(t).all() for t in (w, b, means)):
