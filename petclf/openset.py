@@ -3,8 +3,8 @@ answers what a head trained on 37 breeds cannot: its 118 dog and 5 domestic-cat 
 never saw.
 
     from petclf.openset import fit_open_set, OpenSet
-    entry, arrays = fit_open_set(pooled, y, oof_probs, weight, bias, groups, classes, fitted_on)   # at training
-    signals = OpenSet.load(bundle_dir, manifest)(features)     # at prediction: None when the bundle has it off
+    entry, arrays = fit_open_set(pooled, y, n_classes, oof_probs, weight, bias, fitted_on)   # at training
+    signals = OpenSet.load(bundle_dir, manifest)(features)   # at prediction (the loader is None when it is off)
     signals.pet, signals.known, signals.species, signals.species_prob
 
 Three signals, each with a threshold set on the training run's own photos by one stated procedure (the 5 % quantile
