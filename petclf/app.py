@@ -261,6 +261,14 @@ def detector_line(entry: dict[str, Any] | None) -> str:
     return f"{entry['method']}, threshold {entry['threshold']:.3f} (fitted on {entry.get('fitted_on', '?')}{flagged})"
 
 
+def open_set_line(entry: dict[str, Any] | None) -> str:
+    """The model card's line on the open-set signals (another breed; not a cat or a dog)."""
+    if not entry or entry.get("method") == "off":
+        return f"off ({entry['why']})" if entry and entry.get("why") else "off"
+    return (f"{entry['method']}: {entry.get('covered_classes', '?')} ImageNet classes covered, sure from "
+            f"{entry['sure_below']:.2f} (fitted on {entry.get('fitted_on', '?')})")
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """Markdown for the model card panel: arch, classes, validation metrics, training date."""
     classes = manifest["classes"]
@@ -279,7 +287,8 @@ def model_card(manifest: dict[str, Any]) -> str:
             ("Trained", str(manifest.get("created", "unknown"))),
             ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
             ("Temperature", f"{float(manifest.get('temperature') or 1.0):.3g}"),
-            ("Not a pet", detector_line(manifest.get("not_a_pet")))]
+            ("Not a pet", detector_line(manifest.get("not_a_pet"))),
+            ("Another breed, not a pet", open_set_line(manifest.get("open_set")))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)

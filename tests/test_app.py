@@ -93,6 +93,7 @@ def test_model_card_and_verdict(predictor):
     card = model_card({**predictor.manifest, "metrics": {"error_rate": 0.0725, "epochs": 4}})
     assert "resnet18" in card and "7.25%" in card and predictor.manifest["created"] in card and "epochs" in card
     assert "Abyssinian" in card and "American Bulldog" in card
+    assert "| Another breed, not a pet | off (the backbone started from random weights" in card  # says why
     sure = pets_verdict({"Bengal": 0.9}, {"cat": 0.95, "dog": 0.05})
     assert verdict(sure) == "**Cat, 95 %**  \n**Breed:** Bengal, 90 %"
 
