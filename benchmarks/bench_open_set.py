@@ -11,12 +11,13 @@ its own 5-fold out-of-fold logits, `calibrate.choose_temperature`), and every th
 only. ImageNet: `--other`, `n<wnid>_<name>.JPEG` files, one per even ImageNet class (its README); every fold model
 answers every photo, and a rate is the share of (photo, fold model) pairs.
 
-Candidates (`CANDIDATES`): where "not a cat or a dog" comes from (`cos`: petclf.notapet's class means; `mass`: the
-backbone's ImageNet head's probability on its dog and domestic-cat classes, below its 1 % quantile on the training
-photos; `mass|cos`: not a pet only when both say so), where "a breed it does not know" comes from (`cos`: the class
-means at a 5 % / 10 % quantile; `cover`: petclf.openset's coverage; `ptop`: the top probability), and the "sure" rule
-(0.5; or `sure oof`: petclf.openset.sure_threshold on the out-of-fold predictions). `shipped` is petclf.openset as
-the bundle runs it. Goals (the issue's acceptance) are printed beside each row.
+Candidates (`CANDIDATES`): where "not a cat or a dog" comes from (`cos`: petclf.notapet's class means at its 1 %
+quantile; `mass`: the backbone's ImageNet head's probability on its dog and domestic-cat classes, below its 1 %
+quantile on the training photos; `mass&cos`: not a pet only when both are below their quantile), where "a breed it
+does not know" comes from (`cos`: the class means' leave-one-out quantile; `cover`: petclf.openset's coverage;
+`cover|cos`: either; `ptop`: the top probability), and the "sure" rule (0.5; or `oof`: petclf.openset.sure_threshold
+on the out-of-fold predictions). `shipped` is petclf.openset and petclf.verdict as the bundle runs them. The goals
+(the issue's acceptance) are printed under the heading.
 """
 
 from __future__ import annotations
