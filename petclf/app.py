@@ -8,14 +8,16 @@
 
 `/classify` returns three values:
 - `breeds`: {"label": headline, "confidences": [{"label": display name, "confidence": p}, ...]} (top 5). The headline
-  is the breed answer's name: "Russian Blue" when sure, "Russian Blue or Egyptian Mau" when not, "Not a pet" when
-  the not-a-pet detector says so (the bars still show the breeds' probabilities).
+  is the answer's name: "Russian Blue" when sure, "Russian Blue or Egyptian Mau" when not, "A dog of another breed"
+  for a cat or dog of a breed the model does not know, "Not a pet" when it is not a cat or a dog, "None of the 37
+  breeds" from a bundle without open-set signals (the bars still show the breeds' probabilities).
 - `species`: {"label": "cat" | "dog" | "not sure" | "not a pet", "confidences": [{"label": "cat", ...}, ...]}; for a
-  model without groups (a user's own classes) it is null.
-- `answer`: both answers as data: {"breed_id": top class id (the machine key), "breed": its display name, "prob",
+  model without groups (a user's own classes) it is null. For another breed the bars are the open-set signals'.
+- `answer`: the answers as data: {"breed_id": top class id (the machine key), "breed": its display name, "prob",
   "species": the group the model is sure of or null, "species_prob", "not_a_pet": true | false | null (no detector),
   "not_a_pet_score", "breed_sure", "likely": [{"breed_id", "breed", "prob"}] (the answer's two or three breeds when
-  unsure, the one when sure), "species_text", "breed_text" (the answers in words, as the page shows them)}.
+  unsure, the one when sure, the closest for another breed), "species_text", "breed_text" (the answers in words, as
+  the page shows them), "answer": "known" | "other" | "not_a_pet" | "none" (`petclf.verdict.ANSWERS`)}.
 
     from petclf.app import build_demo                    # in a notebook: build, then launch it yourself
     demo = build_demo(load_model("exports/latest"))
@@ -64,7 +66,7 @@ from petclf.predict import Predictor, load_model
 from petclf.preprocess import valid_resize
 from petclf.serve import Limits, keep_memory_trimmed, middleware, private_cache, safe_files, stop_like_ctrl_c
 from petclf.text import as_markdown
-from petclf.verdict import Verdict
+from petclf.verdict import Verdict, plural
 
 MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before they reach petclf
 MAX_DATA_URL = -(-MAX_BYTES // 3) * 4  # longest base64 text that decodes to at most MAX_BYTES (checked before decoding)
@@ -238,6 +240,14 @@ def detector_line(entry: dict[str, Any] | None) -> str:
     return f"{entry['method']}, threshold {entry['threshold']:.3f} (fitted on {entry.get('fitted_on', '?')}{flagged})"
 
 
+def open_set_line(entry: dict[str, Any] | None) -> str:
+    """The model card's line on the open-set signals (another breed; not a cat or a dog)."""
+    if not entry or entry.get("method") == "off":
+        return f"off ({entry['why']})" if entry and entry.get("why") else "off"
+    return (f"{entry['method']}: {entry.get('covered_classes', '?')} ImageNet classes covered, sure from "
+            f"{entry['sure_below']:.2f} (fitted on {entry.get('fitted_on', '?')})")
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """Markdown for the model card panel: arch, classes, validation metrics, training date."""
     classes = manifest["classes"]
@@ -256,7 +266,8 @@ def model_card(manifest: dict[str, Any]) -> str:
             ("Trained", str(manifest.get("created", "unknown"))),
             ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
             ("Temperature", f"{float(manifest.get('temperature') or 1.0):.3g}"),
-            ("Not a pet", detector_line(manifest.get("not_a_pet")))]
+            ("Not a pet", detector_line(manifest.get("not_a_pet"))),
+            ("Another breed, not a pet", open_set_line(manifest.get("open_set")))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]
     # every cell and name is text (a bundle someone sent can name anything): only petclf's ** and | are syntax
@@ -269,18 +280,25 @@ def verdict(v: Verdict, noun: str = "Breed") -> str:
     """The answers under the labels, in words: the species (or that this is not a pet), then the breed;
     Markdown whose names are text."""
     v = replace(v, species_text=as_markdown(v.species_text), breed_text=as_markdown(v.breed_text))
-    if v.not_a_pet:
-        return (f"**{v.species_text}.** This photo does not look like the pets the model was trained on "
-                f"(similarity {v.not_a_pet_score:.2f}), so it names no {noun.lower()}.")
+    if v.answer in ("not_a_pet", "none"):
+        seen = "" if v.not_a_pet_score is None else f" (similarity {v.not_a_pet_score:.2f})"
+        return (f"**{v.species_text}.** This photo does not look like the photos the model was trained on{seen}, "
+                f"so it names no {noun.lower()}.")
     species = f"**{v.species_text}**" if v.species_text else ""
-    which = f"**{noun}:** {v.breed_text}" if v.breed_sure else f"**{noun}:** not sure, {v.breed_text}"
+    which = f"**{noun}:** {v.breed_text}" if v.breed_sure or v.answer == "other" else \
+        f"**{noun}:** not sure, {v.breed_text}"
     return "  \n".join(t for t in (species, which) if t)
 
 
-def headline(v: Verdict, display: dict[str, str]) -> str:
-    """The breed label's big name: the sure breed, the likely ones joined by 'or', or 'Not a pet'."""
-    if v.not_a_pet:
+def headline(v: Verdict, display: dict[str, str], noun: str = "breed") -> str:
+    """The breed label's big name: the sure breed, the likely ones joined by 'or', 'A dog of another breed', 'Not a
+    pet', or (a bundle without open-set signals) 'None of the 37 breeds'."""
+    if v.answer == "not_a_pet":
         return "Not a pet"
+    if v.answer == "none":
+        return f"None of the {len(display)} {plural(noun)}"
+    if v.answer == "other":
+        return f"A {v.species} of another {noun}"
     return " or ".join(display.get(b, b) for b, _ in v.likely)
 
 
@@ -291,18 +309,20 @@ def answer_data(v: Verdict, p: np.ndarray, predictor: Predictor) -> dict[str, An
     return {"breed_id": predictor.classes[top], "breed": predictor.display[predictor.classes[top]],
             "prob": round(float(p[top]), 6), **{k: d[k] for k in ("species", "species_prob", "not_a_pet",
                                                                   "not_a_pet_score", "breed_sure", "likely",
-                                                                  "species_text", "breed_text")}}
+                                                                  "species_text", "breed_text", "answer")}}
 
 
 def labels(v: Verdict, p: np.ndarray, predictor: Predictor) -> tuple[LabelData, LabelData | None]:
     """The breed and species labels: headlines from the answers, bars from the probabilities."""
     top = list(predictor.to_dict(p).items())[:TOPK]
-    breeds = LabelData(label=headline(v, predictor.display), confidences=[
+    breeds = LabelData(label=headline(v, predictor.display, predictor.noun), confidences=[
         LabelConfidence(label=predictor.display[b], confidence=q) for b, q in top])
     if not predictor.groups:
         return breeds, None
     gp = predictor.group_probs(p)
-    name = "not a pet" if v.not_a_pet else (v.species or "not sure")
+    if v.answer == "other" and v.species in gp:  # the bars agree with the headline: the open-set signals' species
+        gp = {g: v.species_prob if g == v.species else (1 - v.species_prob) / (len(gp) - 1) for g in gp}
+    name = {"not_a_pet": "not a pet", "none": "not sure"}.get(v.answer) or v.species or "not sure"
     return breeds, LabelData(label=name, confidences=[LabelConfidence(label=g, confidence=q) for g, q in
                                                       sorted(gp.items(), key=lambda gq: -gq[1])])
 

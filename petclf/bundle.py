@@ -22,6 +22,7 @@ from petclf.errors import BundleError
 from petclf.io import save_state_dict, verify_sha256, write_atomic
 from petclf.labels import PETS_GROUP_NAME, display_name, pets_groups
 from petclf.notapet import METHOD as NOT_A_PET_METHOD
+from petclf.openset import METHOD as OPEN_SET_METHOD
 from petclf.version import __version__
 
 if TYPE_CHECKING:
@@ -176,6 +177,22 @@ def _check_answers(m: dict) -> None:
     if method != "off":
         _num(_get(d, "threshold", "not_a_pet."), "not_a_pet.threshold", -1.0, 1.0)
         _file_pin(d, "not_a_pet")
+    _check_open_set(m)
+
+
+def _check_open_set(m: dict) -> None:
+    """`open_set`: off, or (its version) the thresholds and the pinned ImageNet head file; an entry of another
+    version or method is left alone (the predictor then has no open-set signals)."""
+    if m.get("open_set") is None:
+        return
+    d = _dict(m["open_set"], "open_set")
+    if d.get("method") != OPEN_SET_METHOD:
+        return
+    _int(_get(d, "version", "open_set."), "open_set.version", 1, 1_000)
+    for key in ("pet_threshold", "known_threshold", "sure_below"):
+        _num(_get(d, key, "open_set."), f"open_set.{key}", 0.0, 1.0)
+    _num(_get(d, "cosine_threshold", "open_set."), "open_set.cosine_threshold", -1.0, 1.0)
+    _file_pin(d, "open_set")
 
 
 def manifest_problem(m: Any) -> str | None:

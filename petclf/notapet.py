@@ -92,6 +92,23 @@ def save_means(bundle_dir: Path, means: np.ndarray) -> dict[str, str]:
     return {"file": FILE, "sha256": sha256_file(path)}
 
 
+def read_pinned(bundle_dir: str | Path, entry: dict[str, Any], key: str,
+                names: tuple[str, ...]) -> tuple[Path, list[np.ndarray]]:
+    """(path, the arrays `names`) of the safetensors file a manifest entry (`key`) pins, its checksum verified;
+    a missing, tampered or unreadable file is a BundleError."""
+    from safetensors.numpy import load
+
+    path = Path(bundle_dir) / entry["file"]
+    if not path.is_file():
+        raise BundleError(f"corrupt model file: {path} is missing (model.json's {key} names it)")
+    verify_sha256(path, entry["sha256"])
+    try:
+        arrays = load(path.read_bytes())
+        return path, [arrays[n] for n in names]
+    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
+        raise BundleError(f"corrupt model file: {path}: {type(e).__name__}") from None
+
+
 @dataclass
 class Detector:
     """A bundle's not-a-pet detector: class means and the score below which a photo is not a pet."""
@@ -110,16 +127,7 @@ class Detector:
         entry = manifest.get("not_a_pet") or {}
         if entry.get("method") != METHOD:
             return None
-        from safetensors.numpy import load
-
-        path = Path(bundle_dir) / entry["file"]
-        if not path.is_file():
-            raise BundleError(f"corrupt model file: {path} is missing (model.json's not_a_pet names it)")
-        verify_sha256(path, entry["sha256"])
-        try:
-            means = load(path.read_bytes())["class_means"]
-        except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
-            raise BundleError(f"corrupt model file: {path}: {type(e).__name__}") from None
+        path, (means,) = read_pinned(bundle_dir, entry, "not_a_pet", ("class_means",))
         if means.ndim != 2 or means.shape[0] != manifest["n_classes"] or not np.isfinite(means).all():
             raise BundleError(f"corrupt model file: {path}: class means of shape {means.shape} do not fit the model")
         return cls(means, float(entry["threshold"]))

@@ -34,6 +34,7 @@ from petclf.image import ImageSource
 from petclf.io import list_images
 from petclf.labels import class_noun
 from petclf.notapet import Detector
+from petclf.openset import OpenSet
 from petclf.preprocess import Preprocess
 from petclf.verdict import Verdict, make_verdict
 
@@ -162,14 +163,34 @@ class TorchNet:
             return logits.float().cpu().numpy(), feats.cpu().numpy()
 
 
+OPEN_SET_FIELDS = ("pet", "known", "species", "species_prob", "pet_mass", "coverage")
+SIGNALS = np.dtype([("score", "f8"), ("pet", "i1"), ("known", "i1"), ("species", "U16"), ("species_prob", "f8"),
+                    ("pet_mass", "f8"), ("coverage", "f8")])  # pet, known: 1, 0 or -1 (no open-set signals)
+
+
+def signal_rows(feats: np.ndarray, detector: Detector | None, open_set: OpenSet | None) -> np.ndarray:
+    """One `SIGNALS` record per row of pooled features: the not-a-pet score (NaN without a detector) and the open-set
+    signals (pet = known = -1 without them)."""
+    rows = np.zeros(len(feats), SIGNALS)
+    rows["score"] = detector(feats)[0] if detector is not None else np.nan
+    rows["pet"] = rows["known"] = -1
+    rows["species_prob"] = rows["pet_mass"] = rows["coverage"] = np.nan
+    if open_set is not None:
+        sig = open_set(feats)
+        rows["pet"], rows["known"], rows["species"] = sig.pet, sig.known, sig.species
+        rows["species_prob"], rows["pet_mass"], rows["coverage"] = sig.species_prob, sig.pet_mass, sig.coverage
+    return rows
+
+
 class Predictor:
     """A loaded model and its preprocessing: `predict(image)`, `predict_paths(paths)`, `topk(image)`."""
 
     def __init__(self, net: Net, manifest: dict[str, Any], backend: str = "torch",
                  model: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
-                 detector: Detector | None = None):
+                 detector: Detector | None = None, open_set: OpenSet | None = None):
         self.net, self.manifest, self.backend = net, manifest, backend
         self.detector = detector  # the bundle's not-a-pet detector; None when it has none (or it is off)
+        self.open_set = open_set  # the bundle's open-set signals (petclf.openset); None when it has none
         # below this top-class probability the breed answer lists the likely ones; the bundle's own, else the default
         self.unsure_below = float(manifest.get("unsure_below") or UNSURE_BELOW)
         # the torch network for Grad-CAM: given, or (ONNX backend) a loader called on first use
@@ -224,19 +245,25 @@ class Predictor:
         return (p + self.softmax(self.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
 
     def outputs(self, x: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities, not-a-pet scores or None without a detector) for a preprocessed batch."""
-        if self.detector is None or not hasattr(self.net, "outputs"):
+        """(probabilities, each row's signals (`signal_rows`) or None without a detector or open-set signals) for
+        a preprocessed batch."""
+        if (self.detector is None and self.open_set is None) or not hasattr(self.net, "outputs"):
             return self.probs(x, tta), None
         logits, feats = self.net.outputs(x)  # one forward pass for both
         p = self._flip_averaged(self.softmax(logits), x, tta)
-        return p, None if feats is None else self.detector(feats)[0]  # None: a graph exported before features
+        return p, None if feats is None else signal_rows(feats, self.detector, self.open_set)  # None: an old graph
 
-    def verdict(self, p: np.ndarray, score: float | None = None, unsure_below: float | None = None) -> Verdict:
-        """Both answers (species or not a pet; breed) for one row of probabilities and its not-a-pet score."""
+    def verdict(self, p: np.ndarray, signals: np.void | float | None = None,
+                unsure_below: float | None = None) -> Verdict:
+        """The answers for one row of probabilities and its signals (a `signal_rows` row, or a not-a-pet score)."""
+        row = signals if isinstance(signals, np.void) else None
+        score = float(row["score"] if row is not None else signals) if signals is not None else None
+        score = None if score is None or np.isnan(score) else score
         flagged = None if score is None or self.detector is None else bool(score < self.detector.threshold)
+        open_set = None if row is None or row["pet"] < 0 else {k: row[k].item() for k in OPEN_SET_FIELDS}
         return make_verdict(self.to_dict(p), self.group_probs(p), self.display, self.groups, self.group_name,
-                            flagged, None if score is None else float(score),
-                            self.unsure_below if unsure_below is None else unsure_below)
+                            flagged, score, self.unsure_below if unsure_below is None else unsure_below,
+                            open_set, self.noun, None if self.open_set is None else UNSURE_BELOW)
 
     def answer(self, image: ImageSource, tta: bool = False) -> Verdict:
         """Both answers for one image (path, bytes, PIL image or array)."""
@@ -335,14 +362,15 @@ def load_model(model_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", backe
 
         model, manifest = load_network(model_dir, device=device)
         return Predictor(TorchNet(model, device), manifest, "torch", model=model,
-                         detector=Detector.load(model_dir, manifest))
+                         detector=Detector.load(model_dir, manifest), open_set=OpenSet.load(model_dir, manifest))
 
     def torch_model():
         from petclf.bundle import load_network
 
         return load_network(model_dir)[0]
 
-    return Predictor(OnnxNet(path), manifest, "onnx", model=torch_model, detector=Detector.load(model_dir, manifest))
+    return Predictor(OnnxNet(path), manifest, "onnx", model=torch_model, detector=Detector.load(model_dir, manifest),
+                     open_set=OpenSet.load(model_dir, manifest))
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -359,7 +387,8 @@ def _name(names: Names, c: str) -> str:
 
 def row_dict(row: Prediction, k: int = 5, names: Names = None) -> dict[str, Any]:
     """A result as plain data: the class id (`breed_id`, the machine key) and display name of each of the top k,
-    the species and not-a-pet answers (each only where the model has them), both verdicts in words; `error` (null
+    the species and not-a-pet answers (each only where the model has them), the answer's kind (`answer`: known,
+    other, not_a_pet or none: `petclf.verdict.ANSWERS`), both verdicts in words; `error` (null
     unless the row failed: JSON readers find every key in every object)."""
     if not row.ok:
         return {"file": row.file, "top": [], "error": row.error}
@@ -367,13 +396,16 @@ def row_dict(row: Prediction, k: int = 5, names: Names = None) -> dict[str, Any]
     d: dict[str, Any] = {"file": row.file, "breed_id": row.top(1)[0][0], "breed": _name(names, row.top(1)[0][0]),
                          "prob": round(row.top(1)[0][1], 6),
                          "top": [{"breed_id": b, "breed": _name(names, b), "prob": round(p, 6)} for b, p in row.top(k)]}
-    if row.group_probs:
-        d |= {"species": row.group, "species_prob": round(row.group_probs[row.group], 6)}
+    if row.group_probs:  # a cat or dog of another breed: the species the open-set signals name
+        g, q = (v.species, v.species_prob) if v is not None and v.answer == "other" else \
+            (row.group, row.group_probs[row.group])
+        d |= {"species": g, "species_prob": round(q, 6)}
     if v is not None and v.not_a_pet is not None:
-        d |= {"not_a_pet": v.not_a_pet, "not_a_pet_score": round(v.not_a_pet_score, 6)}
+        d |= {"not_a_pet": v.not_a_pet,
+              "not_a_pet_score": None if v.not_a_pet_score is None else round(v.not_a_pet_score, 6)}
     if v is not None:
-        d |= {"verdict": {"species": v.species_text, "breed": v.breed_text, "breed_sure": v.breed_sure,
-                          "likely": [b for b, _ in v.likely]}}
+        d |= {"answer": v.answer, "verdict": {"species": v.species_text, "breed": v.breed_text,
+                                              "breed_sure": v.breed_sure, "likely": [b for b, _ in v.likely]}}
     return d | {"error": None}
 
 
@@ -398,12 +430,12 @@ def csv_header(rows: Sequence[Prediction], k: int) -> list[str]:
     head = ["file", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("breed_id", "breed", "prob")]]
     head += ["species", "species_prob"] if _has(rows, "species") else []
     head += ["not_a_pet", "not_a_pet_score"] if _has(rows, "not_a_pet") else []
-    return head + ["verdict_species", "verdict_breed"] + (["error"] if _has(rows, "error") else [])
+    return head + ["verdict_species", "verdict_breed", "answer"] + (["error"] if _has(rows, "error") else [])
 
 
 def to_csv(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
     """Results as CSV, in input order: file, breed_id_1, breed_1, prob_1, ..., [species, species_prob],
-    [not_a_pet, not_a_pet_score], verdict_species, verdict_breed, [error]."""
+    [not_a_pet, not_a_pet_score], verdict_species, verdict_breed, answer, [error]."""
     import csv
     import io
 
@@ -422,9 +454,12 @@ def to_csv(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
         if "species" in d:
             out |= {"species": d["species"], "species_prob": f"{d['species_prob']:.6f}"}
         if "not_a_pet" in d:
-            out |= {"not_a_pet": str(d["not_a_pet"]).lower(), "not_a_pet_score": f"{d['not_a_pet_score']:.6f}"}
+            score = d["not_a_pet_score"]
+            out |= {"not_a_pet": str(d["not_a_pet"]).lower(),
+                    "not_a_pet_score": "" if score is None else f"{score:.6f}"}
         if "verdict" in d:
-            out |= {"verdict_species": d["verdict"]["species"], "verdict_breed": d["verdict"]["breed"]}
+            out |= {"verdict_species": d["verdict"]["species"], "verdict_breed": d["verdict"]["breed"],
+                    "answer": d["answer"]}
         w.writerow({c: v if c in numbers else as_cell(v) for c, v in out.items() if c in head})
     return buf.getvalue()
 

@@ -392,11 +392,12 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
     on_main(save_oof, run_dir, pets.items, vocab, y, oof, est["estimate"])
     detector = not_a_pet_detector(pooled, y, len(vocab), run_dir, f"all {len(y)} labelled photos, each scored "
                                   "against class means made without it")
+    answers = open_set_answers(net, cfg, pooled, y, oof, vocab, run_dir)
     return {"error_rate": est["error"], "log_loss": est["log_loss"], "estimate": est["estimate"],
             "fold_errors": est["fold_errors"], "fold_error_std": est["fold_error_std"], **about,
             "size": cfg.probe_size, "n_images": len(y), "feature_seconds": round(feature_seconds, 2),
             "fit_seconds": round(time.monotonic() - t0 - feature_seconds, 2),
-            "seconds": round(time.monotonic() - t0, 2), "not_a_pet": detector}
+            "seconds": round(time.monotonic() - t0, 2), "not_a_pet": detector, **answers}
 
 
 def not_a_pet_detector(x: np.ndarray, y: np.ndarray, n_classes: int, run_dir: Path, fitted_on: str) -> dict:
@@ -408,3 +409,70 @@ def not_a_pet_detector(x: np.ndarray, y: np.ndarray, n_classes: int, run_dir: Pa
     if means is not None:
         entry |= on_main(save_means, run_dir, means) or {}
     return entry
+
+
+def open_set_answers(net: torch.nn.Module, cfg: TrainConfig, pooled: np.ndarray, y: np.ndarray, oof: np.ndarray,
+                     vocab: list[str], run_dir: Path) -> dict:
+    """metrics.json's `sure_below` (the breed answer's threshold, from the out-of-fold predictions at the run's
+    temperature) and `open_set` (the manifest's entry; its ImageNet head written into the run folder, or off, saying
+    why)."""
+    from scipy.special import softmax
+
+    from petclf.calibrate import choose_temperature
+    from petclf.openset import fit_open_set, off, save_arrays, sure_threshold
+
+    probs = softmax(oof / choose_temperature(oof, y)["temperature"], axis=1)  # as oof_temperature will choose it
+    out = {"sure_below": sure_threshold(probs, y) if len(y) else None}
+    head, why = imagenet_head(net, cfg, vocab)
+    if head is None:
+        return out | {"open_set": off(why)}
+    entry, arrays = fit_open_set(pooled, y, len(vocab), probs, *head, f"all {len(y)} labelled photos (coverage and "
+                                 "cosine leave-one-out; the sure threshold on out-of-fold predictions)")
+    if arrays is not None:
+        entry |= on_main(save_arrays, run_dir, arrays) or {}
+    return out | {"open_set": entry}
+
+
+def imagenet_head(net: torch.nn.Module, cfg: TrainConfig,
+                  vocab: list[str]) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+    """((weight, bias) of the backbone's own ImageNet-1k head, '') when the open-set signals can use it: cat and dog
+    classes, ImageNet weights that include the head, a head that reads the average-pooled features; else (None,
+    why not)."""
+    import timm
+
+    from petclf.labels import pets_groups
+    from petclf.layouts import read_groups
+    from petclf.model import average_pooled, cached_hub_weights, classifier_names, read_state_dict
+
+    groups = read_groups(cfg.groups, vocab)[1] if cfg.groups else pets_groups(vocab)
+    if not groups or not set(groups.values()) <= {"cat", "dog"}:
+        return None, "the classes are not cats and dogs: the ImageNet head's cat and dog classes cannot tell"
+    path = cfg.weights or (cached_hub_weights(cfg.arch) if cfg.pretrained else None)
+    if path is None:
+        return None, "no ImageNet weights file: the backbone started from random weights, or none is cached"
+    state = read_state_dict(path)
+    name = classifier_names(cfg.arch)[-1]
+    w, b = state.get(f"{name}.weight"), state.get(f"{name}.bias")
+    if w is None or b is None or w.ndim != 2 or w.shape[0] != 1000:
+        return None, f"the weights hold no 1000-class ImageNet head ({name})"
+    full = timm.create_model(cfg.arch, pretrained=False).eval()
+    full.load_state_dict(state, strict=False)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        mine = average_pooled(net[0](x.to(next(net.parameters()).device))).cpu() @ w.T.float() + b.float()
+        theirs = full(x)
+    if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-3, atol=1e-3):
+        return None, "the ImageNet head does not read the average-pooled features of this backbone"
+    return (w.float().numpy(), b.float().numpy()), ""
+
+
+def open_set_entry(cfg: TrainConfig, recipe: str, probe: dict | None) -> dict:
+    """The manifest's `open_set` entry of a finished run: the probe fitted it; off for a fine-tuned or random-weight
+    backbone, whose features its ImageNet head no longer (or never) read."""
+    from petclf.openset import off
+
+    if not (cfg.pretrained or cfg.weights):
+        return off("the backbone started from random weights: it has no ImageNet head")
+    if recipe != "probe":
+        return off("the backbone was fine-tuned: its ImageNet head no longer reads its features")
+    return (probe or {}).get("open_set") or off("the probe was fitted before petclf had open-set signals")

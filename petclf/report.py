@@ -36,7 +36,7 @@ from fastai.torch_core import TensorBase, noop
 
 from petclf.bundle import class_groups, load_network, read_manifest, resolve_bundle_dir
 from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax
-from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES
+from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES, UNSURE_BELOW
 from petclf.data import Pets, load_pets, make_dataloaders
 from petclf.device import machine_device
 from petclf.errors import PetclfError
@@ -422,6 +422,15 @@ def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
             "bins_after": reliability_bins(after, ev.targs, n_bins)}
 
 
+def answers(ev: Evaluation) -> dict[str, Any]:
+    """How the evaluated photos were answered at the bundle's temperature and sure threshold (`verdict`)."""
+    from petclf.verdict import held_out_answers
+
+    t = float(ev.manifest.get("temperature") or 1.0)
+    return held_out_answers(softmax(ev.logits / t, axis=1), ev.targs, group_list(ev.manifest)[1],
+                            float(ev.manifest.get("unsure_below") or UNSURE_BELOW))
+
+
 def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
     """Images whose label is likely wrong, by confident learning (cleanlab's `find_label_issues`, Northcutt et al.):
     a per-class confidence threshold learnt from the split itself, rather than "the model was very wrong", which
@@ -469,7 +478,7 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -
             "confusion": confusion(cm, ev.classes, *group_list(ev.manifest)),
             "most_confused": most_confused(interp, ev, min_val), "min_val": min_val,
             "top_losses": top_losses(interp, ev, probs, top_k), "per_class": per_class(ev),
-            "calibration": calibration(ev), "data_quality": data_quality(ev, probs),
+            "calibration": calibration(ev), "answers": answers(ev), "data_quality": data_quality(ev, probs),
             "timing": {"device": str(ev.learn.dls.device), "images": n, "inference_seconds": ev.seconds,
                        "images_per_second": n / ev.seconds if ev.seconds > 0 else None}}
 

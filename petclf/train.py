@@ -46,7 +46,7 @@ from petclf.errors import as_typed
 from petclf.io import atomic_path, write_atomic
 from petclf.lrfind import LRFind, lr_find, lr_find_steps, plot_lr_find
 from petclf.oof import read_oof
-from petclf.probe import not_a_pet_detector, pooled_features, run_probe
+from petclf.probe import not_a_pet_detector, open_set_entry, pooled_features, run_probe
 from petclf.progress import RunClock, bar_unless, current_clock, run_clock, stage
 from petclf.run import (
     CKPT_DIR,
@@ -308,7 +308,8 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
              "data": {"root": str(pets.root), "layout": pets.report.layout,
                       "split": "none: every photo trains the probe" if probe else pets.report.split, "sizes": sizes},
              "temperature": metrics["calibration"]["temperature"], "calibration": metrics["calibration"],
-             "recipe": metrics["recipe"], "not_a_pet": metrics["not_a_pet"], "unsure_below": UNSURE_BELOW}
+             "recipe": metrics["recipe"], "not_a_pet": metrics["not_a_pet"], "open_set": metrics["open_set"],
+             "unsure_below": (metrics.get("probe") or {}).get("sure_below") or UNSURE_BELOW}
     size, presize = (cfg.probe_size, cfg.probe_size) if probe else (cfg.size, cfg.presize)
     manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"], cfg.arch), list(learn.dls.vocab),
                              size, presize, mean, std, groups=groups, group_name=group_name, **extra)
@@ -531,6 +532,7 @@ def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState, latest
         if state.recipe == "probe":
             metrics["calibration"] = oof_temperature(run_dir)
         metrics["not_a_pet"] = run_detector(learn, cfg, pets, run_dir, state)
+        metrics["open_set"] = open_set_entry(cfg, state.recipe, state.probe)
         export_run(learn, cfg, pets, run_dir, metrics)
         if latest:
             update_latest(run_dir)

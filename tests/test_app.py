@@ -19,6 +19,7 @@ from petclf.app import (
     Batcher,
     build_demo,
     example_files,
+    headline,
     launch_kwargs,
     make_explain,
     model_card,
@@ -93,6 +94,7 @@ def test_model_card_and_verdict(predictor):
     card = html.unescape(model_card({**predictor.manifest, "metrics": {"error_rate": 0.0725, "epochs": 4}}))
     assert "resnet18" in card and "7.25%" in card and predictor.manifest["created"] in card and "epochs" in card
     assert "Abyssinian" in card and "American Bulldog" in card
+    assert "| Another breed, not a pet | off (the backbone started from random weights" in card  # says why
     sure = pets_verdict({"Bengal": 0.9}, {"cat": 0.95, "dog": 0.05})
     assert verdict(sure) == "**Cat, 95 %**  \n**Breed:** Bengal, 90 %"
 
@@ -109,9 +111,26 @@ def test_a_sure_species_and_an_unsure_breed_is_never_not_a_cat_or_a_dog():
     # a dog breed never shows up among a sure cat's likely breeds, however the rest is spread
     v = pets_verdict({"Russian_Blue": 0.40, "beagle": 0.30}, {"cat": 0.66, "dog": 0.34})
     assert [b for b, _ in v.likely][:1] == ["Russian_Blue"] and "beagle" not in dict(v.likely)
-    # only the detector says "not a cat or a dog"
+    # only the open-set signals say "not a cat or a dog"; the detector alone says none of the breeds it knows
     v = pets_verdict({"Russian_Blue": 0.40}, {"cat": 0.96, "dog": 0.04}, not_a_pet=True, score=0.2)
+    assert verdict(v).startswith("**None of the 37 breeds this model knows.**") and v.species is None
+    assert not v.breed_sure and headline(v, PETS_DISPLAY) == "None of the 37 breeds"
+    v = pets_verdict({"Russian_Blue": 0.40}, {"cat": 0.96, "dog": 0.04}, open_set=NOT_A_PET)
     assert verdict(v).startswith("**Not a cat or a dog.**") and v.species is None and not v.breed_sure
+    assert headline(v, PETS_DISPLAY) == "Not a pet"
+
+
+NOT_A_PET = {"pet": False, "known": False, "species": "cat", "species_prob": 0.7}
+ANOTHER_DOG = {"pet": True, "known": False, "species": "dog", "species_prob": 0.97}
+PETS_DISPLAY = {b: display_name(b) for b in PETS}
+
+
+def test_a_dog_of_another_breed_reads_naturally_and_the_headline_agrees_with_the_panel():
+    """A corgi on a 37-breed model: once 'Shiba Inu, 100 %'; now the species, and the closest breed as a hint."""
+    v = pets_verdict({"shiba_inu": 0.31, "Bengal": 0.5}, {"cat": 0.55, "dog": 0.45}, open_set=ANOTHER_DOG)
+    said = verdict(v)
+    assert said == ("**Dog, 97 %**  \n**Breed:** None of the 37 breeds this model knows; closest: Shiba Inu 31 %")
+    assert headline(v, PETS_DISPLAY) == "A dog of another breed" and v.answer == "other" and not v.breed_sure
 
 
 def test_explain_gives_the_predictors_verdict_with_or_without_the_map(predictor, images):

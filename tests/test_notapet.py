@@ -12,6 +12,7 @@ import pytest
 from petclf.bundle import manifest_problem, read_manifest
 from petclf.errors import BundleError
 from petclf.notapet import METHOD, Detector, class_means, fit_detector, leave_one_out_scores, scores
+from petclf.openset import METHOD as OPEN_SET
 from petclf.predict import load_model
 
 
@@ -101,9 +102,17 @@ def test_a_real_backbone_flags_photos_of_other_things(lite0_run, tmp_path, cli):
     assert flags == [True] * 4 + [False] * 4, [r.verdict.not_a_pet_score for r in rows["onnx"]]
     assert max(abs(a.verdict.not_a_pet_score - b.verdict.not_a_pet_score)
                for a, b in zip(rows["torch"], rows["onnx"], strict=True)) < 1e-4
+    # the open-set signals: the backbone's own ImageNet head, pinned beside the bundle; the same answers either way
+    assert m["open_set"]["method"] == OPEN_SET and (lite0_run / m["open_set"]["file"]).is_file()
+    assert onnx_p.open_set is not None and torch_p.open_set is not None
+    said = {b: [(r.verdict.answer, r.verdict.species, r.verdict.breed_sure, r.verdict.species_text,
+                 r.verdict.breed_text) for r in rs] for b, rs in rows.items()}
+    assert said["torch"] == said["onnx"] and [a[0] for a in said["onnx"]][:4] == ["not_a_pet"] * 4
+    assert all(a[0] in ("known", "other") and a[1] == "cat" for a in said["onnx"][4:]), said["onnx"]
     res = cli("predict", others[0], cats[0], "--model", lite0_run, "--format", "json")
     coffee, cat = json.loads(res.stdout)
     assert coffee["not_a_pet"] is True and coffee["verdict"]["species"] == "Not a cat"  # two cat breeds: no dogs
+    assert coffee["answer"] == "not_a_pet" and cat["answer"] in ("known", "other")
     assert cat["not_a_pet"] is False and cat["species"] == "cat" and cat["verdict"]["species"].startswith("Cat")
 
 

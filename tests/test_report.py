@@ -88,6 +88,10 @@ def test_report_numbers_agree_with_each_other_and_with_metrics_json(full_report,
     assert s["valid_loss"] == pytest.approx(metrics["valid_loss"], rel=1e-4)
     assert s["recorded"]["error_rate"] == metrics["error_rate"] and s["agrees_with_recorded"] is True
     assert s["accuracy"] <= s["top5_accuracy"] <= 1 and s["accuracy"] <= s["group_accuracy"] <= 1
+    a = r["answers"]  # how the evaluated photos were answered: the four shares cover every photo
+    assert a["n"] == n_valid and a["unsure_below"] == json.loads((run / "model.json").read_text())["unsure_below"]
+    assert a["sure_right"] + a["sure_wrong"] + a["unsure_listed"] + a["unsure_missed"] == pytest.approx(1.0)
+    assert a["sure_right"] <= s["accuracy"] + 1e-9 and a["group_right"] == pytest.approx(s["group_accuracy"])
     assert s["group_name"] == "species" and s["noun"] == "breed"
     assert r["training"]["train_seconds"] == metrics["train_seconds"]
     assert r["training"]["history"] == metrics["history"] and len(metrics["history"]) >= 1
@@ -140,7 +144,7 @@ def test_report_html_is_one_self_contained_page_with_every_section(full_report):
     srcs = html_images(html)
     assert srcs and all(src.startswith("data:image/png;base64,") for src in srcs)
     assert not re.search(r'(src|href)="(https?:)?//', html) and "<script" not in html
-    assert "not recorded" not in html
+    assert "not recorded" not in html and "How these photos were answered" in html
     for name in ("confusion_matrix.png", "reliability.png", "training_curves.png", "lr_find.png"):
         assert f"figures/{name}" in r["figures"]
     for rel in r["figures"]:

@@ -11,8 +11,9 @@ def test_a_model_without_groups_gets_no_species_answer():
     v = make_verdict(probs, {}, {c: c for c in probs}, {})
     assert v.species is None and v.species_text == "" and v.not_a_pet is None and v.not_a_pet_score is None
     assert v.breed_text == "tabby 45 % or tortoiseshell 35 % or ginger 20 %" and not v.breed_sure
-    v = make_verdict(probs, {}, {c: c for c in probs}, {}, not_a_pet=True, score=0.1)
-    assert v.species_text == "Not like any class this model knows" and v.likely and not v.breed_sure
+    v = make_verdict(probs, {}, {c: c for c in probs}, {}, not_a_pet=True, score=0.1, noun="class")
+    assert v.species_text == "None of the 3 classes this model knows" and v.likely and not v.breed_sure
+    assert v.answer == "none" and v.breed_text.startswith("No class:")
 
 
 def test_a_top_breed_of_the_other_species_is_not_a_sure_answer():
