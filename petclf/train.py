@@ -300,7 +300,7 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
     mean, std = norm_stats(cfg.arch)
     group_name, groups = run_groups(cfg, list(learn.dls.vocab))
     probe = metrics["recipe"]["name"] == "probe"
-    sizes = ({"train": len(pets.items), "valid": 0} if probe
+    sizes = ({"train": len(pets.fit_idx), "valid": 0} if probe
              else {"train": len(pets.train_idx), "valid": len(pets.valid_idx)})
     extra = {"metrics": {k: metrics[k] for k in ("error_rate", "accuracy", "valid_loss")},
              "trained_at": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -401,7 +401,7 @@ def describe(cfg: TrainConfig, compute: Compute, recipe: str, pets) -> str:
     n = distributed.world_size()
     procs = (f"; {n} processes, batch {cfg.bs} per process = {n * cfg.bs} global, LR not scaled"
              if n > 1 and recipe != "probe" else "")
-    images = (f"{len(pets.items)} images, all training the probe at {cfg.probe_size} px" if recipe == "probe"
+    images = (f"{len(pets.fit_idx)} images, all training the probe at {cfg.probe_size} px" if recipe == "probe"
               else f"{len(pets.train_idx)} train / {len(pets.valid_idx)} valid images")
     return (f"device {device} ({precision}{layout}{threads}); {cfg.arch} from {weights}; recipe {recipe}; "
             f"{images}, {len(pets.vocab)} classes{procs}")
@@ -454,7 +454,7 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
     clock = current_clock()
     if clock is not None:
         done = len(ckpt["state"]["history"]) if ckpt else 0
-        plan_run(clock, learn, cfg, recipe, done, len(pets.items))
+        plan_run(clock, learn, cfg, recipe, done, len(pets.fit_idx))
     if ckpt:
         state, opt_state = restore(learn, ckpt)
         log(f"resuming {run_dir} at epoch {len(state.history) + 1} ({len(state.history)} epochs done)")
