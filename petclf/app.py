@@ -54,7 +54,7 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
-from petclf.bundle import class_groups, display_names, resolve_bundle_dir
+from petclf.bundle import class_groups, display_names, manifest_number, resolve_bundle_dir
 from petclf.cam import gradcam_logits, overlay
 from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
 from petclf.errors import ImageError, PetclfError
@@ -276,7 +276,7 @@ def model_card(manifest: dict[str, Any]) -> str:
             ("Validation error", f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
             ("Trained", str(manifest.get("created", "unknown"))),
             ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
-            ("Temperature", f"{float(manifest.get('temperature') or 1.0):.3g}"),
+            ("Temperature", f"{manifest_number(manifest, 'temperature', 1.0):.3g}"),
             ("Not a pet", detector_line(manifest.get("not_a_pet")))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]

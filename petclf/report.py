@@ -34,9 +34,9 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.torch_core import TensorBase, noop
 
-from petclf.bundle import class_groups, load_network, read_manifest, resolve_bundle_dir
+from petclf.bundle import class_groups, load_network, manifest_number, read_manifest, resolve_bundle_dir
 from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax
-from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES
+from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES, TrainConfig, read_run_config
 from petclf.data import Pets, load_pets, make_dataloaders
 from petclf.device import machine_device
 from petclf.errors import PetclfError
@@ -73,28 +73,17 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _read_yaml(path: Path) -> dict | None:
-    """A YAML mapping, or None when it is missing or unreadable."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
 def read_run(model_dir: str | Path) -> dict[str, Any]:
     """The run's artefacts beside the bundle (metrics, config, lr_find plot, data report); None where absent."""
     d = Path(model_dir)
     lr_find = d / "lr_find.png"
-    return {"metrics": _read_json(d / "metrics.json"), "config": _read_yaml(d / "config.yaml"),
+    return {"metrics": _read_json(d / "metrics.json"), "config": read_run_config(d / "config.yaml"),
             "lr_find": lr_find if lr_find.is_file() else None, "data_report": _read_json(d / "data_report.json")}
 
 
 def _recorded_data(manifest: dict, run: dict) -> str | None:
     """The data root the run was trained on: config.yaml, else the manifest, else the run's data report."""
-    cands = [(run["config"] or {}).get("data"), manifest.get("data"), (run["data_report"] or {}).get("root")]
+    cands = [run["config"] and run["config"].data, manifest.get("data"), (run["data_report"] or {}).get("root")]
     for c in cands:
         c = c.get("root") if isinstance(c, dict) else c
         if isinstance(c, str) and c:
@@ -102,24 +91,24 @@ def _recorded_data(manifest: dict, run: dict) -> str | None:
     return None
 
 
-def resolve_layout(config: dict | None, data: str | Path | None, labels: str | Path | None) -> tuple[str, str | None]:
+def resolve_layout(config: TrainConfig | None, data: str | Path | None,
+                   labels: str | Path | None) -> tuple[str, str | None]:
     """(layout, labels file) to read the data with: the run's own, unless other data (or labels) are named."""
-    cfg = config or {}
+    cfg = config or TrainConfig()
     own = data is None and labels is None
-    return (str(cfg.get("layout") or "auto") if own else "auto"), (cfg.get("labels") if own else labels)
+    return (cfg.layout if own else "auto"), (cfg.labels if own else labels)
 
 
-def resolve_split(split: str, config: dict | None) -> tuple[str, float, int]:
-    """`valid` -> the run's own split, `test` -> the data's test part (Pets: the official list), FILE -> that list:
-    (split, valid_pct, seed)."""
-    cfg = config or {}
-    if split == "valid":
-        return str(cfg.get("split") or "random"), float(cfg.get("valid_pct") or 0.2), int(cfg.get("seed") or 42)
-    if split == "test":
-        return "test", 0.2, 42
+def resolve_split(split: str, config: TrainConfig | None) -> tuple[str, float, int]:
+    """`valid` -> the run's own split, `test` -> the data's test part (Pets: the official list), `all` -> every
+    labelled photo (new data), FILE -> that list: (split, valid_pct, seed)."""
+    cfg = config or TrainConfig()  # a bundle made without `petclf train`: the defaults it would have had
+    if split in ("valid", "test", "all"):
+        return (cfg.split if split == "valid" else split), cfg.valid_pct, cfg.seed
     if not Path(split).is_file():
-        raise ReportError(f"--split must be valid, test or a file naming the images to evaluate; not found: {split}")
-    return split, 0.2, 42
+        raise ReportError(f"--split must be valid, test, all or a file naming the images to evaluate; not found: "
+                          f"{split}")
+    return split, cfg.valid_pct, cfg.seed
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -214,13 +203,13 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     run = read_run(model_dir)
     split_used, valid_pct, seed = resolve_split(split, run["config"])
     layout, labels = resolve_layout(run["config"], data, labels)
-    data = data if data is not None else _recorded_data(manifest, run)
+    data = _data_to_judge(split, data, manifest, run)
     with bar_unless(not progress, "verifying images") as report_progress:
         pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress,
                          layout=layout, labels=labels)
     split_used = pets.report.split if split == "test" else split_used  # as the data read it: official, test/, ...
     learn = make_learner(model_dir, pets, bs=bs, device=device, workers=workers)
-    oof = read_oof(model_dir) if split == "valid" else None
+    oof = read_oof(model_dir) if split == "valid" and not pets.valid_is_test else None
     if oof is not None:  # a probe run trained on every photo: judge it by its out-of-fold predictions instead
         learn.dls.loaders[1] = learn.dls.test_dl(pets.items, with_labels=True)
         every = list(range(len(pets.items)))
@@ -234,6 +223,16 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     seconds = time.perf_counter() - start
     return Evaluation(model_dir, manifest, run, learn, pets, split, split_used, list(learn.dls.valid.items),
                       logits, targs, losses, seconds)
+
+
+def _data_to_judge(split: str, data: str | Path | None, manifest: dict, run: dict) -> str | Path | None:
+    """The data folder to evaluate: `data`, else the one the run recorded; `--split all` only on other data (every
+    photo of the run's own data includes the ones it trained on)."""
+    own = _recorded_data(manifest, run)
+    if split == "all" and (data is None or (own and Path(data).expanduser().resolve() == Path(own).resolve())):
+        raise ReportError("--split all judges every photo of a new labelled folder: pass --data FOLDER with photos "
+                          "the model never trained on (the run's own data: --split valid or test)")
+    return data if data is not None else own
 
 
 def _oof_outputs(oof: dict, items: list[Path]) -> tuple[np.ndarray, ...]:
@@ -331,7 +330,8 @@ def training(run: dict) -> dict[str, Any]:
     m = run["metrics"] or {}
     return {"metrics_recorded": run["metrics"] is not None, "history": m.get("history") or None, "lr": m.get("lr"),
             "lr_find": m.get("lr_find"), "lr_find_plot": run["lr_find"] is not None,
-            "train_seconds": m.get("train_seconds"), "config": run["config"], "recipe": m.get("recipe"),
+            "train_seconds": m.get("train_seconds"),
+            "config": run["config"] and run["config"].to_dict(), "recipe": m.get("recipe"),
             "probe": m.get("probe")}
 
 
@@ -410,7 +410,7 @@ def per_class(ev: Evaluation) -> dict[str, Any]:
 def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
     """ECE and NLL before and after the bundle's temperature (fitted at the end of training on the validation split,
     cross-validated there, and kept only when it helped); the report never refits it nor writes into the model."""
-    t = float(ev.manifest.get("temperature") or 1.0)
+    t = manifest_number(ev.manifest, "temperature", 1.0)
     recorded = (ev.run["metrics"] or {}).get("calibration") or ev.manifest.get("calibration")
     before, after = softmax(ev.logits, axis=1), softmax(ev.logits / t, axis=1)
     return {"n_bins": n_bins, "temperature": t, "recorded": recorded,

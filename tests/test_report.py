@@ -267,6 +267,23 @@ def test_rates_come_with_wilson_intervals_and_absent_classes_are_na():
     assert rows["breed1"]["precision"] == pytest.approx(5 / 6)
 
 
+def test_a_seed_0_run_is_judged_on_its_own_validation_photos(synth_dir, tmp_path):
+    """The run's config is read typed: `seed: 0` is 0, not "unset, so 42" (the report once judged a --seed 0 run on
+    the seed-42 split, 14 of its 16 images from the run's own training half)."""
+    from conftest import tiny_config
+
+    from petclf.data import load_pets
+    from petclf.report import evaluate
+    from petclf.train import train
+
+    run = train(tiny_config(synth_dir, tmp_path / "run", seed=0, epochs=1), latest=False).run_dir
+    own, other = load_pets(synth_dir, seed=0), load_pets(synth_dir, seed=42)
+    assert own.valid_idx != other.valid_idx  # else the test could not tell the two apart
+    ev = evaluate(run, workers=0)
+    assert sorted(map(str, ev.items)) == sorted(str(own.items[i]) for i in own.valid_idx)
+    assert not {str(p) for p in ev.items} & {str(own.items[i]) for i in own.train_idx}
+
+
 def test_report_cli_user_errors_are_one_line(cli, tmp_path):
     res = cli("report", "--model", tmp_path / "nope")
     assert res.exit_code == 2 and "no model at" in res.output and "Traceback" not in res.output
