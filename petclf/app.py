@@ -54,7 +54,7 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
-from petclf.bundle import class_groups, display_names, manifest_number, resolve_bundle_dir
+from petclf.bundle import class_groups, display_names, error_kind, manifest_number, resolve_bundle_dir
 from petclf.cam import gradcam_logits, overlay
 from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
 from petclf.errors import ImageError, PetclfError
@@ -259,6 +259,13 @@ def detector_line(entry: dict[str, Any] | None) -> str:
     return f"{entry['method']}, threshold {entry['threshold']:.3f} (fitted on {entry.get('fitted_on', '?')}{flagged})"
 
 
+def temperature_line(manifest: dict[str, Any]) -> str:
+    """The model card's line on calibration: the shipped temperature, and why it is 1 when it could not be fitted."""
+    t = f"{manifest_number(manifest, 'temperature', 1.0):.3g}"
+    why = (manifest.get("calibration") or {}).get("not_possible")
+    return f"{t} ({why})" if why else t
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """Markdown for the model card panel: arch, classes, validation metrics, training date."""
     classes = manifest["classes"]
@@ -273,10 +280,10 @@ def model_card(manifest: dict[str, Any]) -> str:
     per_group = ", ".join(f"{len(v)} {g}" for g, v in by_group.items())
     rows = [("Architecture", f"`{manifest['arch']}` (timm) with a fastai head"),
             ("Classes", f"{len(classes)}" + (f" ({group_name}: {per_group})" if groups else "")),
-            ("Validation error", f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
+            (error_kind(manifest).capitalize(), f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
             ("Trained", str(manifest.get("created", "unknown"))),
             ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
-            ("Temperature", f"{manifest_number(manifest, 'temperature', 1.0):.3g}"),
+            ("Temperature", temperature_line(manifest)),
             ("Not a pet", detector_line(manifest.get("not_a_pet")))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]

@@ -360,6 +360,14 @@ def manifest_number(manifest: dict[str, Any], key: str, default: float) -> float
     return default if value is None else float(value)
 
 
+def error_kind(record: dict[str, Any]) -> str:
+    """What a run's recorded error rate is, in words (`record`: a manifest or metrics.json): a probe's
+    cross-validation estimate, or a fine-tuned network's error on its validation split."""
+    recipe = record.get("recipe")
+    estimate = record.get("estimate") or (recipe.get("estimate") if isinstance(recipe, dict) else None)
+    return "cross-validation error" if "cross-validation" in str(estimate or "") else "validation error"
+
+
 def display_names(manifest: dict[str, Any]) -> dict[str, str]:
     """{class: the name people see}."""
     return {c["name"]: c.get("display") or display_name(c["name"]) for c in manifest["classes"]}

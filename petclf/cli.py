@@ -191,9 +191,24 @@ def data_check(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, l
                          progress=progress, layout=_value(layout) or D.layout, labels=labels)
     group_name, named = read_groups(groups, pets.vocab) if groups else ("species", None)
     typer.echo(pets.report.summary())
+    if (note := _probe_note(pets)) is not None:
+        typer.echo(note)
     _print_class_table(pets.report.class_counts, group_name, named)
     if report is not None:
         typer.echo(f"data report: {pets.report.save(report)}")
+
+
+def _probe_note(pets) -> str | None:
+    """What `data check` adds where `auto` would train the probe: the split it printed is not the one used."""
+    from collections import Counter
+    from statistics import median
+
+    per_class = Counter(pets.labels[i] for i in pets.train_idx)
+    if not per_class or median(per_class.values()) >= D.small_data:
+        return None
+    return (f"note: under {D.small_data} training images per class, `petclf train` (recipe auto) trains the probe: "
+            f"it uses no split but all {len(pets.fit_idx)} photos, and estimates its error by k-fold "
+            "cross-validation")
 
 
 def _print_class_table(counts: dict[str, int], group_name: str, groups: dict[str, str] | None) -> None:

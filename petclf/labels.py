@@ -56,6 +56,11 @@ def class_noun(group_name: str | None) -> str:
     return "breed" if group_name == PETS_GROUP_NAME else "class"
 
 
+def plural(noun: str) -> str:
+    """`class` -> `classes`, `breed` -> `breeds`."""
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+
+
 def display_name(label: str) -> str:
     """The name people see: a Pets breed id in Title Case (`great_pyrenees` -> `Great Pyrenees`); any other
     label as it is (a user's class names are already for people)."""

@@ -34,7 +34,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.torch_core import TensorBase, noop
 
-from petclf.bundle import class_groups, load_network, manifest_number, read_manifest, resolve_bundle_dir
+from petclf.bundle import class_groups, error_kind, load_network, manifest_number, read_manifest, resolve_bundle_dir
 from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax
 from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES, TrainConfig, read_run_config
 from petclf.data import Pets, load_pets, make_dataloaders
@@ -298,10 +298,10 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
     n, classes = len(ev.targs), ev.classes
     group_name, groups = group_list(ev.manifest)
     preds = ev.logits.argmax(1)
-    k = min(5, len(classes))
+    k = min(5, len(classes) - 1)  # top-k says something only for k < the number of classes (and k > 1)
     metrics = ev.run["metrics"]
     acc = float(np.trace(cm) / n)
-    top5 = int((np.argsort(-ev.logits, axis=1)[:, :k] == ev.targs[:, None]).any(1).sum())
+    top5 = int((np.argsort(-ev.logits, axis=1)[:, :k] == ev.targs[:, None]).any(1).sum()) if k > 1 else None
     same = int((np.array(groups)[preds] == np.array(groups)[ev.targs]).sum()) if groups else None
     return {"arch": ev.manifest["arch"], "model_dir": str(ev.model_dir), "data": str(ev.pets.root),
             "layout": ev.pets.report.layout, "noun": class_noun(group_name),
@@ -309,7 +309,10 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
             "n_images": ev.pets.report.n_images, "n_train": len(ev.pets.train_idx), "n_evaluated": n,
             "input_size": ev.manifest["input"]["size"],
             "accuracy": acc, "error_rate": 1.0 - acc, "error_rate_ci": wilson(n - int(np.trace(cm)), n),
-            "top5_k": k, "top5_accuracy": top5 / n, "top5_accuracy_ci": wilson(top5, n),
+            "error_name": error_name(ev.split, ev.split_used),
+            "recorded_error_name": error_kind(metrics) if metrics else None,
+            "top5_k": k if k > 1 else None, "top5_accuracy": top5 / n if k > 1 else None,
+            "top5_accuracy_ci": wilson(top5, n) if k > 1 else None,
             "group_name": group_name, "group_accuracy": same / n if groups else None,
             "group_accuracy_ci": wilson(same, n) if groups else None,
             "valid_loss": float(ev.losses.mean()),
@@ -317,6 +320,14 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
                                                                   "train_seconds", "images_per_second")},
             "agrees_with_recorded": _agrees(metrics, 1.0 - acc, n) if ev.split == "valid" else None,
             "note": OOF_NOTE if ev.split_used == "out-of-fold" else None}
+
+
+def error_name(split: str, split_used: str) -> str:
+    """What the report's error rate is, in words: which photos it was measured on."""
+    if split_used == "out-of-fold":
+        return "cross-validation error"
+    return {"valid": "validation error", "test": "test error", "all": "error on new photos"}.get(
+        split, "error on the named photos")
 
 
 def _agrees(metrics: dict | None, error_rate: float, n: int) -> bool | None:
@@ -328,9 +339,12 @@ def _agrees(metrics: dict | None, error_rate: float, n: int) -> bool | None:
 def training(run: dict) -> dict[str, Any]:
     """What the run recorded about training: per-epoch history, learning rate, lr_find; None where not recorded."""
     m = run["metrics"] or {}
+    lr_find_s = (m.get("lr_find") or {}).get("seconds")
+    fit_s = m.get("train_seconds")
     return {"metrics_recorded": run["metrics"] is not None, "history": m.get("history") or None, "lr": m.get("lr"),
             "lr_find": m.get("lr_find"), "lr_find_plot": run["lr_find"] is not None,
-            "train_seconds": m.get("train_seconds"),
+            "train_seconds": fit_s + (lr_find_s or 0.0) if fit_s is not None else None, "fit_seconds": fit_s,
+            "lr_find_seconds": lr_find_s,
             "config": run["config"] and run["config"].to_dict(), "recipe": m.get("recipe"),
             "probe": m.get("probe")}
 
@@ -425,7 +439,8 @@ def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
 def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
     """Images whose label is likely wrong, by confident learning (cleanlab's `find_label_issues`, Northcutt et al.):
     a per-class confidence threshold learnt from the split itself, rather than "the model was very wrong", which
-    lists the model's own mistakes. Needs out-of-sample probabilities: images the model was not trained on."""
+    lists the model's own mistakes. Needs out-of-sample probabilities: images the model was not trained on. Found
+    on the raw outputs; each entry shows `probs` (the calibrated ones)."""
     import warnings
 
     from cleanlab.filter import find_label_issues
@@ -434,7 +449,8 @@ def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
     if len(present) < 2:
         return []
     column = {c: j for j, c in enumerate(present)}  # classes absent from the split cannot be anyone's label here
-    p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
+    raw = softmax(ev.logits, axis=1)  # the finder's per-class thresholds were checked on the network's own outputs
+    p = raw[:, present] / raw[:, present].sum(1, keepdims=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "too few examples in class ...": the report says the split is small
         idx = find_label_issues(np.array([column[t] for t in ev.targs]), p, return_indices_ranked_by="self_confidence")
@@ -462,16 +478,19 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -
     """Every number of the report, as plain JSON-ready data."""
     interp = interpretation(ev)
     cm = interp.confusion_matrix()
-    probs = softmax(ev.logits, axis=1)
+    t = manifest_number(ev.manifest, "temperature", 1.0)
+    probs = softmax(ev.logits / t, axis=1)  # calibrated, as predict and the demo show them: one set of numbers
     n = len(ev.targs)
+    read = ev.split_used == "out-of-fold"  # no forward pass: the run's out-of-fold outputs were read
     return {"petclf_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "summary": summary(ev, cm), "training": training(ev.run),
             "confusion": confusion(cm, ev.classes, *group_list(ev.manifest)),
             "most_confused": most_confused(interp, ev, min_val), "min_val": min_val,
             "top_losses": top_losses(interp, ev, probs, top_k), "per_class": per_class(ev),
-            "calibration": calibration(ev), "data_quality": data_quality(ev, probs),
-            "timing": {"device": str(ev.learn.dls.device), "images": n, "inference_seconds": ev.seconds,
-                       "images_per_second": n / ev.seconds if ev.seconds > 0 else None}}
+            "calibration": calibration(ev), "data_quality": data_quality(ev, probs), "probability_temperature": t,
+            "timing": {"device": str(ev.learn.dls.device), "images": n, "read_out_of_fold": read,
+                       "inference_seconds": None if read else ev.seconds,
+                       "images_per_second": n / ev.seconds if ev.seconds > 0 and not read else None}}
 
 
 # ---------------------------------------------------------------------------------------------------- figures

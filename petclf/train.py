@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from petclf import distributed
+from petclf.bundle import error_kind
 from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN, check_logging, log_callbacks
 from petclf.config import EXPORTS, UNSURE_BELOW, TrainConfig, save_config
 from petclf.device import Compute, available_cores, resolve_compute
@@ -570,8 +571,8 @@ def train_summary(result: TrainResult, cmd: str = "petclf") -> str:
     cal = m.get("calibration") or {}
     scaled = (f", {cal['cv_nll_after']:.4f} at the shipped temperature {cal['temperature']:.2f}" if cal.get("kept")
               else "")  # the loss the predictions have: a probe head's raw logits are small (T ~ 0.25)
-    lines = [f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}"
-             f"{scaled} ({how})",
+    lines = [f"{error_kind(m)} {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  loss {m['valid_loss']:.4f}"
+             f"{scaled} ({how})", *([f"warning: {cal['not_possible']}"] if cal.get("not_possible") else []),
              f"run folder: {run_dir} ({', '.join(made)}){points}",
              "next:", *(f"  {c}" for c in next_commands(run_dir, cmd))]
     return "\n".join(lines)

@@ -253,6 +253,8 @@ def test_cli_data_check_says_the_layout_and_refuses_bad_input_in_one_line(cli, t
     assert out.exit_code == 0, out.output
     assert "layout folders: 3 class folders" in out.output and "Crème brûlée" in out.output
     assert "species" not in out.output  # no groups: no species column
+    assert "split random: 12 train, 3 valid" in out.output  # what fastbook would use; the probe uses none:
+    assert "trains the probe: it uses no split but all 15 photos, and estimates its error by k-fold" in out.output
     _folders(tmp_path / "mine", {"crème brûlée": 2})
     bad = cli("data", "check", "--data", tmp_path / "mine")
     assert bad.exit_code == 2 and "case or Unicode" in bad.output and "Traceback" not in bad.output

@@ -114,8 +114,54 @@ def test_report_numbers_agree_with_each_other_and_with_metrics_json(full_report,
     top = r["top_losses"]
     assert len(top) == min(9, n_valid)
     assert [t["loss"] for t in top] == sorted((t["loss"] for t in top), reverse=True)
+    t_ = r["probability_temperature"]  # the loss is the network's own (T = 1); the probabilities are calibrated
     for t in top:
-        assert t["loss"] == pytest.approx(-math.log(t["actual_probability"]), rel=1e-3)
+        assert t["loss"] == pytest.approx(-math.log(t["actual_probability"]) if t_ == 1 else t["loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_report_probabilities_are_the_calibrated_ones_predict_shows(tiny_run, synth_dir, tmp_path):
+    """One set of numbers: the top losses' probabilities are softmax(logits / T) with the bundle's T, as predict
+    and the demo show them (they once were the raw T = 1 ones), and the page says so."""
+    from petclf.predict import load_model
+    from petclf.report import write_report
+
+    run = copy_run(tiny_run, tmp_path, synth_dir)
+    manifest = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**manifest, "temperature": 2.5}))
+    paths = write_report(run, out=tmp_path / "out", workers=0)
+    r = json.loads(paths["json"].read_text())
+    predictor = load_model(run, backend="torch")
+    assert r["probability_temperature"] == predictor.temperature == 2.5
+    for t in r["top_losses"][:3]:
+        probs = dict(predictor.topk(t["path"], len(predictor.classes)))
+        assert probs[t["predicted"]] == pytest.approx(t["probability"], abs=2e-3)
+        assert probs[t["actual"]] == pytest.approx(t["actual_probability"], abs=2e-3)
+    assert "calibrated with the bundle's temperature (T = 2.5)" in " ".join(paths["html"].read_text().split())
+
+
+def test_top_k_accuracy_only_below_the_number_of_classes_and_each_error_says_what_it_is():
+    """"top-2 accuracy" on a 2-class model is always 100 %: not shown. The error's name says which photos."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from petclf.labels import plural
+    from petclf.report import error_name, summary
+
+    for c, k in ((2, None), (3, 2), (10, 5)):
+        targs = np.arange(20) % c
+        probs = np.full((20, c), 0.1 / (c - 1))
+        probs[np.arange(20), targs] = 0.9
+        pets = SimpleNamespace(root=".", report=SimpleNamespace(layout="pets", n_images=20), train_idx=[])
+        cm = np.zeros((c, c), int)
+        np.add.at(cm, (targs, probs.argmax(1)), 1)
+        s = summary(replace(_evaluation(probs, targs), pets=pets), cm)
+        assert s["top5_k"] == k and (s["top5_accuracy"] is None) == (k is None)
+        assert s["error_name"] == "validation error"
+    assert [error_name(*a) for a in (("valid", "out-of-fold"), ("test", "folders train/ + test/"), ("all", "all"),
+                                     ("valid", "random"), ("names.txt", "names.txt"))] == \
+        ["cross-validation error", "test error", "error on new photos", "validation error", "error on the named photos"]
+    assert (plural("class"), plural("breed")) == ("classes", "breeds")
 
 
 @pytest.mark.slow
@@ -316,3 +362,8 @@ def test_a_probe_run_is_judged_by_its_out_of_fold_predictions(tiny_run, synth_di
     assert s["split_used"] == "out-of-fold" and s["note"] == OOF_NOTE
     assert s["n_evaluated"] == len(pets.items) and s["error_rate"] == pytest.approx(3 / len(pets.items))
     assert OOF_NOTE in paths["html"].read_text()
+    timing = json.loads(paths["json"].read_text())["timing"]  # nothing was evaluated: no speed to claim
+    assert timing["read_out_of_fold"] and timing["inference_seconds"] is None and timing["images_per_second"] is None
+    page = " ".join(paths["html"].read_text().split())
+    assert f"Read the out-of-fold predictions of {len(pets.items)} images" in page and "images/s" not in page
+    assert s["error_name"] == "cross-validation error"
