@@ -355,17 +355,9 @@ def class_groups(manifest: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
 
 
 def manifest_number(manifest: dict[str, Any], key: str, default: float) -> float:
-    """`manifest[key]` as a float, `default` when the bundle has none: a recorded 0 stays 0 (never `or default`)."""
+    """`manifest[key]` as a float, `default` when the bundle has none: a recorded 0 stays 0."""
     value = manifest.get(key)
     return default if value is None else float(value)
-
-
-def error_kind(record: dict[str, Any]) -> str:
-    """What a run's recorded error rate is, in words (`record`: a manifest or metrics.json): a probe's
-    cross-validation estimate, or a fine-tuned network's error on its validation split."""
-    recipe = record.get("recipe")
-    estimate = record.get("estimate") or (recipe.get("estimate") if isinstance(recipe, dict) else None)
-    return "cross-validation error" if "cross-validation" in str(estimate or "") else "validation error"
 
 
 def display_names(manifest: dict[str, Any]) -> dict[str, str]:

@@ -65,15 +65,15 @@ def cv_folds(n: int, k: int = CV_FOLDS, seed: int = 0) -> list[np.ndarray]:
 
 
 def at_bound(t: float) -> bool:
-    """True when a fitted temperature sits at the search's bound: the fit ran away (every held-out output right and
-    the NLL still falling as T shrinks), so it is no calibration."""
+    """True when a fitted temperature sits at the search's bound: the fit ran away (every held-out output
+    right and the NLL still falling as T shrinks), so it is no calibration."""
     return math.isclose(t, T_MIN, rel_tol=1e-3) or math.isclose(t, T_MAX, rel_tol=1e-3)
 
 
 def choose_temperature(logits: np.ndarray, targs: np.ndarray, k: int = CV_FOLDS) -> dict[str, Any]:
     """The temperature to ship: fitted on all validation outputs, kept only if fitting on k-1 folds lowers the NLL
-    of the held-out fold on average (a temperature fitted and judged on the same few images can make things worse),
-    and never when the fit ran to the search's bound (T = 1 then, and `not_possible` says why).
+    of the held-out fold on average (a temperature fitted and judged on the same few images can make things
+    worse), and never when the fit ran to the search's bound (T = 1 then, and `not_possible` says why).
 
     Returns {temperature, kept, fitted, n, cv_folds, cv_nll_before, cv_nll_after[, not_possible]}.
     """
@@ -90,6 +90,7 @@ def choose_temperature(logits: np.ndarray, targs: np.ndarray, k: int = CV_FOLDS)
     cal = {"temperature": fitted if kept else 1.0, "kept": kept, "fitted": fitted, "n": int(len(targs)),
            "cv_folds": len(cv_folds(len(targs), k)), "cv_nll_before": before / n, "cv_nll_after": after / n}
     if at_bound(fitted):
-        cal["not_possible"] = (f"calibration was not possible: the fit ran to its bound (T = {fitted:.3g}; every "
-                               "held-out image right, so any T below 1 only looks better); T = 1 is shipped")
+        cal["not_possible"] = (f"calibration was not possible: the fit ran to its bound (T = {fitted:.3g}; "
+                               "every held-out image right, so any T below 1 only looks better); T = 1 is "
+                               "shipped")
     return cal

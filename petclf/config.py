@@ -275,8 +275,8 @@ def resolve_config(config_file: str | Path | None = None, **flags: Any) -> Train
 
 
 def read_run_config(path: str | Path) -> TrainConfig | None:
-    """The settings a run saved (its config.yaml) as a TrainConfig, checked like any settings file; None when the
-    run has none (a bundle made without `petclf train`). Read typed, never as a raw dict: `seed: 0` stays 0."""
+    """The settings a run saved (its config.yaml) as a TrainConfig, checked like any settings file; None when
+    the run has none (no `petclf train`). Read typed, not as a raw dict: `seed: 0` is 0."""
     path = Path(path)
     return resolve_config(path) if path.is_file() else None
 

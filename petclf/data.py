@@ -31,7 +31,14 @@ from petclf.errors import DataError, ImageError
 from petclf.image import load_rgb
 from petclf.io import is_image_file, reachable, walk_files, write_atomic
 from petclf.labels import label_from_path, pets_groups
-from petclf.layouts import Reading, check_label_clashes, pets_root, read_layout, single_image_classes
+from petclf.layouts import (
+    Reading,
+    check_data_folder,
+    check_label_clashes,
+    pets_root,
+    read_layout,
+    single_image_classes,
+)
 
 DATA_DIR = Path("data")  # where downloads land and the default dataset is looked for
 PETS_DIRNAME = "oxford-iiit-pet"  # fastai's folder name for URLs.PETS
@@ -64,11 +71,7 @@ def find_root(data: str | Path | None = None, dest: Path = DATA_DIR) -> Path:
         root = dest / PETS_DIRNAME
         root = root if root.is_dir() else download_pets(dest)
     else:
-        root = Path(data).expanduser()
-        if not root.exists():
-            raise DataError(f"data folder not found: {root}")
-        if not root.is_dir():
-            raise DataError(f"--data must be a folder, not a file: {root}")
+        root = check_data_folder(data)
     return root
 
 
@@ -283,7 +286,7 @@ class Pets:
 
     @property
     def fit_idx(self) -> list[int]:
-        """What a recipe that trains on every labelled photo (the probe) trains on: all of them, but a test part."""
+        """What a recipe that trains on every labelled photo (the probe) trains on: all but a test part."""
         return list(self.train_idx) if self.valid_is_test else list(range(len(self.items)))
 
 
@@ -334,8 +337,8 @@ def _single_images_train(labels: list[str], train_idx: list[int], valid_idx: lis
 
 
 def _set_aside_test_list(reading: Reading) -> None:
-    """Pets' official test list (annotations/test.txt) is never trained on: its photos leave the reading (listed as
-    not in the split) unless the split is that list itself (`official`)."""
+    """Pets' official test list (annotations/test.txt) is never trained on: its photos leave the reading
+    (listed as not in the split) unless the split is that list itself (`official`)."""
     ann = annotations_dir(reading.root)
     if ann is None or not (ann / "test.txt").is_file():
         return
@@ -348,9 +351,10 @@ def _set_aside_test_list(reading: Reading) -> None:
 def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: float = 0.2, seed: int = 42,
               use_cache: bool = True, progress=None, layout: str = "auto", labels: str | Path | None = None) -> Pets:
     """Find the data, read its layout (`auto`, `pets`, `folders`, or `csv` with `labels`), verify, label and
-    split it; raise `DataError` if training could not go on. A test part (Pets' official list, a folders layout's
-    test/, a csv's test rows) is never in the training half. `split="test"`: that test part as the validation half,
-    for `report --split test`; `split="all"`: every photo is (new photos to judge, for `report --split all`)."""
+    split it; raise `DataError` if training could not go on. A test part (Pets' official list, a folders
+    layout's test/, a csv's test rows) is never in the training half. `split="test"`: that test part as the
+    validation half, for `report --split test`; `split="all"`: every photo (new photos to judge, for
+    `report --split all`)."""
     reading = read_layout(find_root(data), layout, labels, test=split == "test")
     root = reading.root
     if split == "test" and reading.layout == "pets":  # Pets' test part is its official list

@@ -10,9 +10,9 @@
 Layouts (fastai's own conventions): `pets`, labels from `<breed>_<number>.<ext>` file names (`annotations/` gives
 the official split); `folders`, the parent folder is the label (fastai's `parent_label`) and `train/` beside
 `valid/` (or `val/`) is the split (fastai's `GrandparentSplitter`); `csv`, `file,label` rows with an optional
-`split` or `is_valid` column, files relative to the data folder (fastai's `from_df`: `ColReader`, `ColSplitter`).
-A test part (`test/`, `split=test` rows, Pets' `test.txt`) is never trained on. `auto` picks the one reading that
-makes sense and refuses a folder that reads two ways.
+`split` or `is_valid` column, files relative to the data folder (fastai's `from_df`: `ColReader`,
+`ColSplitter`). A test part (`test/`, `split=test` rows, Pets' `test.txt`) is never trained on. `auto` picks
+the one reading that makes sense and refuses a folder that reads two ways.
 """
 
 from __future__ import annotations
@@ -73,6 +73,17 @@ def _listing(rows: list[str]) -> str:
     return ", ".join(rows[:SHOWN]) + more
 
 
+def check_data_folder(data: str | Path) -> Path:
+    """`data` as a folder path, or one line (`DataError`) when it is missing or a file: cheap, so the command
+    line says it before torch and fastai load."""
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"--data must be a folder, not a file: {root}")
+    return root
+
+
 # ---------------------------------------------------------------------------------------------------- pets
 
 
@@ -111,9 +122,9 @@ def _class_dirs(tops: list[Path]) -> list[Path]:
 
 def read_folders(root: Path, why: str = "", test: bool = False) -> Reading:
     """`root/<label>/<file>`, or `root/train|valid/<label>/<file>`: the parent folder is the label (fastai's
-    `parent_label`), and train/ + valid/ (or val/) the split (fastai's `GrandparentSplitter`); train/ alone (or
-    beside test/ only) is all training data, split as usual. A test/ is never read for training; `test`: test/ is
-    the held-out half instead (for `report --split test`)."""
+    `parent_label`), and train/ + valid/ (or val/) the split (fastai's `GrandparentSplitter`); train/ alone
+    (or beside test/ only) is all training data, split as usual. A test/ is never read for training; `test`:
+    test/ is the held-out half instead (for `report --split test`)."""
     from fastai.data.transforms import GrandparentSplitter, parent_label
 
     split_dirs = _has_split_dirs(root)
@@ -163,8 +174,8 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
 def _csv_valid(rows: list[tuple[int, dict[str, str]]], col: str, problems: list[str],
                test: bool = False) -> list[bool | None] | None:
     """Each row's split from a `split` (train/valid/test) or `is_valid` (true/false) cell; None: set aside (test
-    rows: never trained on). `test`: the `test` rows are the held-out half and valid rows are set aside (None when
-    there are no test rows)."""
+    rows: never trained on). `test`: the `test` rows are the held-out half and valid rows are set aside (None
+    when there are no test rows)."""
     table = SPLIT_VALUES if col == "split" else BOOL_VALUES
     bad = [f"line {n}: {r[col]!r}" for n, r in rows if r[col].lower() not in table]
     if bad:
@@ -213,7 +224,7 @@ def read_csv(root: Path, labels: str | Path, why: str = "", test: bool = False) 
     valid = _csv_valid(rows, col, problems, test) if col else None
     if problems:
         raise DataError(f"{path.name}: " + "; ".join(problems))
-    aside = {i for i in range(len(rows)) if valid is not None and valid[i] is None}  # test rows: never trained on
+    aside = {i for i in range(len(rows)) if valid is not None and valid[i] is None}  # test rows
     keep = [i for i in range(len(rows)) if i not in aside]
     if col == "split" and valid is not None and not any(valid[i] for i in keep):
         valid, col = None, None  # train (and test) rows only: the rest is split as usual (--split)

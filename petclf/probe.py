@@ -345,11 +345,10 @@ def map_pool(net: torch.nn.Module, size: int, n_photos: int) -> torch.nn.Module 
 
 
 def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
-    """The probe recipe: features of every labelled photo but a test part (`pets.fit_idx`: the predictor's pixels at
-    `probe_size`); the head trained
-    on crops of the feature maps with its 5-fold estimate, or where there are no maps to keep, the probe alone (C by
-    CV, nested estimate). The network's Linear gets the head, `oof.json` its out-of-fold predictions. Returns
-    metrics.json's `probe`."""
+    """The probe recipe: features of every labelled photo but a test part (`pets.fit_idx`: the predictor's
+    pixels at `probe_size`); the head trained on crops of the feature maps with its 5-fold estimate, or where
+    there are no maps to keep, the probe alone (C by CV, nested estimate). The network's Linear gets the head,
+    `oof.json` its out-of-fold predictions. Returns metrics.json's `probe`."""
     from petclf.model import norm_stats
     from petclf.preprocess import Preprocess
 

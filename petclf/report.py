@@ -34,15 +34,15 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.torch_core import TensorBase, noop
 
-from petclf.bundle import class_groups, error_kind, load_network, manifest_number, read_manifest, resolve_bundle_dir
+from petclf.bundle import class_groups, load_network, manifest_number, read_manifest, resolve_bundle_dir
 from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax
-from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES, TrainConfig, read_run_config
+from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES, TrainConfig
 from petclf.data import Pets, load_pets, make_dataloaders
 from petclf.device import machine_device
 from petclf.errors import PetclfError
 from petclf.image import encode
 from petclf.io import check_writable, write_atomic
-from petclf.labels import class_noun
+from petclf.labels import class_noun, error_kind, error_name
 from petclf.oof import OOF_NOTE, oof_outputs, read_oof
 from petclf.plots import is_number, plot_confusion, plot_history, plot_reliability, png, render_html
 from petclf.progress import bar_unless
@@ -75,6 +75,8 @@ def _read_json(path: Path) -> dict | None:
 
 def read_run(model_dir: str | Path) -> dict[str, Any]:
     """The run's artefacts beside the bundle (metrics, config, lr_find plot, data report); None where absent."""
+    from petclf.config import read_run_config
+
     d = Path(model_dir)
     lr_find = d / "lr_find.png"
     return {"metrics": _read_json(d / "metrics.json"), "config": read_run_config(d / "config.yaml"),
@@ -83,7 +85,8 @@ def read_run(model_dir: str | Path) -> dict[str, Any]:
 
 def _recorded_data(manifest: dict, run: dict) -> str | None:
     """The data root the run was trained on: config.yaml, else the manifest, else the run's data report."""
-    cands = [run["config"] and run["config"].data, manifest.get("data"), (run["data_report"] or {}).get("root")]
+    cfg = run["config"]
+    cands = [cfg and cfg.data, manifest.get("data"), (run["data_report"] or {}).get("root")]
     for c in cands:
         c = c.get("root") if isinstance(c, dict) else c
         if isinstance(c, str) and c:
@@ -100,14 +103,14 @@ def resolve_layout(config: TrainConfig | None, data: str | Path | None,
 
 
 def resolve_split(split: str, config: TrainConfig | None) -> tuple[str, float, int]:
-    """`valid` -> the run's own split, `test` -> the data's test part (Pets: the official list), `all` -> every
+    """`valid`: the run's own split; `test`: the data's test part (Pets: the official list); `all`: every
     labelled photo (new data), FILE -> that list: (split, valid_pct, seed)."""
     cfg = config or TrainConfig()  # a bundle made without `petclf train`: the defaults it would have had
     if split in ("valid", "test", "all"):
         return (cfg.split if split == "valid" else split), cfg.valid_pct, cfg.seed
     if not Path(split).is_file():
-        raise ReportError(f"--split must be valid, test, all or a file naming the images to evaluate; not found: "
-                          f"{split}")
+        raise ReportError(f"--split must be valid, test, all or a file naming the images to evaluate; not "
+                          f"found: {split}")
     return split, cfg.valid_pct, cfg.seed
 
 
@@ -208,11 +211,15 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
         pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress,
                          layout=layout, labels=labels)
     split_used = pets.report.split if split == "test" else split_used  # as the data read it: official, test/, ...
-    learn = make_learner(model_dir, pets, bs=bs, device=device, workers=workers)
     oof = read_oof(model_dir) if split == "valid" and not pets.valid_is_test else None
-    if oof is not None:  # a probe run trained on every photo: judge it by its out-of-fold predictions instead
+    every = list(range(len(pets.items)))
+    # fastai builds no DataLoaders without training items: new data (`all`) is loaded on a stand-in split
+    stand_in = replace(pets, train_idx=every[1:], valid_idx=every[:1]) if split == "all" else pets
+    learn = make_learner(model_dir, stand_in, bs=bs, device=device, workers=workers)
+    # every photo is judged: by the model (new data), or by the out-of-fold outputs (a probe trained on each)
+    if oof is not None or split == "all":
         learn.dls.loaders[1] = learn.dls.test_dl(pets.items, with_labels=True)
-        every = list(range(len(pets.items)))
+    if oof is not None:
         pets, split_used = replace(pets, train_idx=every, valid_idx=every), "out-of-fold"
     start = time.perf_counter()
     if oof is not None:
@@ -226,12 +233,13 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
 
 
 def _data_to_judge(split: str, data: str | Path | None, manifest: dict, run: dict) -> str | Path | None:
-    """The data folder to evaluate: `data`, else the one the run recorded; `--split all` only on other data (every
-    photo of the run's own data includes the ones it trained on)."""
+    """The data folder to evaluate: `data`, else the one the run recorded; `--split all` only on other data
+    (every photo of the run's own data includes the ones it trained on)."""
     own = _recorded_data(manifest, run)
-    if split == "all" and (data is None or (own and Path(data).expanduser().resolve() == Path(own).resolve())):
-        raise ReportError("--split all judges every photo of a new labelled folder: pass --data FOLDER with photos "
-                          "the model never trained on (the run's own data: --split valid or test)")
+    same = data is not None and own and Path(data).expanduser().resolve() == Path(own).resolve()
+    if split == "all" and (data is None or same):
+        raise ReportError("--split all judges every photo of a new labelled folder: pass --data FOLDER with "
+                          "photos the model never trained on (the run's own data: --split valid or test)")
     return data if data is not None else own
 
 
@@ -320,14 +328,6 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
                                                                   "train_seconds", "images_per_second")},
             "agrees_with_recorded": _agrees(metrics, 1.0 - acc, n) if ev.split == "valid" else None,
             "note": OOF_NOTE if ev.split_used == "out-of-fold" else None}
-
-
-def error_name(split: str, split_used: str) -> str:
-    """What the report's error rate is, in words: which photos it was measured on."""
-    if split_used == "out-of-fold":
-        return "cross-validation error"
-    return {"valid": "validation error", "test": "test error", "all": "error on new photos"}.get(
-        split, "error on the named photos")
 
 
 def _agrees(metrics: dict | None, error_rate: float, n: int) -> bool | None:
@@ -439,8 +439,8 @@ def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
 def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
     """Images whose label is likely wrong, by confident learning (cleanlab's `find_label_issues`, Northcutt et al.):
     a per-class confidence threshold learnt from the split itself, rather than "the model was very wrong", which
-    lists the model's own mistakes. Needs out-of-sample probabilities: images the model was not trained on. Found
-    on the raw outputs; each entry shows `probs` (the calibrated ones)."""
+    lists the model's own mistakes. Needs out-of-sample probabilities: images the model was not trained on.
+    Found on the raw outputs; each entry shows `probs` (the calibrated ones)."""
     import warnings
 
     from cleanlab.filter import find_label_issues
@@ -449,7 +449,7 @@ def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
     if len(present) < 2:
         return []
     column = {c: j for j, c in enumerate(present)}  # classes absent from the split cannot be anyone's label here
-    raw = softmax(ev.logits, axis=1)  # the finder's per-class thresholds were checked on the network's own outputs
+    raw = softmax(ev.logits, axis=1)  # the finder was checked on the network's own outputs (T = 1)
     p = raw[:, present] / raw[:, present].sum(1, keepdims=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "too few examples in class ...": the report says the split is small
@@ -479,7 +479,7 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -
     interp = interpretation(ev)
     cm = interp.confusion_matrix()
     t = manifest_number(ev.manifest, "temperature", 1.0)
-    probs = softmax(ev.logits / t, axis=1)  # calibrated, as predict and the demo show them: one set of numbers
+    probs = softmax(ev.logits / t, axis=1)  # calibrated, as predict and the demo show them
     n = len(ev.targs)
     read = ev.split_used == "out-of-fold"  # no forward pass: the run's out-of-fold outputs were read
     return {"petclf_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -487,7 +487,8 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -
             "confusion": confusion(cm, ev.classes, *group_list(ev.manifest)),
             "most_confused": most_confused(interp, ev, min_val), "min_val": min_val,
             "top_losses": top_losses(interp, ev, probs, top_k), "per_class": per_class(ev),
-            "calibration": calibration(ev), "data_quality": data_quality(ev, probs), "probability_temperature": t,
+            "calibration": calibration(ev), "data_quality": data_quality(ev, probs),
+            "probability_temperature": t,
             "timing": {"device": str(ev.learn.dls.device), "images": n, "read_out_of_fold": read,
                        "inference_seconds": None if read else ev.seconds,
                        "images_per_second": n / ev.seconds if ev.seconds > 0 and not read else None}}

@@ -101,9 +101,10 @@ def test_the_model_card_names_its_error_and_says_when_calibration_was_not_possib
 
     probe = {**predictor.manifest, "metrics": {"error_rate": 0.0919},
              "recipe": {"name": "probe", "estimate": "5-fold cross-validation"}}
-    assert "| Cross-validation error | 9.19% |" in model_card(probe) and "Validation error" not in model_card(probe)
-    assert "| Validation error | 7.25% |" in model_card({**predictor.manifest, "metrics": {"error_rate": 0.0725},
-                                                         "recipe": {"name": "fastbook"}})
+    card = model_card(probe)
+    assert "| Cross-validation error | 9.19% |" in card and "Validation error" not in card
+    fastbook = {**predictor.manifest, "metrics": {"error_rate": 0.0725}, "recipe": {"name": "fastbook"}}
+    assert "| Validation error | 7.25% |" in model_card(fastbook)
     targs = np.arange(40) % 4
     cal = choose_temperature(np.eye(4)[targs] + 0.01, targs)  # every held-out image right: the fit hits T_MIN
     card = model_card({**predictor.manifest, "temperature": cal["temperature"], "calibration": cal})
@@ -112,7 +113,8 @@ def test_the_model_card_names_its_error_and_says_when_calibration_was_not_possib
 
 def test_an_unsure_answer_lists_no_class_at_0_percent():
     """The Arctic fox once got "British Shorthair 49 % or Russian Blue 0 %"."""
-    v = pets_verdict({"British_Shorthair": 0.49, "Russian_Blue": 0.004, "beagle": 0.505}, {"cat": 0.51, "dog": 0.49})
+    probs = {"British_Shorthair": 0.49, "Russian_Blue": 0.004, "beagle": 0.505}
+    v = pets_verdict(probs, {"cat": 0.51, "dog": 0.49})
     assert v.likely == [("British_Shorthair", 0.49)] and "0 %" not in v.breed_text and not v.breed_sure
 
 

@@ -70,9 +70,9 @@ def test_choose_temperature_refuses_one_that_only_fits_the_images_it_was_fitted_
 
 
 def test_a_temperature_at_the_search_bound_is_not_shipped_as_if_fitted():
-    """Every held-out output right (a cross-validation error of 0): the NLL falls as T shrinks, the fit runs to
-    T_MIN and every answer would read 100 %. T = 1 is shipped instead, and the record says calibration was not
-    possible."""
+    """Every held-out output right (a cross-validation error of 0): the NLL falls as T shrinks, the fit runs
+    to T_MIN and every answer would read 100 %. T = 1 is shipped instead, and the record says calibration was
+    not possible."""
     from petclf.calibrate import T_MIN
 
     rng = np.random.default_rng(0)

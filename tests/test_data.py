@@ -114,8 +114,8 @@ def test_official_split_reads_annotations_and_drops_unlisted_images(tmp_path):
 
 
 def test_pets_official_test_list_is_never_trained_on(tmp_path):
-    """The random split draws from trainval only (test.txt's photos are set aside); `official` validates on the test
-    list, and a recipe that trains on every photo (the probe: `fit_idx`) then trains on the training half alone."""
+    """The random split draws from trainval only (test.txt's photos are set aside); `official` validates
+    on the test list, and a recipe that trains on every photo (the probe: `fit_idx`) uses the train half."""
     images = tmp_path / "images"
     synth_pets(images, n_classes=2, per_class=10, size=16)
     stems = sorted(p.stem for p in images.iterdir())

@@ -202,8 +202,8 @@ def test_petclf_demo_and_lr_find_on_a_users_own_layouts(cli, tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_a_test_folder_is_never_trained_on_and_report_split_test_predicts_it(cli, tmp_path):
-    """train/ + test/ and no valid/: the probe trains and cross-validates on train/ alone (oof.json lists no test
-    photo), and `report --split test` predicts the test photos with the model (not out-of-fold lookups)."""
+    """train/ + test/ and no valid/: the probe trains and cross-validates on train/ alone (oof.json lists no
+    test photo), and `report --split test` predicts the test photos with the model (no out-of-fold lookup)."""
     data, run = tmp_path / "tt", tmp_path / "runs" / "tt"
     synth_data(data, "folders", n_classes=CLASSES, per_class=PER_CLASS, size=SIZE, split_dirs=True)
     (data / "valid").rename(data / "test")
