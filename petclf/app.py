@@ -33,14 +33,11 @@ bundle has a verified model.onnx (faster on CPU); Grad-CAM (`explain`) always us
 from __future__ import annotations
 
 import base64
-import errno
 import gc
-import ipaddress
 import logging
 import os
 import queue
 import shutil
-import socket
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,12 +53,13 @@ from gradio.exceptions import InvalidPathError
 from PIL import Image
 from pydantic import ValidationError
 
-from petclf.bundle import class_groups, display_names, resolve_bundle_dir
+from petclf.address import ServeError, check_address, exposure_warning, parse_auth  # noqa: F401 - re-exported
+from petclf.bundle import class_groups, display_names, manifest_number, resolve_bundle_dir
 from petclf.cam import gradcam_logits, overlay
 from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
 from petclf.errors import ImageError, PetclfError
 from petclf.image import MAX_BYTES, load_rgb
-from petclf.labels import pets_groups
+from petclf.labels import error_kind, pets_groups
 from petclf.predict import Predictor, load_model
 from petclf.preprocess import valid_resize
 from petclf.serve import Limits, keep_memory_trimmed, middleware, private_cache, safe_files, stop_like_ctrl_c
@@ -246,6 +244,11 @@ def open_set_line(entry: dict[str, Any] | None) -> str:
         return f"off ({entry['why']})" if entry and entry.get("why") else "off"
     return (f"{entry['method']}: {entry.get('covered_classes', '?')} ImageNet classes covered, sure from "
             f"{entry['sure_below']:.2f} (fitted on {entry.get('fitted_on', '?')})")
+def temperature_line(manifest: dict[str, Any]) -> str:
+    """The model card's line on calibration: the temperature, and why it is 1 when none could be fitted."""
+    t = f"{manifest_number(manifest, 'temperature', 1.0):.3g}"
+    why = (manifest.get("calibration") or {}).get("not_possible")
+    return f"{t} ({why})" if why else t
 
 
 def model_card(manifest: dict[str, Any]) -> str:
@@ -262,10 +265,11 @@ def model_card(manifest: dict[str, Any]) -> str:
     per_group = ", ".join(f"{len(v)} {g}" for g, v in by_group.items())
     rows = [("Architecture", f"{manifest['arch']} (timm) with a fastai head"),
             ("Classes", f"{len(classes)}" + (f" ({group_name}: {per_group})" if groups else "")),
-            ("Validation error", f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
+            (error_kind(manifest).capitalize(),
+             f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
             ("Trained", str(manifest.get("created", "unknown"))),
             ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
-            ("Temperature", f"{float(manifest.get('temperature') or 1.0):.3g}"),
+            ("Temperature", temperature_line(manifest)),
             ("Not a pet", detector_line(manifest.get("not_a_pet"))),
             ("Another breed, not a pet", open_set_line(manifest.get("open_set")))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
@@ -480,62 +484,6 @@ def launch_kwargs(host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = 
     return {"server_name": host, "server_port": port, "share": share, "auth": auth, "max_file_size": MAX_FILE_SIZE,
             "allowed_paths": [], "show_error": False, "ssr_mode": False,
             "app_kwargs": {"middleware": middleware(limits)}}
-
-
-class ServeError(PetclfError):
-    """The demo cannot listen where it was asked to."""
-
-
-def parse_auth(value: str | None) -> tuple[str, str] | None:
-    """`USER:PASS` -> (user, password) for Gradio's login page."""
-    if value is None:
-        return None
-    user, sep, password = value.partition(":")
-    if not (user and sep and password):
-        raise ServeError("--auth (or PETCLF_AUTH) takes USER:PASS (both non-empty)")
-    return user, password
-
-
-def check_address(host: str, port: int) -> None:
-    """Fail with one line, before the model loads, when `host:port` cannot be listened on."""
-    if not 1 <= port <= 65535:
-        raise ServeError(f"--port {port} is not a valid port (1-65535)")
-    bad = f"--host {host} is not a valid address (an IP address such as 127.0.0.1 or 0.0.0.0, or a host name)"
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        if not host or host.replace(".", "").isdigit():  # 256.1.1.1 is no host name either; never ask DNS about it
-            raise ServeError(bad) from None
-        family = socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is not "in use"
-        try:
-            s.bind((host, port))
-        except socket.gaierror:
-            raise ServeError(bad) from None
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise ServeError(f"port {port} is in use on {host}: pass another with --port") from None
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise ServeError(f"--host {host} is not an address of this machine") from None
-            if e.errno == errno.EACCES:
-                raise ServeError(f"port {port} needs root: pass one above 1023 with --port") from None
-            raise
-
-
-def exposure_warning(host: str, share: bool, auth: tuple[str, str] | None) -> str | None:
-    """A line to print when anyone beyond this machine can reach the demo without logging in."""
-    if auth is not None:
-        return None
-    try:
-        local = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = host == "localhost"
-    if local and not share:
-        return None
-    where = "its public gradio.live link" if share else f"{host} (every address of this machine)" \
-        if host in ("0.0.0.0", "::") else host
-    return f"warning: anyone who can reach {where} can use the demo, with no login; add --auth USER:PASS to require one"
 
 
 def main(model_dir: str | Path = DEFAULT_MODEL, host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False,

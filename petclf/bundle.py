@@ -371,6 +371,12 @@ def class_groups(manifest: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
     return None, {}
 
 
+def manifest_number(manifest: dict[str, Any], key: str, default: float) -> float:
+    """`manifest[key]` as a float, `default` when the bundle has none: a recorded 0 stays 0."""
+    value = manifest.get(key)
+    return default if value is None else float(value)
+
+
 def display_names(manifest: dict[str, Any]) -> dict[str, str]:
     """{class: the name people see}."""
     return {c["name"]: c.get("display") or display_name(c["name"]) for c in manifest["classes"]}

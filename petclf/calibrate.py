@@ -64,11 +64,18 @@ def cv_folds(n: int, k: int = CV_FOLDS, seed: int = 0) -> list[np.ndarray]:
     return [f for f in np.array_split(idx, min(k, n)) if len(f)]
 
 
+def at_bound(t: float) -> bool:
+    """True when a fitted temperature sits at the search's bound: the fit ran away (every held-out output
+    right and the NLL still falling as T shrinks), so it is no calibration."""
+    return math.isclose(t, T_MIN, rel_tol=1e-3) or math.isclose(t, T_MAX, rel_tol=1e-3)
+
+
 def choose_temperature(logits: np.ndarray, targs: np.ndarray, k: int = CV_FOLDS) -> dict[str, Any]:
     """The temperature to ship: fitted on all validation outputs, kept only if fitting on k-1 folds lowers the NLL
-    of the held-out fold on average (a temperature fitted and judged on the same few images can make things worse).
+    of the held-out fold on average (a temperature fitted and judged on the same few images can make things
+    worse), and never when the fit ran to the search's bound (T = 1 then, and `not_possible` says why).
 
-    Returns {temperature, kept, fitted, n, cv_folds, cv_nll_before, cv_nll_after}.
+    Returns {temperature, kept, fitted, n, cv_folds, cv_nll_before, cv_nll_after[, not_possible]}.
     """
     logits, targs = np.asarray(logits, np.float64), np.asarray(targs)
     before = after = 0.0
@@ -79,6 +86,21 @@ def choose_temperature(logits: np.ndarray, targs: np.ndarray, k: int = CV_FOLDS)
         after += nll(logits[fold], targs[fold], t) * len(fold)
     n = max(len(targs), 1)
     fitted = fit_temperature(logits, targs)
-    kept = after < before
-    return {"temperature": fitted if kept else 1.0, "kept": kept, "fitted": fitted, "n": int(len(targs)),
-            "cv_folds": len(cv_folds(len(targs), k)), "cv_nll_before": before / n, "cv_nll_after": after / n}
+    kept = after < before and not at_bound(fitted)
+    cal = {"temperature": fitted if kept else 1.0, "kept": kept, "fitted": fitted, "n": int(len(targs)),
+           "cv_folds": len(cv_folds(len(targs), k)), "cv_nll_before": before / n, "cv_nll_after": after / n}
+    if at_bound(fitted):
+        cal["not_possible"] = (f"calibration was not possible: the fit ran to its bound (T = {fitted:.3g}; "
+                               "every held-out image right, so any T below 1 only looks better); T = 1 is "
+                               "shipped")
+    return cal
+
+
+def wilson(k: int, n: int) -> list[float] | None:
+    """The 95 % Wilson score interval [low, high] of a rate k / n (scipy's binomtest), None when n is 0."""
+    if n == 0:
+        return None
+    from scipy.stats import binomtest  # scipy.stats takes ~0.3 s to import: only the report needs it
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]

@@ -193,9 +193,24 @@ def data_check(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, l
                          progress=progress, layout=_value(layout) or D.layout, labels=labels)
     group_name, named = read_groups(groups, pets.vocab) if groups else ("species", None)
     typer.echo(pets.report.summary())
+    if (note := _probe_note(pets)) is not None:
+        typer.echo(note)
     _print_class_table(pets.report.class_counts, group_name, named)
     if report is not None:
         typer.echo(f"data report: {pets.report.save(report)}")
+
+
+def _probe_note(pets) -> str | None:
+    """What `data check` adds where `auto` would train the probe: the split it printed is not the one used."""
+    from collections import Counter
+    from statistics import median
+
+    per_class = Counter(pets.labels[i] for i in pets.train_idx)
+    if not per_class or median(per_class.values()) >= D.small_data:
+        return None
+    return (f"note: under {D.small_data} training images per class, `petclf train` (recipe auto) trains the "
+            f"probe: it uses no split but all {len(pets.fit_idx)} photos, and estimates its error by k-fold "
+            "cross-validation")
 
 
 def _print_class_table(counts: dict[str, int], group_name: str, groups: dict[str, str] | None) -> None:
@@ -255,6 +270,21 @@ def _train_config(config: Path | None, **flags):
     return resume_config(Path(flags["resume"]), typed)
 
 
+def _check_data(data: str | None) -> None:
+    """A missing --data folder is one line before torch and fastai load (10 s idle, a minute under load)."""
+    from petclf.layouts import check_data_folder
+
+    if data is not None:
+        check_data_folder(data)
+
+
+def _check_model(model: Path) -> None:
+    """A missing or broken --model is one line before torch, fastai or Gradio load (the manifest is JSON)."""
+    from petclf.bundle import read_manifest
+
+    read_manifest(model)
+
+
 @app.command("train")
 @guarded
 def train_cmd(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, labels: Path | None = LabelsOpt,
@@ -288,14 +318,15 @@ def train_cmd(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, la
     """Fine-tune a pretrained timm model: lr_find, fit_one_cycle (frozen, then unfrozen), export the run folder."""
     from petclf.progress import stage
 
-    with stage("loading torch and fastai"):  # seconds on a cold start: the user sees the run begin at once
-        from petclf.train import train, train_summary
-
     cfg = _train_config(config, data=data, layout=layout, labels=labels, groups=groups, arch=arch, weights=weights,
                         pretrained=pretrained, epochs=epochs,
                         freeze_epochs=freeze_epochs, lr=lr, bs=bs, size=size, presize=presize, split=split,
                         seed=seed, device=device, recipe=recipe, workers=workers, precision=precision,
                         threads=threads, channels_last=channels_last, log=log, out=out, resume=resume)
+    _check_data(cfg.data)
+    with stage("loading torch and fastai"):  # seconds on a cold start: the user sees the run begin at once
+        from petclf.train import train, train_summary
+
     typer.echo(train_summary(train(cfg), petclf_command()))
 
 
@@ -310,11 +341,12 @@ def lr_find_cmd(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, 
                 out: Path | None = typer.Option(None, "--out", "-o", help="Folder for lr_find.png.",
                                                 show_default="exports")) -> None:
     """Run fastai's lr_find on the training setup, save the plot and print the suggested learning rate."""
-    from petclf.train import run_lr_find
-
     cfg = _train_config(config, data=data, layout=layout, labels=labels, arch=arch, weights=weights,
                         pretrained=pretrained, bs=bs, size=size,
                         presize=presize, split=split, seed=seed, device=device, recipe=recipe, workers=workers)
+    _check_data(cfg.data)
+    from petclf.train import run_lr_find
+
     found, png = run_lr_find(cfg, out)
     typer.echo(f"suggested lr {found.suggestion:.2e}{' (fallback)' if found.fallback else ''}; plot: {png}")
 
@@ -343,10 +375,14 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
     """Predict breeds for images, in the order given: a species verdict (cat, dog or not a pet) and a breed verdict
     per image. Unreadable images get an error row; exit code 1 if any failed."""
     from petclf.io import check_file_writable, write_atomic
-    from petclf.predict import format_rows, load_model
 
+    if len(paths) == 1 and not any(c in paths[0] for c in "*?[") and not os.path.lexists(paths[0]):
+        fail(f"no such file or folder: {paths[0]}")  # one named photo: a line, not a table with one error row
     if out is not None:
         check_file_writable(out)  # before the work, not after it
+    _check_model(model)
+    from petclf.predict import format_rows, load_model
+
     predictor = load_model(model, backend=_backend(backend, onnx))
     if unsure_below is not None:
         predictor.unsure_below = unsure_below
@@ -370,9 +406,10 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
 def report(model: Path = ModelOpt,
            data: Path | None = typer.Option(None, "--data", "-d", help="Data folder.",
                                             show_default="the one the run recorded"),
-           split: str = typer.Option("valid", "--split", metavar="[valid|test|FILE]",
-                                     help="valid (the run's own split), test (Pets: the official test list; "
-                                          "folders: test/<label>/; csv: rows whose split is test) or a FILE "
+           split: str = typer.Option("valid", "--split", metavar="[valid|test|all|FILE]",
+                                     help="valid (the run's own split), test (Pets: the official test "
+                                          "list; folders: test/<label>/; csv: rows whose split is test), "
+                                          "all (every photo of a new labelled --data folder) or a FILE "
                                           "naming the images."),
            out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.html, report.json and "
                                                                       "figures/.", show_default="MODEL/report"),
@@ -385,6 +422,7 @@ def report(model: Path = ModelOpt,
            labels: Path | None = typer.Option(None, "--labels", help="CSV of file,label for --data (csv layout).",
                                               show_default="the one the run recorded")) -> None:
     """Write the interpretation report: one self-contained HTML page, plus JSON and PNG figures."""
+    _check_model(model)
     from petclf.report import write_report
 
     paths = write_report(model, data=data, split=split, out=out, bs=bs, min_val=min_val, top_k=top_k,
@@ -409,12 +447,16 @@ def serve(model: Path = ModelOpt,
           unsure_below: float | None = UnsureOpt) -> None:
     """Serve the Gradio demo: upload a photo, see the class (Pets: breed, cat or dog), and Grad-CAM (always run by
     torch)."""
-    from petclf.app import main as serve_demo
-    from petclf.app import parse_auth
+    from petclf.address import check_address, parse_auth
 
     if auth is None and os.environ.get("PETCLF_AUTH") == "":
         auth = ""  # click skips an empty variable: refuse it like --auth '' rather than serve without the login
-    serve_demo(model, host=host, port=port, share=share, backend=_backend(backend, onnx), auth=parse_auth(auth),
+    login = parse_auth(auth)
+    check_address(host, port)  # port, address and model first: one line at once, not after Gradio and torch
+    _check_model(model)
+    from petclf.app import main as serve_demo
+
+    serve_demo(model, host=host, port=port, share=share, backend=_backend(backend, onnx), auth=login,
                title=title, unsure_below=unsure_below)
 
 

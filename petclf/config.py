@@ -298,6 +298,13 @@ def resolve_config(config_file: str | Path | None = None, **flags: Any) -> Train
     return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
 
 
+def read_run_config(path: str | Path) -> TrainConfig | None:
+    """The settings a run saved (its config.yaml) as a TrainConfig, checked like any settings file; None when
+    the run has none (no `petclf train`). Read typed, not as a raw dict: `seed: 0` is 0."""
+    path = Path(path)
+    return resolve_config(path) if path.is_file() else None
+
+
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML."""
     path = Path(path)

@@ -31,7 +31,14 @@ from petclf.errors import DataError, ImageError
 from petclf.image import load_rgb
 from petclf.io import is_image_file, reachable, walk_files, write_atomic
 from petclf.labels import label_from_path, pets_groups
-from petclf.layouts import Reading, check_label_clashes, pets_root, read_layout, single_image_classes
+from petclf.layouts import (
+    Reading,
+    check_data_folder,
+    check_label_clashes,
+    pets_root,
+    read_layout,
+    single_image_classes,
+)
 from petclf.text import shown
 
 DATA_DIR = Path("data")  # where downloads land and the default dataset is looked for
@@ -65,11 +72,7 @@ def find_root(data: str | Path | None = None, dest: Path = DATA_DIR) -> Path:
         root = dest / PETS_DIRNAME
         root = root if root.is_dir() else download_pets(dest)
     else:
-        root = Path(data).expanduser()
-        if not root.exists():
-            raise DataError(f"data folder not found: {root}")
-        if not root.is_dir():
-            raise DataError(f"--data must be a folder, not a file: {root}")
+        root = check_data_folder(data)
     return root
 
 
@@ -275,11 +278,17 @@ class Pets:
     valid_idx: list[int]
     report: DataReport
     get_y: Callable = label_from_path  # fastai get_y of the layout: items -> labels
+    valid_is_test: bool = False  # the validation half is a test part (Pets' official list): never trained on
 
     @property
     def vocab(self) -> list[str]:
         """Class names, sorted (Pets: Capitalized cats come before lowercase dogs)."""
         return sorted(set(self.labels))
+
+    @property
+    def fit_idx(self) -> list[int]:
+        """What a recipe that trains on every labelled photo (the probe) trains on: all but a test part."""
+        return list(self.train_idx) if self.valid_is_test else list(range(len(self.items)))
 
 
 def few_image_classes(counts: dict[str, int]) -> list[str]:
@@ -305,7 +314,9 @@ def _verified(reading: Reading, report: DataReport, use_cache: bool, progress) -
 def _split(reading: Reading, items: list[Path], split: str, valid_pct: float,
            seed: int) -> tuple[list[int], list[int], str]:
     """(train, valid, split name): the layout's own split (train/ + valid/, a csv column) unless `split` names
-    another than random, else `split_indices`."""
+    another than random, else `split_indices`; `all`: every photo is the held-out half (new data to judge)."""
+    if split == "all":
+        return [], list(range(len(items))), "all"
     if reading.valid is not None and split in ("random", "test"):
         valid = dict(zip(map(str, reading.items), reading.valid, strict=True))
         flags = [valid[str(p)] for p in items]
@@ -326,11 +337,25 @@ def _single_images_train(labels: list[str], train_idx: list[int], valid_idx: lis
     return sorted([*train_idx, *moved]), [i for i in valid_idx if i not in moved]
 
 
+def _set_aside_test_list(reading: Reading) -> None:
+    """Pets' official test list (annotations/test.txt) is never trained on: its photos leave the reading
+    (listed as not in the split) unless the split is that list itself (`official`)."""
+    ann = annotations_dir(reading.root)
+    if ann is None or not (ann / "test.txt").is_file():
+        return
+    test = set(_read_names(ann / "test.txt"))
+    keep = [i for i, p in enumerate(reading.items) if p.stem not in test]
+    reading.unsplit += [str(p) for p in reading.items if p.stem in test]
+    reading.items, reading.labels = [reading.items[i] for i in keep], [reading.labels[i] for i in keep]
+
+
 def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: float = 0.2, seed: int = 42,
               use_cache: bool = True, progress=None, layout: str = "auto", labels: str | Path | None = None) -> Pets:
     """Find the data, read its layout (`auto`, `pets`, `folders`, or `csv` with `labels`), verify, label and
-    split it; raise `DataError` if training could not go on. `split="test"`: the data's test part (Pets' official
-    list, a folders layout's test/, a csv's test rows) as the validation half, for `report --split test`."""
+    split it; raise `DataError` if training could not go on. A test part (Pets' official list, a folders
+    layout's test/, a csv's test rows) is never in the training half. `split="test"`: that test part as the
+    validation half, for `report --split test`; `split="all"`: every photo (new photos to judge, for
+    `report --split all`)."""
     reading = read_layout(find_root(data), layout, labels, test=split == "test")
     root = reading.root
     if split == "test" and reading.layout == "pets":  # Pets' test part is its official list
@@ -338,6 +363,9 @@ def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: 
         if (ann := annotations_dir(root)) is None or not all((ann / f).is_file() for f in ("test.txt", "trainval.txt")):
             raise DataError("--split test needs the official Pets lists annotations/test.txt and trainval.txt beside "
                             "images/; pass --split valid or a file naming the images instead")
+    elif reading.layout == "pets" and split not in ("official", "all"):
+        _set_aside_test_list(reading)
+    valid_is_test = split in ("official", "test", "all")  # the held-out half is a test part (or new data)
     check_label_clashes(reading.labels)
     report = DataReport(root=str(root), layout=reading.layout, layout_why=reading.why, warnings=reading.warnings,
                         ignored=[str(p) for p in scan_files(root)[1] if p.resolve() != reading.labels_file],
@@ -364,7 +392,7 @@ def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: 
                                                 move=split_name == "random")
     report.split, report.n_images, report.n_train, report.n_valid = (split_name, len(items), len(train_idx),
                                                                      len(valid_idx))
-    if not train_idx or not valid_idx:
+    if (not train_idx and split != "all") or not valid_idx:
         fix = ("add photos: the random split validates valid_pct of them, rounded down" if split_name == "random"
                else "put photos in both parts")
         raise DataError(f"split {split_name!r} leaves {len(train_idx)} training and {len(valid_idx)} validation "
@@ -375,9 +403,9 @@ def load_pets(data: str | Path | None = None, split: str = "random", valid_pct: 
     if missing and own:
         raise DataError(f"the {split_name} split validates class(es) it never trains on: {', '.join(missing)}; "
                         "add training images for them or remove them")
-    if missing:
+    if missing and split != "all":
         report.warnings.append(f"no training images for: {', '.join(missing)}")
-    return Pets(root, items, labels_, train_idx, valid_idx, report, reading.get_y)
+    return Pets(root, items, labels_, train_idx, valid_idx, report, reading.get_y, valid_is_test)
 
 
 def save_examples(pets: Pets, out: Path, n: int = N_EXAMPLES, every: bool = False) -> list[Path]:

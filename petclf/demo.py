@@ -98,8 +98,10 @@ def run_demo(out: str | Path = OUT, epochs: int = EPOCHS, threads: int | None = 
     for name, path in ctx["paths"].items():
         print(f"  {name:<8} {path}")
     if "result" in ctx:
+        from petclf.labels import error_kind
+
         m = ctx["result"].metrics
-        print(f"  error_rate {m['error_rate']:.4f} ({m.get('estimate', 'validation split')}; recipe "
+        print(f"  {error_kind(m)} {m['error_rate']:.4f} ({m.get('estimate', 'validation split')}; recipe "
               f"{m['recipe']['name']})")
         print("next:")
         for cmd in demo_next_commands(ctx["paths"]):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from petclf.errors import DataError
 
@@ -54,6 +55,27 @@ PETS_GROUP_NAME = "species"  # what the second level is called for Pets: cat or 
 def class_noun(group_name: str | None) -> str:
     """What one class is called in words: `breed` for Pets (its groups are species), `class` for other data."""
     return "breed" if group_name == PETS_GROUP_NAME else "class"
+
+
+def plural(noun: str) -> str:
+    """`class` -> `classes`, `breed` -> `breeds`."""
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+
+
+def error_kind(record: dict[str, Any]) -> str:
+    """What a run's recorded error rate is, in words (`record`: a manifest or metrics.json): a probe's
+    cross-validation estimate, or a fine-tuned network's error on its validation split."""
+    recipe = record.get("recipe")
+    estimate = record.get("estimate") or (recipe.get("estimate") if isinstance(recipe, dict) else None)
+    return "cross-validation error" if "cross-validation" in str(estimate or "") else "validation error"
+
+
+def error_name(split: str, split_used: str) -> str:
+    """What the report's error rate is, in words: which photos it was measured on."""
+    if split_used == "out-of-fold":
+        return "cross-validation error"
+    return {"valid": "validation error", "test": "test error", "all": "error on new photos"}.get(
+        split, "error on the named photos")
 
 
 def display_name(label: str) -> str:

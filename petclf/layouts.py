@@ -9,9 +9,10 @@
 
 Layouts (fastai's own conventions): `pets`, labels from `<breed>_<number>.<ext>` file names (`annotations/` gives
 the official split); `folders`, the parent folder is the label (fastai's `parent_label`) and `train/` beside
-`valid/` (or `val/`, `test/`) is the split (fastai's `GrandparentSplitter`); `csv`, `file,label` rows with an
-optional `split` or `is_valid` column, files relative to the data folder (fastai's `from_df`: `ColReader`,
-`ColSplitter`). `auto` picks the one reading that makes sense and refuses a folder that reads two ways.
+`valid/` (or `val/`) is the split (fastai's `GrandparentSplitter`); `csv`, `file,label` rows with an optional
+`split` or `is_valid` column, files relative to the data folder (fastai's `from_df`: `ColReader`,
+`ColSplitter`). A test part (`test/`, `split=test` rows, Pets' `test.txt`) is never trained on. `auto` picks
+the one reading that makes sense and refuses a folder that reads two ways.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from petclf.labels import breed_of, label_from_path
 LAYOUTS = tuple(x.value for x in Layout)  # what --layout takes
 TRAIN_DIR = "train"  # fastai GrandparentSplitter's train_name
 TEST_DIR = "test"  # a folders layout's test part (test/<label>/), a csv split value: what `report --split test` reads
-VALID_DIRS = ("valid", "val", "test")  # validation folder names, the first present wins (the others are set aside)
+VALID_DIRS = ("valid", "val")  # validation folder names, the first present wins; test/ is never trained on
 SPLIT_VALUES = {"train": False, "valid": True, "val": True, "validation": True, "test": True}  # a csv `split` cell
 BOOL_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 SHOWN = 8  # problems listed by name in one error line; the rest are counted
@@ -72,6 +73,17 @@ def _listing(rows: list[str]) -> str:
     return ", ".join(rows[:SHOWN]) + more
 
 
+def check_data_folder(data: str | Path) -> Path:
+    """`data` as a folder path, or one line (`DataError`) when it is missing or a file: cheap, so the command
+    line says it before torch and fastai load."""
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"--data must be a folder, not a file: {root}")
+    return root
+
+
 # ---------------------------------------------------------------------------------------------------- pets
 
 
@@ -93,7 +105,7 @@ def read_pets(root: Path, why: str = "") -> Reading:
 
 
 def _valid_dir(root: Path) -> str | None:
-    """The first of valid/, val/, test/ that exists beside train/."""
+    """The first of valid/, val/ that exists beside train/ (test/ is a test part, set aside)."""
     return next((n for n in VALID_DIRS if (root / n).is_dir()), None)
 
 
@@ -110,8 +122,9 @@ def _class_dirs(tops: list[Path]) -> list[Path]:
 
 def read_folders(root: Path, why: str = "", test: bool = False) -> Reading:
     """`root/<label>/<file>`, or `root/train|valid/<label>/<file>`: the parent folder is the label (fastai's
-    `parent_label`), and train/ + valid/ (or val/, test/) the split (fastai's `GrandparentSplitter`); train/ alone
-    is all training data, split as usual. `test`: test/ is the held-out half instead (for `report --split test`)."""
+    `parent_label`), and train/ + valid/ (or val/) the split (fastai's `GrandparentSplitter`); train/ alone
+    (or beside test/ only) is all training data, split as usual. A test/ is never read for training; `test`:
+    test/ is the held-out half instead (for `report --split test`)."""
     from fastai.data.transforms import GrandparentSplitter, parent_label
 
     split_dirs = _has_split_dirs(root)
@@ -122,7 +135,7 @@ def read_folders(root: Path, why: str = "", test: bool = False) -> Reading:
     in_class = [p.parent != root and p.parent not in tops for p in images]  # else: in no class folder
     items = [p for p, ok in zip(images, in_class, strict=True) if ok]
     unsplit: list[str] = []
-    if split_dirs:  # only what lies in train/ and valid/ is read; the rest (a test/ beside valid/) is set aside
+    if split_dirs:  # only what lies in train/ and valid/ is read; the rest (a test/) is set aside
         train, valid = GrandparentSplitter(TRAIN_DIR, valid_name or "")(items)
         inside = set(map(int, train)) | set(map(int, valid))
         unsplit = [str(p) for i, p in enumerate(items) if i not in inside]
@@ -161,8 +174,8 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
 def _csv_valid(rows: list[tuple[int, dict[str, str]]], col: str, problems: list[str],
                test: bool = False) -> list[bool | None] | None:
     """Each row's split from a `split` (train/valid/test) or `is_valid` (true/false) cell; None: set aside (test
-    rows beside valid ones). `test`: the `test` rows are the held-out half and valid rows are set aside (None when
-    there are no test rows)."""
+    rows: never trained on). `test`: the `test` rows are the held-out half and valid rows are set aside (None
+    when there are no test rows)."""
     table = SPLIT_VALUES if col == "split" else BOOL_VALUES
     bad = [f"line {n}: {r[col]!r}" for n, r in rows if r[col].lower() not in table]
     if bad:
@@ -172,8 +185,7 @@ def _csv_valid(rows: list[tuple[int, dict[str, str]]], col: str, problems: list[
         if col != "split" or TEST_DIR not in values:
             return None
         return [True if v == TEST_DIR else None if table.get(v, False) else False for v in values]
-    has_valid = any(v in ("valid", "val", "validation") for v in values)
-    return [None if col == "split" and v == TEST_DIR and has_valid else table.get(v, False) for v in values]
+    return [None if col == "split" and v == TEST_DIR else table.get(v, False) for v in values]
 
 
 def _csv_problems(rows: list[tuple[int, dict[str, str]]], root: Path) -> list[str]:
@@ -212,8 +224,10 @@ def read_csv(root: Path, labels: str | Path, why: str = "", test: bool = False) 
     valid = _csv_valid(rows, col, problems, test) if col else None
     if problems:
         raise DataError(f"{path.name}: " + "; ".join(problems))
-    aside = {i for i in range(len(rows)) if valid is not None and valid[i] is None}  # test rows beside valid ones
+    aside = {i for i in range(len(rows)) if valid is not None and valid[i] is None}  # test rows
     keep = [i for i in range(len(rows)) if i not in aside]
+    if col == "split" and valid is not None and not any(valid[i] for i in keep):
+        valid, col = None, None  # train (and test) rows only: the rest is split as usual (--split)
     items = [root / rows[i][1]["file"] for i in keep]
     reading = Reading("csv", why or f"labels from {path.name}", root, items, [rows[i][1]["label"] for i in keep],
                       CsvLabels({str(root / r["file"]): r["label"] for _, r in rows}),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from petclf.labels import display_name
+from petclf.labels import display_name, plural
 from petclf.text import PLAIN_TEXT, shown
 
 NOT_RECORDED = "not recorded"
@@ -199,5 +199,6 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
     env.filters.update(num=_fmt, pct=_pct, pct_na=_pct_na, ci=_ci, duration=_duration, pretty=display_name,
                        group_css=lambda c: group_of.get(c) if group_of.get(c) in ("cat", "dog") else "")
     uris = {name: data_uri(png) for name, png in figures.items()}
-    return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED,
-                                                  noun=report["summary"].get("noun", "class"))
+    noun = report["summary"].get("noun", "class")
+    return env.get_template("report.html").render(r=report, fig=uris, not_recorded=NOT_RECORDED, noun=noun,
+                                                  nouns=plural(noun))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.special import softmax
 
-from petclf.bundle import class_groups, display_names, read_manifest, resolve_bundle_dir
+from petclf.bundle import class_groups, display_names, manifest_number, read_manifest, resolve_bundle_dir
 from petclf.config import DEFAULT_MODEL, UNSURE_BELOW, Backend, OutputFormat
 from petclf.errors import ImageError, PetclfError
 from petclf.image import ImageSource
@@ -192,7 +192,7 @@ class Predictor:
         self.detector = detector  # the bundle's not-a-pet detector; None when it has none (or it is off)
         self.open_set = open_set  # the bundle's open-set signals (petclf.openset); None when it has none
         # below this top-class probability the breed answer lists the likely ones; the bundle's own, else the default
-        self.unsure_below = float(manifest.get("unsure_below") or UNSURE_BELOW)
+        self.unsure_below = manifest_number(manifest, "unsure_below", UNSURE_BELOW)
         # the torch network for Grad-CAM: given, or (ONNX backend) a loader called on first use
         self._model = model
         self._model_lock = threading.Lock()
@@ -201,7 +201,7 @@ class Predictor:
         self.display = display_names(manifest)  # {class id: the name people see}
         self.group_name, self.groups = class_groups(manifest)  # ("species", {breed: cat|dog}) for Pets
         self.noun = class_noun(self.group_name)  # what a class is called in words: breed (Pets) or class
-        self.temperature = float(manifest.get("temperature") or 1.0)
+        self.temperature = manifest_number(manifest, "temperature", 1.0)
         self._group_idx = {g: np.array([i for i, c in enumerate(self.classes) if self.groups[c] == g])
                            for g in sorted(set(self.groups.values()))}
 

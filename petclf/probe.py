@@ -345,22 +345,23 @@ def map_pool(net: torch.nn.Module, size: int, n_photos: int) -> torch.nn.Module 
 
 
 def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
-    """The probe recipe: features of every labelled photo (the predictor's pixels at `probe_size`); the head trained
-    on crops of the feature maps with its 5-fold estimate, or where there are no maps to keep, the probe alone (C by
-    CV, nested estimate). The network's Linear gets the head, `oof.json` its out-of-fold predictions. Returns
-    metrics.json's `probe`."""
+    """The probe recipe: features of every labelled photo but a test part (`pets.fit_idx`: the predictor's
+    pixels at `probe_size`); the head trained on crops of the feature maps with its 5-fold estimate, or where
+    there are no maps to keep, the probe alone (C by CV, nested estimate). The network's Linear gets the head,
+    `oof.json` its out-of-fold predictions. Returns metrics.json's `probe`."""
     from petclf.model import norm_stats
     from petclf.preprocess import Preprocess
 
     t0 = time.monotonic()
-    lonely = single_photo_classes(pets.labels)
+    items, labels = [pets.items[i] for i in pets.fit_idx], [pets.labels[i] for i in pets.fit_idx]
+    lonely = single_photo_classes(labels)
     if lonely:
         log(f"warning: {len(lonely)} classes have a single photo ({', '.join(lonely[:5])}); the probe trains on "
             "them, but the cross-validation estimate cannot test them fairly")
     mean, std = norm_stats(cfg.arch)
     net = distributed.unwrap(learn.model).to(learn.dls.device)  # fastai moves it only when fitting
     vocab = list(learn.dls.vocab)
-    y = np.array([vocab.index(label) for label in pets.labels])
+    y = np.array([vocab.index(label) for label in labels])
     pre = Preprocess(cfg.probe_size, cfg.probe_size, tuple(mean), tuple(std))
     pool = map_pool(net.eval(), cfg.probe_size, len(y)) if len(y) else None
     if pool is None:
@@ -368,7 +369,7 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
     quiet = not distributed.is_main()
     with stage(f"probe features ({cfg.probe_size} px)", total=math.ceil(len(y) / FEATURE_BS), kind="features",
                quiet=quiet) as s:
-        x, pooled, maps = probe_features(net, pets.items, pre, tick=s.advance, keep_maps=pool is not None)
+        x, pooled, maps = probe_features(net, items, pre, tick=s.advance, keep_maps=pool is not None)
     feature_seconds = time.monotonic() - t0
     if maps is not None:  # the head on crops; the probe's own C and estimate would change nothing in it: not computed
         with stage(f"head on crops of the maps ({CROP_EPOCHS} epochs; {OUTER_FOLDS}-fold estimate)",
@@ -389,7 +390,7 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
     with torch.no_grad():
         net[1][-1].weight.copy_(torch.from_numpy(head[0]))
         net[1][-1].bias.copy_(torch.from_numpy(head[1]))
-    on_main(save_oof, run_dir, pets.items, vocab, y, oof, est["estimate"])
+    on_main(save_oof, run_dir, items, vocab, y, oof, est["estimate"])
     detector = not_a_pet_detector(pooled, y, len(vocab), run_dir, f"all {len(y)} labelled photos, each scored "
                                   "against class means made without it")
     answers = open_set_answers(net, cfg, pooled, y, oof, vocab, run_dir)

@@ -34,15 +34,15 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.torch_core import TensorBase, noop
 
-from petclf.bundle import class_groups, load_network, read_manifest, resolve_bundle_dir
-from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax
-from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES, UNSURE_BELOW
+from petclf.bundle import class_groups, load_network, manifest_number, read_manifest, resolve_bundle_dir
+from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax, wilson
+from petclf.config import DEFAULT_MODEL, REPORT_BS, REPORT_MIN_VAL, REPORT_TOP_LOSSES, UNSURE_BELOW, TrainConfig
 from petclf.data import Pets, load_pets, make_dataloaders
 from petclf.device import machine_device
 from petclf.errors import PetclfError
 from petclf.image import encode
 from petclf.io import check_writable, write_atomic
-from petclf.labels import class_noun
+from petclf.labels import class_noun, error_kind, error_name
 from petclf.oof import OOF_NOTE, oof_outputs, read_oof
 from petclf.plots import is_number, plot_confusion, plot_history, plot_reliability, png, render_html
 from petclf.progress import bar_unless
@@ -73,28 +73,20 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _read_yaml(path: Path) -> dict | None:
-    """A YAML mapping, or None when it is missing or unreadable."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
 def read_run(model_dir: str | Path) -> dict[str, Any]:
     """The run's artefacts beside the bundle (metrics, config, lr_find plot, data report); None where absent."""
+    from petclf.config import read_run_config
+
     d = Path(model_dir)
     lr_find = d / "lr_find.png"
-    return {"metrics": _read_json(d / "metrics.json"), "config": _read_yaml(d / "config.yaml"),
+    return {"metrics": _read_json(d / "metrics.json"), "config": read_run_config(d / "config.yaml"),
             "lr_find": lr_find if lr_find.is_file() else None, "data_report": _read_json(d / "data_report.json")}
 
 
 def _recorded_data(manifest: dict, run: dict) -> str | None:
     """The data root the run was trained on: config.yaml, else the manifest, else the run's data report."""
-    cands = [(run["config"] or {}).get("data"), manifest.get("data"), (run["data_report"] or {}).get("root")]
+    cfg = run["config"]
+    cands = [cfg and cfg.data, manifest.get("data"), (run["data_report"] or {}).get("root")]
     for c in cands:
         c = c.get("root") if isinstance(c, dict) else c
         if isinstance(c, str) and c:
@@ -102,24 +94,24 @@ def _recorded_data(manifest: dict, run: dict) -> str | None:
     return None
 
 
-def resolve_layout(config: dict | None, data: str | Path | None, labels: str | Path | None) -> tuple[str, str | None]:
+def resolve_layout(config: TrainConfig | None, data: str | Path | None,
+                   labels: str | Path | None) -> tuple[str, str | None]:
     """(layout, labels file) to read the data with: the run's own, unless other data (or labels) are named."""
-    cfg = config or {}
+    cfg = config or TrainConfig()
     own = data is None and labels is None
-    return (str(cfg.get("layout") or "auto") if own else "auto"), (cfg.get("labels") if own else labels)
+    return (cfg.layout if own else "auto"), (cfg.labels if own else labels)
 
 
-def resolve_split(split: str, config: dict | None) -> tuple[str, float, int]:
-    """`valid` -> the run's own split, `test` -> the data's test part (Pets: the official list), FILE -> that list:
-    (split, valid_pct, seed)."""
-    cfg = config or {}
-    if split == "valid":
-        return str(cfg.get("split") or "random"), float(cfg.get("valid_pct") or 0.2), int(cfg.get("seed") or 42)
-    if split == "test":
-        return "test", 0.2, 42
+def resolve_split(split: str, config: TrainConfig | None) -> tuple[str, float, int]:
+    """`valid`: the run's own split; `test`: the data's test part (Pets: the official list); `all`: every
+    labelled photo (new data), FILE -> that list: (split, valid_pct, seed)."""
+    cfg = config or TrainConfig()  # a bundle made without `petclf train`: the defaults it would have had
+    if split in ("valid", "test", "all"):
+        return (cfg.split if split == "valid" else split), cfg.valid_pct, cfg.seed
     if not Path(split).is_file():
-        raise ReportError(f"--split must be valid, test or a file naming the images to evaluate; not found: {split}")
-    return split, 0.2, 42
+        raise ReportError(f"--split must be valid, test, all or a file naming the images to evaluate; not "
+                          f"found: {split}")
+    return split, cfg.valid_pct, cfg.seed
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -214,16 +206,20 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     run = read_run(model_dir)
     split_used, valid_pct, seed = resolve_split(split, run["config"])
     layout, labels = resolve_layout(run["config"], data, labels)
-    data = data if data is not None else _recorded_data(manifest, run)
+    data = _data_to_judge(split, data, manifest, run)
     with bar_unless(not progress, "verifying images") as report_progress:
         pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress,
                          layout=layout, labels=labels)
     split_used = pets.report.split if split == "test" else split_used  # as the data read it: official, test/, ...
-    learn = make_learner(model_dir, pets, bs=bs, device=device, workers=workers)
-    oof = read_oof(model_dir) if split == "valid" else None
-    if oof is not None:  # a probe run trained on every photo: judge it by its out-of-fold predictions instead
+    oof = read_oof(model_dir) if split == "valid" and not pets.valid_is_test else None
+    every = list(range(len(pets.items)))
+    # fastai builds no DataLoaders without training items: new data (`all`) is loaded on a stand-in split
+    stand_in = replace(pets, train_idx=every[1:], valid_idx=every[:1]) if split == "all" else pets
+    learn = make_learner(model_dir, stand_in, bs=bs, device=device, workers=workers)
+    # every photo is judged: by the model (new data), or by the out-of-fold outputs (a probe trained on each)
+    if oof is not None or split == "all":
         learn.dls.loaders[1] = learn.dls.test_dl(pets.items, with_labels=True)
-        every = list(range(len(pets.items)))
+    if oof is not None:
         pets, split_used = replace(pets, train_idx=every, valid_idx=every), "out-of-fold"
     start = time.perf_counter()
     if oof is not None:
@@ -236,6 +232,17 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
                       logits, targs, losses, seconds)
 
 
+def _data_to_judge(split: str, data: str | Path | None, manifest: dict, run: dict) -> str | Path | None:
+    """The data folder to evaluate: `data`, else the one the run recorded; `--split all` only on other data
+    (every photo of the run's own data includes the ones it trained on)."""
+    own = _recorded_data(manifest, run)
+    same = data is not None and own and Path(data).expanduser().resolve() == Path(own).resolve()
+    if split == "all" and (data is None or same):
+        raise ReportError("--split all judges every photo of a new labelled folder: pass --data FOLDER with "
+                          "photos the model never trained on (the run's own data: --split valid or test)")
+    return data if data is not None else own
+
+
 def _oof_outputs(oof: dict, items: list[Path]) -> tuple[np.ndarray, ...]:
     """The run's out-of-fold outputs for `items`; one line when the data gained photos since training."""
     try:
@@ -246,16 +253,6 @@ def _oof_outputs(oof: dict, items: list[Path]) -> tuple[np.ndarray, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------- numbers
-
-
-def wilson(k: int, n: int) -> list[float] | None:
-    """The 95 % Wilson score interval [low, high] of a rate k / n (scipy's binomtest), None when n is 0."""
-    if n == 0:
-        return None
-    from scipy.stats import binomtest
-
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
-    return [float(ci.low), float(ci.high)]
 
 
 class _Interpretation(ClassificationInterpretation):
@@ -299,10 +296,10 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
     n, classes = len(ev.targs), ev.classes
     group_name, groups = group_list(ev.manifest)
     preds = ev.logits.argmax(1)
-    k = min(5, len(classes))
+    k = min(5, len(classes) - 1)  # top-k says something only for k < the number of classes (and k > 1)
     metrics = ev.run["metrics"]
     acc = float(np.trace(cm) / n)
-    top5 = int((np.argsort(-ev.logits, axis=1)[:, :k] == ev.targs[:, None]).any(1).sum())
+    top5 = int((np.argsort(-ev.logits, axis=1)[:, :k] == ev.targs[:, None]).any(1).sum()) if k > 1 else None
     same = int((np.array(groups)[preds] == np.array(groups)[ev.targs]).sum()) if groups else None
     return {"arch": ev.manifest["arch"], "model_dir": str(ev.model_dir), "data": str(ev.pets.root),
             "layout": ev.pets.report.layout, "noun": class_noun(group_name),
@@ -310,7 +307,10 @@ def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
             "n_images": ev.pets.report.n_images, "n_train": len(ev.pets.train_idx), "n_evaluated": n,
             "input_size": ev.manifest["input"]["size"],
             "accuracy": acc, "error_rate": 1.0 - acc, "error_rate_ci": wilson(n - int(np.trace(cm)), n),
-            "top5_k": k, "top5_accuracy": top5 / n, "top5_accuracy_ci": wilson(top5, n),
+            "error_name": error_name(ev.split, ev.split_used),
+            "recorded_error_name": error_kind(metrics) if metrics else None,
+            "top5_k": k if k > 1 else None, "top5_accuracy": top5 / n if k > 1 else None,
+            "top5_accuracy_ci": wilson(top5, n) if k > 1 else None,
             "group_name": group_name, "group_accuracy": same / n if groups else None,
             "group_accuracy_ci": wilson(same, n) if groups else None,
             "valid_loss": float(ev.losses.mean()),
@@ -329,9 +329,13 @@ def _agrees(metrics: dict | None, error_rate: float, n: int) -> bool | None:
 def training(run: dict) -> dict[str, Any]:
     """What the run recorded about training: per-epoch history, learning rate, lr_find; None where not recorded."""
     m = run["metrics"] or {}
+    lr_find_s = (m.get("lr_find") or {}).get("seconds")
+    fit_s = m.get("train_seconds")
     return {"metrics_recorded": run["metrics"] is not None, "history": m.get("history") or None, "lr": m.get("lr"),
             "lr_find": m.get("lr_find"), "lr_find_plot": run["lr_find"] is not None,
-            "train_seconds": m.get("train_seconds"), "config": run["config"], "recipe": m.get("recipe"),
+            "train_seconds": fit_s + (lr_find_s or 0.0) if fit_s is not None else None, "fit_seconds": fit_s,
+            "lr_find_seconds": lr_find_s,
+            "config": run["config"] and run["config"].to_dict(), "recipe": m.get("recipe"),
             "probe": m.get("probe")}
 
 
@@ -410,7 +414,7 @@ def per_class(ev: Evaluation) -> dict[str, Any]:
 def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
     """ECE and NLL before and after the bundle's temperature (fitted at the end of training on the validation split,
     cross-validated there, and kept only when it helped); the report never refits it nor writes into the model."""
-    t = float(ev.manifest.get("temperature") or 1.0)
+    t = manifest_number(ev.manifest, "temperature", 1.0)
     recorded = (ev.run["metrics"] or {}).get("calibration") or ev.manifest.get("calibration")
     before, after = softmax(ev.logits, axis=1), softmax(ev.logits / t, axis=1)
     return {"n_bins": n_bins, "temperature": t, "recorded": recorded,
@@ -422,19 +426,19 @@ def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
             "bins_after": reliability_bins(after, ev.targs, n_bins)}
 
 
-def answers(ev: Evaluation) -> dict[str, Any]:
-    """How the evaluated photos were answered at the bundle's temperature and sure threshold (`verdict`)."""
+def answers(ev: Evaluation, probs: np.ndarray) -> dict[str, Any]:
+    """How the evaluated photos were answered from their calibrated `probs` at the bundle's sure threshold."""
     from petclf.verdict import held_out_answers
 
-    t = float(ev.manifest.get("temperature") or 1.0)
-    return held_out_answers(softmax(ev.logits / t, axis=1), ev.targs, group_list(ev.manifest)[1],
-                            float(ev.manifest.get("unsure_below") or UNSURE_BELOW))
+    sure = manifest_number(ev.manifest, "unsure_below", UNSURE_BELOW)
+    return held_out_answers(probs, ev.targs, group_list(ev.manifest)[1], sure)
 
 
 def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
     """Images whose label is likely wrong, by confident learning (cleanlab's `find_label_issues`, Northcutt et al.):
     a per-class confidence threshold learnt from the split itself, rather than "the model was very wrong", which
-    lists the model's own mistakes. Needs out-of-sample probabilities: images the model was not trained on."""
+    lists the model's own mistakes. Needs out-of-sample probabilities: images the model was not trained on.
+    Found on the raw outputs; each entry shows `probs` (the calibrated ones)."""
     import warnings
 
     from cleanlab.filter import find_label_issues
@@ -443,7 +447,8 @@ def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
     if len(present) < 2:
         return []
     column = {c: j for j, c in enumerate(present)}  # classes absent from the split cannot be anyone's label here
-    p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
+    raw = softmax(ev.logits, axis=1)  # the finder was checked on the network's own outputs (T = 1)
+    p = raw[:, present] / raw[:, present].sum(1, keepdims=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "too few examples in class ...": the report says the split is small
         idx = find_label_issues(np.array([column[t] for t in ev.targs]), p, return_indices_ranked_by="self_confidence")
@@ -471,16 +476,20 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -
     """Every number of the report, as plain JSON-ready data."""
     interp = interpretation(ev)
     cm = interp.confusion_matrix()
-    probs = softmax(ev.logits, axis=1)
+    t = manifest_number(ev.manifest, "temperature", 1.0)
+    probs = softmax(ev.logits / t, axis=1)  # calibrated, as predict and the demo show them
     n = len(ev.targs)
+    read = ev.split_used == "out-of-fold"  # no forward pass: the run's out-of-fold outputs were read
     return {"petclf_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "summary": summary(ev, cm), "training": training(ev.run),
             "confusion": confusion(cm, ev.classes, *group_list(ev.manifest)),
             "most_confused": most_confused(interp, ev, min_val), "min_val": min_val,
             "top_losses": top_losses(interp, ev, probs, top_k), "per_class": per_class(ev),
-            "calibration": calibration(ev), "answers": answers(ev), "data_quality": data_quality(ev, probs),
-            "timing": {"device": str(ev.learn.dls.device), "images": n, "inference_seconds": ev.seconds,
-                       "images_per_second": n / ev.seconds if ev.seconds > 0 else None}}
+            "calibration": calibration(ev), "answers": answers(ev, probs), "data_quality": data_quality(ev, probs),
+            "probability_temperature": t,
+            "timing": {"device": str(ev.learn.dls.device), "images": n, "read_out_of_fold": read,
+                       "inference_seconds": None if read else ev.seconds,
+                       "images_per_second": n / ev.seconds if ev.seconds > 0 and not read else None}}
 
 
 # ---------------------------------------------------------------------------------------------------- figures

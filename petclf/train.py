@@ -44,6 +44,7 @@ from petclf.config import EXPORTS, UNSURE_BELOW, TrainConfig, save_config
 from petclf.device import Compute, available_cores, resolve_compute
 from petclf.errors import as_typed
 from petclf.io import atomic_path, write_atomic
+from petclf.labels import error_kind
 from petclf.lrfind import LRFind, lr_find, lr_find_steps, plot_lr_find
 from petclf.oof import read_oof
 from petclf.probe import not_a_pet_detector, open_set_entry, pooled_features, run_probe
@@ -301,7 +302,7 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
     mean, std = norm_stats(cfg.arch)
     group_name, groups = run_groups(cfg, list(learn.dls.vocab))
     probe = metrics["recipe"]["name"] == "probe"
-    sizes = ({"train": len(pets.items), "valid": 0} if probe
+    sizes = ({"train": len(pets.fit_idx), "valid": 0} if probe
              else {"train": len(pets.train_idx), "valid": len(pets.valid_idx)})
     extra = {"metrics": {k: metrics[k] for k in ("error_rate", "accuracy", "valid_loss")},
              "trained_at": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -403,7 +404,8 @@ def describe(cfg: TrainConfig, compute: Compute, recipe: str, pets) -> str:
     n = distributed.world_size()
     procs = (f"; {n} processes, batch {cfg.bs} per process = {n * cfg.bs} global, LR not scaled"
              if n > 1 and recipe != "probe" else "")
-    images = (f"{len(pets.items)} images, all training the probe at {cfg.probe_size} px" if recipe == "probe"
+    images = (f"{len(pets.fit_idx)} images, all training the probe at {cfg.probe_size} px"
+              if recipe == "probe"
               else f"{len(pets.train_idx)} train / {len(pets.valid_idx)} valid images")
     return (f"device {device} ({precision}{layout}{threads}); {cfg.arch} from {weights}; recipe {recipe}; "
             f"{images}, {len(pets.vocab)} classes{procs}")
@@ -457,7 +459,7 @@ def start(cfg: TrainConfig, compute: Compute, pets, run_dir: Path) -> tuple[Any,
     clock = current_clock()
     if clock is not None:
         done = len(ckpt["state"]["history"]) if ckpt else 0
-        plan_run(clock, learn, cfg, recipe, done, len(pets.items))
+        plan_run(clock, learn, cfg, recipe, done, len(pets.fit_idx))
     if ckpt:
         state, opt_state = restore(learn, ckpt)
         log(f"resuming {run_dir} at epoch {len(state.history) + 1} ({len(state.history)} epochs done)")
@@ -574,8 +576,9 @@ def train_summary(result: TrainResult, cmd: str = "petclf") -> str:
     cal = m.get("calibration") or {}
     scaled = (f", {cal['cv_nll_after']:.4f} at the shipped temperature {cal['temperature']:.2f}" if cal.get("kept")
               else "")  # the loss the predictions have: a probe head's raw logits are small (T ~ 0.25)
-    lines = [f"error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}"
-             f"{scaled} ({how})",
+    lines = [f"{error_kind(m)} {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  "
+             f"loss {m['valid_loss']:.4f}{scaled} ({how})",
+             *([f"warning: {cal['not_possible']}"] if cal.get("not_possible") else []),
              f"run folder: {run_dir} ({', '.join(made)}){points}",
              "next:", *(f"  {c}" for c in next_commands(run_dir, cmd))]
     return "\n".join(lines)

@@ -72,11 +72,11 @@ def sure_group(group_probs: dict[str, float], unsure_below: float) -> tuple[str 
 
 def likely_classes(probs: dict[str, float], groups: dict[str, str], species: str | None) -> list[tuple[str, float]]:
     """The two or three likely classes, most likely first; only those of `species` when the model is sure of it
-    (so the list never contradicts the species answer)."""
+    (so the list never contradicts the species answer); none that rounds to 0 % but the first."""
     ranked = [(c, p) for c, p in probs.items() if species is None or groups.get(c) == species]
     ranked.sort(key=lambda cp: -cp[1])
     keep = ranked[:2] + [cp for cp in ranked[2:LIKELY_MAX] if cp[1] >= LIKELY_MIN_PROB]
-    return keep
+    return keep[:1] + [cp for cp in keep[1:] if percent(cp[1]) != percent(0.0)]  # never a "0 %" likely class
 
 
 def plural(noun: str) -> str:

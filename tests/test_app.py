@@ -99,6 +99,28 @@ def test_model_card_and_verdict(predictor):
     assert verdict(sure) == "**Cat, 95 %**  \n**Breed:** Bengal, 90 %"
 
 
+def test_the_model_card_names_its_error_and_says_when_calibration_was_not_possible(predictor):
+    from petclf.calibrate import choose_temperature
+
+    probe = {**predictor.manifest, "metrics": {"error_rate": 0.0919},
+             "recipe": {"name": "probe", "estimate": "5-fold cross-validation"}}
+    card = model_card(probe)
+    assert "| Cross-validation error | 9.19% |" in card and "Validation error" not in card
+    fastbook = {**predictor.manifest, "metrics": {"error_rate": 0.0725}, "recipe": {"name": "fastbook"}}
+    assert "| Validation error | 7.25% |" in model_card(fastbook)
+    targs = np.arange(40) % 4
+    cal = choose_temperature(np.eye(4)[targs] + 0.01, targs)  # every held-out image right: the fit hits T_MIN
+    card = model_card({**predictor.manifest, "temperature": cal["temperature"], "calibration": cal})
+    assert "| Temperature | 1 (calibration was not possible:" in card
+
+
+def test_an_unsure_answer_lists_no_class_at_0_percent():
+    """The Arctic fox once got "British Shorthair 49 % or Russian Blue 0 %"."""
+    probs = {"British_Shorthair": 0.49, "Russian_Blue": 0.004, "beagle": 0.505}
+    v = pets_verdict(probs, {"cat": 0.51, "dog": 0.49})
+    assert v.likely == [("British_Shorthair", 0.49)] and "0 %" not in v.breed_text and not v.breed_sure
+
+
 def test_a_sure_species_and_an_unsure_breed_is_never_not_a_cat_or_a_dog():
     """The Russian Blue of issue 12: breed 40 %, cat 96 %, once said 'Not sure this is a cat or a dog'."""
     v = pets_verdict({"Russian_Blue": 0.40, "Egyptian_Mau": 0.28, "British_Shorthair": 0.12, "beagle": 0.02},

@@ -67,3 +67,18 @@ def test_choose_temperature_refuses_one_that_only_fits_the_images_it_was_fitted_
     assert cal["fitted"] != 1.0  # a fit on all 40 finds "something"
     assert not cal["kept"] and cal["temperature"] == 1.0
     assert cal["cv_nll_after"] >= cal["cv_nll_before"]
+
+
+def test_a_temperature_at_the_search_bound_is_not_shipped_as_if_fitted():
+    """Every held-out output right (a cross-validation error of 0): the NLL falls as T shrinks, the fit runs
+    to T_MIN and every answer would read 100 %. T = 1 is shipped instead, and the record says calibration was
+    not possible."""
+    from petclf.calibrate import T_MIN
+
+    rng = np.random.default_rng(0)
+    targs = rng.integers(0, 5, 100)
+    logits = rng.normal(0, 0.1, (100, 5))
+    logits[np.arange(100), targs] += 1.0  # right every time, by a small margin (a probe head's raw logits)
+    cal = choose_temperature(logits, targs)
+    assert cal["fitted"] == pytest.approx(T_MIN, rel=1e-3)
+    assert not cal["kept"] and cal["temperature"] == 1.0 and "not possible" in cal["not_possible"]

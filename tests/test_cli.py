@@ -63,6 +63,40 @@ def test_one_class_is_refused_with_exit_2(tmp_path):
     assert out.returncode == 2 and "one class" in out.stderr
 
 
+HEAVY = ("torch", "fastai", "timm", "gradio")  # what a plain mistake must not wait for
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train", "--data", "{tmp}/missing"], "data folder not found"),
+    (["lr-find", "--data", "{tmp}/missing"], "data folder not found"),
+    (["serve", "--model", "{tmp}/missing"], "no model at"),
+    (["report", "--model", "{tmp}"], "is not a petclf model folder"),
+    (["predict", "{tmp}/photo.jpg", "--model", "{tmp}/missing"], "no such file or folder"),
+    (["serve", "--port", "99999", "--model", "{tmp}/missing"], "is not a valid port"),
+])
+def test_plain_mistakes_are_one_line_exit_2_before_torch_loads(args, says, tmp_path):
+    """Checked before torch, fastai or Gradio load (they took ~10 s idle, a minute under load, to say it): the
+    child's own import log (-X importtime) shows none of them; timings: benchmarks/bench_cold_errors.py."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-X", "importtime", "-m", "petclf", *(a.format(tmp=tmp_path) for a in args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    log = out.stderr.splitlines()
+    imported = {ln.rsplit("|", 1)[-1].strip() for ln in log if ln.startswith("import time:")}
+    said = [ln for ln in log if not ln.startswith("import time:")]
+    assert out.returncode == 2 and len(said) == 1 and said[0].startswith("error: ") and says in said[0], said
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+
+def test_a_single_missing_photo_is_one_line_but_a_folder_keeps_its_error_rows(tiny_run, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "bad.jpg").write_bytes(b"not an image")
+    one = run("predict", str(tmp_path / "gone.jpg"), "--model", str(tiny_run.run_dir))
+    assert one.returncode == 2
+    assert one.stderr.strip() == f"error: no such file or folder: {tmp_path / 'gone.jpg'}"
+    rows = run("predict", str(tmp_path / "photos"), "--model", str(tiny_run.run_dir), "-f", "csv")
+    assert rows.returncode == 1 and "bad.jpg" in rows.stdout and "0 predicted, 1 failed" in rows.stderr
+
+
 def test_bad_usage_exits_2():
     assert run("data", "check", "--no-such-flag").returncode == 2
     assert run("data", "synth", "/tmp/x", "--classes", "99").returncode == 2

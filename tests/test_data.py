@@ -113,6 +113,21 @@ def test_official_split_reads_annotations_and_drops_unlisted_images(tmp_path):
     assert [Path(p).stem for p in pets.report.unsplit] == [stems[9]]
 
 
+def test_pets_official_test_list_is_never_trained_on(tmp_path):
+    """The random split draws from trainval only (test.txt's photos are set aside); `official` validates
+    on the test list, and a recipe that trains on every photo (the probe: `fit_idx`) uses the train half."""
+    images = tmp_path / "images"
+    synth_pets(images, n_classes=2, per_class=10, size=16)
+    stems = sorted(p.stem for p in images.iterdir())
+    test, trainval = stems[::4], [s for s in stems if s not in stems[::4]]
+    _write_annotations(tmp_path, test, trainval)
+    pets = D.load_pets(tmp_path, split="random")
+    assert sorted(p.stem for p in pets.items) == trainval and not pets.valid_is_test
+    assert sorted(Path(p).stem for p in pets.report.unsplit) == test
+    official = D.load_pets(tmp_path, split="official")
+    assert official.valid_is_test and sorted(official.items[i].stem for i in official.fit_idx) == trainval
+
+
 def test_official_split_without_annotations_is_a_clear_error(synth_dir):
     with pytest.raises(DataError, match="annotations"):
         D.load_pets(synth_dir, split="official")

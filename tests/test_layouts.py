@@ -73,6 +73,28 @@ def test_val_or_test_folder_is_the_validation_half_and_a_test_beside_valid_is_se
     assert all("/test/" in p for p in pets.report.unsplit)
 
 
+def test_a_test_part_is_never_in_training_data_even_without_a_validation_part(tmp_path):
+    """test/ beside train/ alone, or csv rows train/test only: the test photos are set aside (every recipe
+    trains on what the data layer gives it, the probe on all of it) and the rest is split as --split says."""
+    root = _folders(_folders(tmp_path / "f", {"x": 5, "y": 5}, "train"), {"x": 2, "y": 2}, "test")
+    pets = D.load_pets(root)
+    assert len(pets.items) == 10 and not any("test" in p.parts for p in pets.items)
+    assert pets.report.split == "random" and len(pets.report.unsplit) == 4 and not pets.valid_is_test
+    assert pets.fit_idx == list(range(10))
+    for k in range(12):
+        _img(tmp_path / "c" / f"p{k}.png")
+    halves = ["train"] * 9 + ["test"] * 3
+    rows = "".join(f"p{k}.png,{'AB'[k % 2]},{h}\n" for k, h in enumerate(halves))
+    _csv(tmp_path / "c", "file,label,split\n" + rows)
+    pets = D.load_pets(tmp_path / "c")
+    assert sorted(p.name for p in pets.items) == sorted(f"p{k}.png" for k in range(9))
+    assert pets.report.split == "random" and sorted(Path(p).name for p in pets.report.unsplit) == \
+        ["p10.png", "p11.png", "p9.png"]
+    tested = D.load_pets(tmp_path / "c", split="test")
+    assert sorted(tested.items[i].name for i in tested.valid_idx) == ["p10.png", "p11.png", "p9.png"]
+    assert tested.valid_is_test and tested.fit_idx == tested.train_idx
+
+
 def test_split_test_reads_the_test_part_of_folders_and_csv_and_refuses_data_without_one(tmp_path):
     root = _folders(tmp_path / "f", {"x": 3, "y": 3}, "train")
     _folders(_folders(root, {"x": 1, "y": 1}, "valid"), {"x": 2, "y": 2}, "test")
@@ -83,7 +105,8 @@ def test_split_test_reads_the_test_part_of_folders_and_csv_and_refuses_data_with
     for k in range(6):
         _img(tmp_path / "c" / f"p{k}.png")
     halves = ["train", "train", "valid", "valid", "test", "test"]
-    _csv(tmp_path / "c", "file,label,split\n" + "".join(f"p{k}.png,{'AB'[k % 2]},{h}\n" for k, h in enumerate(halves)))
+    rows = "".join(f"p{k}.png,{'AB'[k % 2]},{h}\n" for k, h in enumerate(halves))
+    _csv(tmp_path / "c", "file,label,split\n" + rows)
     pets = D.load_pets(tmp_path / "c", split="test")
     assert sorted(pets.items[i].name for i in pets.valid_idx) == ["p4.png", "p5.png"] and len(pets.train_idx) == 2
     for no_test in (_folders(tmp_path / "n", {"x": 3, "y": 3}), _folders(tmp_path / "v", {"x": 3, "y": 3}, "train")):
@@ -232,6 +255,8 @@ def test_cli_data_check_says_the_layout_and_refuses_bad_input_in_one_line(cli, t
     assert out.exit_code == 0, out.output
     assert "layout folders: 3 class folders" in out.output and "Crème brûlée" in out.output
     assert "species" not in out.output  # no groups: no species column
+    assert "split random: 12 train, 3 valid" in out.output  # what fastbook would use; the probe uses none:
+    assert "the probe: it uses no split but all 15 photos, and estimates its error by k-fold" in out.output
     _folders(tmp_path / "mine", {"crème brûlée": 2})
     bad = cli("data", "check", "--data", tmp_path / "mine")
     assert bad.exit_code == 2 and "case or Unicode" in bad.output and "Traceback" not in bad.output

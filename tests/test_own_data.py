@@ -218,3 +218,27 @@ def test_petclf_demo_and_lr_find_on_a_users_own_layouts(cli, tmp_path, monkeypat
               "--bs", "8", "--size", SIZE, "--presize", PRESIZE, "--workers", "0", "--out", tmp_path / "lr")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "lr" / "lr_find.png").is_file() and f"{CLASSES} classes" in res.output
+
+
+@pytest.mark.slow
+def test_a_test_folder_is_never_trained_on_and_report_split_test_predicts_it(cli, tmp_path):
+    """train/ + test/ and no valid/: the probe trains and cross-validates on train/ alone (oof.json lists no
+    test photo), and `report --split test` predicts the test photos with the model (no out-of-fold lookup)."""
+    data, run = tmp_path / "tt", tmp_path / "runs" / "tt"
+    synth_data(data, "folders", n_classes=CLASSES, per_class=PER_CLASS, size=SIZE, split_dirs=True)
+    (data / "valid").rename(data / "test")
+    n_train, n_test = (sum(1 for p in (data / h).rglob("*.jpg")) for h in ("train", "test"))
+    res = cli("train", "--data", data, *TINY, "--out", run, "--recipe", "probe",
+              "--config", _settings(tmp_path, probe_size=SIZE))
+    assert res.exit_code == 0, res.output
+    oof = json.loads((run / "oof.json").read_text())
+    assert len(oof["files"]) == n_train and not any("/test/" in f for f in oof["files"])
+    assert json.loads((run / "model.json").read_text())["data"]["sizes"]["train"] == n_train
+    rep = cli("report", "--model", run, "--split", "test", "--out", tmp_path / "test-report")
+    assert rep.exit_code == 0, rep.output
+    report = json.loads((tmp_path / "test-report" / "report.json").read_text())
+    s = report["summary"]
+    assert s["split_used"] == "folders train/ + test/" and s["note"] is None
+    assert (s["n_train"], s["n_evaluated"]) == (n_train, n_test)
+    assert report["timing"]["inference_seconds"] > 0 and report["timing"]["images_per_second"] is not None
+    assert all("/test/" in e["path"] for e in report["top_losses"])

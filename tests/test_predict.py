@@ -226,6 +226,15 @@ def test_unsure_below_lists_the_likely_breeds(cli, run_dir, photo_tree, predicto
     assert res.exit_code == 2 and "--unsure-below" in res.output
 
 
+def test_a_bundles_unsure_below_of_zero_is_kept_not_replaced_by_the_default(run_dir, tmp_path):
+    """0 means "never unsure": read back as 0, not as a missing value (`or default` turned it into 0.5)."""
+    copy = tmp_path / "never-unsure"
+    shutil.copytree(run_dir, copy)
+    manifest = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**manifest, "unsure_below": 0.0}))
+    assert load_model(copy, backend="torch").unsure_below == 0.0
+
+
 # ---------------------------------------------------------------------------------------------------- bad inputs
 
 

@@ -118,8 +118,55 @@ def test_report_numbers_agree_with_each_other_and_with_metrics_json(full_report,
     top = r["top_losses"]
     assert len(top) == min(9, n_valid)
     assert [t["loss"] for t in top] == sorted((t["loss"] for t in top), reverse=True)
-    for t in top:
-        assert t["loss"] == pytest.approx(-math.log(t["actual_probability"]), rel=1e-3)
+    if r["probability_temperature"] == 1:  # the loss is the network's own (T = 1), the probabilities not
+        for t in top:
+            assert t["loss"] == pytest.approx(-math.log(t["actual_probability"]), rel=1e-3)
+
+
+@pytest.mark.slow
+def test_report_probabilities_are_the_calibrated_ones_predict_shows(tiny_run, synth_dir, tmp_path):
+    """One set of numbers: the top losses' probabilities are softmax(logits / T) with the bundle's T, as
+    predict and the demo show them (they once were the raw T = 1 ones), and the page says so."""
+    from petclf.predict import load_model
+    from petclf.report import write_report
+
+    run = copy_run(tiny_run, tmp_path, synth_dir)
+    manifest = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**manifest, "temperature": 2.5}))
+    paths = write_report(run, out=tmp_path / "out", workers=0)
+    r = json.loads(paths["json"].read_text())
+    predictor = load_model(run, backend="torch")
+    assert r["probability_temperature"] == predictor.temperature == 2.5
+    for t in r["top_losses"][:3]:
+        probs = dict(predictor.topk(t["path"], len(predictor.classes)))
+        assert probs[t["predicted"]] == pytest.approx(t["probability"], abs=2e-3)
+        assert probs[t["actual"]] == pytest.approx(t["actual_probability"], abs=2e-3)
+    assert "calibrated with the bundle's temperature (T = 2.5)" in " ".join(paths["html"].read_text().split())
+
+
+def test_top_k_accuracy_only_below_the_number_of_classes_and_each_error_says_what_it_is():
+    """"top-2 accuracy" on a 2-class model is always 100 %: not shown. The error's name says which photos."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from petclf.labels import error_name, plural
+    from petclf.report import summary
+
+    for c, k in ((2, None), (3, 2), (10, 5)):
+        targs = np.arange(20) % c
+        probs = np.full((20, c), 0.1 / (c - 1))
+        probs[np.arange(20), targs] = 0.9
+        pets = SimpleNamespace(root=".", report=SimpleNamespace(layout="pets", n_images=20), train_idx=[])
+        cm = np.zeros((c, c), int)
+        np.add.at(cm, (targs, probs.argmax(1)), 1)
+        s = summary(replace(_evaluation(probs, targs), pets=pets), cm)
+        assert s["top5_k"] == k and (s["top5_accuracy"] is None) == (k is None)
+        assert s["error_name"] == "validation error"
+    asked = (("valid", "out-of-fold"), ("test", "folders train/ + test/"), ("all", "all"),
+             ("valid", "random"), ("names.txt", "names.txt"))
+    assert [error_name(*a) for a in asked] == ["cross-validation error", "test error", "error on new photos",
+                                               "validation error", "error on the named photos"]
+    assert (plural("class"), plural("breed")) == ("classes", "breeds")
 
 
 @pytest.mark.slow
@@ -258,7 +305,8 @@ def test_confident_learning_lists_wrong_labels_not_the_models_mistakes():
 
 
 def test_rates_come_with_wilson_intervals_and_absent_classes_are_na():
-    from petclf.report import per_class, wilson
+    from petclf.calibrate import wilson
+    from petclf.report import per_class
 
     lo, hi = wilson(12, 74)  # the issue's real run: 12 errors in 74 images
     assert 0.09 < lo < 0.10 and 0.26 < hi < 0.27 and wilson(0, 0) is None
@@ -269,6 +317,41 @@ def test_rates_come_with_wilson_intervals_and_absent_classes_are_na():
     assert rows["breed0"]["small"] and not rows["breed1"]["small"]
     assert rows["breed0"]["recall"] == pytest.approx(2 / 3) and rows["breed0"]["recall_ci"] == wilson(2, 3)
     assert rows["breed1"]["precision"] == pytest.approx(5 / 6)
+
+
+def test_a_seed_0_run_is_judged_on_its_own_validation_photos(synth_dir, tmp_path):
+    """The run's config is read typed: `seed: 0` is 0, not "unset, so 42" (the report once judged a --seed 0
+    run on the seed-42 split, 14 of its 16 images from the run's own training half)."""
+    from conftest import tiny_config
+
+    from petclf.data import load_pets
+    from petclf.report import evaluate
+    from petclf.train import train
+
+    run = train(tiny_config(synth_dir, tmp_path / "run", seed=0, epochs=1), latest=False).run_dir
+    own, other = load_pets(synth_dir, seed=0), load_pets(synth_dir, seed=42)
+    assert own.valid_idx != other.valid_idx  # else the test could not tell the two apart
+    ev = evaluate(run, workers=0)
+    assert sorted(map(str, ev.items)) == sorted(str(own.items[i]) for i in own.valid_idx)
+    assert not {str(p) for p in ev.items} & {str(own.items[i]) for i in own.train_idx}
+
+
+@pytest.mark.slow
+def test_report_split_all_judges_every_photo_of_a_new_labelled_folder(cli, tiny_run, tmp_path):
+    """A new folder of the model's classes: every photo is evaluated (it once said "leaves 0 training and 185
+    validation images"); on the run's own data `--split all` would judge training photos, so it is refused."""
+    from petclf.synth import synth_pets
+
+    new = tmp_path / "new"
+    synth_pets(new, n_classes=4, per_class=5, size=64, seed=9)
+    res = cli("report", "--model", tiny_run.run_dir, "--data", new, "--split", "all", "-o", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "rep" / "report.json").read_text())["summary"]
+    assert (s["n_train"], s["n_evaluated"], s["split_used"]) == (0, 20, "all")
+    assert s["error_name"] == "error on new photos"
+    own = cli("report", "--model", tiny_run.run_dir, "--split", "all", "--out", tmp_path / "rep2")
+    assert own.exit_code == 2 and "--split all judges every photo of a new labelled folder" in own.output
+    assert len(own.output.strip().splitlines()) == 1
 
 
 def test_report_cli_user_errors_are_one_line(cli, tmp_path):
@@ -303,3 +386,8 @@ def test_a_probe_run_is_judged_by_its_out_of_fold_predictions(tiny_run, synth_di
     assert s["split_used"] == "out-of-fold" and s["note"] == OOF_NOTE
     assert s["n_evaluated"] == len(pets.items) and s["error_rate"] == pytest.approx(3 / len(pets.items))
     assert OOF_NOTE in paths["html"].read_text()
+    timing = json.loads(paths["json"].read_text())["timing"]  # nothing was evaluated: no speed to claim
+    assert timing["read_out_of_fold"] and timing["inference_seconds"] is timing["images_per_second"] is None
+    page = " ".join(paths["html"].read_text().split())
+    assert f"Read the out-of-fold predictions of {len(pets.items)} images" in page and "images/s" not in page
+    assert s["error_name"] == "cross-validation error"

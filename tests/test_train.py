@@ -203,7 +203,8 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     assert m["error_rate"] == pytest.approx(float((logits.argmax(1) != labels).mean()))
     assert m["calibration"]["n"] == 64  # the temperature is chosen on the out-of-fold logits
     cal, said = m["calibration"], train_summary(res).splitlines()[0]  # the loss the shipped predictions have, too
-    assert said.startswith(f"error_rate {m['error_rate']:.4f}") and "(5-fold cross-validation)" in said
+    assert said.startswith(f"cross-validation error {m['error_rate']:.4f}")
+    assert "(5-fold cross-validation)" in said
     assert (f"{cal['cv_nll_after']:.4f} at the shipped temperature {cal['temperature']:.2f}" in said) == cal["kept"]
 
     net, manifest = load_network(out)
@@ -530,3 +531,17 @@ def test_resume_checks_the_saved_batch_size_against_the_data(thirty_photos, tmp_
     with pytest.raises(PetclfError, match=r"^--bs 64 does not fit the 24 training images"):
         train(TrainConfig(resume=str(run)))
     assert (run / CKPT_DIR / "last.pt").is_file()  # the run is kept as it was
+def test_the_summary_line_says_which_error_it_gives(tiny_run):
+    """A fine-tuned run's error is a validation error, a probe's a cross-validation error; a temperature that
+    could not be fitted is said once, as a warning."""
+    from petclf.train import TrainResult
+
+    m = json.loads((tiny_run.run_dir / "metrics.json").read_text())
+    said = train_summary(TrainResult(tiny_run.learn, tiny_run.run_dir, m)).splitlines()
+    assert said[0].startswith(f"validation error {m['error_rate']:.4f}  accuracy")
+    assert "(validation split)" in said[0]
+    why = "calibration was not possible: the fit ran to its bound"
+    cal = {**m["calibration"], "not_possible": why}
+    probe = {**m, "estimate": "5-fold cross-validation", "calibration": cal}
+    said = train_summary(TrainResult(tiny_run.learn, tiny_run.run_dir, probe)).splitlines()
+    assert said[0].startswith("cross-validation error") and said[1] == f"warning: {why}"
