@@ -168,13 +168,13 @@ def backends(data: Path, weights: Path, n: int = 32) -> None:
     net = make_network(ARCH, 2, head=probe_head(ARCH), weights=weights).eval()
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         ref = net[0](torch.from_numpy(x)).numpy()
-        contenders = {"onnxruntime": onnx_body(net, SIZE, FeatureCache(tmp)).run}
-        plain = lambda b: net[0](torch.from_numpy(b))  # noqa: E731
-        contenders["torch (default layout)"] = plain
-        contenders["torch channels_last"] = torch_body(net, "cpu").run
+        contenders = {"onnxruntime": lambda: onnx_body(net, SIZE, FeatureCache(tmp)).run,
+                      "torch (default layout)": lambda: (lambda b: net[0](torch.from_numpy(b))),
+                      "torch channels_last": lambda: torch_body(net, "cpu").run}  # last: it changes the layout
         print(f"\nbody forward, {n} photos at {SIZE} px, {torch.get_num_threads()} threads; load {load_avg()}")
         print(f"{'backend':<24} {'bs':>3} {'wall s':>7} {'CPU s':>7} {'ms/photo':>9}  max |diff| vs torch")
-        for name, fn in contenders.items():
+        for name, make in contenders.items():
+            fn = make()
             for bs in (8, 32):
                 fn(x[:2])
                 t, c = time.perf_counter(), time.process_time()
