@@ -121,9 +121,7 @@ class FeatureCache:
             with safe_open(str(path), framework="np") as f:
                 meta = f.metadata() or {}
                 arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no mapping
-        except FileNotFoundError:
-            return None
-        except Exception:  # noqa: BLE001 - a file that does not parse is as good as missing: recomputed
+        except Exception:  # noqa: BLE001 - missing, or a file that does not parse: recomputed either way
             return None
         if meta.get("key") != key or meta.get("sha256") != tensors_digest(arrays) or not set(names) <= set(arrays):
             return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,8 @@ from petclf.device import pick_feature_backend
 from petclf.featcache import FeatureCache
 from petclf.io import atomic_path, sha256_file, write_atomic
 from petclf.onnx import OPSET, OnnxNet, export_module
+
+log = logging.getLogger("petclf.features")
 
 
 class Body(NamedTuple):
@@ -65,7 +68,7 @@ def torch_body(net: torch.nn.Module, device: str) -> Body:
     def run(x: np.ndarray) -> torch.Tensor:
         return body(torch.from_numpy(x).to(dev).contiguous(memory_format=layout))
 
-    return Body(run, f"torch {torch.__version__} {dev.type} {'channels_last' if dev.type != 'mps' else ''}")
+    return Body(run, f"torch {torch.__version__} {dev.type}" + (" channels_last" if dev.type != "mps" else ""))
 
 
 def exported_body(net: torch.nn.Module, size: int, folder: Path) -> Path:
@@ -116,6 +119,6 @@ def feature_body(net: torch.nn.Module, size: int, device: str, cache: FeatureCac
     if pick_feature_backend(device, has_onnxruntime()) == "onnxruntime":
         try:
             return onnx_body(net, size, cache)
-        except Exception:  # noqa: BLE001 - torch computes the same features, only slower
-            pass
+        except Exception as e:  # noqa: BLE001 - torch computes the same features, only slower
+            log.warning("features by torch, not onnxruntime: %s: %s", type(e).__name__, e)
     return torch_body(net, device)
