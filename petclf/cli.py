@@ -71,6 +71,9 @@ app = typer.Typer(help="Fine-tune, serve and interpret pet-breed classifiers (Ox
                   cls=WorkflowGroup)
 data_app = typer.Typer(help="Inspect and generate datasets.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(help="Show or clear the feature cache (what `petclf train` reuses between runs).",
+                        no_args_is_help=True, context_settings=HELP)
+app.add_typer(cache_app, name="cache")
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -254,6 +257,28 @@ def data_synth(out: Path = typer.Argument(..., help="Folder to write the images 
         typer.echo(f"  planted {name} ({verdict})")
 
 
+# ---------------------------------------------------------------------------------------------------- cache
+
+
+@cache_app.command("info")
+@guarded
+def cache_info() -> None:
+    """Where the feature cache is, its entries, its size and its cap (PETCLF_CACHE_DIR, PETCLF_CACHE_MAX)."""
+    from petclf.featcache import FeatureCache
+
+    typer.echo(FeatureCache.default().info().summary())
+
+
+@cache_app.command("clear")
+@guarded
+def cache_clear() -> None:
+    """Delete every cached feature (the next `petclf train` computes them again)."""
+    from petclf.featcache import FeatureCache
+
+    cache = FeatureCache.default()
+    typer.echo(f"deleted {cache.clear()} files from {cache.root}")
+
+
 # ---------------------------------------------------------------------------------------------------- training
 
 
@@ -312,6 +337,10 @@ def train_cmd(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, la
               out: Path | None = typer.Option(None, "--out", "-o", help="Run folder; `latest` is updated only "
                                                                          "under exports/.",
                                               show_default="exports/<date>-<arch>"),
+              cache: bool | None = typer.Option(
+                  None, "--cache/--no-cache", help="Reuse cached image checks and probe features (`petclf cache "
+                                                   "info`); --no-cache recomputes them all and writes none.",
+                  show_default="cache"),
               resume: Path | None = typer.Option(
                   None, "--resume", help="Continue the run in this folder (only --device, --workers and --threads "
                                          "may change).")) -> None:
@@ -322,7 +351,8 @@ def train_cmd(data: Path | None = DataOpt, layout: Layout | None = LayoutOpt, la
                         pretrained=pretrained, epochs=epochs,
                         freeze_epochs=freeze_epochs, lr=lr, bs=bs, size=size, presize=presize, split=split,
                         seed=seed, device=device, recipe=recipe, workers=workers, precision=precision,
-                        threads=threads, channels_last=channels_last, log=log, out=out, resume=resume)
+                        threads=threads, channels_last=channels_last, log=log, out=out, resume=resume,
+                        cache=cache)
     _check_data(cfg.data)
     with stage("loading torch and fastai"):  # seconds on a cold start: the user sees the run begin at once
         from petclf.train import train, train_summary

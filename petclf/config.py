@@ -167,6 +167,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None: every core this process may use
     channels_last: str = "auto"  # auto (on for CUDA and CPU, off for MPS) | on | off: the layout the network trains in
     log: str = "none"  # none | tensorboard: also log losses and metrics for TensorBoard in the run folder's tb/
+    cache: bool = True  # reuse cached image verdicts and probe features (petclf.featcache); False recomputes all
 
     def __post_init__(self) -> None:
         for name, kind in CHOICES.items():

@@ -29,7 +29,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from petclf.errors import DataError, ImageError
 from petclf.image import load_rgb
-from petclf.io import is_image_file, reachable, walk_files, write_atomic
+from petclf.io import cache_dir, is_image_file, reachable, walk_files, write_atomic
 from petclf.labels import label_from_path, pets_groups
 from petclf.layouts import (
     Reading,
@@ -127,11 +127,6 @@ def check_image(path: Path) -> FileCheck:
     if mode != "RGB":
         notes.append(f"mode {mode} converted to RGB")
     return FileCheck(str(path), "converted" if notes else "ok", "; ".join(notes))
-
-
-def cache_dir() -> Path:
-    """Where verification results are cached (`PETCLF_CACHE_DIR`, else ~/.cache/petclf)."""
-    return Path(os.environ.get("PETCLF_CACHE_DIR", Path.home() / ".cache" / "petclf"))
 
 
 def _cache_file(root: Path) -> Path:

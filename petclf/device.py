@@ -10,6 +10,8 @@ The `pick_*` functions are plain logic over what a machine has, so they are test
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from petclf.errors import PetclfError
@@ -54,6 +56,25 @@ def pick_channels_last(device: str, requested: str) -> bool:
 def pick_threads(cores: int, requested: int | None = None) -> int:
     """Torch intra-op threads: `requested`, else every core this process may use (at least 1)."""
     return max(1, requested if requested else cores)
+
+
+def pick_feature_backend(device: str, onnxruntime: bool) -> str:
+    """What computes the probe's features: onnxruntime on a CPU that has it (2x faster than torch there,
+    BENCHMARKS.md), torch on a GPU (the features on the device) or without onnxruntime."""
+    return "onnxruntime" if device == "cpu" and onnxruntime else "torch"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to `n` inside the block, then back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def available_cores() -> int:

@@ -30,6 +30,12 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif"
 NETWORK_TIMEOUT = 8.0  # seconds to decide that a download host is unreachable
 
 
+def cache_dir() -> Path:
+    """Where petclf caches what it can recompute: image verdicts, features (`PETCLF_CACHE_DIR`, else
+    ~/.cache/petclf)."""
+    return Path(os.environ.get("PETCLF_CACHE_DIR", Path.home() / ".cache" / "petclf"))
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     h = hashlib.sha256()

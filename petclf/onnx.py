@@ -115,19 +115,24 @@ def auto_onnx(model_dir: str | Path, manifest: dict[str, Any], device: str = "cp
 # ---------------------------------------------------------------------------------------------------- export
 
 
-def _export_graph(net: torch.nn.Module, size: int, path: Path, opset: int) -> None:
-    """The TorchScript-based exporter (the dynamo one needs `onnxscript`), batch dimension dynamic; two outputs,
-    logits and the pooled features the not-a-pet detector reads."""
+def export_module(module: torch.nn.Module, size: int, path: Path, opset: int = OPSET,
+                  outputs: tuple[str, ...] = ("output",)) -> None:
+    """`module` on `size` px inputs as ONNX at `path`: the TorchScript-based exporter (the dynamo one needs
+    `onnxscript`), batch dimension dynamic, outputs named `outputs`."""
     import torch
-
-    from petclf.model import WithFeatures
 
     x = torch.randn(2, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notices are not the user's concern
-        torch.onnx.export(WithFeatures(net).eval(), (x,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=["logits", "features"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}})
+        torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=list(outputs), dynamic_axes={n: {0: "batch"} for n in ("input", *outputs)})
+
+
+def _export_graph(net: torch.nn.Module, size: int, path: Path, opset: int) -> None:
+    """The bundle's graph: two outputs, logits and the pooled features the not-a-pet detector reads."""
+    from petclf.model import WithFeatures
+
+    export_module(WithFeatures(net).eval(), size, path, opset, ("logits", "features"))
 
 
 def check_onnx(net: torch.nn.Module, path: Path, size: int, n: int = 3,

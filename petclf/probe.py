@@ -32,6 +32,9 @@ import torch
 from petclf import distributed
 from petclf.calibrate import nll
 from petclf.config import TrainConfig
+from petclf.device import torch_threads
+from petclf.featcache import FeatureCache
+from petclf.features import feature_body
 from petclf.oof import save_oof
 from petclf.progress import stage
 from petclf.run import log, on_main
@@ -48,26 +51,68 @@ Tick = Callable[[], None] | None  # called after each unit of work (a batch, a f
 
 @torch.inference_mode()
 def probe_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATURE_BS,
-                   tick: Callable[[], None] | None = None,
-                   keep_maps: bool = False) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
+                   tick: Callable[[], None] | None = None, keep_maps: bool = False,
+                   body: Callable[[np.ndarray], torch.Tensor] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
     """What the final Linear of `net` (backbone -> pool -> L2Norm -> Linear) sees, and the body's average-pooled
     features (the not-a-pet detector's input), for each image preprocessed by `pre` (a `Preprocess`: the predictor's
     pixels), in eval mode, from one forward pass; `tick()` after each batch; and with `keep_maps` the body's
-    feature maps (N x C x H x W, float16, on the CPU) for `crop_head`, else None."""
+    feature maps (N x C x H x W, float16, on the CPU) for `crop_head`, else None. `body` (a batch -> the maps,
+    `features.feature_body`) runs the body in place of `net[0]` on `net`'s device."""
     from petclf.model import average_pooled
 
     net.eval()
-    device = next(net.parameters()).device
+    if body is None:
+        device = next(net.parameters()).device
+        body = lambda x: net[0](torch.from_numpy(x).to(device))  # noqa: E731
     seen, pooled, maps = [], [], []
     for i in range(0, len(images), bs):
-        f = net[0](torch.from_numpy(pre(images[i:i + bs])).to(device))
+        f = body(pre(images[i:i + bs]))
         seen.append(net[1][:-1](f).float().cpu())
         pooled.append(average_pooled(f).cpu())
         if keep_maps:
-            maps.append(f.half().cpu())
+            maps.append(f.half().cpu().contiguous())
         if tick:
             tick()
+    if not seen:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), torch.zeros(0) if keep_maps else None
     return torch.cat(seen).numpy(), torch.cat(pooled).numpy(), torch.cat(maps) if keep_maps else None
+
+
+def photo_features(net: torch.nn.Module, items: Sequence[Path], pre, keep_maps: bool, body,
+                   cache=None, quiet: bool = False) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None, int]:
+    """`probe_features` of the photos `items` through `body` (a `features.Body`), reusing the entries of `cache` (a
+    `featcache.FeatureCache`, or None) and writing the ones computed: (x, pooled, maps, how many were reused).
+    Reused or not, every photo's arrays come out the same way, so the results are bit-identical either way."""
+    from petclf.featcache import entry_key
+    from petclf.features import feature_spec
+    from petclf.io import sha256_file
+    from petclf.progress import current_clock
+
+    names = ("x", "pooled", "maps") if keep_maps else ("x", "pooled")
+    rows: dict[int, dict[str, np.ndarray]] = {}
+    keys: list[str] = []
+    if cache is not None:
+        spec = feature_spec(net, pre, body)
+        keys = [entry_key(sha256_file(p), spec) for p in items]
+        rows = {i: hit for i, k in enumerate(keys) if (hit := cache.get(k, names)) is not None}
+    todo = [i for i in range(len(items)) if i not in rows]
+    clock = current_clock()
+    if clock is not None:  # the run planned every photo's batches
+        clock.done("features", math.ceil(len(items) / FEATURE_BS) - math.ceil(len(todo) / FEATURE_BS))
+    with stage(f"probe features ({pre.size} px)", total=math.ceil(len(todo) / FEATURE_BS), kind="features",
+               quiet=quiet) as s:
+        x, pooled, maps = probe_features(net, [items[i] for i in todo], pre, tick=s.advance, keep_maps=keep_maps,
+                                         body=body.run)
+    for j, i in enumerate(todo):
+        rows[i] = {"x": x[j], "pooled": pooled[j], **({"maps": maps[j].numpy()} if keep_maps else {})}
+        if cache is not None:
+            cache.put(keys[i], rows[i])
+    if cache is not None:
+        cache.evict()
+    stacked = {k: np.stack([rows[i][k] for i in range(len(items))]) for k in names}
+    return (stacked["x"], stacked["pooled"], torch.from_numpy(stacked["maps"]) if keep_maps else None,
+            len(items) - len(todo))
 
 
 def network_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATURE_BS,
@@ -126,12 +171,13 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float]
     """
     from threadpoolctl import threadpool_limits
 
-    mu, basis = _span(x)
     present = np.unique(y)
     k = len(present)
     fits, p = [], None
-    # one BLAS thread: on a few shared cores idle-spinning BLAS threads made these small fits ~100x slower
+    # one BLAS thread: on a few shared cores idle-spinning BLAS threads made these small fits ~100x slower (the SVD
+    # too: 3 s for 148 x 1280 on a busy machine)
     with threadpool_limits(1):
+        mu, basis = _span(x)
         z = (x - mu) @ basis
         for c in cs:
             p = _solve(z, np.searchsorted(present, y), k, c, p)
@@ -269,19 +315,37 @@ def pooled_unit(maps: torch.Tensor, pool: torch.nn.Module) -> torch.Tensor:
     return torch.nn.functional.normalize(pool(maps.float()).flatten(1), dim=1)
 
 
+def summed_area(maps: torch.Tensor, p: float, chunk: int = 256) -> torch.Tensor:
+    """The summed-area table of `maps ** p` (clamped as GeM clamps), laid out (H + 1) x (W + 1) x N x C, float32:
+    the sum over any window of every photo's map in four lookups. Built `chunk` photos at a time, so it costs one
+    float32 copy of the maps and a sixth more."""
+    n, c, h, w = maps.shape
+    sat = torch.zeros(h + 1, w + 1, n, c)
+    for i in range(0, n, chunk):
+        part = maps[i:i + chunk].permute(2, 3, 0, 1).float().contiguous()
+        part = part if p == 1.0 else part.clamp_(min=1e-6).pow_(p)
+        sat[1:, 1:, i:i + chunk] = part.cumsum_(0).cumsum_(1)
+    return sat
+
+
+def pool_power(pool: torch.nn.Module) -> float:
+    """The power mean's p of the head's pooling: GeM's p, 1 for average pooling."""
+    from petclf.model import GeMPool
+
+    return pool.p if isinstance(pool, GeMPool) else 1.0
+
+
 def crop_head(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.nn.Module,
-              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+              seed: int = 0, sat: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(weight, bias) of the Linear trained on random square windows of `maps` (the body's N x C x H x W maps of the
     training photos), starting from the probe at `CROP_INIT_C`.
 
     The head pools each window as it pools a whole map: a power mean, `mean(x ** p) ** (1 / p)` (GeM's p; 1 for
-    average pooling), so the maps are raised to p once and each window is only averaged (2.5 s -> 0.9 s a head on
-    148 photos: a third of `petclf train` on pets-dev was these heads). Mirror images add nothing here: a pooled
-    window of a mirrored map is another window of the map."""
-    from petclf.model import GeMPool
-
-    p = pool.p if isinstance(pool, GeMPool) else 1.0
-    powered = maps.float() if p == 1.0 else maps.float().clamp(min=1e-6).pow(p)
+    average pooling). The window's sum of `x ** p` comes from a summed-area table (`summed_area`): a step took
+    17 ms to slice and average its windows, and takes 0.7 ms so (2 shared cores). Mirror images add nothing here: a
+    pooled window of a mirrored map is another window of the map. `sat`: `summed_area` of these maps, when made."""
+    p = pool_power(pool)
+    sat = summed_area(maps, p) if sat is None else sat
     gen = torch.Generator().manual_seed(seed)
     full = pooled_unit(maps, pool).numpy()
     ((w0, b0),) = fit_logreg(full, y, n_classes, [CROP_INIT_C])
@@ -291,13 +355,18 @@ def crop_head(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.nn.
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=CROP_LR, total_steps=steps, pct_start=0.1)
     labels, side = torch.from_numpy(y), min(maps.shape[-2:])
     lo = max(1, math.ceil(CROP_MIN_SIDE * side))
-    with torch.enable_grad():
+    # one thread: on these small tensors a second one only waits, and on a busy machine it thrashed (the 5-fold
+    # estimate on pets-dev took 274 s with 2 threads against 35 s with 1, 2 cores shared by other jobs)
+    with torch.enable_grad(), torch_threads(1):
         for _ in range(CROP_EPOCHS):
             for idx in torch.randperm(len(y), generator=gen).split(CROP_BS):
                 s = int(torch.randint(lo, side + 1, (1,), generator=gen))
                 i = int(torch.randint(0, maps.shape[-2] - s + 1, (1,), generator=gen))
                 j = int(torch.randint(0, maps.shape[-1] - s + 1, (1,), generator=gen))
-                pooled = powered[idx, :, i:i + s, j:j + s].mean((2, 3)).pow(1 / p)
+                sums = sat[i + s, j + s][idx] - sat[i, j + s][idx] - sat[i + s, j][idx] + sat[i, j][idx]
+                pooled = sums / (s * s)
+                if p != 1.0:
+                    pooled = pooled.clamp(min=0).pow(1 / p)  # rounding must not make a sum of squares negative
                 loss = torch.nn.functional.cross_entropy(torch.nn.functional.normalize(pooled, dim=1) @ w.T + b,
                                                          labels[idx])
                 opt.zero_grad()
@@ -308,11 +377,14 @@ def crop_head(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.nn.
 
 
 def crop_head_cv(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.nn.Module, seed: int = 0,
-                 tick: Tick = None) -> tuple[dict, np.ndarray]:
+                 tick: Tick = None, sat: torch.Tensor | None = None) -> tuple[dict, np.ndarray]:
     """The estimate of `crop_head` by 5-fold CV over photos (the probe's outer folds): (the estimate, N x K
-    out-of-fold logits, each row from a head that never saw that photo)."""
+    out-of-fold logits, each row from a head that never saw that photo). `sat`: `summed_area` of `maps`, when made
+    (each fold takes its photos' part: a third of a head's time went into making it)."""
+    sat = summed_area(maps, pool_power(pool)) if sat is None else sat
+
     def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        wb = crop_head(maps[train], y[train], n_classes, pool, seed)
+        wb = crop_head(maps[train], y[train], n_classes, pool, seed, sat[:, :, torch.from_numpy(train)])
         with torch.no_grad():
             return logits_of(pooled_unit(maps[test], pool).numpy(), wb)
 
@@ -367,16 +439,20 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
     if pool is None:
         log("the head is the probe alone: the body gives no feature maps to crop, or they would not fit in memory")
     quiet = not distributed.is_main()
-    with stage(f"probe features ({cfg.probe_size} px)", total=math.ceil(len(y) / FEATURE_BS), kind="features",
-               quiet=quiet) as s:
-        x, pooled, maps = probe_features(net, items, pre, tick=s.advance, keep_maps=pool is not None)
+    cache = FeatureCache.default() if cfg.cache else None
+    with stage("the body for the features", quiet=quiet):  # its ONNX export, once per weights and size
+        body = feature_body(net, cfg.probe_size, str(next(net.parameters()).device), cache)
+    x, pooled, maps, reused = photo_features(net, items, pre, pool is not None, body, cache, quiet)
     feature_seconds = time.monotonic() - t0
+    log(f"features: {reused} reused from the cache, {len(y) - reused} computed ({body.backend}; "
+        + (f"cache {cache.root})" if cache is not None else "no cache)"))
     if maps is not None:  # the head on crops; the probe's own C and estimate would change nothing in it: not computed
         with stage(f"head on crops of the maps ({CROP_EPOCHS} epochs; {OUTER_FOLDS}-fold estimate)",
                    total=OUTER_FOLDS + 1, kind="heads", quiet=quiet) as s:
-            head = crop_head(maps, y, len(vocab), pool, cfg.seed)
+            sat = summed_area(maps, pool_power(pool))
+            head = crop_head(maps, y, len(vocab), pool, cfg.seed, sat)
             s.advance()
-            est, oof = crop_head_cv(maps, y, len(vocab), pool, cfg.seed, tick=s.advance)
+            est, oof = crop_head_cv(maps, y, len(vocab), pool, cfg.seed, tick=s.advance, sat=sat)
             s.info = f"{est['estimate']} error {est['error']:.4f}"
         about = {"head": HEAD_ON_CROPS}
     else:
@@ -396,7 +472,8 @@ def run_probe(learn, cfg: TrainConfig, pets, run_dir: Path) -> dict:
     answers = open_set_answers(net, cfg, pooled, y, oof, vocab, run_dir)
     return {"error_rate": est["error"], "log_loss": est["log_loss"], "estimate": est["estimate"],
             "fold_errors": est["fold_errors"], "fold_error_std": est["fold_error_std"], **about,
-            "size": cfg.probe_size, "n_images": len(y), "feature_seconds": round(feature_seconds, 2),
+            "size": cfg.probe_size, "n_images": len(y), "features_reused": reused,
+            "feature_backend": body.backend, "feature_seconds": round(feature_seconds, 2),
             "fit_seconds": round(time.monotonic() - t0 - feature_seconds, 2),
             "seconds": round(time.monotonic() - t0, 2), "not_a_pet": detector, **answers}
 

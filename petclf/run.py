@@ -31,7 +31,7 @@ from petclf.io import save_state_dict, write_atomic
 
 T = TypeVar("T")
 CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors
-MACHINE_KEYS = ("device", "workers", "threads", "log")  # what `--resume` may change: not the recipe
+MACHINE_KEYS = ("device", "workers", "threads", "log", "cache")  # what `--resume` may change: not the recipe
 
 
 # ---------------------------------------------------------------------------------------------------- rank 0

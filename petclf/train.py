@@ -338,7 +338,7 @@ def load_run_data(cfg: TrainConfig, progress=None):
     from petclf.data import load_pets
 
     pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed, progress=progress,
-                     layout=cfg.layout, labels=cfg.labels)
+                     layout=cfg.layout, labels=cfg.labels, use_cache=cfg.cache)
     run_groups(cfg, pets.vocab)
     return pets
 
