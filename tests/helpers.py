@@ -60,6 +60,15 @@ def wait_for(what: str, ready: Callable[[], T], proc: subprocess.Popen | None = 
         time.sleep(every)
 
 
+def wait_for_port(port: int, proc: subprocess.Popen, log: Callable[[], str] = str) -> None:
+    """Wait (`wait_for`) until the server `proc` started listens on 127.0.0.1:`port`."""
+    def listening() -> bool:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+        return True
+
+    wait_for(f"a server on port {port}", listening, proc, log)
+
+
 class Output:
     """A process's output (one pipe), read by a thread as it comes, so a test can wait for a line without
     blocking on a pipe that may never close."""
