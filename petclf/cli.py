@@ -404,7 +404,7 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
             unsure_below: float | None = UnsureOpt) -> None:
     """Predict breeds for images, in the order given: a species verdict (cat, dog or not a pet) and a breed verdict
     per image. Unreadable images get an error row; exit code 1 if any failed."""
-    from petclf.io import check_file_writable, write_atomic
+    from petclf.io import check_file_writable, stream_errors, write_output
 
     if len(paths) == 1 and not any(c in paths[0] for c in "*?[") and not os.path.lexists(paths[0]):
         fail(f"no such file or folder: {paths[0]}")  # one named photo: a line, not a table with one error row
@@ -420,9 +420,10 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
     # file names that are not UTF-8 come out as their own bytes, on stdout as in --out (never UnicodeEncodeError)
     data = format_rows(rows, fmt, topk, predictor.display, predictor.noun).encode("utf-8", "surrogateescape")
     if out is None:
-        typer.echo(data, nl=False)
+        with stream_errors("standard output"):
+            typer.echo(data, nl=False)
     else:
-        write_atomic(out, data)
+        write_output(out, data)
     failed = sum(not r.ok for r in rows)
     if out is not None or failed:
         typer.echo(f"{len(rows) - failed} predicted, {failed} failed" + (f"; results in {out}" if out else ""),

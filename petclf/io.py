@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -73,6 +74,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     file: safetensors and tempfile create theirs 0600, which kept other users from loading a model.
     """
     path = Path(path).absolute()
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -87,6 +89,56 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse in one line to write over anything at `path` but a regular file (a folder, a FIFO, a device, a
+    socket, or a link to one): a rename would replace it."""
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        kind = file_kind(path) if path.exists() else "a link to nothing"
+        raise PetclfError(f"cannot write {path}: it is {kind}, not a regular file; name a file")
+
+
+def file_kind(path: Path) -> str:
+    """What `path` is, in words: 'a folder', 'a FIFO', 'a device' ..."""
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((word for test, word in kinds if test(mode)), "not a regular file")
+
+
+def is_stream(path: Path) -> bool:
+    """True for a FIFO or a character device (/dev/stdout, /dev/null, a named pipe): written as a stream."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+@contextmanager
+def stream_errors(name: str) -> Iterator[None]:
+    """A failed write to a stream (stdout, a FIFO, a device) as one line: a full disk is OSError(ENOSPC) naming
+    `name` (exit 1), any other failure a PetclfError. A reader that went away (`| head`) is left as it is."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, "disk full", name) from None
+        raise PetclfError(f"cannot write {name}: {e.strerror or e}") from None
+
+
+def write_output(path: str | Path, data: bytes) -> Path:
+    """`data` where the user asked: a FIFO or a character device as a stream (never replaced), otherwise a file
+    written atomically (`write_atomic`); a failed write is one line."""
+    path = Path(path)
+    if not is_stream(path):  # a link to the user's file: that file is replaced, the link kept
+        return write_atomic(path.resolve() if path.is_symlink() else path, data)
+    with stream_errors(str(path)), open(path, "wb") as f:  # a FIFO: waits for its reader, as `> fifo` does
+        f.write(data)
+    return path
 
 
 def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
@@ -142,12 +194,14 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: 
 
 
 def check_file_writable(path: str | Path) -> None:
-    """Raise `PetclfError` (one line) unless a file can be written at `path` now, in a folder that exists:
-    before the work, not after it."""
+    """Raise `PetclfError` (one line) unless a file can be written at `path` now, in a folder that exists, or
+    `path` is a stream (`write_output`): before the work, not after it."""
     path = Path(path)
+    if is_stream(path):
+        return  # written as a stream: nothing beside it is made
+    path = path.resolve() if path.is_symlink() else path  # what `write_output` writes
+    check_replaceable(path)
     folder = path.absolute().parent
-    if path.is_dir():
-        raise PetclfError(f"cannot write {path}: it is a folder")
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise PetclfError(f"cannot write {path}: {folder} {what}")

@@ -18,6 +18,7 @@ the one reading that makes sense and refuses a folder that reads two ways.
 from __future__ import annotations
 
 import csv
+import os
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -54,6 +55,7 @@ class Reading:
     unsplit: list[str] = field(default_factory=list)  # labelled images in neither half of the layout's split
     warnings: list[str] = field(default_factory=list)
     labels_file: Path | None = None  # the csv layout's labels file (not a stray non-image file)
+    merged: list[str] = field(default_factory=list)  # folders layout: class names that several folders give
 
 
 class CsvLabels:
@@ -120,6 +122,16 @@ def _class_dirs(tops: list[Path]) -> list[Path]:
     return sorted(d for t in tops if t.is_dir() for d in t.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _same_name_folders(items: list[Path], tops: list[Path]) -> list[str]:
+    """Class names that more than one folder gives (`a/x` and `b/x`, or `cats/2019` and `dogs/2019`), each with
+    its folders: the label is the folder a photo is directly in, so those photos would silently become one class."""
+    where: dict[str, set[str]] = defaultdict(set)
+    for p in items:
+        top = next((t for t in tops if p.is_relative_to(t)), tops[0])
+        where[p.parent.name].add(p.parent.relative_to(top).as_posix())
+    return [f"{name!r} from {' and '.join(sorted(dirs))}" for name, dirs in sorted(where.items()) if len(dirs) > 1]
+
+
 def read_folders(root: Path, why: str = "", test: bool = False) -> Reading:
     """`root/<label>/<file>`, or `root/train|valid/<label>/<file>`: the parent folder is the label (fastai's
     `parent_label`), and train/ + valid/ (or val/) the split (fastai's `GrandparentSplitter`); train/ alone
@@ -143,6 +155,7 @@ def read_folders(root: Path, why: str = "", test: bool = False) -> Reading:
     reading = Reading("folders", why or "one folder per class", root, items, [parent_label(p) for p in items],
                       parent_label, unsplit=unsplit,
                       unlabelled=[str(p) for p, ok in zip(images, in_class, strict=True) if not ok])
+    reading.merged = _same_name_folders(items, tops)
     if valid_name:
         reading.valid = [p.parent.parent.name == valid_name for p in items]
         reading.split_name = f"folders {TRAIN_DIR}/ + {valid_name}/"
@@ -160,6 +173,7 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """(header, [(line number, row)]) of a CSV file; one line when it cannot be read."""
     if not path.is_file():
         raise DataError(f"labels file not found: {path}")
+    reader = None
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -167,8 +181,11 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
             reader.fieldnames = header
             return header, [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k})
                             for row in reader]
-    except (UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
         raise DataError(f"{path.name} is not a UTF-8 CSV file ({e})") from None
+    except csv.Error as e:  # a cell over the csv module's limit (128 KiB), a NUL byte: the line is what helps
+        line = reader.line_num + 1 if reader is not None else 1  # the line being read when it failed
+        raise DataError(f"{path.name} line {line}: cannot be read as CSV ({e})") from None
 
 
 def _csv_valid(rows: list[tuple[int, dict[str, str]]], col: str, problems: list[str],
@@ -188,18 +205,27 @@ def _csv_valid(rows: list[tuple[int, dict[str, str]]], col: str, problems: list[
     return [None if col == "split" and v == TEST_DIR else table.get(v, False) for v in values]
 
 
+def outside(name: str) -> bool:
+    """True when a CSV's file name leaves the data folder: absolute, or climbing out with `..` (checked as
+    written: a symlink the user put inside the folder is theirs to make)."""
+    norm = os.path.normpath(name)
+    return Path(name).is_absolute() or Path(norm).parts[:1] == ("..",)
+
+
 def _csv_problems(rows: list[tuple[int, dict[str, str]]], root: Path) -> list[str]:
     """Unknown files, empty labels, duplicate rows and conflicting labels, each with its line numbers."""
     first: dict[str, tuple[int, str]] = {}
     found: dict[str, list[str]] = {"unknown file(s)": [], "empty label(s)": [], "duplicate row(s)": [],
-                                   "conflicting label(s)": []}
+                                   "conflicting label(s)": [], "file(s) outside the data folder": []}
     for n, r in rows:
         f, label = r["file"], r["label"]
         if not label:
             found["empty label(s)"].append(f"line {n}")
         if f not in first:
             first[f] = (n, label)
-            if not f or not (root / f).is_file():
+            if f and outside(f):  # the data folder is what the run records and `report` reads again
+                found["file(s) outside the data folder"].append(f"line {n}: {f}")
+            elif not f or not (root / f).is_file():
                 found["unknown file(s)"].append(f"line {n}: {f or '(empty)'}")
             continue
         line, other = first[f]
@@ -276,6 +302,9 @@ def detect(root: Path) -> Reading:
     if len(csvs) == 1:
         readings.insert(0, read_csv(root, csvs[0], f"{csvs[0].name} has file and label columns"))
     viable = [r for r in readings if len(set(r.labels)) >= 2]
+    if len(csvs) > 1 and not viable:  # labelled by a CSV, but which one is the user's to say
+        raise DataError(f"{root} has {len(csvs)} labels files with file and label columns "
+                        f"({', '.join(p.name for p in csvs)}); pass --labels FILE.csv to say which")
     for other in viable[1:]:
         if _differ(viable[0], other):
             flag = f"--labels {csvs[0].name}" if "csv" in (viable[0].layout, other.layout) else ""
@@ -296,6 +325,10 @@ def read_layout(root: str | Path, layout: str = "auto", labels: str | Path | Non
     """The labelled images under `root` as `layout` reads them (`auto`: detected; `--labels` means csv); `test`:
     with a folders or csv layout's test part as the held-out half, as `report --split test` evaluates it."""
     reading = _read_layout(Path(root), layout, labels)
+    if reading.layout == "folders" and reading.merged:  # refused, not renamed: a nested folder is often a mistake
+        raise DataError(f"{len(reading.merged)} class name(s) given by more than one folder, which would merge "
+                        f"into one class: {_listing(reading.merged)}; the class is the folder a photo is directly "
+                        "in: rename the folders so each class has its own name")
     if not test or reading.layout == "pets":  # Pets' test part is its official list (split `official`)
         return reading
     reading = read_csv(reading.root, reading.labels_file, reading.why, test=True) if reading.layout == "csv" \

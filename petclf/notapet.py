@@ -118,6 +118,9 @@ class Detector:
 
     def __call__(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score, flagged) for N pooled feature vectors."""
+        if features.shape[-1] != self.means.shape[1]:  # a means file of another backbone, its checksum redone
+            raise BundleError(f"corrupt model file: {FILE}: class means {self.means.shape[1]} wide do not fit the "
+                              f"network's {features.shape[-1]} features")
         s = scores(features, self.means)
         return s, s < self.threshold
 

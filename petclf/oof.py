@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import log_softmax, softmax
 
+from petclf.errors import BundleError
 from petclf.io import write_atomic
 
 OOF_NAME = "oof.json"  # beside the bundle
@@ -33,9 +34,37 @@ def save_oof(run_dir: Path, items: list[Path], vocab: list[str], y: np.ndarray, 
 
 
 def read_oof(run_dir: Path) -> dict | None:
-    """A run's oof.json (None when it has none: fastbook runs)."""
+    """A run's oof.json (None when it has none: fastbook runs); `BundleError` naming it when it is damaged."""
     path = Path(run_dir) / OOF_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        oof = json.loads(path.read_text())
+        oof_problem(oof)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BundleError(f"corrupt {path}: {why}; it holds the run's out-of-fold predictions (train the run "
+                          f"again to remake it)") from None
+    return oof
+
+
+def oof_problem(oof: object) -> None:
+    """`ValueError` saying why `oof` (parsed oof.json) cannot be read: every field `oof_outputs` uses, checked."""
+    if not isinstance(oof, dict):
+        raise ValueError("not a JSON object")
+    files, labels, logits, classes = (oof.get(k) for k in ("files", "labels", "logits", "classes"))
+    if not all(isinstance(v, list) for v in (files, labels, logits, classes)):
+        raise ValueError("files, labels, logits and classes must be lists")
+    try:
+        width = np.asarray(logits, np.float64).reshape(len(logits), -1).shape[1] if logits else len(classes)
+        labels_ok = all(type(y) is int and 0 <= y < len(classes) for y in labels)
+    except (TypeError, ValueError):
+        raise ValueError("logits must be rows of numbers") from None
+    if not (len(files) == len(labels) == len(logits)) or width != len(classes):
+        raise ValueError(f"{len(files)} files, {len(labels)} labels and {len(logits)} rows of {width} logits "
+                         f"for {len(classes)} classes do not match")
+    if not labels_ok or not all(isinstance(f, str) for f in files):
+        raise ValueError(f"labels must be class numbers below {len(classes)} and files must be names")
 
 
 def oof_outputs(oof: dict, items: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -101,7 +103,7 @@ def save_checkpoint(learn, state: RunState, run_dir: Path) -> None:
 def load_checkpoint(run_dir: Path) -> dict:
     """The last checkpoint of a run (tensors and plain data only; no code is unpickled)."""
     path = run_dir / CKPT_DIR / "last.pt"
-    if not path.is_file():
+    if not has_checkpoint(run_dir):
         raise PetclfError(f"nothing to resume in {run_dir}: {CKPT_DIR}/last.pt not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -135,14 +137,55 @@ def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
         raise PetclfError(f"--out must be a folder, not a file: {out}")
     existed = out.is_dir()
     if existed and any(out.iterdir()):
+        if unstarted_run(out):
+            log(f"{out} holds a run stopped before its first checkpoint; starting it again")
+            return out, True
         if (out / CKPT_DIR / "last.pt").exists() and not (out / "metrics.json").exists():
             raise PetclfError(f"{out} holds an unfinished run: continue it with --resume {out}, or pass another --out")
         if (out / "model.json").exists():
             raise PetclfError(f"{out} already holds a trained model; pass another --out")
         raise PetclfError(f"--out {out} is a folder that already holds files; pass a new or empty folder "
                           f"(petclf never writes over files it did not make)")
-    on_main(lambda: (out / CKPT_DIR).mkdir(parents=True, exist_ok=True))
+    # the folder alone: config.yaml, written next, is what marks it as petclf's (`unstarted_run`)
+    on_main(lambda: out.mkdir(parents=True, exist_ok=True))
     return out, existed
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """True when the run saved a checkpoint `--resume` can continue from."""
+    return (run_dir / CKPT_DIR / "last.pt").is_file()
+
+
+def unstarted_run(out: Path) -> bool:
+    """True when `out` holds a run petclf set up that was stopped (SIGTERM, kill -9, a power cut) before its first
+    checkpoint: its config.yaml names this very folder and there is no checkpoint. Nothing in it is worth keeping,
+    and none of it is the user's (the config is the first file a run writes)."""
+    if has_checkpoint(out) or not (out / "config.yaml").is_file():
+        return False
+    try:
+        saved = load_config_file(out / "config.yaml").get("out")
+    except PetclfError:
+        return False
+    return isinstance(saved, str) and Path(saved).resolve() == out.resolve()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a job scheduler's stop, a container's shutdown) handled like Ctrl-C inside the block: the run
+    keeps its last checkpoint and says how to continue. Only the main thread may set a handler; elsewhere the block
+    runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -181,6 +224,9 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
     """The saved config of `run_dir`, with this machine's `MACHINE_KEYS` from `given` (the settings the user typed:
     flags and config file). Any other setting in `given` must agree with the saved run, or it is refused: a silently
     ignored `--epochs` (or `--arch resnet34`, the default) would be a surprise."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        raise PetclfError(f"nothing to resume in {run_dir}: a run interrupted before its first checkpoint keeps "
+                          f"nothing; start it again with the same command, without --resume")
     if not (run_dir / "config.yaml").is_file():
         raise PetclfError(f"--resume {run_dir}: not a petclf run directory (config.yaml missing)")
     if (run_dir / "metrics.json").is_file() and (run_dir / "model.json").is_file():

@@ -55,6 +55,7 @@ from petclf.run import (
     RunState,
     batch_size,
     discarded_on_failure,
+    has_checkpoint,
     load_checkpoint,
     log,
     on_main,
@@ -62,6 +63,7 @@ from petclf.run import (
     resume_config,
     save_checkpoint,
     settings_given,
+    sigterm_as_interrupt,
     update_latest,
 )
 
@@ -476,7 +478,7 @@ def train(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = None)
     """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory; every stage shows
     its progress, and the whole run's time is estimated from its first batches. `latest` beside the run is switched
     to it when `latest`, or (None) when the run is in petclf's own `exports/`."""
-    with run_clock():
+    with run_clock(), sigterm_as_interrupt():
         return train_run(cfg, cbs, latest)
 
 
@@ -488,6 +490,9 @@ def train_run(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = N
     if not fresh:
         run_dir = Path(cfg.resume)
         cfg = resume_config(run_dir, settings_given(cfg))
+        if not has_checkpoint(run_dir):  # stopped before its first checkpoint (kill -9): nothing to continue from
+            log(f"{run_dir} stopped before its first checkpoint; starting it again from the beginning")
+            cfg = replace(cfg, resume=None)
     # recorded absolute, so `petclf report` finds the data (and its labels and groups files) from any folder
     cfg = replace(cfg, **{k: str(Path(v).expanduser().resolve()) for k in ("data", "labels", "groups")
                           if (v := getattr(cfg, k))})
@@ -501,20 +506,25 @@ def train_run(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = N
         name, existed = prepare_run_dir(cfg) if distributed.is_main() else (None, False)
         run_dir = Path(distributed.broadcast(str(name) if name else None))
         cfg = replace(cfg, out=str(run_dir))
-    with discarded_on_failure(run_dir, fresh, existed):
-        if fresh:
-            on_main(save_config, cfg, run_dir / "config.yaml")
-        on_main(pets.report.save, run_dir)
-        learn, state, opt_state, recipe = start(cfg, compute, pets, run_dir)
+    try:  # a restarted --resume (not `fresh`) keeps its folder whatever happens: the same command works again
+        with discarded_on_failure(run_dir, fresh, existed):
+            if fresh:
+                on_main(save_config, cfg, run_dir / "config.yaml")  # first: it marks the folder as this run's
+            on_main(pets.report.save, run_dir)
+            learn, state, opt_state, recipe = start(cfg, compute, pets, run_dir)
+    except KeyboardInterrupt:
+        if not has_checkpoint(run_dir):
+            log("interrupted before the first checkpoint; nothing to keep: run the same command again")
+        raise
     pretrained = cfg.pretrained or cfg.weights is not None
     phases = plan_schedule(cfg, state.lr, recipe, pretrained)
     bn_freeze = cfg.bn_freeze == "on" or (cfg.bn_freeze == "auto" and recipe == "probe")
     try:
         run_schedule(learn, phases, state, run_dir, bn_freeze, opt_state, [*(cbs or []), *log_callbacks(cfg, run_dir)])
+        return finish(learn, cfg, pets, run_dir, state, owns_parent(run_dir) if latest is None else latest)
     except KeyboardInterrupt:
-        log(as_typed(f"interrupted; the last complete epoch is saved: petclf train --resume {run_dir}"))
+        log(as_typed(f"interrupted; the last checkpoint is kept: continue with petclf train --resume {run_dir}"))
         raise
-    return finish(learn, cfg, pets, run_dir, state, owns_parent(run_dir) if latest is None else latest)
 
 
 def finish(learn, cfg: TrainConfig, pets, run_dir: Path, state: RunState, latest: bool = True) -> TrainResult:

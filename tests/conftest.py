@@ -28,7 +28,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True, timeout=30_000)
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True, timeout=300_000)
         yield b
         b.close()
 

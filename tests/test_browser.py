@@ -15,7 +15,7 @@ from helpers import free_port
 from petclf.app import build_demo, example_files, launch_kwargs
 from petclf.predict import load_model
 
-TIMEOUT_MS = 30_000  # any single browser step
+TIMEOUT_MS = 300_000  # hang guard for any single browser step (idle: a few seconds)
 
 
 @pytest.mark.slow

@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import HANG_GUARD_S, Output, free_port, wait_for
 
 from petclf.synth import synth_pets
 
@@ -42,7 +41,7 @@ def dist_data(tmp_path_factory) -> Path:
 def test_two_processes_train_disjoint_shards_agree_and_only_rank0_writes(dist_data, tmp_path):
     worker = Path(__file__).with_name("dist_worker.py")
     proc = subprocess.run(launch(str(worker), str(dist_data), str(tmp_path), cwd=tmp_path), cwd=tmp_path,
-                          env=env(), capture_output=True, text=True, timeout=240)
+                          env=env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"record{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
@@ -84,7 +83,7 @@ def kill_tree(pid: int) -> None:
             p.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(procs, timeout=30)
+    psutil.wait_procs(procs, timeout=HANG_GUARD_S)
 
 
 def _epochs_done(run: Path) -> int:
@@ -104,16 +103,15 @@ def test_killed_distributed_run_resumes_through_the_cli(dist_data, tmp_path):
             "--workers", "0", "--out", str(run)]
     proc = subprocess.Popen(launch(*args, cwd=tmp_path), cwd=tmp_path, env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 150
-    while _epochs_done(run) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    err = Output(proc.stderr)
+    wait_for("a first saved epoch", lambda: _epochs_done(run) >= 1, proc, err.text)
     kill_tree(proc.pid)  # a crash, not a polite stop: no handler runs on any rank
-    proc.wait(30)
+    proc.wait(HANG_GUARD_S)
     done = _epochs_done(run)
     assert 1 <= done < 6, f"expected to kill the run mid-way, it had done {done} epochs"
     assert not (run / "model.json").exists()
     resumed = subprocess.run(launch("-m", "petclf", "train", "--resume", str(run), "--workers", "0", cwd=tmp_path),
-                             cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=240)
+                             cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert resumed.returncode == 0, "\n".join(ln for ln in resumed.stderr.splitlines() if "error" in ln.lower())[-3000:]
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(1, 7))  # 1-based
@@ -131,7 +129,7 @@ def test_two_processes_train_on_a_csv_layout(tmp_path):
             "--no-pretrained", "--size", "32", "--presize", "40", "--freeze-epochs", "0", "--epochs", "1",
             "--lr", "0.002", "--workers", "0", "--out", str(run)]  # no --bs: fitted to each process's share
     proc = subprocess.run(launch(*args, cwd=tmp_path), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                          timeout=240)
+                          timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((run / "model.json").read_text())
     assert manifest["data"]["layout"] == "csv" and manifest["data"]["split"] == "csv column split"
@@ -172,7 +170,7 @@ def test_main_first_failing_on_rank_0_stops_the_others_with_its_reason(tmp_path)
                                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
              for r in range(2)]
     try:
-        outs = [p.communicate(timeout=90) for p in procs]
+        outs = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
     finally:
         for p in procs:
             p.kill()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,8 @@ def test_make_screenshots_draws_the_demo_and_the_report(tiny_run, tmp_path):
         pytest.skip("Debian's Chromium not at /usr/bin/chromium (run `make browser` as root)")
     out = tmp_path / "shots"
     proc = subprocess.run([sys.executable, str(ROOT / "docs" / "make_screenshots.py"), "--model",
-                           str(tiny_run.run_dir), "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           str(tiny_run.run_dir), "--out", str(out)], capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("demo.png", "report.png"):
         png = (out / name).read_bytes()
@@ -29,6 +31,7 @@ def test_make_screenshots_draws_the_demo_and_the_report(tiny_run, tmp_path):
 
 def test_make_screenshots_without_a_model_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "docs" / "make_screenshots.py"), "--model",
-                           str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+                           str(tmp_path / "none")], capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: no model at")
     assert "make demo" in proc.stderr and "Traceback" not in proc.stderr

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 STEPS = ["facts", "data", "train", "bench", "predict", "report", "lr_find", "resume"]
 
 
-def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+def run(argv: list[str], timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     """Run a benchmarks/ script with this interpreter (gpu_check.sh takes it from $PYTHON) and petclf from here."""
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
@@ -27,7 +28,7 @@ def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_cpu_mode_runs_every_step(tmp_path):
     out = tmp_path / "out"
-    r = run(["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", str(out)], timeout=600)
+    r = run(["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", str(out)], timeout=3 * HANG_GUARD_S)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     res = json.loads((out / "gpu_check.json").read_text())
     assert list(res["steps"]) == STEPS and res["ok"] is True
@@ -72,21 +73,21 @@ def test_cpu_mode_runs_every_step(tmp_path):
 def test_without_cuda_says_so_in_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    r = run(["bash", str(BENCH / "gpu_check.sh"), str(tmp_path / "out")], timeout=120)
+    r = run(["bash", str(BENCH / "gpu_check.sh"), str(tmp_path / "out")])
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "no CUDA GPU" in r.stderr and "--device cpu" in r.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_usage_exits_2(tmp_path):
-    r = run(["bash", str(BENCH / "gpu_check.sh"), "--device", "tpu", str(tmp_path)], timeout=30)
+    r = run(["bash", str(BENCH / "gpu_check.sh"), "--device", "tpu", str(tmp_path)])
     assert r.returncode == 2 and r.stderr.startswith("usage: ")
 
 
 def test_a_failed_step_is_recorded_and_the_rest_run(tmp_path):
     # without the data step, the steps that need its photos fail; facts still runs, and the exit code is 1
     r = run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--steps", "facts,train,report",
-             str(tmp_path)], timeout=120)
+             str(tmp_path)])
     assert r.returncode == 1, r.stderr[-2000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [(k, v["status"]) for k, v in res["steps"].items()] == [("facts", "ok"), ("train", "failed"),

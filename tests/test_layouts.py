@@ -260,3 +260,53 @@ def test_cli_data_check_says_the_layout_and_refuses_bad_input_in_one_line(cli, t
     _folders(tmp_path / "mine", {"crème brûlée": 2})
     bad = cli("data", "check", "--data", tmp_path / "mine")
     assert bad.exit_code == 2 and "case or Unicode" in bad.output and "Traceback" not in bad.output
+
+
+# ---------------------------------------------------------------------------------------------------- found by trying
+
+
+def test_a_very_long_csv_cell_is_named_as_such_not_as_an_encoding_problem(tmp_path):
+    for k in range(4):
+        _img(tmp_path / f"{k}.jpg")
+    _csv(tmp_path, "file,label\n0.jpg,a\n1.jpg,b\n2.jpg," + "x" * 200_000 + "\n3.jpg,b\n")
+    with pytest.raises(DataError) as err:
+        D.load_pets(tmp_path, labels=tmp_path / LABELS_CSV)
+    msg = str(err.value)
+    assert msg.startswith("labels.csv line 4: cannot be read as CSV (field larger than field limit")
+    assert "UTF-8" not in msg and "\n" not in msg
+
+
+def test_two_labels_files_in_one_folder_ask_which(tmp_path):
+    for k in range(10):
+        _img(tmp_path / "img" / f"{k}.jpg")
+    for name in ("labels.csv", "labels_v2.csv"):
+        (tmp_path / name).write_text("file,label\n" + "".join(f"img/{k}.jpg,{'ab'[k % 2]}\n" for k in range(10)))
+    with pytest.raises(DataError, match=r"2 labels files .*\(labels.csv, labels_v2.csv\); pass --labels FILE.csv"):
+        D.load_pets(tmp_path)
+    assert D.load_pets(tmp_path, labels=tmp_path / "labels_v2.csv").report.class_counts == {"a": 5, "b": 5}
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "sub/../../outside.jpg", "{abs}"])
+def test_csv_rows_outside_the_data_folder_are_refused_naming_the_row(tmp_path, name):
+    data = tmp_path / "data"
+    for k in range(4):
+        _img(data / f"{k}.jpg")
+    (data / "sub").mkdir()
+    outside = _img(tmp_path / "outside.jpg")
+    name = name.format(abs=outside)
+    _csv(data, f"file,label\n0.jpg,a\n1.jpg,b\n2.jpg,a\n3.jpg,b\n{name},a\n")
+    with pytest.raises(DataError) as err:
+        D.load_pets(data, labels=data / LABELS_CSV)
+    assert str(err.value) == f"labels.csv: 1 file(s) outside the data folder (line 6: {name})"
+
+
+def test_nested_folders_of_one_name_are_refused_not_merged(tmp_path):
+    _folders(tmp_path, {"x": 3, "y": 3}, prefix="a")
+    _folders(tmp_path, {"x": 3, "z": 3}, prefix="b")
+    with pytest.raises(DataError) as err:
+        D.load_pets(tmp_path)
+    msg = str(err.value)
+    assert "'x' from a/x and b/x" in msg and "rename" in msg and "\n" not in msg
+    _folders(tmp_path / "split", {"x": 3, "y": 3}, prefix="train")  # train/x and valid/x are one class: fine
+    _folders(tmp_path / "split", {"x": 2, "y": 2}, prefix="valid")
+    assert D.load_pets(tmp_path / "split").report.class_counts == {"x": 5, "y": 5}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +87,9 @@ def test_offline_without_cache_names_weights_flag_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    t0 = time.monotonic()
     with pytest.raises(PetclfError, match="--weights"):
         make_network("resnet18", 4)
-    assert time.monotonic() - t0 < 15
+    assert not any((tmp_path / "hf").rglob("*.safetensors"))  # offline: nothing was fetched
 
 
 def _fake_hub_cache(root: Path, repo: str, state: dict) -> Path:

@@ -180,3 +180,22 @@ def test_the_onnx_path_answers_not_a_pet_without_torch(lite0_run, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(lite0_run), str(coffee)], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["onnx", "True", "[]"]
+
+
+@pytest.mark.slow
+def test_class_means_of_another_width_are_refused_in_one_line(tiny_run, tmp_path, cli):
+    """Means of the wrong width with their checksum redone (a means file from another backbone)."""
+    from petclf.notapet import save_means
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_run.run_dir, bad, ignore=shutil.ignore_patterns("checkpoints", "export.pkl"))
+    m = json.loads((bad / "model.json").read_text())
+    pin = save_means(bad, np.ones((m["n_classes"], 7), np.float32))
+    m["not_a_pet"] = {"method": METHOD, "threshold": 0.5, **pin}
+    (bad / "model.json").write_text(json.dumps(m))
+    photo = tiny_run.learn.dls.valid_ds.items[0]
+    for backend in ("torch", "onnx"):
+        res = cli("predict", photo, "--model", bad, "--backend", backend)
+        assert res.exit_code == 2, res.output
+        assert res.output.strip() == "error: corrupt model file: not_a_pet.safetensors: class means 7 wide do not " \
+            "fit the network's 512 features", res.output

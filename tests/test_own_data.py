@@ -8,13 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import PRESIZE, SIZE
-from helpers import free_port
+from helpers import HANG_GUARD_S, Output, free_port, wait_for
 
 from petclf.labels import PETS_BREEDS
 from petclf.synth import LABELS_CSV, synth_data
@@ -140,16 +139,10 @@ def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_
     server = subprocess.Popen([sys.executable, "-m", "petclf", "serve", "--model", str(run), "--port", str(port),
                                "--title", "Which dessert or animal?", "--unsure-below", "1"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
+    url, log = f"http://127.0.0.1:{port}/", Output(server.stderr)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                config = requests.get(url + "config", timeout=2).json()
-                break
-            except (requests.ConnectionError, ValueError):
-                assert server.poll() is None, server.stderr.read()
-                time.sleep(0.3)
+        config = wait_for("the demo's /config", lambda: requests.get(url + "config", timeout=30).json(), server,
+                          log.text)
         page = json.dumps(config, ensure_ascii=False)
         assert "Which dessert or animal?" in page and "Cat or dog" not in page and "cat_chelsea" not in page
         assert '"orig_name": "01.jpg"' in page  # the examples: the validation photos the run kept
@@ -158,7 +151,7 @@ def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_
         assert answer["breed_sure"] is (answer["prob"] >= 1.0)  # --unsure-below 1: short of certainty, unsure
     finally:
         server.terminate()
-        server.wait(10)
+        server.wait(HANG_GUARD_S)
 
 
 @pytest.mark.slow

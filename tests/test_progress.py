@@ -8,10 +8,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import HANG_GUARD_S
 
 from petclf.progress import RunClock, stage
 
@@ -60,26 +60,25 @@ def test_an_interrupted_stage_leaves_no_line(capsys):
 
 
 @pytest.mark.slow
-def test_terminal_run_shows_a_bar_within_5s_and_an_estimate_within_15s(synth_dir, tmp_path):
+def test_terminal_run_shows_a_bar_from_the_start_and_an_estimate_before_the_first_epoch(synth_dir, tmp_path):
     pexpect = pytest.importorskip("pexpect")
     cmd = [sys.executable, "-m", "petclf", "train", "-d", str(synth_dir), *TINY, "-e", "1", "--threads", "1",
            "-o", str(tmp_path / "run")]
-    t0 = time.monotonic()
     child = pexpect.spawn(cmd[0], cmd[1:], env=env(TERM="xterm-256color", COLUMNS="160"), dimensions=(40, 160),
-                          encoding="utf-8", timeout=15)
+                          encoding="utf-8", timeout=HANG_GUARD_S)  # order is checked below, not seconds
     try:
-        child.expect("━")  # rich's bar, drawn while torch and fastai load
-        t_bar = time.monotonic() - t0
+        child.expect("━")  # rich's bar
+        before_bar = child.before
         child.expect("estimated time for the whole run: ")
-        t_estimate = time.monotonic() - t0
-        child.expect(r"(?<!_)loss \d\.\d{4}", timeout=60)  # the bar's running loss (lr_find's batches)
-        child.expect("epoch 1/1 unfrozen", timeout=60)
-        child.expect(pexpect.EOF, timeout=120)
+        before_estimate = child.before
+        child.expect(r"(?<!_)loss \d\.\d{4}")  # the bar's running loss (lr_find's batches)
+        child.expect("epoch 1/1 unfrozen")
+        child.expect(pexpect.EOF)
         out = child.before
     finally:
         child.close(force=True)
-    assert t_bar < 5, f"first bar after {t_bar:.1f} s"
-    assert t_estimate < 15, f"first estimate after {t_estimate:.1f} s"
+    assert "loading torch and fastai" in before_bar, before_bar  # the first bar: while torch and fastai load
+    assert "epoch 1/1" not in before_estimate  # estimated from lr_find's first batches, not after an epoch
     assert child.exitstatus == 0, out[-2000:]
     assert "petclf report --model" in out and "Traceback" not in out
 
@@ -88,7 +87,8 @@ def test_terminal_run_shows_a_bar_within_5s_and_an_estimate_within_15s(synth_dir
 def test_piped_run_one_line_per_stage_result_once_next_commands(synth_dir, tmp_path):
     out = tmp_path / "runs" / "run1"
     proc = subprocess.run([sys.executable, "-m", "petclf", "train", "-d", str(synth_dir), *TINY, "-e", "2",
-                           "--threads", "1", "-o", str(out)], capture_output=True, text=True, env=env(), timeout=300)
+                           "--threads", "1", "-o", str(out)], capture_output=True, text=True, env=env(),
+                          timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr.splitlines()
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr  # no bar, no colour codes in a log file
@@ -114,7 +114,7 @@ def test_piped_run_one_line_per_stage_result_once_next_commands(synth_dir, tmp_p
 @pytest.mark.slow
 def test_via_make_the_hint_quotes_make(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "petclf", "train"], capture_output=True, text=True, cwd=tmp_path,
-                          env=env(PETCLF_VIA_MAKE="train"), timeout=120)
+                          env=env(PETCLF_VIA_MAKE="train"), timeout=HANG_GUARD_S)
     assert proc.returncode == 2 and 'run make train ARGS="--data DIR"' in proc.stderr, proc.stderr
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     assert re.search(r"^train:.*\n\t\$\(RUN_VIA\)=train ", makefile, re.M)  # make train sets it

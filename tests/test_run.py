@@ -67,6 +67,7 @@ def test_a_failed_start_leaves_nothing_behind(tmp_path):
         raise KeyboardInterrupt
     assert mine.is_dir() and not any(mine.iterdir())  # the user's empty folder stays, empty
     out, existed = prepare_run_dir(TrainConfig(out=str(tmp_path / "started")))
+    (out / "checkpoints").mkdir()
     (out / "checkpoints" / "last.pt").write_bytes(b"x")
     with pytest.raises(KeyboardInterrupt), discarded_on_failure(out, fresh=True, existed=existed):
         raise KeyboardInterrupt  # after the first checkpoint: kept, for --resume
@@ -92,3 +93,22 @@ def test_cli_resume_refuses_a_typed_default(cli, tmp_path):
     save_config(TrainConfig(arch="resnet18", out=str(run)), run / "config.yaml")
     res = cli("train", "--resume", run, "--arch", "resnet34")
     assert res.exit_code == 2 and "--arch resnet34 (the run has resnet18)" in res.output
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_petclfs_to_start_again(tmp_path):
+    run = tmp_path / "run"
+    out, _ = prepare_run_dir(TrainConfig(out=str(run)))
+    save_config(TrainConfig(out=str(run)), run / "config.yaml")  # the first file a run writes
+    (run / "data_report.json").write_text("{}")  # then kill -9: no checkpoint
+    assert prepare_run_dir(TrainConfig(out=str(run))) == (run, True)  # the same command starts it again
+    assert resume_config(run, {}).out == str(run)  # and --resume takes it (train starts it from the beginning)
+    other = tmp_path / "other"
+    other.mkdir()
+    save_config(TrainConfig(out=str(run)), other / "config.yaml")  # a config copied from elsewhere: not this run's
+    with pytest.raises(PetclfError, match="already holds files"):
+        prepare_run_dir(TrainConfig(out=str(other)))
+
+
+def test_resume_of_a_folder_that_kept_nothing_says_to_run_the_command_again(tmp_path):
+    with pytest.raises(PetclfError, match="nothing to resume .* same command, without --resume"):
+        resume_config(tmp_path / "gone", {})

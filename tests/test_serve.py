@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port, start_serve
+from helpers import HANG_GUARD_S, free_port, start_serve
 
 from petclf.app import build_demo, example_files, launch_kwargs
 from petclf.serve import Limits, safe_files
@@ -213,7 +213,7 @@ def test_logins_are_throttled_and_the_right_password_works_after_the_wait(predic
 def test_an_empty_petclf_auth_is_refused_like_an_empty_auth_flag(tiny_run):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PETCLF_AUTH": ""}
     out = subprocess.run([sys.executable, "-m", "petclf", "serve", "--model", str(tiny_run.run_dir), "--port",
-                          str(free_port())], capture_output=True, text=True, env=env, timeout=300)
+                          str(free_port())], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "PETCLF_AUTH" in out.stderr, out.stderr
 
 
@@ -281,7 +281,7 @@ def test_sigterm_leaves_no_upload_behind_and_dropped_uploads_are_one_line(tiny_r
         ask(port, "GET", "/config")  # the server has dealt with the drops
         assert len([p for p in (tmp_path / "cache").rglob("*") if p.is_file()]) >= 6
         proc.send_signal(signal.SIGTERM)
-        proc.wait(120)
+        proc.wait(HANG_GUARD_S)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -352,7 +352,7 @@ def test_symlinks_in_a_runs_examples_are_never_listed_or_served(own_run, tmp_pat
         assert ask(port, "GET", f"/gradio_api/file={served}")[0] == 200
     finally:
         proc.terminate()
-        proc.wait(60)
+        proc.wait(HANG_GUARD_S)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import PRESIZE, SIZE, tiny_config
+from helpers import HANG_GUARD_S, wait_for
 
 from petclf.callbacks import StopAfter
 from petclf.config import TrainConfig
@@ -257,11 +257,9 @@ def test_cli_sigint_keeps_checkpoint_then_resumes(cli, synth_dir, tmp_path):
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     ckpt = out / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None and _epochs_saved(ckpt) < 1:
-        time.sleep(0.2)
+    wait_for("a first saved epoch", lambda: _epochs_saved(ckpt) >= 1, proc)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends, during epoch 1
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     done = _epochs_saved(ckpt)
@@ -277,10 +275,9 @@ def test_cli_sigint_keeps_checkpoint_then_resumes(cli, synth_dir, tmp_path):
 def test_cli_train_offline_message(cli, synth_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hub"))
-    t0 = time.monotonic()
     res = cli("train", "--data", synth_dir, "--arch", "resnet18", "--out", tmp_path / "r")
     assert res.exit_code == 2 and "--weights" in res.output and "Traceback" not in res.output
-    assert time.monotonic() - t0 < 15
+    assert not (tmp_path / "r").exists() and not any((tmp_path / "empty_hub").rglob("*.safetensors"))
 
 
 @pytest.mark.slow
@@ -451,7 +448,7 @@ WITHOUT_TENSORBOARD = ("import runpy, sys; sys.modules['tensorboard'] = None; sy
 def test_log_tensorboard_without_the_package_is_one_line_before_any_work(synth_dir, tmp_path):
     out = tmp_path / "r"
     proc = subprocess.run([sys.executable, "-c", WITHOUT_TENSORBOARD, "train", "-d", str(synth_dir), "--log",
-                           "tensorboard", "-o", str(out)], capture_output=True, text=True, timeout=120,
+                           "tensorboard", "-o", str(out)], capture_output=True, text=True, timeout=HANG_GUARD_S,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
