@@ -25,7 +25,7 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
         return None
     user, sep, password = value.partition(":")
     if not (user and sep and password):
-        raise ServeError("--auth takes USER:PASS (both non-empty)")
+        raise ServeError("--auth (or PETCLF_AUTH) takes USER:PASS (both non-empty)")
     return user, password
 
 

@@ -85,6 +85,13 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers(device: str, cores: int | None = None) -> int:
+    """DataLoader workers: on CPU none (a worker steals cores from compute: benchmarks/bench_train.py measured the
+    loop slower with 1 worker than with 0 on 2 cores); on GPU every core up to 8."""
+    cores = cores or available_cores()
+    return 0 if device == "cpu" else min(8, cores)
+
+
 class Compute(NamedTuple):
     """Where and how the network runs: resolved once per run from the settings and this machine."""
 

@@ -41,7 +41,7 @@ import torch
 from petclf import distributed
 from petclf.callbacks import EpochEnd, EpochProgress, FreezeBN, check_logging, log_callbacks
 from petclf.config import EXPORTS, UNSURE_BELOW, TrainConfig, save_config
-from petclf.device import Compute, available_cores, resolve_compute
+from petclf.device import Compute, default_workers, resolve_compute
 from petclf.errors import as_typed
 from petclf.io import atomic_path, write_atomic
 from petclf.labels import error_kind
@@ -66,9 +66,6 @@ from petclf.run import (
     sigterm_as_interrupt,
     update_latest,
 )
-
-RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.json", "lr_find.png", "export.pkl",
-             "data_report.json")  # a probe run writes oof.json instead of lr_find.png
 
 
 def resolve_device(cfg: TrainConfig) -> Compute:
@@ -127,13 +124,6 @@ def build_dataloaders(cfg: TrainConfig, pets, device: str):
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
     return make_dataloaders(pets, bs=cfg.bs, size=cfg.size, presize=cfg.presize, min_scale=cfg.min_scale,
                             mean=mean, std=std, device=torch.device(device), workers=workers, seed=cfg.seed)
-
-
-def default_workers(device: str, cores: int | None = None) -> int:
-    """DataLoader workers: on CPU none (a worker steals cores from compute: benchmarks/bench_train.py measured the
-    loop slower with 1 worker than with 0 on 2 cores); on GPU every core up to 8."""
-    cores = cores or available_cores()
-    return 0 if device == "cpu" else min(8, cores)
 
 
 def head_spec(recipe: str, arch: str) -> dict[str, Any]:
@@ -306,13 +296,14 @@ def export_run(learn, cfg: TrainConfig, pets, run_dir: Path, metrics: dict) -> N
     probe = metrics["recipe"]["name"] == "probe"
     sizes = ({"train": len(pets.fit_idx), "valid": 0} if probe
              else {"train": len(pets.train_idx), "valid": len(pets.valid_idx)})
+    sure = (metrics.get("probe") or {}).get("sure_below")  # a probe's, from its out-of-fold predictions
     extra = {"metrics": {k: metrics[k] for k in ("error_rate", "accuracy", "valid_loss")},
              "trained_at": datetime.now().astimezone().isoformat(timespec="seconds"),
              "data": {"root": str(pets.root), "layout": pets.report.layout,
                       "split": "none: every photo trains the probe" if probe else pets.report.split, "sizes": sizes},
              "temperature": metrics["calibration"]["temperature"], "calibration": metrics["calibration"],
              "recipe": metrics["recipe"], "not_a_pet": metrics["not_a_pet"], "open_set": metrics["open_set"],
-             "unsure_below": (metrics.get("probe") or {}).get("sure_below") or UNSURE_BELOW}
+             "unsure_below": UNSURE_BELOW if sure is None else sure}
     size, presize = (cfg.probe_size, cfg.probe_size) if probe else (cfg.size, cfg.presize)
     manifest = make_manifest(cfg.arch, head_spec(metrics["recipe"]["name"], cfg.arch), list(learn.dls.vocab),
                              size, presize, mean, std, groups=groups, group_name=group_name, **extra)
@@ -406,8 +397,7 @@ def describe(cfg: TrainConfig, compute: Compute, recipe: str, pets) -> str:
     n = distributed.world_size()
     procs = (f"; {n} processes, batch {cfg.bs} per process = {n * cfg.bs} global, LR not scaled"
              if n > 1 and recipe != "probe" else "")
-    images = (f"{len(pets.fit_idx)} images, all training the probe at {cfg.probe_size} px"
-              if recipe == "probe"
+    images = (f"{len(pets.fit_idx)} images, all training the probe at {cfg.probe_size} px" if recipe == "probe"
               else f"{len(pets.train_idx)} train / {len(pets.valid_idx)} valid images")
     return (f"device {device} ({precision}{layout}{threads}); {cfg.arch} from {weights}; recipe {recipe}; "
             f"{images}, {len(pets.vocab)} classes{procs}")

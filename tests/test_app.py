@@ -103,13 +103,13 @@ def test_the_model_card_names_its_error_and_says_when_calibration_was_not_possib
 
     probe = {**predictor.manifest, "metrics": {"error_rate": 0.0919},
              "recipe": {"name": "probe", "estimate": "5-fold cross-validation"}}
-    card = model_card(probe)
+    card = html.unescape(model_card(probe))
     assert "| Cross-validation error | 9.19% |" in card and "Validation error" not in card
     fastbook = {**predictor.manifest, "metrics": {"error_rate": 0.0725}, "recipe": {"name": "fastbook"}}
-    assert "| Validation error | 7.25% |" in model_card(fastbook)
+    assert "| Validation error | 7.25% |" in html.unescape(model_card(fastbook))
     targs = np.arange(40) % 4
     cal = choose_temperature(np.eye(4)[targs] + 0.01, targs)  # every held-out image right: the fit hits T_MIN
-    card = model_card({**predictor.manifest, "temperature": cal["temperature"], "calibration": cal})
+    card = html.unescape(model_card({**predictor.manifest, "temperature": cal["temperature"], "calibration": cal}))
     assert "| Temperature | 1 (calibration was not possible:" in card
 
 

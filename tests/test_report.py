@@ -380,7 +380,7 @@ def test_a_probe_run_is_judged_by_its_out_of_fold_predictions(tiny_run, synth_di
     logits = np.eye(len(classes))[labels] * 5.0
     logits[:3] = np.roll(logits[:3], 1, axis=1)  # three photos the out-of-fold models got wrong
     (run / OOF_NAME).write_text(json.dumps({"files": [str(p) for p in pets.items], "labels": labels.tolist(),
-                                            "logits": logits.tolist()}))
+                                            "logits": logits.tolist(), "classes": classes}))
     paths = write_report(run, workers=0)
     s = json.loads(paths["json"].read_text())["summary"]
     assert s["split_used"] == "out-of-fold" and s["note"] == OOF_NOTE
