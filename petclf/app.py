@@ -59,12 +59,12 @@ from petclf.cam import gradcam_logits, overlay
 from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
 from petclf.errors import ImageError, PetclfError
 from petclf.image import MAX_BYTES, load_rgb
-from petclf.labels import error_kind, pets_groups
+from petclf.labels import error_kind, pets_groups, plural
 from petclf.predict import Predictor, load_model
 from petclf.preprocess import valid_resize
 from petclf.serve import Limits, keep_memory_trimmed, middleware, private_cache, safe_files, stop_like_ctrl_c
 from petclf.text import as_markdown
-from petclf.verdict import Verdict, plural
+from petclf.verdict import Verdict
 
 MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before they reach petclf
 MAX_DATA_URL = -(-MAX_BYTES // 3) * 4  # longest base64 text that decodes to at most MAX_BYTES (checked before decoding)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from petclf.config import LIKELY_MAX, LIKELY_MIN_PROB, UNSURE_BELOW
+from petclf.labels import plural
 
 # The answer kinds (`Verdict.answer`, a stable machine key on every surface):
 ANSWERS = {"known": "one of the model's classes (sure, or the likely two or three)",
@@ -77,11 +78,6 @@ def likely_classes(probs: dict[str, float], groups: dict[str, str], species: str
     ranked.sort(key=lambda cp: -cp[1])
     keep = ranked[:2] + [cp for cp in ranked[2:LIKELY_MAX] if cp[1] >= LIKELY_MIN_PROB]
     return keep[:1] + [cp for cp in keep[1:] if percent(cp[1]) != percent(0.0)]  # never a "0 %" likely class
-
-
-def plural(noun: str) -> str:
-    """breed -> breeds, class -> classes."""
-    return noun + ("es" if noun.endswith("s") else "s")
 
 
 def none_of(n: int, noun: str) -> str:
