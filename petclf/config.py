@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import sys
 import typing
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -38,6 +41,7 @@ SERVE_HOST = "127.0.0.1"  # the demo listens on this machine only unless told ot
 SERVE_PORT = 7860  # Gradio's usual port
 DEFAULT_BS = 32  # training batch (per process) when --bs is not given, and the training part has room for it
 MIN_STEPS = 4  # a batch size not given shrinks so that every epoch has at least this many steps
+SYNTH_SET = (4, 20, 64, 0)  # `data synth`'s classes, images per class, px and seed: 80 images a CNN learns in a minute
 MIN_BS = 2  # fastai's head normalises each training batch (BatchNorm1d): one image is not a batch
 
 
@@ -109,18 +113,9 @@ class OutputFormat(str, Enum):
 DEVICES = ("auto", "cpu", "mps", "cuda", "cuda:N")  # what --device takes (N: a GPU index)
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SPLITS = ("random", "official", "FILE")  # what --split takes (FILE: a file naming the validation images)
-CHOICES: dict[str, type[Enum]] = {"recipe": Recipe, "precision": Precision, "channels_last": Switch,
-                                  "bn_freeze": Switch, "layout": Layout, "log": LogTo}
 MAX_CONFIG_BYTES = 64 * 1024  # a settings file is a few hundred bytes; anything this big is not one
-# (lowest, highest, lowest allowed itself, highest allowed itself) of every numeric setting; None: unbounded there
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "epochs": (0, 10_000, True, True), "freeze_epochs": (0, 10_000, True, True), "lr": (0, 10, False, True),
-    "bs": (1, 65_536, True, True), "size": (8, 4096, True, True), "presize": (8, 8192, True, True),
-    "min_scale": (0, 1, False, True), "valid_pct": (0, 1, False, False), "workers": (0, 256, True, True),
-    "small_data": (1, None, True, True), "lr_mult": (1, None, True, True), "probe_c": (0, None, False, True),
-    "probe_lr_scale": (0, None, False, True), "probe_size": (8, 2048, True, True),
-    "lr_find_steps": (5, 10_000, True, True),
-    "threads": (1, 1024, True, True)}
+# settings that once did something: files (and old runs' config.yaml) that set them still load, with a warning
+RETIRED = {"probe_c": "C is chosen by cross-validation", "probe_lr_scale": "the probe recipe no longer fine-tunes"}
 
 
 def check_device(value: str) -> str:
@@ -130,55 +125,119 @@ def check_device(value: str) -> str:
     return value
 
 
+# ---------------------------------------------------------------------------------------------------- settings
+# Each TrainConfig field carries all that is known about it in its metadata: the CLI flags, --help, the checks
+# and the resume rule are all generated from it, so a new setting is one field here.
+
+
+class Range(NamedTuple):
+    """Allowed values of a numeric setting; None: unbounded at that end."""
+
+    lo: float | None
+    hi: float | None
+    lo_ok: bool = True  # the bound itself is allowed
+    hi_ok: bool = True
+
+    def __str__(self) -> str:
+        left = "(-inf" if self.lo is None else ("[" if self.lo_ok else "(") + f"{self.lo:g}"
+        right = "inf)" if self.hi is None else f"{self.hi:g}" + ("]" if self.hi_ok else ")")
+        return f"{left}, {right}"
+
+
+DATA, MODEL, TRAINING, MACHINE, RUN = "Data", "Model", "Training", "Machine", "Run"  # --help's option panels
+
+
+def setting(default: Any, doc: str, panel: str, *, short: str | None = None, choices: type[Enum] | None = None,
+            bounds: Range | None = None, check: Callable[[Any], Any] | None = None, resume: bool = False,
+            lr_find: bool = True, shown: str | None = None, metavar: str | None = None,
+            path: bool = False) -> Any:
+    """A TrainConfig field with its metadata: `doc` (its --help), `short` flag, allowed `choices` or `bounds`,
+    a `check` of its value, whether `--resume` may change it, whether `petclf lr-find` takes it, the default
+    `shown` in --help when it is not the value itself, and whether it names a `path`."""
+    meta = dict(doc=doc, panel=panel, short=short, choices=choices, bounds=bounds, check=check, resume=resume,
+                lr_find=lr_find, shown=shown, metavar=metavar, path=path)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; saved as `config.yaml` beside every export."""
 
-    data: str | None = None  # Pets folder, a folder per class or a CSV's base; None: data/oxford-iiit-pet or download
-    layout: str = "auto"  # auto | pets | folders | csv: how `data` is read (auto: detected; `labels` means csv)
-    labels: str | None = None  # csv layout: a `file,label[,split|is_valid]` CSV, files relative to `data`
-    groups: str | None = None  # a `label,<group name>` CSV: a second level (Pets has cat/dog built in)
-    arch: str = "resnet34"  # any timm model name; resnet34 is the fastbook anchor
-    weights: str | None = None  # local timm state dict (.pth/.safetensors) instead of the hub, for air-gapped machines
-    pretrained: bool = True  # start from ImageNet weights (hub, hub cache or `weights`)
-    epochs: int = 4  # epochs after unfreezing (fastai's fine_tune(epochs))
-    freeze_epochs: int = 1  # epochs on the head alone before unfreezing
-    lr: float | None = None  # base learning rate; None runs lr_find and uses its suggestion
-    bs: int | None = None  # batch size (per process when distributed); None: DEFAULT_BS, fewer on small data
-    size: int = 224  # training crop size in pixels (aug_transforms size)
-    presize: int = 460  # item-level resize before batch augmentation (fastbook presizing)
-    min_scale: float = 0.75  # smallest crop scale of RandomResizedCrop in aug_transforms
-    split: str = "random"  # random | official | path to a file naming the validation images
-    valid_pct: float = 0.2  # validation share for the random split
-    seed: int = 42  # seeds the split and the run
-    device: str = "auto"  # auto (cuda > mps > cpu) | cuda | cuda:N | mps | cpu
-    workers: int | None = None  # DataLoader workers; None picks from the core count
-    out: str | None = None  # run directory; None: exports/<date>-<arch>
-    resume: str | None = None  # run directory to continue from its last checkpoint
-    recipe: str = "auto"  # auto | fastbook | probe; auto: probe below `small_data` training images per class
-    small_data: int = 50  # median training images per class under which `auto` uses the probe recipe
-    lr_mult: float = 100.0  # head LR / lowest body LR after unfreezing (fastai fine_tune's lr_mult)
-    probe_size: int = 384  # probe recipe: feature resolution (centre square resized to it; the bundle's input size)
-    probe_c: float = 1.0  # unused since C is chosen by cross-validation; kept so settings files that set it load
-    probe_lr_scale: float = 0.1  # unused: the probe recipe no longer fine-tunes; kept so settings files load
-    bn_freeze: str = "auto"  # fastbook recipe: on | off | auto (off) keeps backbone BatchNorm statistics frozen
-    lr_find_steps: int = 100  # fastbook recipe: at most this many lr_find steps (fewer on small data)
-    precision: str = "auto"  # auto (bf16 > fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16
-    threads: int | None = None  # torch CPU threads; None: every core this process may use
-    channels_last: str = "auto"  # auto (on for CUDA and CPU, off for MPS) | on | off: the layout the network trains in
-    log: str = "none"  # none | tensorboard: also log losses and metrics for TensorBoard in the run folder's tb/
-    cache: bool = True  # reuse cached image verdicts and probe features (petclf.featcache); False recomputes all
+    data: str | None = setting(
+        None, "Pets folder (DIR/images), a folder per class (DIR/<label>/, DIR/train|valid/<label>/) or the CSV's "
+        "base folder.", DATA, short="-d", path=True, shown="data/oxford-iiit-pet, downloaded when missing")
+    layout: str = setting("auto", "How --data is read: auto detects it; pets (<breed>_<n>.jpg), folders "
+                          "(DIR/<label>/), csv (--labels).", DATA, choices=Layout)
+    labels: str | None = setting(None, "CSV of file,label (optional split or is_valid), files relative to --data: "
+                                 "the csv layout.", DATA, path=True)
+    groups: str | None = setting(None, "CSV of label,<group name>: a second level (Pets: cat/dog built in).", DATA,
+                                 path=True, lr_find=False)
+    arch: str = setting("resnet34", "timm model name (resnet34: the fastbook anchor).", MODEL, short="-a")
+    weights: str | None = setting(None, "Local timm state dict (.pth/.safetensors) instead of the hub, for "
+                                  "air-gapped machines.", MODEL, path=True, shown="from the hub")
+    pretrained: bool = setting(True, "Start from ImageNet weights (hub, hub cache or --weights).", MODEL)
+    epochs: int = setting(4, "Epochs after unfreezing (fastai's fine_tune(epochs)).", TRAINING, short="-e",
+                          bounds=Range(0, 10_000), lr_find=False)
+    freeze_epochs: int = setting(1, "Epochs on the head alone before unfreezing.", TRAINING,
+                                 bounds=Range(0, 10_000), lr_find=False)
+    lr: float | None = setting(None, "Base learning rate.", TRAINING, bounds=Range(0, 10, lo_ok=False),
+                               lr_find=False, shown="lr_find's suggestion")
+    bs: int | None = setting(None, "Batch size (per process when distributed).", TRAINING,
+                             bounds=Range(1, 65_536), shown=f"{DEFAULT_BS}, fewer when the training part is small")
+    size: int = setting(224, "Training crop size in px (aug_transforms size).", TRAINING, bounds=Range(8, 4096))
+    presize: int = setting(460, "Item resize before batch augmentation (fastbook presizing).", TRAINING,
+                           bounds=Range(8, 8192))
+    min_scale: float = setting(0.75, "Smallest crop scale of RandomResizedCrop in aug_transforms.", TRAINING,
+                               bounds=Range(0, 1, lo_ok=False))
+    split: str = setting("random", "Validation split: random (--valid-pct, --seed), official "
+                         "(annotations/test.txt) or a FILE naming the validation images.", DATA,
+                         metavar=f"[{'|'.join(SPLITS)}]")
+    valid_pct: float = setting(0.2, "Validation share of the random split.", DATA,
+                               bounds=Range(0, 1, lo_ok=False, hi_ok=False))
+    seed: int = setting(42, "Seed of the split and the run.", DATA)
+    device: str = setting("auto", "auto picks cuda > mps > cpu; cuda:N a GPU by its index.", MACHINE,
+                          check=check_device, resume=True, metavar=f"[{'|'.join(DEVICES)}]")
+    workers: int | None = setting(None, "DataLoader workers.", MACHINE, bounds=Range(0, 256), resume=True,
+                                  shown="from the device and cores")
+    out: str | None = setting(None, "Run folder; `latest` is updated only under exports/.", RUN, short="-o",
+                              path=True, lr_find=False, shown="exports/<date>-<arch>")
+    resume: str | None = setting(None, "Continue the run in this folder from its last checkpoint.", RUN,
+                                 path=True, lr_find=False)
+    recipe: str = setting("auto", "auto: probe below --small-data training images per class, fastbook "
+                          "otherwise.", TRAINING, choices=Recipe)
+    small_data: int = setting(50, "Median training images per class under which recipe auto trains the probe.",
+                              TRAINING, bounds=Range(1, None))
+    lr_mult: float = setting(100.0, "Head LR / lowest body LR after unfreezing (fastai fine_tune's lr_mult).",
+                             TRAINING, bounds=Range(1, None), lr_find=False)
+    probe_size: int = setting(384, "Probe recipe: feature resolution in px (the centre square resized to it).",
+                              TRAINING, bounds=Range(8, 2048), lr_find=False)
+    bn_freeze: str = setting("auto", "Fastbook recipe: keep the backbone's BatchNorm statistics frozen (auto: "
+                             "off).", TRAINING, choices=Switch)
+    lr_find_steps: int = setting(100, "Fastbook recipe: at most this many lr_find steps (fewer on small data).",
+                                 TRAINING, bounds=Range(5, 10_000))
+    precision: str = setting("auto", "auto: bf16 > fp16 on a GPU, fp32 on CPU and MPS.", MACHINE,
+                             choices=Precision)
+    threads: int | None = setting(None, "Torch CPU threads.", MACHINE, bounds=Range(1, 1024), resume=True,
+                                  shown="every core this process may use")
+    channels_last: str = setting("auto", "Train in the channels_last layout (auto: on for CUDA and CPU, off for "
+                                 "MPS).", MACHINE, choices=Switch)
+    log: str = setting("none", "Also log losses and metrics for TensorBoard (RUN/tb/; needs pip install "
+                       "tensorboard).", RUN, choices=LogTo, resume=True, lr_find=False)
+    cache: bool = setting(True, "Reuse cached image checks and probe features (`petclf cache info`); "
+                          "--no-cache recomputes them all and writes none.", MACHINE, resume=True)
 
     def __post_init__(self) -> None:
-        for name, kind in CHOICES.items():
-            value = getattr(self, name)
-            value = value.value if isinstance(value, Enum) else value
-            if value not in {c.value for c in kind}:
-                raise ConfigError(f"{name} must be one of {'|'.join(c.value for c in kind)}, got {value!r}")
-            setattr(self, name, value)
-        check_device(self.device)
-        for name, bounds in RANGES.items():
-            check_range(name, getattr(self, name), *bounds)
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta["choices"] is not None:
+                value = value.value if isinstance(value, Enum) else value
+                if value not in {c.value for c in meta["choices"]}:
+                    raise ConfigError(f"{f.name} must be one of {choices_text(f.name)}, got {value!r}")
+                setattr(self, f.name, value)
+            if meta["check"] is not None and value is not None:
+                meta["check"](value)
+            if meta["bounds"] is not None:
+                check_range(f.name, value, meta["bounds"])
         if self.epochs + self.freeze_epochs < 1:
             raise ConfigError("epochs + freeze_epochs must be at least 1: a run that trains nothing exports nothing")
 
@@ -187,17 +246,67 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def check_range(name: str, value: float | None, lo: float | None, hi: float | None, lo_ok: bool = True,
-                hi_ok: bool = True) -> None:
-    """A one-line error unless `value` (when set) is a finite number within [lo, hi] (or open at an end)."""
+def settings() -> tuple[dataclasses.Field, ...]:
+    """TrainConfig's fields, each with its metadata (see `setting`)."""
+    return fields(TrainConfig)
+
+
+def meta(name: str) -> Mapping[str, Any]:
+    """What is known about the setting `name` (see `setting`)."""
+    return next(f.metadata for f in settings() if f.name == name)
+
+
+def choices_text(name: str) -> str:
+    """The values a choice setting takes, as --help writes them: `auto|fastbook|probe`."""
+    return "|".join(c.value for c in meta(name)["choices"])
+
+
+def resumable() -> tuple[str, ...]:
+    """The settings `--resume` may change: this machine's, never the recipe's."""
+    return tuple(f.name for f in settings() if f.metadata["resume"])
+
+
+def option_names(name: str) -> list[str]:
+    """The flags of a setting: `--freeze-epochs`, `--epochs -e`, `--cache/--no-cache` for a switch."""
+    flag = "--" + name.replace("_", "-")
+    if setting_type(name) is bool:
+        return [f"{flag}/--no-{flag[2:]}"]
+    return [flag] + ([meta(name)["short"]] if meta(name)["short"] else [])
+
+
+def option_help(name: str) -> str:
+    """A setting's --help text: its doc, its range, and for --resume what may change."""
+    doc, bounds = meta(name)["doc"], meta(name)["bounds"]
+    if bounds is not None:
+        doc += f" Range {bounds}."
+    if name == "resume":
+        doc += f" Only {', '.join(option_names(k)[0] for k in resumable())} may change."
+    return doc
+
+
+def shown_default(name: str) -> str | None:
+    """The default --help shows for a setting: its own words, else the value; None when there is none."""
+    f = next(f for f in settings() if f.name == name)
+    if f.metadata["shown"] is not None:
+        return f.metadata["shown"]
+    if isinstance(f.default, bool):
+        return name if f.default else f"no-{name}"
+    return None if f.default is None else str(f.default)
+
+
+def check_range(name: str, value: float | None, bounds: Range) -> None:
+    """A one-line error unless `value` (when set) is a finite number within `bounds`."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return  # unset, or the type check names the problem
+    lo, hi, lo_ok, hi_ok = bounds
     low = lo is None or (value >= lo if lo_ok else value > lo)
     high = hi is None or (value <= hi if hi_ok else value < hi)
     if not math.isfinite(value) or not (low and high):
-        left = "(-inf" if lo is None else ("[" if lo_ok else "(") + f"{lo:g}"
-        right = "inf)" if hi is None else f"{hi:g}" + ("]" if hi_ok else ")")
-        raise ConfigError(f"setting {name!r} must be a number in {left}, {right}, got {value!r}")
+        raise ConfigError(f"setting {name!r} must be a number in {bounds}, got {value!r}")
+
+
+CHOICES = {f.name: f.metadata["choices"] for f in settings() if f.metadata["choices"]}  # setting -> its Enum
+RANGES = {f.name: f.metadata["bounds"] for f in settings() if f.metadata["bounds"]}  # setting -> its Range
 
 
 def fit_bs(bs: int | None, n_train: int, processes: int = 1) -> tuple[int, str | None]:
@@ -232,7 +341,7 @@ def _check_keys(overrides: dict[str, Any], where: str) -> None:
         raise ConfigError(f"unknown setting(s) in {where}: {', '.join(unknown)} (known: {', '.join(config_keys())})")
 
 
-def _field_type(name: str) -> type:
+def setting_type(name: str) -> type:
     """The non-None type a setting is declared with (`float | None` -> float)."""
     hint = typing.get_type_hints(TrainConfig)[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -241,7 +350,7 @@ def _field_type(name: str) -> type:
 
 def _coerce(name: str, value: Any) -> Any:
     """Check a value against the setting's declared type; ints are accepted where floats are expected."""
-    kind = _field_type(name)
+    kind = setting_type(name)
     if value is None:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -284,7 +393,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not text") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
-    _check_keys(raw, str(path))
+    _check_keys(_drop_retired(raw, path), str(path))
+    return raw
+
+
+def _drop_retired(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`raw` without the RETIRED settings, saying in one line that they are ignored (old runs still load)."""
+    old = [k for k in RETIRED if k in raw]
+    if old and os.environ.get("RANK", "0") == "0":  # one line per run, not one per distributed process
+        why = "; ".join(f"{k}: {RETIRED[k]}" for k in old)
+        print(f"warning: {path} sets {', '.join(old)}, no longer used and ignored ({why})", file=sys.stderr)
+    for k in old:
+        del raw[k]
     return raw
 
 

@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from petclf import distributed
-from petclf.config import DEFAULT_BS, EXPORTS, TrainConfig, fit_bs, load_config_file, resolve_config
+from petclf.config import DEFAULT_BS, EXPORTS, TrainConfig, fit_bs, load_config_file, resolve_config, resumable
 from petclf.errors import PetclfError
 from petclf.io import save_state_dict, write_atomic
 
 T = TypeVar("T")
 CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors
-MACHINE_KEYS = ("device", "workers", "threads", "log", "cache")  # what `--resume` may change: not the recipe
+MACHINE_KEYS = resumable()  # what `--resume` may change (marked on each TrainConfig field): not the recipe
 
 
 # ---------------------------------------------------------------------------------------------------- rank 0

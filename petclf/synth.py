@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from petclf.config import SYNTH_SET
 from petclf.errors import DataError
 from petclf.image import encode
 from petclf.labels import CAT_BREEDS, DOG_BREEDS
 
-CLASSES, PER_CLASS, SIZE, SEED = 4, 20, 64, 0  # the default synthetic set: 80 images a small CNN learns in a minute
+CLASSES, PER_CLASS, SIZE, SEED = SYNTH_SET  # kept in petclf.config: the CLI shows them without loading numpy
 # class names of the folders and csv layouts: a user's own, not Pets breeds (spaces, accents, capitals, one lowercase)
 OWN_CLASSES = ("Crème brûlée", "Red fox", "blue whale", "Ølkrus", "Zebra Crossing", "Château", "Tea cup", "Ñandú")
 LABELS_CSV = "labels.csv"  # the csv layout's labels file, inside the data folder

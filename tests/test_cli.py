@@ -119,3 +119,44 @@ def test_model_takes_the_folder_its_model_json_or_latest(tiny_run, tmp_path):
     (tmp_path / "exports" / "latest").symlink_to(tiny_run.run_dir, target_is_directory=True)
     out = run("predict", "--model", "latest", str(photo), "-f", "csv", cwd=tmp_path)  # exports/latest
     assert out.returncode == 0 and photo.name in out.stdout, out.stderr
+
+
+def _help(command: str) -> str:
+    """`petclf COMMAND --help` as one line of text: rich's box and wrapping taken out."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "300"}  # wide: no option's help is wrapped
+    out = subprocess.run([*PETCLF, command, "--help"], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
+    assert out.returncode == 0, out.stderr
+    return " ".join(ln.strip("│╭╮╰╯─ ") for ln in out.stdout.splitlines())
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_help_shows_every_setting_with_its_flag_choices_and_default(command):
+    """The flags are made from TrainConfig's fields: each one's flag, choices and default are in --help."""
+    from petclf.config import choices_text, option_names, settings, shown_default
+
+    text = _help(command)
+    for f in settings():
+        if command == "lr-find" and not f.metadata["lr_find"]:
+            assert f"--{f.name.replace('_', '-')} " not in text.replace("--out ", ""), f.name
+            continue
+        for flag in option_names(f.name)[0].split("/") + option_names(f.name)[1:]:
+            assert f"{flag} " in text, (f.name, flag)
+        if f.metadata["choices"]:
+            assert f"<{choices_text(f.name)}>" in text, f.name
+        if shown_default(f.name) is not None:
+            assert f"[default: ({shown_default(f.name)})]" in text, f.name
+
+
+def test_resume_help_names_exactly_the_settings_resume_may_change():
+    from petclf.config import option_names, resumable, settings
+
+    said = _help("train").split("Continue the run in this folder")[1].split("Only ")[1].split(" may change")[0]
+    assert said == ", ".join(option_names(k)[0] for k in resumable())
+    assert set(resumable()) == {f.name for f in settings() if f.metadata["resume"]} and "epochs" not in resumable()
+
+
+def test_train_help_says_what_the_default_recipe_does():
+    from petclf.config import TrainConfig
+
+    text = _help("train")
+    assert f"From {TrainConfig().small_data} training photos per class" in text and "probe" in text

@@ -134,3 +134,37 @@ def test_a_batch_size_set_in_a_file_or_a_flag_is_told_from_the_default(tmp_path)
     (tmp_path / "c.yaml").write_text("bs: 64\n")
     assert resolve_config().bs is None and TrainConfig().bs is None  # not set: fitted to the data
     assert resolve_config(tmp_path / "c.yaml").bs == 64 and resolve_config(bs=32).bs == 32
+
+
+def test_retired_settings_load_with_one_warning_line(tmp_path, capsys):
+    """probe_c and probe_lr_scale do nothing now: a file (or an old run's config.yaml) that sets them still loads."""
+    from petclf.config import RETIRED
+
+    (tmp_path / "c.yaml").write_text("arch: resnet18\nprobe_c: 2.0\nprobe_lr_scale: 0.1\n")
+    cfg = resolve_config(tmp_path / "c.yaml")
+    assert cfg.arch == "resnet18" and not set(RETIRED) & set(config_keys())
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and said[0].startswith("warning: ") and "probe_c, probe_lr_scale" in said[0]
+    assert "ignored" in said[0]
+    with pytest.raises(ConfigError, match="probe_c"):
+        resolve_config(probe_c=2.0)  # a flag or a keyword is a new setting: unknown, as any other
+
+
+def test_an_old_run_that_set_retired_settings_resumes(tmp_path, capsys):
+    from petclf.run import resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = {**TrainConfig(arch="resnet18").to_dict(), "probe_c": 1.0, "probe_lr_scale": 0.1}
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    (run / "checkpoint.pth").write_bytes(b"")
+    assert resume_config(run, {"threads": 1}).arch == "resnet18"
+    assert "ignored" in capsys.readouterr().err
+
+
+def test_every_setting_carries_its_help_and_panel():
+    from petclf.config import CHOICES, RANGES, settings
+
+    for f in settings():
+        assert f.metadata["doc"].endswith(".") and f.metadata["panel"], f.name
+    assert CHOICES["recipe"].__name__ == "Recipe" and str(RANGES["lr"]) == "(0, 10]"
