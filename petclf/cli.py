@@ -1,12 +1,14 @@
 """`petclf <command>`: argument parsing and nothing else; the work is done by functions in the package.
 
     petclf --help
-    petclf data check --data data/oxford-iiit-pet
-    petclf data synth data/synth --classes 4 --per-class 20 --bad
+    petclf train --data data/oxford-iiit-pet --epochs 4
+    petclf predict photo.jpg --model exports/latest
 
-Exit codes: 0 done, 1 the job failed, 2 bad usage or bad input (one line on stderr, no traceback;
-set PETCLF_DEBUG=1 for the traceback). Choices are listed in --help; every default comes from the module that owns
-it (`TrainConfig` for training, `petclf.config` for the other commands), never from a literal here.
+Exit codes: 0 done, 1 the job failed, 2 bad usage or bad input (one line on stderr, no traceback; set
+PETCLF_DEBUG=1 for the traceback). Every default comes from the module that owns it (`TrainConfig` for
+training, whose fields also make the flags of `train` and `lr-find`; `petclf.config` for the other commands),
+never from a literal here. Nothing heavy (torch, fastai, Gradio, numpy) is imported before a command runs,
+so --help and plain mistakes answer at once.
 """
 
 from __future__ import annotations
@@ -42,9 +44,7 @@ from petclf.version import __version__
 # torch warns about its own deprecated jit at fastai import; users cannot act on it
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
 
-D = TrainConfig()  # defaults shown in --help are read from here, their one source
-
-WORKFLOW = ("data", "train", "lr-find", "predict", "report", "serve", "export", "demo")  # --help lists them so
+WORKFLOW = ("data", "train", "lr-find", "predict", "report", "serve", "export", "demo")  # --help's order
 
 
 class WorkflowGroup(typer.core.TyperGroup):
@@ -55,9 +55,9 @@ class WorkflowGroup(typer.core.TyperGroup):
         return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
 
 
-app = typer.Typer(help="Fine-tune, serve and interpret pet-breed classifiers (Oxford-IIIT Pets, fastai + timm).",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, context_settings=HELP,
-                  cls=WorkflowGroup)
+app = typer.Typer(help="Fine-tune, serve and interpret pet-breed classifiers (Oxford-IIIT Pets, fastai + "
+                       "timm).", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  context_settings=HELP, cls=WorkflowGroup)
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 
@@ -71,33 +71,37 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
-    """petclf: fine-tune a pretrained timm model on Oxford-IIIT Pets with fastai, then serve and interpret it."""
+    """petclf: fine-tune a pretrained timm model on Oxford-IIIT Pets with fastai, then serve and interpret
+    it."""
 
 
-# ---------------------------------------------------------------------------------------------------- options
+# ------------------------------------------------------------------------------------------------ options
 
-ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Trained model: a run folder, its model.json, or "
-                                                             "a `latest` link.")
-BackendOpt = typer.Option(Backend.auto, "--backend", help="What runs the network: auto is onnxruntime on CPU when "
-                                                          "model.onnx verifies, torch otherwise.")
-UnsureOpt = typer.Option(None, "--unsure-below", min=0.0, max=1.0, metavar="P", show_default="the model's own",
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                        help="Trained model: a run folder, its model.json, or a `latest` link.")
+BackendOpt = typer.Option(Backend.auto, "--backend", help="What runs the network: auto is onnxruntime on CPU "
+                                                          "when model.onnx verifies, torch otherwise.")
+OnnxOpt = typer.Option(False, "--onnx", help="Same as --backend onnx.")
+UnsureOpt = typer.Option(None, "--unsure-below", min=0.0, max=1.0, metavar="P",
+                         show_default="the model's own",
                          help="Below this top-class probability the answer lists the likely classes.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file of settings (flags override it).")
 
 
-# ---------------------------------------------------------------------------------------------------- training
+# ------------------------------------------------------------------------------------------------ training
 
 
 def _train_config(config: Path | None, flags: dict):
-    """Defaults < --config < flags; with --resume, the saved run's settings, checked against what was typed."""
+    """Defaults < --config < flags; with --resume, the saved run's settings, checked against what was
+    typed."""
     from petclf.config import load_config_file, resolve_config
 
     if flags.get("resume") is None:
         return resolve_config(config, **flags)
     from petclf.run import resume_config
 
-    typed = {**(load_config_file(config) if config else {}), **{k: v for k, v in flags.items() if v is not None}}
-    return resume_config(Path(flags["resume"]), typed)
+    typed = {k: v for k, v in flags.items() if v is not None}
+    return resume_config(Path(flags["resume"]), {**(load_config_file(config) if config else {}), **typed})
 
 
 def _check_data(data: str | None) -> None:
@@ -115,11 +119,11 @@ def _check_model(model: Path) -> None:
     read_manifest(model)
 
 
-D = TrainConfig()
-TRAIN_HELP = (f"Train a classifier on --data and export its run folder. From {D.small_data} training photos per "
-              "class (--small-data) the fastbook recipe: lr_find unless --lr is given, then fit_one_cycle on the "
-              "head and on the unfrozen network; below it the probe: a logistic regression on the pretrained "
-              "network's features, its error estimated by cross-validation. --recipe picks one.")
+TRAIN_HELP = (f"Train a classifier on --data and export its run folder. From {TrainConfig().small_data} "
+              "training photos per class (--small-data) the fastbook recipe: lr_find unless --lr is given, "
+              "then fit_one_cycle on the head and on the unfrozen network; below it the probe: a logistic "
+              "regression on the pretrained network's features, its error estimated by cross-validation. "
+              "--recipe picks one.")
 
 
 @app.command("train", help=TRAIN_HELP)
@@ -152,7 +156,7 @@ def lr_find_cmd(flags: dict, config: Path | None = ConfigOpt,
     typer.echo(f"suggested lr {found.suggestion:.2e}{' (fallback)' if found.fallback else ''}; plot: {png}")
 
 
-# ---------------------------------------------------------------------------------------------------- using a model
+# ------------------------------------------------------------------------------------------ using a model
 
 
 def _backend(backend: Backend, onnx: bool) -> str:
@@ -169,12 +173,12 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
             tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
             bs: int = typer.Option(PREDICT_BS, "--bs", min=1, help="Images per forward pass."),
             fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
-            out: Path | None = typer.Option(None, "--out", "-o", help="Write the results here instead of stdout."),
-            backend: Backend = BackendOpt,
-            onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx."),
+            out: Path | None = typer.Option(None, "--out", "-o",
+                                            help="Write the results here instead of stdout."),
+            backend: Backend = BackendOpt, onnx: bool = OnnxOpt,
             unsure_below: float | None = UnsureOpt) -> None:
-    """Predict breeds for images, in the order given: a species verdict (cat, dog or not a pet) and a breed verdict
-    per image. Unreadable images get an error row; exit code 1 if any failed."""
+    """Predict breeds for images, in the order given: a species verdict (cat, dog or not a pet) and a breed
+    verdict per image. Unreadable images get an error row; exit code 1 if any failed."""
     from petclf.io import check_file_writable, stream_errors, write_output
 
     if len(paths) == 1 and not any(c in paths[0] for c in "*?[") and not os.path.lexists(paths[0]):
@@ -188,8 +192,9 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
     if unsure_below is not None:
         predictor.unsure_below = unsure_below
     rows = list(predictor.predict_paths(paths, bs=bs, tta=tta))
-    # file names that are not UTF-8 come out as their own bytes, on stdout as in --out (never UnicodeEncodeError)
-    data = format_rows(rows, fmt, topk, predictor.display, predictor.noun).encode("utf-8", "surrogateescape")
+    # file names that are not UTF-8 come out as their own bytes, on stdout as in --out (no UnicodeEncodeError)
+    text = format_rows(rows, fmt, topk, predictor.display, predictor.noun)
+    data = text.encode("utf-8", "surrogateescape")
     if out is None:
         with stream_errors("standard output"):
             typer.echo(data, nl=False)
@@ -197,8 +202,8 @@ def predict(paths: list[str] = typer.Argument(..., metavar="PATH...",
         write_output(out, data)
     failed = sum(not r.ok for r in rows)
     if out is not None or failed:
-        typer.echo(f"{len(rows) - failed} predicted, {failed} failed" + (f"; results in {out}" if out else ""),
-                   err=True)
+        where = f"; results in {out}" if out else ""
+        typer.echo(f"{len(rows) - failed} predicted, {failed} failed{where}", err=True)
     if failed:
         raise typer.Exit(1)
 
@@ -213,16 +218,16 @@ def report(model: Path = ModelOpt,
                                           "list; folders: test/<label>/; csv: rows whose split is test), "
                                           "all (every photo of a new labelled --data folder) or a FILE "
                                           "naming the images."),
-           out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.html, report.json and "
-                                                                      "figures/.", show_default="MODEL/report"),
+           out: Path | None = typer.Option(None, "--out", "-o", show_default="MODEL/report",
+                                           help="Folder for report.html, report.json and figures/."),
            bs: int = typer.Option(REPORT_BS, "--bs", min=1, help="Images per forward pass."),
            min_val: int = typer.Option(REPORT_MIN_VAL, "--min-val", min=1,
                                        help="Smallest count listed as a confused pair."),
            top_k: int = typer.Option(REPORT_TOP_LOSSES, "--top-losses", min=1,
                                      help="Top-loss images shown with Grad-CAM."),
            device: str | None = setting_option("device", panel=False),
-           labels: Path | None = typer.Option(None, "--labels", help="CSV of file,label for --data (csv layout).",
-                                              show_default="the one the run recorded")) -> None:
+           labels: Path | None = typer.Option(None, "--labels", show_default="the one the run recorded",
+                                              help="CSV of file,label for --data (csv layout).")) -> None:
     """Write the interpretation report: one self-contained HTML page, plus JSON and PNG figures."""
     _check_model(model)
     from petclf.report import write_report
@@ -235,24 +240,25 @@ def report(model: Path = ModelOpt,
 @app.command("serve")
 @guarded
 def serve(model: Path = ModelOpt,
-          host: str = typer.Option(SERVE_HOST, help="Interface to listen on (0.0.0.0 exposes it to the network)."),
+          host: str = typer.Option(SERVE_HOST, help="Interface to listen on (0.0.0.0 exposes it to the "
+                                                    "network)."),
           port: int = typer.Option(SERVE_PORT, help="Port to listen on (1-65535)."),
-          share: bool = typer.Option(False, "--share", help="Also publish a temporary public gradio.live link."),
+          share: bool = typer.Option(False, "--share", help="Also publish a temporary public gradio.live "
+                                                            "link."),
           auth: str | None = typer.Option(None, "--auth", metavar="USER:PASS", envvar="PETCLF_AUTH",
-                                          help="Require this login (also read from PETCLF_AUTH, which keeps the "
-                                               "password out of the process list)."),
-          backend: Backend = BackendOpt,
-          onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx."),
+                                          help="Require this login (also read from PETCLF_AUTH, which keeps "
+                                               "the password out of the process list)."),
+          backend: Backend = BackendOpt, onnx: bool = OnnxOpt,
           title: str | None = typer.Option(None, "--title", help="The page's heading.",
-                                           show_default="from the model: 'Which breed is this pet?' for Pets, "
-                                                        "'Which class is this?' otherwise"),
+                                           show_default="from the model: 'Which breed is this pet?' for "
+                                                        "Pets, 'Which class is this?' otherwise"),
           unsure_below: float | None = UnsureOpt) -> None:
-    """Serve the Gradio demo: upload a photo, see the class (Pets: breed, cat or dog), and Grad-CAM (always run by
-    torch)."""
+    """Serve the Gradio demo: upload a photo, see the class (Pets: breed, cat or dog), and Grad-CAM (always
+    run by torch)."""
     from petclf.address import check_address, parse_auth
 
     if auth is None and os.environ.get("PETCLF_AUTH") == "":
-        auth = ""  # click skips an empty variable: refuse it like --auth '' rather than serve without the login
+        auth = ""  # click skips an empty variable: refuse it like --auth '' rather than serve with no login
     login = parse_auth(auth)
     check_address(host, port)  # port, address and model first: one line at once, not after Gradio and torch
     _check_model(model)
@@ -265,8 +271,8 @@ def serve(model: Path = ModelOpt,
 @app.command("export")
 @guarded
 def export(model: Path = ModelOpt,
-           onnx: bool = typer.Option(False, "--onnx", help="Write model.onnx beside the bundle, checked against "
-                                                           "torch.")) -> None:
+           onnx: bool = typer.Option(False, "--onnx", help="Write model.onnx beside the bundle, checked "
+                                                           "against torch.")) -> None:
     """Export a bundle to other runtimes (ONNX), checking the outputs against torch."""
     from petclf.onnx import export_onnx, match_summary
 
@@ -280,10 +286,12 @@ def export(model: Path = ModelOpt,
 @guarded
 def demo_cmd(out: Path = typer.Option(demo_defaults.OUT, "--out", "-o",
                                       help="Folder for the synthetic data and run."),
-             epochs: int = typer.Option(demo_defaults.EPOCHS, "--epochs", "-e", help="Epochs after unfreezing."),
+             epochs: int = typer.Option(demo_defaults.EPOCHS, "--epochs", "-e",
+                                        help="Epochs after unfreezing."),
              layout: Layout = typer.Option(Layout.pets, "--layout", help="The synthetic data's layout: pets, "
                                                                          "folders or csv.")) -> None:
-    """The whole pipeline offline on CPU in a few minutes: synthetic data, a small model, train, export, report."""
+    """The whole pipeline offline on CPU in a few minutes: synthetic data, a small model, train, export,
+    report."""
     from petclf.progress import stage
 
     with stage("loading torch and fastai"):

@@ -25,7 +25,8 @@ CLASSES, PER_CLASS, SIZE, SEED = SYNTH_SET
 @data_app.command("check")
 @guarded
 @with_settings(["data", "layout", "labels", "groups", "split", "valid_pct", "seed", "cache"])
-def data_check(flags: dict, report: Path | None = typer.Option(None, help="Folder to write data_report.json into.")
+def data_check(flags: dict,
+               report: Path | None = typer.Option(None, help="Folder to write data_report.json into.")
                ) -> None:
     """Say which layout --data has and why, verify every image, count classes and split sizes, list bad files.
     Exits 2 if training could not go on."""
@@ -35,8 +36,8 @@ def data_check(flags: dict, report: Path | None = typer.Option(None, help="Folde
 
     cfg = resolve_config(**flags)
     with bar("verifying images") as progress:
-        pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed, use_cache=cfg.cache,
-                         progress=progress, layout=cfg.layout, labels=cfg.labels)
+        pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed,
+                         use_cache=cfg.cache, progress=progress, layout=cfg.layout, labels=cfg.labels)
     group_name, named = read_groups(cfg.groups, pets.vocab) if cfg.groups else ("species", None)
     typer.echo(pets.report.summary())
     if (note := _probe_note(pets, cfg.small_data)) is not None:
@@ -81,20 +82,22 @@ def _print_class_table(counts: dict[str, int], group_name: str, groups: dict[str
 def data_synth(out: Path = typer.Argument(..., help="Folder to write the images into."),
                layout: Layout = typer.Option(Layout.pets, "--layout", help="pets (<breed>_<n>.jpg), folders "
                                              "(DIR/<class>/) or csv (DIR/images/ + DIR/labels.csv)."),
-               split_dirs: bool = typer.Option(False, "--split-dirs", help="folders: DIR/train|valid/<class>/."),
+               split_dirs: bool = typer.Option(False, "--split-dirs",
+                                               help="folders: DIR/train|valid/<class>/."),
                classes: int = typer.Option(CLASSES, help="Number of classes (2-37 breeds; 2-8 own names for "
                                                          "folders and csv)."),
                per_class: int = typer.Option(PER_CLASS, help="Images per breed."),
                size: int = typer.Option(SIZE, help="Image side in pixels."),
                seed: int = typer.Option(SEED, help="Random seed."),
-               bad: bool = typer.Option(False, "--bad", help="Also plant the known bad files of real Pets.")) -> None:
+               bad: bool = typer.Option(False, "--bad",
+                                        help="Also plant the known bad files of real Pets.")) -> None:
     """Write a synthetic dataset in any layout that a small CNN learns in a minute on CPU."""
     from petclf.synth import synth_data
 
     if layout == Layout.auto:
         fail("--layout for synth is pets, folders or csv")
-    planted = synth_data(out, layout.value, n_classes=classes, per_class=per_class, size=size, seed=seed, bad=bad,
-                         split_dirs=split_dirs)
+    planted = synth_data(out, layout.value, n_classes=classes, per_class=per_class, size=size, seed=seed,
+                         bad=bad, split_dirs=split_dirs)
     typer.echo(f"wrote {classes * per_class} images of {classes} classes to {out} ({layout.value} layout)")
     for name, verdict in planted.items():
         typer.echo(f"  planted {name} ({verdict})")

@@ -1,4 +1,4 @@
-"""What every `petclf` command shares: one-line errors and exit codes, and the flags made from TrainConfig's fields.
+"""What the `petclf` commands share: one-line errors and exit codes; flags made from TrainConfig's fields.
 
     @app.command("train")
     @guarded                                   # petclf's errors: one line, exit 2; other failures: exit 1
@@ -21,7 +21,7 @@ from typing import Any
 
 import typer
 
-from petclf.config import ConfigError, meta, option_help, option_names, setting_type, settings, shown_default
+from petclf.config import ConfigError, meta, resumable, setting_type, settings
 from petclf.errors import PetclfError, as_typed
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -77,6 +77,34 @@ def _parser(check: Callable[[Any], Any]) -> Callable[[str | None], Any]:
     return parse
 
 
+def option_names(name: str) -> list[str]:
+    """The flags of a setting: `--freeze-epochs`, `--epochs -e`, `--cache/--no-cache` for a switch."""
+    flag = "--" + name.replace("_", "-")
+    if setting_type(name) is bool:
+        return [f"{flag}/--no-{flag[2:]}"]
+    return [flag] + ([meta(name)["short"]] if meta(name)["short"] else [])
+
+
+def option_help(name: str) -> str:
+    """A setting's --help text: its doc, its range, and for --resume what may change."""
+    doc, bounds = meta(name)["doc"], meta(name)["bounds"]
+    if bounds is not None:
+        doc += f" Range {bounds}."
+    if name == "resume":
+        doc += f" Only {', '.join(option_names(k)[0] for k in resumable())} may change."
+    return doc
+
+
+def shown_default(name: str) -> str | None:
+    """The default --help shows for a setting: its own words, else the value; None when there is none."""
+    f = next(f for f in settings() if f.name == name)
+    if f.metadata["shown"] is not None:
+        return f.metadata["shown"]
+    if isinstance(f.default, bool):
+        return name if f.default else f"no-{name}"
+    return None if f.default is None else str(f.default)
+
+
 def setting_option(name: str, panel: bool = True) -> Any:
     """The flag of the TrainConfig field `name` (typer's Option). Its default is None, so that defaults <
     --config FILE < flags holds (petclf.config); --help shows the field's own default."""
@@ -96,13 +124,14 @@ def _parameter(name: str) -> inspect.Parameter:
 
 
 def with_settings(names: Iterable[str]):
-    """Decorate `fn(flags, **rest)` into a command that also takes a flag per setting in `names`; `fn` gets the
-    ones given as `flags` (a dict of plain values, None when not given) and its own parameters as before."""
+    """Decorate `fn(flags, **rest)` into a command that also takes a flag per setting in `names`; `fn` gets
+    them as `flags` (a dict of plain values, None when not given) and its own parameters as before."""
     names = set(names)
     chosen = [f for f in settings() if f.name in names]
 
     def decorate(fn):
-        own = [p.replace(kind=p.KEYWORD_ONLY) for p in inspect.signature(fn).parameters.values() if p.name != "flags"]
+        own = [p.replace(kind=p.KEYWORD_ONLY) for p in inspect.signature(fn).parameters.values()
+               if p.name != "flags"]
 
         @functools.wraps(fn)
         def command(**kwargs):

@@ -1,6 +1,7 @@
 """The one source of training defaults, and how they are layered.
 
-Defaults live in `TrainConfig`; a YAML file (`--config FILE`) overrides them; command-line flags override both.
+Defaults live in `TrainConfig`; a YAML file (`--config FILE`) overrides them; command-line flags override
+both.
 Unknown or mistyped keys are an error, never silently ignored:
 
     cfg = resolve_config("my.yaml", epochs=2)   # defaults < my.yaml < epochs=2
@@ -26,7 +27,8 @@ import yaml
 from petclf.errors import PetclfError
 
 EXPORTS = Path("exports")  # default parent of run directories
-DEFAULT_MODEL = EXPORTS / "latest"  # what predict, serve and report load: `petclf train` points it at its newest run
+# what predict, serve and report load: `petclf train` points it at its newest run
+DEFAULT_MODEL = EXPORTS / "latest"
 
 # Defaults of the commands that use a trained model (the training defaults are TrainConfig's fields, below).
 TOPK = 5  # breeds listed per image by predict and the demo
@@ -34,14 +36,15 @@ PREDICT_BS = 32  # images per forward pass in `petclf predict`
 REPORT_BS = 64  # images per forward pass in `petclf report`
 REPORT_TOP_LOSSES = 9  # top-loss images the report shows, each with its Grad-CAM
 REPORT_MIN_VAL = 1  # most_confused: smallest off-diagonal count the report lists (fastai's `min_val`)
-UNSURE_BELOW = 0.5  # below this top-class probability the breed answer lists the likely ones (a bundle may set its own)
-LIKELY_MAX = 3  # an unsure answer lists at most this many breeds: the top two, and a third when it is likely enough
+# below this top-class probability the breed answer lists the likely ones (a bundle may set its own)
+UNSURE_BELOW = 0.5
+LIKELY_MAX = 3  # an unsure answer lists at most this many: the top two, and a third when it is likely enough
 LIKELY_MIN_PROB = 0.1  # the third breed is listed only from this probability up
 SERVE_HOST = "127.0.0.1"  # the demo listens on this machine only unless told otherwise
 SERVE_PORT = 7860  # Gradio's usual port
 DEFAULT_BS = 32  # training batch (per process) when --bs is not given, and the training part has room for it
 MIN_STEPS = 4  # a batch size not given shrinks so that every epoch has at least this many steps
-SYNTH_SET = (4, 20, 64, 0)  # `data synth`'s classes, images per class, px and seed: 80 images a CNN learns in a minute
+SYNTH_SET = (4, 20, 64, 0)  # `data synth`'s classes, images per class, px, seed: learnt in a minute
 MIN_BS = 2  # fastai's head normalises each training batch (BatchNorm1d): one image is not a batch
 
 
@@ -50,7 +53,7 @@ class ConfigError(PetclfError):
 
 
 # ---------------------------------------------------------------------------------------------------- choices
-# The command line lists these in --help and completes them; settings files are checked against the same lists.
+# The command line lists these in --help; settings files are checked against the same lists.
 
 
 class Recipe(str, Enum):
@@ -79,7 +82,7 @@ class Switch(str, Enum):
 
 
 class Layout(str, Enum):
-    """How --data is read: auto detects; pets (<breed>_<n>.jpg), folders (DIR/<label>/), csv (--labels FILE)."""
+    """How --data is read: auto detects; pets (<breed>_<n>.jpg), folders (DIR/<label>/), csv (--labels)."""
 
     auto = "auto"
     pets = "pets"
@@ -88,7 +91,7 @@ class Layout(str, Enum):
 
 
 class Backend(str, Enum):
-    """What runs the network for prediction: auto is onnxruntime on CPU when model.onnx verifies, else torch."""
+    """What runs the network to predict: auto is onnxruntime on CPU when model.onnx verifies, else torch."""
 
     auto = "auto"
     torch = "torch"
@@ -115,7 +118,8 @@ DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SPLITS = ("random", "official", "FILE")  # what --split takes (FILE: a file naming the validation images)
 MAX_CONFIG_BYTES = 64 * 1024  # a settings file is a few hundred bytes; anything this big is not one
 # settings that once did something: files (and old runs' config.yaml) that set them still load, with a warning
-RETIRED = {"probe_c": "C is chosen by cross-validation", "probe_lr_scale": "the probe recipe no longer fine-tunes"}
+RETIRED = {"probe_c": "C is chosen by cross-validation",
+           "probe_lr_scale": "the probe recipe no longer fine-tunes"}
 
 
 def check_device(value: str) -> str:
@@ -125,7 +129,7 @@ def check_device(value: str) -> str:
     return value
 
 
-# ---------------------------------------------------------------------------------------------------- settings
+# ------------------------------------------------------------------------------------------------ settings
 # Each TrainConfig field carries all that is known about it in its metadata: the CLI flags, --help, the checks
 # and the resume rule are all generated from it, so a new setting is one field here.
 
@@ -147,10 +151,10 @@ class Range(NamedTuple):
 DATA, MODEL, TRAINING, MACHINE, RUN = "Data", "Model", "Training", "Machine", "Run"  # --help's option panels
 
 
-def setting(default: Any, doc: str, panel: str, *, short: str | None = None, choices: type[Enum] | None = None,
-            bounds: Range | None = None, check: Callable[[Any], Any] | None = None, resume: bool = False,
-            lr_find: bool = True, shown: str | None = None, metavar: str | None = None,
-            path: bool = False) -> Any:
+def setting(default: Any, doc: str, panel: str, *, short: str | None = None,
+            choices: type[Enum] | None = None, bounds: Range | None = None,
+            check: Callable[[Any], Any] | None = None, resume: bool = False, lr_find: bool = True,
+            shown: str | None = None, metavar: str | None = None, path: bool = False) -> Any:
     """A TrainConfig field with its metadata: `doc` (its --help), `short` flag, allowed `choices` or `bounds`,
     a `check` of its value, whether `--resume` may change it, whether `petclf lr-find` takes it, the default
     `shown` in --help when it is not the value itself, and whether it names a `path`."""
@@ -164,14 +168,15 @@ class TrainConfig:
     """Everything a training run depends on; saved as `config.yaml` beside every export."""
 
     data: str | None = setting(
-        None, "Pets folder (DIR/images), a folder per class (DIR/<label>/, DIR/train|valid/<label>/) or the CSV's "
-        "base folder.", DATA, short="-d", path=True, shown="data/oxford-iiit-pet, downloaded when missing")
+        None, "Pets folder (DIR/images), a folder per class (DIR/<label>/, DIR/train|valid/<label>/) or the "
+        "CSV's base folder.", DATA, short="-d", path=True,
+        shown="data/oxford-iiit-pet, downloaded when missing")
     layout: str = setting("auto", "How --data is read: auto detects it; pets (<breed>_<n>.jpg), folders "
                           "(DIR/<label>/), csv (--labels).", DATA, choices=Layout)
-    labels: str | None = setting(None, "CSV of file,label (optional split or is_valid), files relative to --data: "
-                                 "the csv layout.", DATA, path=True)
-    groups: str | None = setting(None, "CSV of label,<group name>: a second level (Pets: cat/dog built in).", DATA,
-                                 path=True, lr_find=False)
+    labels: str | None = setting(None, "CSV of file,label (optional split or is_valid), files relative to "
+                                 "--data: the csv layout.", DATA, path=True)
+    groups: str | None = setting(None, "CSV of label,<group name>: a second level (Pets: cat/dog built in).",
+                                 DATA, path=True, lr_find=False)
     arch: str = setting("resnet34", "timm model name (resnet34: the fastbook anchor).", MODEL, short="-a")
     weights: str | None = setting(None, "Local timm state dict (.pth/.safetensors) instead of the hub, for "
                                   "air-gapped machines.", MODEL, path=True, shown="from the hub")
@@ -183,8 +188,9 @@ class TrainConfig:
     lr: float | None = setting(None, "Base learning rate.", TRAINING, bounds=Range(0, 10, lo_ok=False),
                                lr_find=False, shown="lr_find's suggestion")
     bs: int | None = setting(None, "Batch size (per process when distributed).", TRAINING,
-                             bounds=Range(1, 65_536), shown=f"{DEFAULT_BS}, fewer when the training part is small")
-    size: int = setting(224, "Training crop size in px (aug_transforms size).", TRAINING, bounds=Range(8, 4096))
+                             bounds=Range(1, 65_536), shown=f"{DEFAULT_BS}, fewer on a small training part")
+    size: int = setting(224, "Training crop size in px (aug_transforms size).", TRAINING,
+                        bounds=Range(8, 4096))
     presize: int = setting(460, "Item resize before batch augmentation (fastbook presizing).", TRAINING,
                            bounds=Range(8, 8192))
     min_scale: float = setting(0.75, "Smallest crop scale of RandomResizedCrop in aug_transforms.", TRAINING,
@@ -205,22 +211,22 @@ class TrainConfig:
                                  path=True, lr_find=False)
     recipe: str = setting("auto", "auto: probe below --small-data training images per class, fastbook "
                           "otherwise.", TRAINING, choices=Recipe)
-    small_data: int = setting(50, "Median training images per class under which recipe auto trains the probe.",
-                              TRAINING, bounds=Range(1, None))
+    small_data: int = setting(50, "Median training images per class under which recipe auto trains the "
+                              "probe.", TRAINING, bounds=Range(1, None))
     lr_mult: float = setting(100.0, "Head LR / lowest body LR after unfreezing (fastai fine_tune's lr_mult).",
                              TRAINING, bounds=Range(1, None), lr_find=False)
-    probe_size: int = setting(384, "Probe recipe: feature resolution in px (the centre square resized to it).",
-                              TRAINING, bounds=Range(8, 2048), lr_find=False)
-    bn_freeze: str = setting("auto", "Fastbook recipe: keep the backbone's BatchNorm statistics frozen (auto: "
-                             "off).", TRAINING, choices=Switch)
-    lr_find_steps: int = setting(100, "Fastbook recipe: at most this many lr_find steps (fewer on small data).",
-                                 TRAINING, bounds=Range(5, 10_000))
+    probe_size: int = setting(384, "Probe recipe: feature resolution in px (the centre square resized to "
+                              "it).", TRAINING, bounds=Range(8, 2048), lr_find=False)
+    bn_freeze: str = setting("auto", "Fastbook recipe: keep the backbone's BatchNorm statistics frozen "
+                             "(auto: off).", TRAINING, choices=Switch)
+    lr_find_steps: int = setting(100, "Fastbook recipe: at most this many lr_find steps (fewer on small "
+                                 "data).", TRAINING, bounds=Range(5, 10_000))
     precision: str = setting("auto", "auto: bf16 > fp16 on a GPU, fp32 on CPU and MPS.", MACHINE,
                              choices=Precision)
     threads: int | None = setting(None, "Torch CPU threads.", MACHINE, bounds=Range(1, 1024), resume=True,
                                   shown="every core this process may use")
-    channels_last: str = setting("auto", "Train in the channels_last layout (auto: on for CUDA and CPU, off for "
-                                 "MPS).", MACHINE, choices=Switch)
+    channels_last: str = setting("auto", "Train in the channels_last layout (auto: on for CUDA and CPU, off "
+                                 "for MPS).", MACHINE, choices=Switch)
     log: str = setting("none", "Also log losses and metrics for TensorBoard (RUN/tb/; needs pip install "
                        "tensorboard).", RUN, choices=LogTo, resume=True, lr_find=False)
     cache: bool = setting(True, "Reuse cached image checks and probe features (`petclf cache info`); "
@@ -239,7 +245,8 @@ class TrainConfig:
             if meta["bounds"] is not None:
                 check_range(f.name, value, meta["bounds"])
         if self.epochs + self.freeze_epochs < 1:
-            raise ConfigError("epochs + freeze_epochs must be at least 1: a run that trains nothing exports nothing")
+            raise ConfigError("epochs + freeze_epochs must be at least 1: a run that trains nothing exports "
+                              "nothing")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all settings, in declaration order."""
@@ -266,34 +273,6 @@ def resumable() -> tuple[str, ...]:
     return tuple(f.name for f in settings() if f.metadata["resume"])
 
 
-def option_names(name: str) -> list[str]:
-    """The flags of a setting: `--freeze-epochs`, `--epochs -e`, `--cache/--no-cache` for a switch."""
-    flag = "--" + name.replace("_", "-")
-    if setting_type(name) is bool:
-        return [f"{flag}/--no-{flag[2:]}"]
-    return [flag] + ([meta(name)["short"]] if meta(name)["short"] else [])
-
-
-def option_help(name: str) -> str:
-    """A setting's --help text: its doc, its range, and for --resume what may change."""
-    doc, bounds = meta(name)["doc"], meta(name)["bounds"]
-    if bounds is not None:
-        doc += f" Range {bounds}."
-    if name == "resume":
-        doc += f" Only {', '.join(option_names(k)[0] for k in resumable())} may change."
-    return doc
-
-
-def shown_default(name: str) -> str | None:
-    """The default --help shows for a setting: its own words, else the value; None when there is none."""
-    f = next(f for f in settings() if f.name == name)
-    if f.metadata["shown"] is not None:
-        return f.metadata["shown"]
-    if isinstance(f.default, bool):
-        return name if f.default else f"no-{name}"
-    return None if f.default is None else str(f.default)
-
-
 def check_range(name: str, value: float | None, bounds: Range) -> None:
     """A one-line error unless `value` (when set) is a finite number within `bounds`."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -311,14 +290,17 @@ RANGES = {f.name: f.metadata["bounds"] for f in settings() if f.metadata["bounds
 
 def fit_bs(bs: int | None, n_train: int, processes: int = 1) -> tuple[int, str | None]:
     """The training batch per process for `n_train` images over `processes`, and a line saying why it is not
-    DEFAULT_BS (None when it is, or was set). The training loop drops a last partial batch, so a batch larger than a
-    process's share would leave an epoch with no step: a set `bs` is refused then; one not set shrinks to the
-    largest that gives MIN_STEPS steps an epoch."""
+    DEFAULT_BS (None when it is, or was set). The training loop drops a last partial batch, so a batch
+    larger than a process's share would leave an epoch with no step: a set `bs` is refused then; one not set
+    shrinks to the largest that gives MIN_STEPS steps an epoch."""
     share = n_train // processes
-    each = f"{n_train} training images" + (f" ({share} per process, {processes} processes)" if processes > 1 else "")
+    each = f"{n_train} training images"
+    if processes > 1:
+        each += f" ({share} per process, {processes} processes)"
     if share < MIN_BS:
-        raise ConfigError(f"the {each} are too few for one training batch of {MIN_BS} (BatchNorm needs two images); "
-                          "add training photos" + (" or use fewer processes" if processes > 1 else ""))
+        raise ConfigError(f"the {each} are too few for one training batch of {MIN_BS} (BatchNorm needs two "
+                          "images); add training photos"
+                          + (" or use fewer processes" if processes > 1 else ""))
     fitted = min(DEFAULT_BS, max(MIN_BS, share // MIN_STEPS))
     if bs is not None and not MIN_BS <= bs <= share:
         why = ("one image is not a batch: fastai's head normalises over the batch" if bs < MIN_BS else
@@ -326,8 +308,8 @@ def fit_bs(bs: int | None, n_train: int, processes: int = 1) -> tuple[int, str |
         raise ConfigError(f"--bs {bs} does not fit the {each}: {why}; pass --bs {fitted} or leave --bs out")
     if bs is not None or fitted == DEFAULT_BS:
         return bs or fitted, None
-    return fitted, (f"batch size {fitted} instead of {DEFAULT_BS}: the {each} give {share // fitted} steps an "
-                    "epoch (--bs sets it)")
+    return fitted, (f"batch size {fitted} instead of {DEFAULT_BS}: the {each} give {share // fitted} steps "
+                    "an epoch (--bs sets it)")
 
 
 def config_keys() -> list[str]:
@@ -338,7 +320,8 @@ def config_keys() -> list[str]:
 def _check_keys(overrides: dict[str, Any], where: str) -> None:
     unknown = sorted(set(overrides) - set(config_keys()))
     if unknown:
-        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(unknown)} (known: {', '.join(config_keys())})")
+        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(unknown)} "
+                          f"(known: {', '.join(config_keys())})")
 
 
 def setting_type(name: str) -> type:
@@ -373,7 +356,8 @@ def _refuse_references(text: str, path: Path) -> None:
             raise ConfigError(f"config file {path} uses YAML anchors or aliases; write plain values")
         implicit = getattr(event, "implicit", True)  # (plain, quoted) for scalars, a bool for collections
         if getattr(event, "tag", None) and not (implicit[0] if isinstance(implicit, tuple) else implicit):
-            raise ConfigError(f"config file {path} uses an explicit YAML tag ({event.tag}); write plain values")
+            raise ConfigError(f"config file {path} uses an explicit YAML tag ({event.tag}); write plain "
+                              "values")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -382,7 +366,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KB; a settings file is a few lines")
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KB; a settings file is a "
+                          "few lines")
     try:
         text = path.read_text()
         _refuse_references(text, path)

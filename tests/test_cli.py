@@ -34,7 +34,7 @@ def test_data_check_names_every_planted_file_and_counts_classes(bad_synth, tmp_p
     for name in planted:
         assert name in out.stdout, name
     table = out.stdout[out.stdout.index("class "):]
-    for breed in ("Abyssinian", "Bengal", "American Bulldog", "American Pit Bull Terrier"):  # names for people
+    for breed in ("Abyssinian", "Bengal", "American Bulldog", "American Pit Bull Terrier"):  # names, not ids
         assert breed in table, table
     assert (tmp_path / "data_report.json").is_file()
 
@@ -47,7 +47,7 @@ def test_missing_data_folder_exits_2_with_one_line():
 
 
 def test_no_network_no_local_data_fails_naming_data_flag_without_a_download(tmp_path):
-    out = run("data", "check", cwd=tmp_path)  # the network check is bounded (io.NETWORK_TIMEOUT), not timed here
+    out = run("data", "check", cwd=tmp_path)  # the network check is bounded (io.NETWORK_TIMEOUT), not timed
     if out.returncode == 0:
         pytest.fail("expected no Pets data and no network on this machine")
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
@@ -56,7 +56,8 @@ def test_no_network_no_local_data_fails_naming_data_flag_without_a_download(tmp_
 
 
 def test_one_class_is_refused_with_exit_2(tmp_path):
-    assert run("data", "synth", str(tmp_path), "--classes", "2", "--per-class", "3", "--size", "16").returncode == 0
+    made = run("data", "synth", str(tmp_path), "--classes", "2", "--per-class", "3", "--size", "16")
+    assert made.returncode == 0
     for p in tmp_path.glob("Abyssinian_*"):
         p.unlink()
     out = run("data", "check", "--data", str(tmp_path))
@@ -104,14 +105,15 @@ def test_bad_usage_exits_2():
 
 def test_help_lists_commands_in_workflow_order():
     out = run("--help").stdout
-    where = [out.index(f"│ {name} ") for name in ("data", "train", "lr-find", "predict", "report", "serve", "export",
-                                                    "demo")]
+    order = ("data", "train", "lr-find", "predict", "report", "serve", "export", "demo")
+    where = [out.index(f"│ {name} ") for name in order]
     assert where == sorted(where), out
 
 
 @pytest.mark.slow
 def test_model_takes_the_folder_its_model_json_or_latest(tiny_run, tmp_path):
-    photo = next(Path(json.loads((tiny_run.run_dir / "model.json").read_text())["data"]["root"]).glob("*.jpg"))
+    manifest = json.loads((tiny_run.run_dir / "model.json").read_text())
+    photo = next(Path(manifest["data"]["root"]).glob("*.jpg"))
     for model in (tiny_run.run_dir, tiny_run.run_dir / "model.json"):
         out = run("predict", "--model", str(model), str(photo), "-f", "csv")
         assert out.returncode == 0 and photo.name in out.stdout, out.stderr
@@ -124,7 +126,8 @@ def test_model_takes_the_folder_its_model_json_or_latest(tiny_run, tmp_path):
 def _help(command: str) -> str:
     """`petclf COMMAND --help` as one line of text: rich's box and wrapping taken out."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "300"}  # wide: no option's help is wrapped
-    out = subprocess.run([*PETCLF, command, "--help"], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
+    out = subprocess.run([*PETCLF, command, "--help"], capture_output=True, text=True, env=env,
+                         timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stderr
     return " ".join(ln.strip("│╭╮╰╯─ ") for ln in out.stdout.splitlines())
 
@@ -132,7 +135,8 @@ def _help(command: str) -> str:
 @pytest.mark.parametrize("command", ["train", "lr-find"])
 def test_help_shows_every_setting_with_its_flag_choices_and_default(command):
     """The flags are made from TrainConfig's fields: each one's flag, choices and default are in --help."""
-    from petclf.config import choices_text, option_names, settings, shown_default
+    from petclf.cli_shell import option_names, shown_default
+    from petclf.config import choices_text, settings
 
     text = _help(command)
     for f in settings():
@@ -148,11 +152,14 @@ def test_help_shows_every_setting_with_its_flag_choices_and_default(command):
 
 
 def test_resume_help_names_exactly_the_settings_resume_may_change():
-    from petclf.config import option_names, resumable, settings
+    from petclf.cli_shell import option_names
+    from petclf.config import resumable, settings
 
-    said = _help("train").split("Continue the run in this folder")[1].split("Only ")[1].split(" may change")[0]
+    resume = _help("train").split("Continue the run in this folder")[1]
+    said = resume.split("Only ")[1].split(" may change")[0]
     assert said == ", ".join(option_names(k)[0] for k in resumable())
-    assert set(resumable()) == {f.name for f in settings() if f.metadata["resume"]} and "epochs" not in resumable()
+    assert set(resumable()) == {f.name for f in settings() if f.metadata["resume"]}
+    assert "epochs" not in resumable() and "device" in resumable()
 
 
 def test_train_help_says_what_the_default_recipe_does():

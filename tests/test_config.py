@@ -121,10 +121,11 @@ def test_batch_size_fits_the_training_part_unless_it_was_set():
     assert fit_bs(None, 5000) == (DEFAULT_BS, None)
     bs, why = fit_bs(None, 24)  # 24 < 32: the largest batch giving 4 steps an epoch
     assert bs == 6 and why.startswith("batch size 6 instead of 32") and "4 steps" in why
-    assert fit_bs(None, 24, processes=2)[0] == 3 and fit_bs(None, 5, processes=2)[0] == 2  # each process's share
-    assert fit_bs(24, 24) == (24, None) and fit_bs(12, 24, processes=2) == (12, None)  # set: kept while it fits
+    assert fit_bs(None, 24, processes=2)[0] == 3 and fit_bs(None, 5, processes=2)[0] == 2  # a process's share
+    assert fit_bs(24, 24) == (24, None) and fit_bs(12, 24, processes=2) == (12, None)  # set: kept if it fits
     for bs, n, procs in ((64, 24, 1), (16, 24, 2), (1, 24, 1)):
-        with pytest.raises(ConfigError, match=rf"^--bs {bs} does not fit .*; pass --bs \d+ or leave --bs out$"):
+        with pytest.raises(ConfigError, match=rf"^--bs {bs} does not fit .*; pass --bs \d+ or leave --bs "
+                                              "out$"):
             fit_bs(bs, n, procs)
     with pytest.raises(ConfigError, match="too few for one training batch"):
         fit_bs(None, 3, processes=2)
@@ -137,7 +138,7 @@ def test_a_batch_size_set_in_a_file_or_a_flag_is_told_from_the_default(tmp_path)
 
 
 def test_retired_settings_load_with_one_warning_line(tmp_path, capsys):
-    """probe_c and probe_lr_scale do nothing now: a file (or an old run's config.yaml) that sets them still loads."""
+    """probe_c and probe_lr_scale do nothing now: a file, or an old run's config.yaml, setting them loads."""
     from petclf.config import RETIRED
 
     (tmp_path / "c.yaml").write_text("arch: resnet18\nprobe_c: 2.0\nprobe_lr_scale: 0.1\n")
