@@ -3,12 +3,12 @@
     from petclf.guards import Limits, middleware
     demo.launch(..., auth=("ann", "pw"), app_kwargs={"middleware": middleware(Limits())})
 
-ASGI middleware in front of Gradio's app (outermost first): a client that drops an upload part-way is one log line;
-a body over `max_request_bytes` gets 413 unread; `/login` answers 429 after `login_failures` wrong passwords from
-one client within `login_lockout` seconds; with a login set, every route but the login page and its static files
-answers 401 without it; request bodies count against a budget per client and in all per `window` seconds, and an
-upload that would take Gradio's cache over `cache_bytes` is refused (429). Each refusal is one log line.
-`petclf.serve` sets them up with the demo's own limits (`LIMITS`).
+ASGI middleware in front of Gradio's app (outermost first): a client that drops an upload part-way is one
+log line; a body over `max_request_bytes` gets 413 unread; `/login` answers 429 after `login_failures` wrong
+passwords from one client within `login_lockout` seconds; with a login set, every route but the login page
+and its static files answers 401 without it; request bodies count against a budget per client and in all per
+`window` seconds, and an upload that would take Gradio's cache over `cache_bytes` is refused (429). Each
+refusal is one log line. `petclf.serve` sets them up with the demo's own limits (`LIMITS`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ UPLOAD_PATH = "/gradio_api/upload"  # the one route that writes visitors' files 
 class Limits:
     """What one client, and all of them, may ask of the server; the defaults are `petclf serve`'s."""
 
-    max_request_bytes: int = 28 * 2**20  # a body over this is refused (413) before it is read; serve.py sets it
+    max_request_bytes: int = 28 * 2**20  # a body over this is refused (413) unread; serve.py sets it
     window: float = 60.0  # seconds over which request bodies are counted, per client and in all
     client_bytes: int = 256 * 2**20  # bytes one client may send per window (a dozen 20 MB photos); then 429
     total_bytes: int = 1024 * 2**20  # bytes all clients together may send per window; then 429

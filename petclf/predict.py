@@ -3,7 +3,7 @@
     petclf predict photos/ cat.jpg 'more/*.png' --model exports/latest --topk 5 --format csv --out preds.csv
 
     from petclf import load_model
-    p = load_model("exports/latest")                   # pickle-free: safetensors + model.json, checksum verified
+    p = load_model("exports/latest")                   # pickle-free: safetensors + model.json, verified
     p.predict("cat.jpg")                               # {breed: prob}, most likely first
     for row in p.predict_paths(["photos/"], bs=32):    # decoding in threads, overlapped with the forward pass
         print(row.file, row.top(3), row.group)
@@ -32,7 +32,14 @@ from scipy.special import softmax
 from petclf.bundle import class_groups, display_names, manifest_number, read_manifest, resolve_bundle_dir
 from petclf.config import DEFAULT_MODEL, UNSURE_BELOW, Backend
 from petclf.errors import ImageError, PetclfError
-from petclf.formats import Prediction, format_rows, row_dict, to_csv, to_json, to_table  # noqa: F401 - re-exported
+from petclf.formats import (  # noqa: F401 - the writers re-exported: petclf.predict.format_rows etc.
+    Prediction,
+    format_rows,
+    row_dict,
+    to_csv,
+    to_json,
+    to_table,
+)
 from petclf.image import ImageSource
 from petclf.io import list_images
 from petclf.labels import class_noun
@@ -71,11 +78,11 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Predicti
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path | Prediction]:
-    """Files, folders (recursive) and globs -> image files and error rows (arguments that name no image), in the
-    order given; a file named twice comes once, where it first appears.
+    """Files, folders (recursive) and globs -> image files and error rows (arguments that name no image),
+    in the order given; a file named twice comes once, where it first appears.
 
-    Symlinked folders are not followed; a symlink that loops or leads nowhere is kept as a file, and decoding gives
-    it its error row.
+    Symlinked folders are not followed; a symlink that loops or leads nowhere is kept as a file, and
+    decoding gives it its error row.
     """
     items: list[Path | Prediction] = []  # image files, and error rows in their argument's place
     for arg in paths:
@@ -97,13 +104,15 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path | Prediction]:
             else:
                 items.append(Prediction(str(arg), error=f"{p.name}: file not found"))
         except (OSError, ValueError) as e:  # a name too long, a NUL byte, an unreadable folder
-            items.append(Prediction(str(arg), error=f"{p.name}: cannot read ({getattr(e, 'strerror', None) or e})"))
+            why = getattr(e, "strerror", None) or e
+            items.append(Prediction(str(arg), error=f"{p.name}: cannot read ({why})"))
     seen: set[Path] = set()
     return [i for i in items if not isinstance(i, Path) or not (i in seen or seen.add(i))]
 
 
 def _bounded_map(fn: Callable, items: Sequence, pool: ThreadPoolExecutor, ahead: int) -> Iterator[Future]:
-    """`pool.submit(fn, item)` for each item, keeping at most `ahead` unfinished futures; yields them in order."""
+    """`pool.submit(fn, item)` for each item, keeping at most `ahead` unfinished futures; yields them in
+    order."""
     pending: deque[Future] = deque()
     for item in items:
         pending.append(pool.submit(fn, item))
@@ -127,7 +136,8 @@ class TorchNet:
         return self.outputs(x)[0]
 
     def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, pooled features) for a preprocessed batch: one forward pass, as the ONNX graph gives them."""
+        """(logits, pooled features) for a preprocessed batch: one forward pass, as the ONNX graph gives
+        them."""
         import torch
 
         from petclf.model import WithFeatures
@@ -165,7 +175,8 @@ class Predictor:
         self.net, self.manifest, self.backend = net, manifest, backend
         self.detector = detector  # the bundle's not-a-pet detector; None when it has none (or it is off)
         self.open_set = open_set  # the bundle's open-set signals (petclf.openset); None when it has none
-        # below this top-class probability the breed answer lists the likely ones; the bundle's own, else the default
+        # below this top-class probability the answer lists the likely classes; the bundle's own, else the
+        # default
         self.unsure_below = manifest_number(manifest, "unsure_below", UNSURE_BELOW)
         # the torch network for Grad-CAM: given, or (ONNX backend) a loader called on first use
         self._model = model
@@ -205,15 +216,16 @@ class Predictor:
         return np.asarray(self.net(x), np.float32)
 
     def softmax(self, logits: np.ndarray) -> np.ndarray:
-        """Logits -> probabilities: `softmax(logits / temperature)` (the calibrated temperature from the manifest)."""
+        """Logits -> probabilities: `softmax(logits / temperature)` (the manifest's calibrated temperature)."""
         return softmax(np.asarray(logits, np.float64) / self.temperature, axis=1)
 
     def probs(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Probabilities for a preprocessed batch; with `tta`, averaged with the horizontally flipped batch."""
+        """Probabilities for a preprocessed batch; with `tta`, averaged with the flipped batch's."""
         return self._flip_averaged(self.softmax(self.logits(x)), x, tta)
 
     def _flip_averaged(self, p: np.ndarray, x: np.ndarray, tta: bool) -> np.ndarray:
-        """`p` (the batch `x`'s probabilities), or with `tta` its mean with those of the horizontally flipped batch."""
+        """`p` (the batch `x`'s probabilities), or with `tta` its mean with the horizontally flipped
+        batch's."""
         if not tta:
             return p
         return (p + self.softmax(self.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
@@ -225,11 +237,14 @@ class Predictor:
             return self.probs(x, tta), None
         logits, feats = self.net.outputs(x)  # one forward pass for both
         p = self._flip_averaged(self.softmax(logits), x, tta)
-        return p, None if feats is None else signal_rows(feats, self.detector, self.open_set)  # None: an old graph
+        if feats is None:  # an ONNX graph exported before it gave the features
+            return p, None
+        return p, signal_rows(feats, self.detector, self.open_set)
 
     def verdict(self, p: np.ndarray, signals: np.void | float | None = None,
                 unsure_below: float | None = None) -> Verdict:
-        """The answers for one row of probabilities and its signals (a `signal_rows` row, or a not-a-pet score)."""
+        """The answers for one row of probabilities and its signals (a `signal_rows` row, or a not-a-pet
+        score)."""
         row = signals if isinstance(signals, np.void) else None
         score = float(row["score"] if row is not None else signals) if signals is not None else None
         score = None if score is None or np.isnan(score) else score
@@ -390,7 +405,8 @@ def load_model(model_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", backe
     except ValueError:
         raise PetclfError(f"unknown backend {backend!r} ({', '.join(b.value for b in Backend)})") from None
     path, manifest = None, None
-    if backend != "torch":  # auto gets None off the CPU or without a verified model.onnx, and falls back to torch
+    # auto gets None off the CPU or without a verified model.onnx, and falls back to torch
+    if backend != "torch":
         manifest = read_manifest(model_dir)
         path = verified_onnx(model_dir, manifest) if backend == "onnx" else auto_onnx(model_dir, manifest, device)
     if path is None:
