@@ -3,24 +3,26 @@
     petclf predict photos/ cat.jpg 'more/*.png' --model exports/latest --topk 5 --format csv --out preds.csv
 
     from petclf import load_model
-    p = load_model("exports/latest")                   # pickle-free: safetensors + model.json, checksum verified
+    p = load_model("exports/latest")                   # pickle-free: safetensors + model.json, verified
     p.predict("cat.jpg")                               # {breed: prob}, most likely first
     for row in p.predict_paths(["photos/"], bs=32):    # decoding in threads, overlapped with the forward pass
         print(row.file, row.top(3), row.group)
+    Batcher(p).outputs(x)                              # from many server threads: one forward pass for all
 
 Preprocessing is fastai's validation preprocessing (`petclf.preprocess`); probabilities are
-`softmax(logits / temperature)`. The predictor works in numpy: with a verified model.onnx (backend `auto` on CPU,
-or `onnx`) neither torch nor fastai is imported, so a cold `petclf predict` starts in well under a second.
+`softmax(logits / temperature)`; `petclf.formats` writes the results. The predictor works in numpy: with a
+verified model.onnx (backend `auto` on CPU, or `onnx`) neither torch nor fastai is imported, so a cold
+`petclf predict` starts in well under a second.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +30,16 @@ import numpy as np
 from scipy.special import softmax
 
 from petclf.bundle import class_groups, display_names, manifest_number, read_manifest, resolve_bundle_dir
-from petclf.config import DEFAULT_MODEL, UNSURE_BELOW, Backend, OutputFormat
+from petclf.config import DEFAULT_MODEL, UNSURE_BELOW, Backend
 from petclf.errors import ImageError, PetclfError
+from petclf.formats import (  # noqa: F401 - the writers re-exported: petclf.predict.format_rows etc.
+    Prediction,
+    format_rows,
+    row_dict,
+    to_csv,
+    to_json,
+    to_table,
+)
 from petclf.image import ImageSource
 from petclf.io import list_images
 from petclf.labels import class_noun
@@ -42,35 +52,6 @@ if TYPE_CHECKING:
     import torch
 
 Net = Callable[[np.ndarray], np.ndarray]  # a preprocessed float32 batch -> its logits
-
-
-# ---------------------------------------------------------------------------------------------------- results
-
-
-@dataclass
-class Prediction:
-    """One image's result: probabilities over all classes (most likely first) and over their groups (Pets: cat or
-    dog; empty for a model without groups), or the error that stopped it."""
-
-    file: str
-    probs: dict[str, float] = field(default_factory=dict)
-    group_probs: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    verdict: Verdict | None = None  # both answers (species or not a pet; breed), None for an error row
-
-    @property
-    def ok(self) -> bool:
-        """True when the image was predicted."""
-        return self.error is None
-
-    def top(self, k: int = 5) -> list[tuple[str, float]]:
-        """The `k` most likely breeds with their probabilities."""
-        return list(self.probs.items())[:k]
-
-    @property
-    def group(self) -> str | None:
-        """The group (Pets: `cat` or `dog`) with the most probability summed over its classes; None without groups."""
-        return max(self.group_probs, key=self.group_probs.get) if self.group_probs else None
 
 
 # ---------------------------------------------------------------------------------------------------- paths
@@ -97,11 +78,11 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Predicti
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path | Prediction]:
-    """Files, folders (recursive) and globs -> image files and error rows (arguments that name no image), in the
-    order given; a file named twice comes once, where it first appears.
+    """Files, folders (recursive) and globs -> image files and error rows (arguments that name no image),
+    in the order given; a file named twice comes once, where it first appears.
 
-    Symlinked folders are not followed; a symlink that loops or leads nowhere is kept as a file, and decoding gives
-    it its error row.
+    Symlinked folders are not followed; a symlink that loops or leads nowhere is kept as a file, and
+    decoding gives it its error row.
     """
     items: list[Path | Prediction] = []  # image files, and error rows in their argument's place
     for arg in paths:
@@ -123,13 +104,15 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path | Prediction]:
             else:
                 items.append(Prediction(str(arg), error=f"{p.name}: file not found"))
         except (OSError, ValueError) as e:  # a name too long, a NUL byte, an unreadable folder
-            items.append(Prediction(str(arg), error=f"{p.name}: cannot read ({getattr(e, 'strerror', None) or e})"))
+            why = getattr(e, "strerror", None) or e
+            items.append(Prediction(str(arg), error=f"{p.name}: cannot read ({why})"))
     seen: set[Path] = set()
     return [i for i in items if not isinstance(i, Path) or not (i in seen or seen.add(i))]
 
 
 def _bounded_map(fn: Callable, items: Sequence, pool: ThreadPoolExecutor, ahead: int) -> Iterator[Future]:
-    """`pool.submit(fn, item)` for each item, keeping at most `ahead` unfinished futures; yields them in order."""
+    """`pool.submit(fn, item)` for each item, keeping at most `ahead` unfinished futures; yields them in
+    order."""
     pending: deque[Future] = deque()
     for item in items:
         pending.append(pool.submit(fn, item))
@@ -153,7 +136,8 @@ class TorchNet:
         return self.outputs(x)[0]
 
     def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, pooled features) for a preprocessed batch: one forward pass, as the ONNX graph gives them."""
+        """(logits, pooled features) for a preprocessed batch: one forward pass, as the ONNX graph gives
+        them."""
         import torch
 
         from petclf.model import WithFeatures
@@ -191,7 +175,8 @@ class Predictor:
         self.net, self.manifest, self.backend = net, manifest, backend
         self.detector = detector  # the bundle's not-a-pet detector; None when it has none (or it is off)
         self.open_set = open_set  # the bundle's open-set signals (petclf.openset); None when it has none
-        # below this top-class probability the breed answer lists the likely ones; the bundle's own, else the default
+        # below this top-class probability the answer lists the likely classes; the bundle's own, else the
+        # default
         self.unsure_below = manifest_number(manifest, "unsure_below", UNSURE_BELOW)
         # the torch network for Grad-CAM: given, or (ONNX backend) a loader called on first use
         self._model = model
@@ -231,15 +216,16 @@ class Predictor:
         return np.asarray(self.net(x), np.float32)
 
     def softmax(self, logits: np.ndarray) -> np.ndarray:
-        """Logits -> probabilities: `softmax(logits / temperature)` (the calibrated temperature from the manifest)."""
+        """Logits -> probabilities: `softmax(logits / temperature)` (the manifest's calibrated temperature)."""
         return softmax(np.asarray(logits, np.float64) / self.temperature, axis=1)
 
     def probs(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Probabilities for a preprocessed batch; with `tta`, averaged with the horizontally flipped batch."""
+        """Probabilities for a preprocessed batch; with `tta`, averaged with the flipped batch's."""
         return self._flip_averaged(self.softmax(self.logits(x)), x, tta)
 
     def _flip_averaged(self, p: np.ndarray, x: np.ndarray, tta: bool) -> np.ndarray:
-        """`p` (the batch `x`'s probabilities), or with `tta` its mean with those of the horizontally flipped batch."""
+        """`p` (the batch `x`'s probabilities), or with `tta` its mean with the horizontally flipped
+        batch's."""
         if not tta:
             return p
         return (p + self.softmax(self.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
@@ -251,11 +237,14 @@ class Predictor:
             return self.probs(x, tta), None
         logits, feats = self.net.outputs(x)  # one forward pass for both
         p = self._flip_averaged(self.softmax(logits), x, tta)
-        return p, None if feats is None else signal_rows(feats, self.detector, self.open_set)  # None: an old graph
+        if feats is None:  # an ONNX graph exported before it gave the features
+            return p, None
+        return p, signal_rows(feats, self.detector, self.open_set)
 
     def verdict(self, p: np.ndarray, signals: np.void | float | None = None,
                 unsure_below: float | None = None) -> Verdict:
-        """The answers for one row of probabilities and its signals (a `signal_rows` row, or a not-a-pet score)."""
+        """The answers for one row of probabilities and its signals (a `signal_rows` row, or a not-a-pet
+        score)."""
         row = signals if isinstance(signals, np.void) else None
         score = float(row["score"] if row is not None else signals) if signals is not None else None
         score = None if score is None or np.isnan(score) else score
@@ -336,6 +325,68 @@ class Predictor:
                 yield from self._rows(batch_files, batch_xs, tta)
 
 
+class Batcher:
+    """Groups concurrent `outputs` calls from server threads into one forward pass (dynamic batching).
+
+    Callers decode and preprocess in their own threads, then wait here; one worker thread takes whatever has
+    queued up (at most `max_batch`), runs the network once, and hands each caller its row. Gradio's own
+    `batch=True` waits for a batch to fill (`max_batch_size`, `batch_wait`) and batches the whole request,
+    decoding included; this batches only the forward pass, which is where batching pays (bench_predict.py).
+    """
+
+    def __init__(self, predictor: Predictor, max_batch: int = 8, timeout: float = 60.0):
+        self.predictor, self.max_batch, self.timeout = predictor, max_batch, timeout
+        self._q: queue.Queue = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="petclf-batcher", daemon=True)
+        self._worker.start()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (1 x n_classes) for one preprocessed image (1 x 3 x H x W)."""
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities 1 x n_classes, its signals (1,) or None) for one preprocessed image."""
+        fut: Future = Future()
+        self._q.put((x, fut))
+        return fut.result(self.timeout)
+
+    def _take(self) -> list[tuple[np.ndarray, Future] | None]:
+        """The next request (waiting for one), and whatever else has queued up, up to `max_batch`."""
+        items = [self._q.get()]
+        while len(items) < self.max_batch:
+            try:
+                items.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _run(self) -> None:
+        """The worker: one forward pass per batch taken, until `close` queues its None."""
+        while True:
+            items = self._take()
+            live = [it for it in items if it is not None]
+            if live:
+                self._forward(live)
+            if len(live) < len(items):
+                return
+
+    def _forward(self, items: list[tuple[np.ndarray, Future]]) -> None:
+        """Run one batch and hand each caller its row (or the batch's error)."""
+        try:
+            p, s = self.predictor.outputs(np.concatenate([x for x, _ in items]))
+        except Exception as e:  # noqa: BLE001 - hand the failure to every waiting caller
+            for _, f in items:
+                f.set_exception(e)
+            return
+        for i, (_, f) in enumerate(items):
+            f.set_result((p[i:i + 1], None if s is None else s[i:i + 1]))
+
+    def close(self) -> None:
+        """Stop the worker thread once the queue drains."""
+        self._q.put(None)
+        self._worker.join(5)
+
+
 # ---------------------------------------------------------------------------------------------------- loading
 
 
@@ -354,7 +405,8 @@ def load_model(model_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", backe
     except ValueError:
         raise PetclfError(f"unknown backend {backend!r} ({', '.join(b.value for b in Backend)})") from None
     path, manifest = None, None
-    if backend != "torch":  # auto gets None off the CPU or without a verified model.onnx, and falls back to torch
+    # auto gets None off the CPU or without a verified model.onnx, and falls back to torch
+    if backend != "torch":
         manifest = read_manifest(model_dir)
         path = verified_onnx(model_dir, manifest) if backend == "onnx" else auto_onnx(model_dir, manifest, device)
     if path is None:
@@ -371,140 +423,3 @@ def load_model(model_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", backe
 
     return Predictor(OnnxNet(path), manifest, "onnx", model=torch_model, detector=Detector.load(model_dir, manifest),
                      open_set=OpenSet.load(model_dir, manifest))
-
-
-# ---------------------------------------------------------------------------------------------------- output
-
-
-Names = dict[str, str] | None  # {class id: display name}; None: labels.display_name
-
-
-def _name(names: Names, c: str) -> str:
-    from petclf.labels import display_name
-
-    return (names or {}).get(c) or display_name(c)
-
-
-def row_dict(row: Prediction, k: int = 5, names: Names = None) -> dict[str, Any]:
-    """A result as plain data: the class id (`breed_id`, the machine key) and display name of each of the top k,
-    the species and not-a-pet answers (each only where the model has them), the answer's kind (`answer`: known,
-    other, not_a_pet or none: `petclf.verdict.ANSWERS`), both verdicts in words; `error` (null
-    unless the row failed: JSON readers find every key in every object)."""
-    if not row.ok:
-        return {"file": row.file, "top": [], "error": row.error}
-    v = row.verdict
-    d: dict[str, Any] = {"file": row.file, "breed_id": row.top(1)[0][0], "breed": _name(names, row.top(1)[0][0]),
-                         "prob": round(row.top(1)[0][1], 6),
-                         "top": [{"breed_id": b, "breed": _name(names, b), "prob": round(p, 6)} for b, p in row.top(k)]}
-    if row.group_probs:  # a cat or dog of another breed: the species the open-set signals name
-        g, q = (v.species, v.species_prob) if v is not None and v.answer == "other" else \
-            (row.group, row.group_probs[row.group])
-        d |= {"species": g, "species_prob": round(q, 6)}
-    if v is not None and v.not_a_pet is not None:
-        d |= {"not_a_pet": v.not_a_pet,
-              "not_a_pet_score": None if v.not_a_pet_score is None else round(v.not_a_pet_score, 6)}
-    if v is not None:
-        d |= {"answer": v.answer, "verdict": {"species": v.species_text, "breed": v.breed_text,
-                                              "breed_sure": v.breed_sure, "likely": [b for b, _ in v.likely]}}
-    return d | {"error": None}
-
-
-def to_json(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
-    """Results as a JSON list, one object per image, in input order."""
-    import json
-
-    return json.dumps([row_dict(r, k, names) for r in rows], indent=1) + "\n"
-
-
-def _has(rows: Sequence[Prediction], what: str) -> bool:
-    """Whether any row has species answers (`species`), not-a-pet answers (`not_a_pet`) or an error (`error`)."""
-    if what == "error":
-        return any(not r.ok for r in rows)
-    if what == "species":
-        return any(r.group_probs for r in rows)
-    return any(r.verdict is not None and r.verdict.not_a_pet is not None for r in rows)
-
-
-def csv_header(rows: Sequence[Prediction], k: int) -> list[str]:
-    """The CSV columns these rows need: species, not-a-pet and error columns only where there is something to say."""
-    head = ["file", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("breed_id", "breed", "prob")]]
-    head += ["species", "species_prob"] if _has(rows, "species") else []
-    head += ["not_a_pet", "not_a_pet_score"] if _has(rows, "not_a_pet") else []
-    return head + ["verdict_species", "verdict_breed", "answer"] + (["error"] if _has(rows, "error") else [])
-
-
-def to_csv(rows: Sequence[Prediction], k: int = 5, names: Names = None) -> str:
-    """Results as CSV, in input order: file, breed_id_1, breed_1, prob_1, ..., [species, species_prob],
-    [not_a_pet, not_a_pet_score], verdict_species, verdict_breed, answer, [error]."""
-    import csv
-    import io
-
-    from petclf.text import as_cell
-
-    head = csv_header(rows, k)
-    numbers = {c for c in head if c.startswith("prob_") or c.endswith(("_prob", "_score"))}  # ours: no text
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, head, lineterminator="\n", restval="")
-    w.writeheader()
-    for r in rows:
-        d = row_dict(r, k, names)
-        out = {"file": r.file, "error": r.error or ""}  # the error column exists only when a row failed
-        for i, t in enumerate(d.get("top", []), 1):
-            out |= {f"breed_id_{i}": t["breed_id"], f"breed_{i}": t["breed"], f"prob_{i}": f"{t['prob']:.6f}"}
-        if "species" in d:
-            out |= {"species": d["species"], "species_prob": f"{d['species_prob']:.6f}"}
-        if "not_a_pet" in d:
-            score = d["not_a_pet_score"]
-            out |= {"not_a_pet": str(d["not_a_pet"]).lower(),
-                    "not_a_pet_score": "" if score is None else f"{score:.6f}"}
-        if "verdict" in d:
-            out |= {"verdict_species": d["verdict"]["species"], "verdict_breed": d["verdict"]["breed"],
-                    "answer": d["answer"]}
-        w.writerow({c: v if c in numbers else as_cell(v) for c, v in out.items() if c in head})
-    return buf.getvalue()
-
-
-def verdict_text(row: Prediction) -> str:
-    """The table's verdict: both answers in words, the species one first ('' for an error row)."""
-    v = row.verdict
-    if v is None:
-        return ""
-    return v.species_text if v.not_a_pet else "; ".join(t for t in (v.species_text, v.breed_text) if t)
-
-
-def to_table(rows: Sequence[Prediction], k: int = 5, names: Names = None, noun: str = "breed",
-             width: int = 160) -> str:
-    """Results as an aligned text table (rich), in input order; an error column only when a row failed."""
-    import io
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from petclf.text import as_terminal
-
-    errors = _has(rows, "error")
-    table = Table(box=None, pad_edge=False)
-    heading = f"top {noun}es" if noun.endswith("s") else f"top {noun}s"  # breeds, classes
-    for name in ("file", "verdict", heading, *(["error"] if errors else [])):
-        table.add_column(name, overflow="fold")  # a long path is folded over lines, never cut to "..."
-    for r in rows:
-        top = ", ".join(f"{_name(names, b)} {p:.1%}" for b, p in r.top(k))
-        cells = (r.file, verdict_text(r), top, *([r.error or ""] if errors else []))
-        table.add_row(*map(as_terminal, cells))  # names are text: never rich markup, never raw control codes
-    buf = io.StringIO()
-    Console(file=buf, width=width, no_color=True, highlight=False).print(table)
-    return buf.getvalue()
-
-
-WRITERS = {OutputFormat.table: to_table, OutputFormat.csv: to_csv, OutputFormat.json: to_json}
-
-
-def format_rows(rows: Sequence[Prediction], fmt: str | OutputFormat = OutputFormat.table, k: int = 5,
-                names: Names = None, noun: str = "breed") -> str:
-    """Results in one of the `OutputFormat`s; `names`: the predictor's display names (`Predictor.display`);
-    `noun`: what the table calls a class (`Predictor.noun`)."""
-    try:
-        fmt = OutputFormat(fmt)
-    except ValueError:
-        raise PetclfError(f"unknown format {fmt!r} (one of {', '.join(f.value for f in OutputFormat)})") from None
-    return to_table(rows, k, names, noun) if fmt is OutputFormat.table else WRITERS[fmt](rows, k, names)

@@ -1,247 +1,154 @@
-"""What stands between the demo and its visitors: who may ask, how much they may send, what is served, what is left.
+"""Serving the demo: what a visitor may send and see, and the server's launch, from the address check to
+the cleanup.
 
-    from petclf.serve import Limits, middleware
-    demo.launch(..., auth=("ann", "pw"), app_kwargs={"middleware": middleware(Limits())})
+    from petclf.serve import launch_kwargs, run_server
+    demo.launch(**launch_kwargs(port=7860, auth=("ann", "pw")))     # demo: petclf.app.build_demo(predictor)
+    run_server(lambda: build_demo(load_model("exports/latest")))    # what `petclf serve` does
 
-ASGI middleware in front of Gradio's app (outermost first): a client that drops an upload part-way is one log line;
-a body over `max_request_bytes` gets 413 unread; `/login` answers 429 after `login_failures` wrong passwords from
-one client within `login_lockout` seconds; with a login set, every route but the login page and its static files
-answers 401 without it; request bodies count against a budget per client and in all per `window` seconds, and an
-upload that would take Gradio's cache over `cache_bytes` is refused (429). Each refusal is one log line.
-`safe_files` lists the files of a folder a visitor may be shown (regular files inside it, no symlink followed);
-`keep_memory_trimmed` hands the heap big requests freed back to the system every few seconds.
+Uploads are decoded by `petclf.image.load_rgb` (size limits, bomb refusal, EXIF), never by Gradio's own
+PIL call (`UploadedImage`); bad uploads and malformed API payloads get one friendly line, never a traceback
+(`GuardedBlocks`, `rejected`). Request bodies over `MAX_REQUEST_BYTES` are refused (413) before they are
+read, and the other ASGI guards of `petclf.guards` (login, upload budget, cache cap) stand in front of
+Gradio's app. The server's uploads and images live in a private cache folder, removed when it stops
+(SIGTERM and SIGHUP stop it as Ctrl-C does); `keep_memory_trimmed` hands the heap big requests freed back
+to the system every few seconds.
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import ctypes.util
-import json
+import gc
 import logging
 import os
+import shutil
 import signal
 import stat
+import sys
 import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, HTTPConnection
+import gradio as gr
+from gradio.exceptions import InvalidPathError
+from PIL import Image
+from pydantic import ValidationError
+
+from petclf.address import ServeError, check_address, exposure_warning
+from petclf.config import SERVE_HOST, SERVE_PORT
+from petclf.errors import ImageError, PetclfError
+from petclf.guards import Limits, middleware
+from petclf.image import MAX_BYTES, load_rgb
+
+MAX_FILE_SIZE = MAX_BYTES  # uploads above this are refused by the server before they reach petclf
+MAX_DATA_URL = -(-MAX_BYTES // 3) * 4  # longest base64 text that decodes to at most MAX_BYTES (checked first)
+# any request body above this is refused (413) before it is read: one image as a base64 data URL plus room for
+# the JSON around it; Gradio's max_file_size covers only /upload's files
+MAX_REQUEST_BYTES = MAX_DATA_URL + 2**20
+LIMITS = Limits(max_request_bytes=MAX_REQUEST_BYTES)  # upload budget, cache cap, login throttle (guards.py)
 
 log = logging.getLogger("petclf.serve")
 
-PUBLIC_PATHS = ("/", "/login", "/login/", "/theme.css", "/favicon.ico",  # the login page: served without a login
-                "/gradio_api/startup-events")  # `launch` calls it to start the queue; it runs once
-PUBLIC_PREFIXES = ("/assets/", "/static/")  # Gradio's own front-end files (JS, CSS, fonts), the same for everyone
-UPLOAD_PATH = "/gradio_api/upload"  # the one route that writes visitors' files into the cache
 
+class UploadedImage(gr.Image):
+    """`gr.Image` that passes the uploaded file's path (or a pasted data URL's bytes) on undecoded.
 
-@dataclass(frozen=True)
-class Limits:
-    """What one client, and all of them, may ask of the server; the defaults are `petclf serve`'s."""
+    Gradio's own preprocessing opens every upload with PIL before our checks run; petclf decodes it itself.
+    """
 
-    max_request_bytes: int = 28 * 2**20  # a body over this is refused (413) before it is read; app.py sets it
-    window: float = 60.0  # seconds over which request bodies are counted, per client and in all
-    client_bytes: int = 256 * 2**20  # bytes one client may send per window (a dozen 20 MB photos); then 429
-    total_bytes: int = 1024 * 2**20  # bytes all clients together may send per window; then 429
-    cache_bytes: int = 2 * 2**30  # Gradio's cache is never grown past this by an upload (429 instead)
-    stale_seconds: float = 900.0  # a half-written upload left by a dropped client is deleted after this
-    login_failures: int = 5  # wrong passwords one client may send within `login_lockout` seconds; then 429
-    login_lockout: float = 60.0  # seconds a client that used up its tries waits before it may try again
+    is_template = True  # the browser renders it as a plain gr.Image
 
-
-def client_of(scope: dict) -> str:
-    """The client's address (the proxy's, behind a reverse proxy: every visitor then shares one budget)."""
-    return (scope.get("client") or ("unknown", 0))[0]
-
-
-async def refuse(send: Any, status: int, msg: str, retry_after: float | None = None) -> None:
-    """Answer `status` with one JSON line, the body unread, and log that line."""
-    log.warning("request refused: %s", msg)
-    body = json.dumps({"detail": msg}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-               (b"connection", b"close")]
-    if retry_after is not None:
-        headers.append((b"retry-after", b"%d" % max(1, round(retry_after))))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def declared_length(scope: dict) -> int:
-    """The request's Content-Length, 0 when it declares none."""
-    value = dict(scope["headers"]).get(b"content-length", b"")
-    return int(value) if value.isdigit() else 0
-
-
-class QuietDisconnect:
-    """A client that goes away in the middle of its upload is an everyday event: one log line, not Gradio's
-    73-line traceback."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        try:
-            await self.app(scope, receive, send)
-        except ClientDisconnect:
-            log.warning("request dropped part-way by %s: %s %s", client_of(scope), scope.get("method"),
-                        scope.get("path"))
-
-
-class BodyLimit:
-    """A request whose declared body (Content-Length) is over `max_bytes` gets 413 before any of it is read. A body
-    without a declared length (chunked) gets 411: browsers and gradio_client always declare it, and the server (h11)
-    never passes on more bytes than were declared."""
-
-    def __init__(self, app: Any, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            n = declared_length(scope)
-            if n > self.max_bytes:
-                return await refuse(send, 413, f"request body is {n:,} bytes, over the {self.max_bytes:,}-byte limit")
-            if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-                return await refuse(send, 411, "request body has no Content-Length; send one")
-        await self.app(scope, receive, send)
-
-
-def recent(times: deque, now: float, age: float) -> deque:
-    """`times` ((t, ...) tuples, oldest first) without the entries older than `age` seconds."""
-    while times and now - times[0][0] > age:
-        times.popleft()
-    return times
-
-
-class LoginThrottle:
-    """`/login` from a client that sent `failures` wrong passwords in the last `lockout` seconds gets 429 until the
-    oldest of them is that old; the right password then works again."""
-
-    def __init__(self, app: Any, failures: int, lockout: float):
-        self.app, self.failures, self.lockout = app, failures, lockout
-        self.failed: dict[str, deque] = {}  # client -> times of its recent wrong passwords
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] not in ("/login", "/login/") or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        client, now = client_of(scope), time.monotonic()
-        failed = recent(self.failed.setdefault(client, deque()), now, self.lockout)
-        if len(failed) >= self.failures:
-            wait = failed[-self.failures][0] + self.lockout - now
-            return await refuse(send, 429, f"too many wrong logins from {client}: try again in {wait:.0f} s", wait)
-
-        async def watch(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                if message["status"] == 200:
-                    self.failed.pop(client, None)
-                elif 400 <= message["status"] < 500:
-                    failed.append((time.monotonic(),))
-                    log.warning("login refused: wrong user or password from %s (%d of %d tries)", client,
-                                len(failed), self.failures)
-            await send(message)
-
-        await self.app(scope, receive, watch)
-        if not failed:
-            self.failed.pop(client, None)  # keeps the table to the clients that failed lately
-
-
-def logged_in(scope: dict) -> bool:
-    """True when Gradio's app wants no login, or the request carries the cookie of one it gave out."""
-    app = scope.get("app")
-    if getattr(app, "auth", None) is None and getattr(app, "auth_dependency", None) is None:
-        return True
-    cookies = HTTPConnection(scope).cookies
-    token = cookies.get(f"access-token-{app.cookie_id}") or cookies.get(f"access-token-unsecure-{app.cookie_id}")
-    return token is not None and app.tokens.get(token) is not None
-
-
-def is_public(path: str) -> bool:
-    """The login page and Gradio's static front-end files: what a browser needs to show the login form."""
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-
-
-class AuthGate:
-    """With a login set, every route but the login page answers 401 without it: Gradio checks the login route by
-    route, and some (the API schema, heartbeats, cancel, streams, the manifest) it does not check."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket") and not is_public(scope["path"]) and not logged_in(scope):
-            if scope["type"] == "websocket":
-                log.warning("request refused: no login for websocket %s from %s", scope["path"], client_of(scope))
-                return await send({"type": "websocket.close", "code": 1008})
-            return await refuse(send, 401, f"log in first (at /): {scope['method']} {scope['path']} "
-                                           f"from {client_of(scope)} has no login")
-        await self.app(scope, receive, send)
-
-
-def cache_size(folder: Path, stale_seconds: float) -> int:
-    """Bytes of the files under `folder`; files at its top (uploads being written, or left half-written by a client
-    that went away) older than `stale_seconds` are deleted first."""
-    total, now = 0, time.time()
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
+    def preprocess(self, payload: Any) -> str | bytes | None:
+        """The upload's server-side path, or the bytes of a base64 data URL no longer than `MAX_DATA_URL`."""
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            b64 = payload.url.partition(",")[2]
+            if len(b64) > MAX_DATA_URL:  # refuse by length: decoding it first is what held the memory
+                raise rejected(f"Could not read this image: over the {MAX_BYTES // 2**20} MB limit. "
+                               "Try a smaller JPEG or PNG photo.")
             try:
-                st = os.lstat(path)
-                if root == str(folder) and now - st.st_mtime > stale_seconds:
-                    os.unlink(path)
-                    continue
-            except OSError:
-                continue  # deleted meanwhile by Gradio's own cleanup
-            total += st.st_size
-    return total
+                return base64.b64decode(b64, validate=True)
+            except ValueError:
+                raise rejected("That upload is not an image.") from None
+        if payload.path is None:
+            raise rejected("Send the image as an upload (its path from /gradio_api/upload) or a base64 data URL.")
+        if "\0" in payload.path:
+            raise rejected("Malformed request: a file path holds a NUL byte.")
+        path = Path(payload.path)
+        if not (path.resolve().is_relative_to(Path(self.GRADIO_CACHE).resolve()) and path.is_file()):
+            # without `meta`, Gradio hands any path through unchecked; never open server files for a visitor, nor
+            # tell them what is where (a folder in the cache is not an upload)
+            raise rejected("That file was not uploaded to this demo: upload it first (/gradio_api/upload).")
+        return payload.path
 
 
-class UploadBudget:
-    """Request bodies count against `client_bytes` per client and `total_bytes` in all per `window` seconds; an
-    upload that would take Gradio's cache over `cache_bytes` is refused. Refusals are 429 with a Retry-After."""
+class GuardedBlocks(gr.Blocks):
+    """`gr.Blocks` whose malformed API requests get one line, and whose sessions do not keep data URLs.
 
-    def __init__(self, app: Any, limits: Limits):
-        self.app, self.limits = app, limits
-        self.sent: deque = deque()  # (time, client, bytes) of the requests admitted within the window
+    Gradio's own checks of a request's inputs raise ValueErrors (pydantic's, a path not uploaded, too few inputs)
+    that reached the client as `{"error": null}` and the log as a traceback: here they are one line each. And
+    Gradio keeps every session's last input in its session state (up to 10,000 sessions, with no time limit): for a
+    base64 data URL that is the whole image, tens of MB per session, so it is dropped once the request is read."""
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        n = declared_length(scope) if scope["type"] == "http" else 0
-        if n:
-            if why := self.over(scope, n):
-                msg, wait = why
-                return await refuse(send, 429, msg, wait)
-            self.sent.append((time.monotonic(), client_of(scope), n))
-        await self.app(scope, receive, send)
-
-    def over(self, scope: dict, n: int) -> tuple[str, float] | None:
-        """(why, seconds to wait) when admitting `n` more bytes from this client would pass a limit, else None."""
-        lim, client, now = self.limits, client_of(scope), time.monotonic()
-        sent = recent(self.sent, now, lim.window)
-        mine = [(t, k) for t, c, k in sent if c == client]
-        if sum(k for _, k in mine) + n > lim.client_bytes:
-            return (f"upload budget used: {client} may send {lim.client_bytes // 2**20} MB per "
-                    f"{lim.window:.0f} s", mine[0][0] + lim.window - now if mine else lim.window)
-        if sum(k for _, _, k in sent) + n > lim.total_bytes:
-            return (f"the demo takes {lim.total_bytes // 2**20} MB per {lim.window:.0f} s from all visitors "
-                    "together: try again shortly", sent[0][0] + lim.window - now if sent else lim.window)
-        folder = getattr(scope.get("app"), "uploaded_file_dir", None)
-        full = scope["path"] == UPLOAD_PATH and folder and \
-            cache_size(Path(folder), lim.stale_seconds) + n > lim.cache_bytes
-        if full:
-            return f"the demo's upload cache is full ({lim.cache_bytes // 2**20} MB): try again later", lim.window
-        return None
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        """Gradio's preprocessing, its input errors turned into one line each (see the class docstring)."""
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except ValidationError:
+            raise rejected("Malformed request: send one image as an upload path or a base64 data URL "
+                           '({"path": ..., "meta": {"_type": "gradio.FileData"}}).') from None
+        except InvalidPathError:
+            raise rejected("That file was not uploaded to this demo: upload it first (/gradio_api/upload).") from None
+        except ValueError as e:
+            if "null byte" in str(e):  # from Gradio's own path check, before ours
+                raise rejected("Malformed request: a file path holds a NUL byte.") from None
+            if len(inputs) >= len(block_fn.inputs):
+                raise
+            raise rejected(f"Malformed request: {block_fn.name} takes {len(block_fn.inputs)} input(s), "
+                           f"got {len(inputs)}.") from None
+        finally:
+            if state is not None:
+                forget_data_urls(state, block_fn.inputs)
 
 
-def middleware(limits: Limits) -> list[Middleware]:
-    """The guards in front of Gradio's app, outermost first (see the module docstring)."""
-    return [Middleware(QuietDisconnect), Middleware(BodyLimit, max_bytes=limits.max_request_bytes),
-            Middleware(LoginThrottle, failures=limits.login_failures, lockout=limits.login_lockout),
-            Middleware(AuthGate), Middleware(UploadBudget, limits=limits)]
+def forget_data_urls(state: Any, blocks: list) -> None:
+    """Drop base64 data URLs from the values a Gradio session keeps for `blocks`."""
+    for block in blocks:
+        props = state.config_values.get(block._id, {}).get("props", {})
+        value = props.get("value")
+        if isinstance(value, dict) and str(value.get("url") or "").startswith("data:"):
+            props["value"] = None
+
+
+def rejected(msg: str) -> gr.Error:
+    """The error for an upload petclf cannot use: the visitor sees `msg`; the server log gets one line, not
+    Gradio's traceback (a bad upload is an everyday event, not a server fault)."""
+    log.warning("upload rejected: %s", msg)
+    return gr.Error(msg, print_exception=False)
+
+
+def friendly(e: Exception) -> str:
+    """One line a visitor can act on."""
+    if isinstance(e, ImageError):
+        reason = str(e).split(": ", 1)[-1]
+        return f"Could not read this image: {reason}. Try a JPEG or PNG photo."
+    return "Something went wrong with this image. Try another photo."
+
+
+def decode(image: str | bytes) -> Image.Image:
+    """Decode one upload through `load_rgb`, turning any failure into a friendly `gr.Error`."""
+    try:
+        return load_rgb(image)
+    except PetclfError as e:
+        raise rejected(friendly(e)) from None
+    except Exception:  # noqa: BLE001 - log it for us, show the visitor one line
+        log.exception("unexpected error decoding an upload")
+        raise rejected(friendly(RuntimeError())) from None
 
 
 def safe_files(folder: Path, root: Path, suffixes: Iterable[str]) -> list[Path]:
@@ -320,3 +227,37 @@ def private_cache() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="petclf-serve-", dir=parent))
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
     return folder
+
+
+def launch_kwargs(host: str = SERVE_HOST, port: int = SERVE_PORT, share: bool = False,
+                  auth: tuple[str, str] | None = None, limits: Limits = LIMITS) -> dict[str, Any]:
+    """Safe `launch` settings: request and file size limits, `limits`' guards (petclf.guards), nothing served
+    beyond the demo's own files."""
+    return {"server_name": host, "server_port": port, "share": share, "auth": auth,
+            "max_file_size": MAX_FILE_SIZE,
+            "allowed_paths": [], "show_error": False, "ssr_mode": False,
+            "app_kwargs": {"middleware": middleware(limits)}}
+
+
+def run_server(build: Callable[[], gr.Blocks], host: str = SERVE_HOST, port: int = SERVE_PORT,
+               share: bool = False, auth: tuple[str, str] | None = None) -> None:
+    """Check where to listen, then build the demo (`build`, which loads the model) with a private cache
+    and serve it until Ctrl-C, SIGTERM or SIGHUP; the cache goes when the server stops."""
+    check_address(host, port)
+    if warning := exposure_warning(host, share, auth):
+        print(warning, file=sys.stderr)
+    cache = private_cache()
+    stop_like_ctrl_c()
+    try:
+        demo = build()
+        # torch, fastai, Gradio and the model leave ~630,000 long-lived objects that every full collection
+        # would walk (350-380 ms holding the GIL, measured on this demo); frozen, they keep those pauses out
+        # of requests
+        gc.freeze()
+        demo.launch(**launch_kwargs(host, port, share, auth))
+    except OSError as e:
+        if "port" not in str(e).lower():
+            raise
+        raise ServeError(f"port {port} is in use on {host}: pass another with --port") from None
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # uploads, half-written ones too, and Grad-CAM images

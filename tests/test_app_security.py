@@ -14,15 +14,9 @@ from pathlib import Path
 import pytest
 from helpers import HANG_GUARD_S, free_port, start_serve, wait_for
 
-from petclf.app import (
-    MAX_DATA_URL,
-    MAX_REQUEST_BYTES,
-    UploadedImage,
-    build_demo,
-    exposure_warning,
-    launch_kwargs,
-    parse_auth,
-)
+from petclf.address import exposure_warning, parse_auth
+from petclf.app import build_demo
+from petclf.serve import MAX_DATA_URL, MAX_REQUEST_BYTES, UploadedImage, launch_kwargs
 
 HEAD = b'{"data": [{"meta": {"_type": "gradio.FileData"}, "url": "data:image/jpeg;base64,'
 

@@ -146,8 +146,8 @@ def test_cli_predicts_a_folder_with_an_error_row_and_exit_1(cli, run_dir, photo_
     for name in ("a.jpg", "b.png", "c.jpg"):
         top = by_name[name]["top"]
         assert len(top) == 3 and [t["prob"] for t in top] == sorted((t["prob"] for t in top), reverse=True)
-        assert by_name[name]["species"] in ("cat", "dog") and by_name[name]["error"] is None
-        assert [t["breed"] for t in top] == [t["breed_id"].replace("_", " ").title() for t in top]
+        assert by_name[name]["group"] in ("cat", "dog") and by_name[name]["error"] is None
+        assert [t["class"] for t in top] == [t["class_id"].replace("_", " ").title() for t in top]
 
 
 def test_cli_exit_0_when_all_good_and_every_format(cli, run_dir, photo_tree, predictor):
@@ -163,14 +163,14 @@ def test_cli_exit_0_when_all_good_and_every_format(cli, run_dir, photo_tree, pre
     assert str(good[0]) in table and want[0][0] in table
     rows = list(csv.DictReader(io.StringIO(outputs["csv"])))
     assert [r["file"] for r in rows] == [str(p) for p in good]
-    assert rows[0]["breed_id_1"] == want[0][0] and abs(float(rows[0]["prob_1"]) - want[0][1]) < 1e-5
-    assert rows[0]["breed_1"] == predictor.display[want[0][0]] and rows[0]["breed_id_2"] == want[1][0]
-    assert "error" not in rows[0] and rows[0]["species"] in ("cat", "dog") and rows[0]["verdict_breed"]
+    assert rows[0]["class_id_1"] == want[0][0] and abs(float(rows[0]["prob_1"]) - want[0][1]) < 1e-5
+    assert rows[0]["class_1"] == predictor.display[want[0][0]] and rows[0]["class_id_2"] == want[1][0]
+    assert "error" not in rows[0] and rows[0]["group"] in ("cat", "dog") and rows[0]["verdict_class"]
     assert "not_a_pet" not in rows[0]  # random weights: the bundle has no detector, so no column pretends to be one
     assert "error" not in table.splitlines()[0] and "verdict" in table.splitlines()[0]
     js = json.loads(outputs["json"])
-    assert [t["breed_id"] for t in js[1]["top"]] == [b for b, _ in predictor.topk(good[1], 2)]
-    assert js[1]["breed"] == predictor.display[js[1]["breed_id"]] and js[1]["verdict"]["species"]
+    assert [t["class_id"] for t in js[1]["top"]] == [b for b, _ in predictor.topk(good[1], 2)]
+    assert js[1]["class"] == predictor.display[js[1]["class_id"]] and js[1]["verdict"]["group"]
     res = cli("predict", glob_arg, "--model", run_dir, "--format", "csv")
     assert res.exit_code == 1 and len(list(csv.DictReader(io.StringIO(res.stdout)))) == 3
 
@@ -197,9 +197,9 @@ def test_format_rows_formats_error_rows(predictor, photo_tree):
     rows = list(predictor.predict_paths([photo_tree / "broken.jpg", photo_tree / "a.jpg"]))
     assert "not an image" in format_rows(rows, "table")
     csv_rows = list(csv.DictReader(io.StringIO(format_rows(rows, "csv", 4))))
-    assert csv_rows[0]["breed_1"] == "" and "not an image" in csv_rows[0]["error"] and csv_rows[1]["error"] == ""
+    assert csv_rows[0]["class_1"] == "" and "not an image" in csv_rows[0]["error"] and csv_rows[1]["error"] == ""
     js = json.loads(format_rows(rows, "json"))
-    assert js[0]["top"] == [] and "species" not in js[0] and js[1]["error"] is None
+    assert js[0]["top"] == [] and "group" not in js[0] and js[1]["error"] is None
 
 
 def test_rows_come_in_input_order_with_errors_in_their_place(predictor, photo_tree, cli, run_dir):
@@ -217,10 +217,10 @@ def test_unsure_below_lists_the_likely_breeds(cli, run_dir, photo_tree, predicto
     top = predictor.topk(path, 2)
     sure = json.loads(cli("predict", path, "--model", run_dir, "-f", "json", "--unsure-below", "0").stdout)[0]
     unsure = json.loads(cli("predict", path, "--model", run_dir, "-f", "json", "--unsure-below", "1").stdout)[0]
-    assert sure["verdict"]["breed_sure"] and sure["verdict"]["likely"] == [top[0][0]]
-    assert not unsure["verdict"]["breed_sure"] and len(unsure["verdict"]["likely"]) >= 2
-    assert " or " in unsure["verdict"]["breed"] and predictor.display[unsure["verdict"]["likely"][0]] in \
-        unsure["verdict"]["breed"]
+    assert sure["verdict"]["class_sure"] and sure["verdict"]["likely"] == [top[0][0]]
+    assert not unsure["verdict"]["class_sure"] and len(unsure["verdict"]["likely"]) >= 2
+    assert " or " in unsure["verdict"]["class"] and predictor.display[unsure["verdict"]["likely"][0]] in \
+        unsure["verdict"]["class"]
     assert predictor.unsure_below == 0.5  # the bundle's own, written by training
     res = cli("predict", path, "--model", run_dir, "--unsure-below", "1.5")
     assert res.exit_code == 2 and "--unsure-below" in res.output
@@ -365,3 +365,31 @@ def test_out_is_checked_before_any_work(cli, run_dir, photo_tree, tmp_path, monk
     assert res.exit_code == 2, res.output
     assert res.output.startswith(f"error: cannot write {where}:") and why in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def _keys(x) -> set[str]:
+    """Every key of a JSON value, at any depth."""
+    if isinstance(x, dict):
+        return set(x) | {k for v in x.values() for k in _keys(v)}
+    return {k for v in x for k in _keys(v)} if isinstance(x, list) else set()
+
+
+@pytest.mark.slow
+def test_a_folders_models_json_and_csv_carry_the_format_and_never_say_breed(cli, tmp_path_factory):
+    """A user's own classes are no breeds: the keys are neutral (format 2) for every model; README has the mapping."""
+    from conftest import tiny_config
+
+    from petclf.formats import FORMAT
+    from petclf.synth import synth_data
+    from petclf.train import train
+
+    data, run = tmp_path_factory.mktemp("folders"), tmp_path_factory.mktemp("folders_run")
+    synth_data(data, "folders", n_classes=3, per_class=8, size=64, seed=0)
+    train(tiny_config(data, run, layout="folders", epochs=1))
+    photos = sorted(p for p in data.rglob("*.jpg"))[:2]
+    js = json.loads(cli("predict", *photos, "--model", run, "-f", "json", "--topk", "2").stdout)
+    assert FORMAT == 2 and [r["format"] for r in js] == [2, 2] and all(r["error"] is None for r in js)
+    assert not [k for k in _keys(js) if "breed" in k or "species" in k], _keys(js)
+    assert {"class_id", "class", "prob", "top", "answer", "verdict"} <= set(js[0]) and "class_sure" in js[0]["verdict"]
+    head = cli("predict", *photos, "--model", run, "-f", "csv", "--topk", "2").stdout.splitlines()[0]
+    assert head.startswith("file,class_id_1,class_1,prob_1,class_id_2") and "breed" not in head

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from helpers import HANG_GUARD_S, free_port, start_serve
 
-from petclf.app import build_demo, example_files, launch_kwargs
-from petclf.serve import Limits, safe_files
+from petclf.app import build_demo, example_files
+from petclf.guards import Limits
+from petclf.serve import launch_kwargs, safe_files
 
 USER, PASSWORD = "ann", "s3cret"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

