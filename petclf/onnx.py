@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from petclf.bundle import MANIFEST_NAME, load_network, pin_onnx, resolve_bundle_dir, verify_weights, weights_path
+from petclf.bundle import (
+    MANIFEST_NAME,
+    Manifest,
+    load_network,
+    pin_onnx,
+    resolve_bundle_dir,
+    verify_weights,
+    weights_path,
+)
 from petclf.device import available_cores
 from petclf.errors import BundleError, PetclfError
 from petclf.io import atomic_path, sha256_file, verify_sha256, write_atomic
@@ -74,14 +82,14 @@ def onnx_path(model_dir: str | Path) -> Path:
     return Path(model_dir) / ONNX_NAME
 
 
-def verified_onnx(model_dir: Path, manifest: dict[str, Any]) -> Path:
+def verified_onnx(model_dir: Path, manifest: Manifest) -> Path:
     """The bundle's model.onnx, after checking it is the graph model.json pins (beside the weights' checksum) and
     made from these very weights. model.onnx.json alone cannot vouch for a graph: anyone who swaps the graph can
     rewrite it too."""
     path, info_path = onnx_path(model_dir), model_dir / ONNX_INFO_NAME
     if not path.is_file() or not info_path.is_file():
         raise BundleError(f"no {ONNX_NAME} in {model_dir}: run `petclf export --onnx --model {model_dir}`")
-    pin = manifest.get("onnx")
+    pin = manifest.onnx
     if not pin or pin["file"] != ONNX_NAME:
         raise BundleError(f"{ONNX_NAME} in {model_dir} is not pinned in {MANIFEST_NAME} (made by an older petclf): "
                           f"run `petclf export --onnx --model {model_dir}`")
@@ -89,7 +97,7 @@ def verified_onnx(model_dir: Path, manifest: dict[str, Any]) -> Path:
         info = json.loads(info_path.read_text())
     except (ValueError, RecursionError):
         raise BundleError(f"corrupt model file: {info_path} is not valid JSON") from None
-    if not isinstance(info, dict) or info.get("weights_sha256") != manifest["weights"]["sha256"]:
+    if not isinstance(info, dict) or info.get("weights_sha256") != manifest.weights["sha256"]:
         raise BundleError(f"{ONNX_NAME} in {model_dir} was made from other weights: run `petclf export --onnx` again")
     verify_sha256(path, pin["sha256"])
     weights = weights_path(model_dir, manifest)
@@ -98,7 +106,7 @@ def verified_onnx(model_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def auto_onnx(model_dir: str | Path, manifest: dict[str, Any], device: str = "cpu") -> Path | None:
+def auto_onnx(model_dir: str | Path, manifest: Manifest, device: str = "cpu") -> Path | None:
     """What `backend="auto"` runs with onnxruntime: the verified model.onnx on CPU (faster there), else None."""
     if device != "cpu" or not onnx_path(model_dir).is_file():
         return None
@@ -166,7 +174,7 @@ def export_onnx(model_dir: str | Path, opset: int = OPSET, rtol: float = RTOL) -
 
     model_dir = resolve_bundle_dir(model_dir)
     net, manifest = load_network(model_dir)
-    size = int(manifest["input"]["size"])
+    size = manifest.size
     with atomic_path(model_dir / ONNX_NAME) as tmp:
         _export_graph(net, size, tmp, opset)
         checked = check_onnx(net, tmp, size)
@@ -175,7 +183,7 @@ def export_onnx(model_dir: str | Path, opset: int = OPSET, rtol: float = RTOL) -
                 raise PetclfError(f"ONNX export differs from torch by {diff:.2g} on {name} up to {scale:.3g} (more "
                                   f"than {rtol:g} of them); model.onnx not written")
         (diff, scale), (feat_diff, _) = checked["logits"], checked["features"]
-        info = {"file": ONNX_NAME, "sha256": sha256_file(tmp), "weights_sha256": manifest["weights"]["sha256"],
+        info = {"file": ONNX_NAME, "sha256": sha256_file(tmp), "weights_sha256": manifest.weights["sha256"],
                 "opset": opset, "input_size": size, "max_abs_diff": diff, "max_abs_logit": scale,
                 "features_max_abs_diff": feat_diff, "rtol": rtol,
                 "torch": torch.__version__.split("+")[0]}
