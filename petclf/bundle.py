@@ -54,9 +54,11 @@ def library_versions() -> dict[str, str]:
 
 
 def write_bundle(model: nn.Module, out_dir: str | Path, manifest: Manifest) -> Path:
-    """Save `model`'s weights and `manifest` (plus checksum, versions, date) into `out_dir`; returns the manifest path.
+    """Save `model`'s weights and `manifest` (plus checksum, versions, date) into `out_dir`; returns the
+    manifest path.
 
-    The manifest must be within the ranges `manifest_problem` checks (else ValueError, and nothing is written).
+    The manifest must be within the ranges `manifest_problem` checks (else ValueError, and nothing is
+    written).
     """
     # new weights: no graph is made from them yet (onnx), and the record says who wrote them and when
     manifest = replace(manifest, onnx=None, format_version=FORMAT_VERSION, versions=library_versions(),
@@ -72,8 +74,8 @@ def write_bundle(model: nn.Module, out_dir: str | Path, manifest: Manifest) -> P
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:
-    """The folder `path` names: itself, the folder of a `model.json` named directly, `exports/latest` for a bare
-    `latest`, or the run named inside a `latest` file (written where symlinks fail)."""
+    """The folder `path` names: itself, the folder of a `model.json` named directly, `exports/latest` for a
+    bare `latest`, or the run named inside a `latest` file (written where symlinks fail)."""
     path = Path(path)
     if path.name == MANIFEST_NAME and path.is_file():
         path = path.parent
@@ -95,8 +97,8 @@ def _parse(path: Path) -> Any:
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:
-    """Parse `model.json` into a `Manifest`, every field the loaders use checked; `BundleError` with one clear line
-    otherwise."""
+    """Parse `model.json` into a `Manifest`, every field the loaders use checked; `BundleError` with one clear
+    line otherwise."""
     bundle_dir = resolve_bundle_dir(bundle_dir)
     path = bundle_dir / MANIFEST_NAME
     if not bundle_dir.exists():
@@ -159,8 +161,8 @@ def read_weights(bundle_dir: str | Path, manifest: Manifest) -> dict[str, torch.
 
 def load_network(bundle_dir: str | Path, device: str | torch.device = "cpu",
                  manifest: Manifest | None = None) -> tuple[nn.Module, Manifest]:
-    """Rebuild the network from the manifest (read here unless given), load verified weights, and return (model in
-    eval mode, manifest)."""
+    """Rebuild the network from the manifest (read here unless given), load verified weights, and return
+    (model in eval mode, manifest)."""
     import timm
 
     from petclf.model import build_model
@@ -175,6 +177,6 @@ def load_network(bundle_dir: str | Path, device: str | torch.device = "cpu",
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise BundleError(f"weights do not fit {arch} as built by this timm {timm.__version__} (model made with "
-                          f"timm {made_with}): {str(e).splitlines()[0]}") from None
+        raise BundleError(f"weights do not fit {arch} as built by this timm {timm.__version__} (model made "
+                          f"with timm {made_with}): {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), manifest

@@ -1,11 +1,12 @@
-"""The report's first step: choose the photos to judge the way the run split them, and run the bundle over them.
+"""The report's first step: choose the photos to judge as the run split them, and run the bundle over them.
 
     from petclf.evaluation import evaluate
     ev = evaluate("exports/latest", split="valid")     # Evaluation: logits, targets, losses, open-set signals
 
-`valid` is the run's own split (read typed from its config.yaml: a `--seed 0` run is judged on its seed-0 split),
-`test` the data's test part, `all` every photo of a new labelled folder, FILE the photos it names. A probe run's
-`valid` photos are judged by its out-of-fold outputs (`petclf.oof`): the probe trained on every one of them.
+`valid` is the run's own split (read typed from its config.yaml: a `--seed 0` run is judged on its seed-0
+split), `test` the data's test part, `all` every photo of a new labelled folder, FILE the photos it names. A
+probe run's `valid` photos are judged by its out-of-fold outputs (`petclf.oof`): the probe trained on every
+one of them.
 """
 
 from __future__ import annotations
@@ -163,8 +164,9 @@ def _progress_callback(progress: Callable[[int, int], None], total: int) -> Call
 
 @contextlib.contextmanager
 def pooled_features(model: torch.nn.Module, keep: bool) -> Iterator[list[np.ndarray]]:
-    """Collect the body's average-pooled features of every batch the network sees (the open-set signals' input,
-    as `model.WithFeatures` gives them), in the same forward pass as the logits; nothing when not `keep`."""
+    """Collect the body's average-pooled features of every batch the network sees (the open-set signals'
+    input, as `model.WithFeatures` gives them), in the same forward pass as the logits; nothing when not
+    `keep`."""
     from petclf.model import average_pooled
 
     out: list[np.ndarray] = []
@@ -208,7 +210,7 @@ class Evaluation:
     targs: np.ndarray  # N class indices
     losses: np.ndarray  # N cross-entropy losses
     seconds: float  # time of the pass
-    features: np.ndarray | None = None  # N x D pooled features: only for a bundle with a detector or open-set signals
+    features: np.ndarray | None = None  # N x D pooled: only for a bundle with a detector or open-set signals
     detector: Detector | None = None  # the bundle's not-a-pet detector, None when off
     open_set: OpenSet | None = None  # the bundle's open-set signals, None when off
 
@@ -235,15 +237,15 @@ def _oof_outputs(oof: dict, items: list[Path]) -> tuple[np.ndarray, ...]:
     try:
         return oof_outputs(oof, items)
     except ValueError as e:
-        raise ReportError(f"{e}: the out-of-fold predictions cover only the training photos; pass --split FILE "
-                          "naming new photos") from None
+        raise ReportError(f"{e}: the out-of-fold predictions cover only the training photos; pass "
+                          "--split FILE naming new photos") from None
 
 
 def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, split: str = "valid",
              bs: int = REPORT_BS, device: str | None = None, workers: int | None = None,
              progress: bool = False, labels: str | Path | None = None,
              manifest: Manifest | None = None) -> Evaluation:
-    """Load the bundle and the data the way its run read and split them, and run the network over the chosen split."""
+    """Load the bundle and the data as its run read and split them; run the network over the chosen split."""
     model_dir = resolve_bundle_dir(model)
     manifest = manifest or read_manifest(model_dir)
     run = read_run(model_dir)
@@ -262,7 +264,7 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     keep = detector is not None or open_set is not None  # the answers need each photo's features
     start = time.perf_counter()
     logits = feats = None
-    if oof is None or keep:  # a probe's report reads its outputs, and passes over the photos only for features
+    if oof is None or keep:  # a probe's report reads its outputs; it passes over the photos for features only
         with bar_unless(not progress, f"predicting {split}") as report_progress:
             logits, targs, losses, feats = predict_split(learn, report_progress, keep)
     if oof is not None:

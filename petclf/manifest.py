@@ -1,13 +1,14 @@
 """model.json as a typed record: `Manifest`, checked field by field before anything is built from it.
 
     from petclf.manifest import Manifest
-    m = Manifest.from_json(json.loads(text), "exports/run/model.json")   # BundleError naming the file and the key
-    m.arch, m.size, m.class_names, m.temperature                         # attributes, with defaults for older files
+    m = Manifest.from_json(json.loads(text), "run/model.json")   # BundleError naming the file and the key
+    m.arch, m.size, m.class_names, m.temperature                 # attributes, with defaults for older files
     m.to_json()                                                          # the dict model.json holds
 
-Plain JSON in, plain JSON out: no torch, no files (`petclf.bundle` reads and writes them). The nested entries that
-have their own readers stay dicts: `not_a_pet` (`petclf.notapet`), `open_set` (`petclf.openset`), `calibration`,
-`recipe`, `metrics`, `data`; and so do `head` (`model.build_model`'s spec) and each class ({name, display, group}).
+Plain JSON in, plain JSON out: no torch, no files (`petclf.bundle` reads and writes them). The nested entries
+that have their own readers stay dicts: `not_a_pet` (`petclf.notapet`), `open_set` (`petclf.openset`),
+`calibration`, `recipe`, `metrics`, `data`; and so do `head` (`model.build_model`'s spec) and each class
+({name, display, group}).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ FORMAT_VERSION = 1  # bump when the manifest changes incompatibly; readers refus
 
 # ---------------------------------------------------------------------------------------------------- the schema
 # What a manifest may hold, checked before anything is built from it. A bundle is input like any other file: a
-# temperature of -1 would invert the ranking, a std of 0 gives NaN probabilities, a presize of 10^6 a 12 TB array.
+# temperature of -1 would invert the ranking, a std of 0 gives NaN probabilities, a presize of 10^6 a 12 TB
+# array.
 
 MAX_MANIFEST_BYTES = 16 * 2**20  # model.json of 100,000 classes is ~6 MB
 N_CLASSES = (2, 100_000)  # classes a bundle may have
@@ -40,10 +42,13 @@ STD = (1e-3, 1e3)  # input.std, per channel; input.mean within +-MAX_MEAN
 MAX_MEAN = 1e3
 TEMPERATURE = (1e-3, 1e3)  # softmax(logits / T): T outside this range is a broken calibration, not a choice
 MAX_NAME = 256  # characters in a class name, architecture name or file name
-HEADS = {  # head kinds `model.build_model` builds, with the keys each may carry (fastai's create_head arguments)
+# head kinds `model.build_model` builds, with the keys each may carry (fastai's create_head arguments)
+HEADS = {
     "fastai": {"concat_pool", "lin_ftrs", "ps", "first_bn", "bn_final", "lin_first"},
-    "linear": {"l2norm", "gem_p"},  # l2norm: pooled features scaled to unit length before the Linear (the probe
-}                                   # recipe); gem_p: GeM pooling's exponent (absent: average pooling)
+    # l2norm: pooled features scaled to unit length before the Linear (the probe recipe); gem_p: GeM pooling's
+    # exponent (absent: average pooling)
+    "linear": {"l2norm", "gem_p"},
+}
 HEAD_FLAGS = ("concat_pool", "first_bn", "bn_final", "lin_first", "l2norm")
 GEM_P = (1.0, 16.0)  # head.gem_p: 1 is average pooling, 16 is already close to max pooling
 MAX_LIN_FTRS = (16, 65_536)  # fastai head: at most 16 hidden layers of at most 65,536 features
@@ -87,8 +92,8 @@ def _dict(v: Any, name: str) -> dict:
 
 
 def _str(v: Any, name: str, max_len: int = MAX_NAME) -> str:
-    _need(isinstance(v, str) and 0 < len(v) <= max_len, f"{name} must be a string of 1..{max_len} characters, "
-                                                         f"not {brief(v)}")
+    _need(isinstance(v, str) and 0 < len(v) <= max_len,
+          f"{name} must be a string of 1..{max_len} characters, not {brief(v)}")
     return v
 
 
@@ -96,8 +101,8 @@ def _file_pin(v: Any, name: str) -> None:
     """{file: a plain name in the bundle folder, sha256: 64 hex digits}."""
     d = _dict(v, name)
     f = _str(_get(d, "file", f"{name}."), f"{name}.file")
-    _need(not any(c in f for c in "/\\\0") and f not in (".", ".."), f"{name}.file must be a plain file name, "
-                                                                    f"not {brief(f)}")
+    _need(not any(c in f for c in "/\\\0") and f not in (".", ".."),
+          f"{name}.file must be a plain file name, not {brief(f)}")
     sha = _get(d, "sha256", f"{name}.")
     _need(isinstance(sha, str) and re.fullmatch("[0-9a-f]{64}", sha) is not None,
           f"{name}.sha256 must be 64 hex digits, not {brief(sha)}")
@@ -159,7 +164,7 @@ def _check_head(m: dict) -> None:
 
 
 def _check_answers(m: dict) -> None:
-    """`unsure_below` (a probability) and `not_a_pet` (off, or the detector's threshold and pinned means file)."""
+    """`unsure_below` (a probability); `not_a_pet` (off, or the detector's threshold and pinned file)."""
     if m.get("unsure_below") is not None:
         _num(m["unsure_below"], "unsure_below", 0.0, 1.0)
     if m.get("not_a_pet") is None:
@@ -202,7 +207,7 @@ def _check_optional(m: dict) -> None:
 
 
 def manifest_problem(m: Any) -> str | None:
-    """Why the parsed `model.json` cannot be used (one line), or None when every field the loaders read is sane."""
+    """Why the parsed `model.json` cannot be used (one line); None when every field loaders read is sane."""
     try:
         _dict(m, "the manifest")
         _need(m.get("format") == FORMAT, "not a petclf manifest")
@@ -224,17 +229,17 @@ def manifest_problem(m: Any) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------- the record
 
-_INPUT = ("size", "presize", "mean", "std", "resize_method", "resample")  # the fields model.json nests in `input`
+_INPUT = ("size", "presize", "mean", "std", "resize_method", "resample")  # what model.json nests in `input`
 _DERIVED = {"format", "n_classes", "input"}  # written by `to_json`, never stored
 
 
 @dataclass
 class Manifest:
-    """Everything needed to rebuild the network, preprocess an image as validation did, and word its answers."""
+    """All that rebuilds the network, preprocesses an image as validation did, and words its answers."""
 
     arch: str  # timm name
     head: dict[str, Any]  # {kind, ...}: the head `model.build_model` builds (see HEADS)
-    classes: list[dict[str, str]]  # {name, display, group} in output order (older bundles: `species` for group)
+    classes: list[dict[str, str]]  # {name, display, group} in output order (older: `species` for group)
     size: int  # the network's input side, px
     presize: int  # the item resize before the crop, px
     mean: list[float]  # per-channel normalisation
@@ -294,13 +299,14 @@ class Manifest:
 
 
 def class_entries(vocab: list[str], groups: dict[str, str] | None = None) -> list[dict[str, str]]:
-    """The manifest's classes: {name (the machine key), display (for people), group (when there are groups)}."""
-    return [{"name": c, "display": display_name(c), **({"group": groups[c]} if groups else {})} for c in vocab]
+    """The manifest's classes: {name (the machine key), display (for people), group (if any)}."""
+    return [{"name": c, "display": display_name(c), **({"group": groups[c]} if groups else {})}
+            for c in vocab]
 
 
 def class_groups(manifest: Manifest) -> tuple[str | None, dict[str, str]]:
-    """(what the groups are called, {class: group}); (None, {}) for a model without groups. Reads the `species`
-    key of bundles written before groups had a name."""
+    """(what the groups are called, {class: group}); (None, {}) for a model without groups. Reads the
+    `species` key of bundles written before groups had a name."""
     classes = manifest.classes
     if classes and all("group" in c for c in classes):
         return manifest.group_name or "group", {c["name"]: c["group"] for c in classes}
@@ -318,10 +324,11 @@ def make_manifest(arch: str, head: dict[str, Any], vocab: list[str], size: int, 
                   mean: list[float], std: list[float], groups: dict[str, str] | None = None,
                   group_name: str | None = None, **extra: Any) -> Manifest:
     """The record `write_bundle` needs, with the validation preprocessing spelled out; `extra`: the optional
-    fields (metrics, temperature, not_a_pet, ...). Not checked here: `write_bundle` refuses what readers would.
+    fields (metrics, temperature, not_a_pet, ...). Not checked here: `write_bundle` refuses what readers
+    would.
 
-    Validation preprocessing (fastbook presizing, as fastai applies it to the validation set): centre-crop to a
-    square and resize to `presize` (PIL, bilinear), scale to [0, 1], resize to `size` (bilinear), normalise.
+    Validation preprocessing (fastbook presizing, as fastai applies it to the validation set): centre-crop to
+    a square and resize to `presize` (PIL, bilinear), scale to [0, 1], resize to `size` (bilinear), normalise.
     Without `groups`, Pets breeds get their species (cat/dog) and other labels no groups.
     """
     if groups is None and (groups := pets_groups(list(vocab))) is not None:

@@ -5,10 +5,11 @@
     from petclf.report import write_report
     paths = write_report("exports/latest")             # {"html": ..., "json": ..., "dir": ...}
 
-One pass of the model over the split (fastai `Learner.get_preds(with_loss=True)`, with a progress bar) gives the
-raw outputs; fastai's `ClassificationInterpretation` and scikit-learn turn them into the numbers; matplotlib draws
-the figures, which are saved as PNG and embedded as data URIs in `report.html` (no CDN, opens offline).
-`report.json` holds every number. The bundle is only read: its temperature was fitted when it was trained.
+One pass of the model over the split (fastai `Learner.get_preds(with_loss=True)`, with a progress bar) gives
+the raw outputs; fastai's `ClassificationInterpretation` and scikit-learn turn them into the numbers;
+matplotlib draws the figures, which are saved as PNG and embedded as data URIs in `report.html` (no CDN, opens
+offline). `report.json` holds every number. The bundle is only read: its temperature was fitted when it was
+trained.
 
 Pipeline, one module a step: `evaluation.evaluate` (model + data -> outputs), `report_numbers.compute_report`
 (outputs -> numbers), `draw_figures` (numbers + model -> PNGs), `plots.render_html` (numbers + PNGs -> page);
@@ -26,7 +27,12 @@ import torch
 
 from petclf.bundle import Manifest, read_manifest, resolve_bundle_dir
 from petclf.config import DEFAULT_MODEL, REPORT_BS
-from petclf.evaluation import Evaluation, ReportError, evaluate, read_json  # noqa: F401 - ReportError: the API
+from petclf.evaluation import (
+    Evaluation,
+    ReportError,  # noqa: F401 - the report's error, where callers look for it
+    evaluate,
+    read_json,
+)
 from petclf.image import encode
 from petclf.io import check_writable, write_atomic
 from petclf.plots import plot_confusion, plot_history, plot_reliability, png, render_html
@@ -63,7 +69,7 @@ def _thumbpng(img, side: int = THUMB) -> bytes:
 
 def example_images(ev: Evaluation, entries: list[dict[str, Any]], cam: bool = False,
                    side: int = THUMB) -> dict[str, bytes]:
-    """PNG thumbnails for report entries (`index`, `image`), plus their Grad-CAM for the predicted class (`cam`)."""
+    """PNG thumbnails of report entries (`index`, `image`), plus Grad-CAM of the predicted class (`cam`)."""
     from petclf.cam import gradcam, overlay
 
     if not entries:
@@ -89,7 +95,8 @@ def draw_figures(report: dict[str, Any], ev: Evaluation) -> dict[str, bytes]:
     if ev.run.lr_find is not None:
         figures["lr_find.png"] = ev.run.lr_find.read_bytes()
     figures.update(example_images(ev, report["top_losses"], cam=True))
-    figures.update(example_images(ev, [e for p in report["most_confused"] for e in p["examples"]], side=THUMB_SMALL))
+    pairs = [e for p in report["most_confused"] for e in p["examples"]]
+    figures.update(example_images(ev, pairs, side=THUMB_SMALL))
     figures.update(example_images(ev, report["data_quality"]["label_errors"]))
     return figures
 
@@ -124,14 +131,14 @@ def write_report(model: str | Path = DEFAULT_MODEL, data: str | Path | None = No
                  workers: int | None = None, min_val: int = MIN_VAL, top_k: int = TOP_K,
                  progress: bool = False, labels: str | Path | None = None,
                  manifest: Manifest | None = None) -> dict[str, Path]:
-    """Evaluate, compute, draw and write the report (default `out`: MODEL/report); the model folder's files are
-    only read, its manifest once (or not at all when the caller passes the one it read)."""
+    """Evaluate, compute, draw and write the report (default `out`: MODEL/report); the model folder's files
+    are only read, its manifest once (or not at all when the caller passes the one it read)."""
     start = time.perf_counter()
     model_dir = resolve_bundle_dir(model)
-    manifest = manifest or read_manifest(model_dir)  # a missing or corrupt model is reported before anything else
-    out = check_writable(out if out is not None else model_dir / "report")  # before the long part, not after it
-    ev = evaluate(model_dir, data, split, bs=bs, device=device, workers=workers, progress=progress, labels=labels,
-                  manifest=manifest)
+    manifest = manifest or read_manifest(model_dir)  # a missing or corrupt model: said before anything else
+    out = check_writable(out if out is not None else model_dir / "report")  # before the long part, not after
+    ev = evaluate(model_dir, data, split, bs=bs, device=device, workers=workers, progress=progress,
+                  labels=labels, manifest=manifest)
     report = compute_report(ev, min_val=min_val, top_k=top_k)
     with bar_unless(not progress, "drawing the figures (Grad-CAM of the top losses)"):
         figures = draw_figures(report, ev)

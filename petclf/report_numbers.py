@@ -1,11 +1,12 @@
 """The report's numbers, computed from one `Evaluation` (no figures, no page): plain JSON-ready data.
 
     from petclf.report_numbers import compute_report
-    numbers = compute_report(evaluate("exports/latest"))   # summary, confusion, per_class, calibration, answers ...
+    numbers = compute_report(evaluate("exports/latest"))   # summary, confusion, per_class, answers, ...
 
 fastai's `ClassificationInterpretation` (confusion matrix, most confused, top losses), scikit-learn (per-class
 precision and recall), cleanlab (likely label errors) and petclf's own calibration and answer rules
-(`petclf.calibrate`, `petclf.verdict`) do the work; every probability shown is the calibrated one predict shows.
+(`petclf.calibrate`, `petclf.verdict`) do the work; every probability shown is the calibrated one predict
+shows.
 """
 
 from __future__ import annotations
@@ -59,13 +60,13 @@ def interpretation(ev: Evaluation) -> ClassificationInterpretation:
 
 
 def group_list(manifest: Manifest) -> tuple[str | None, list[str] | None]:
-    """(what the groups are called, every class's group in the model's output order); (None, None) without groups."""
+    """(what the groups are called, each class's group in output order); (None, None) without groups."""
     name, groups = class_groups(manifest)
     return (name, [groups[c] for c in manifest.class_names]) if groups else (None, None)
 
 
 def display_order(groups: list[str] | None, n: int) -> list[int]:
-    """Class indices grouped (Pets: cats, then dogs), each group in model order; model order without groups."""
+    """Class indices by group (Pets: cats, then dogs), each group in model order; model order without."""
     return sorted(range(n), key=lambda i: (groups[i], i)) if groups else list(range(n))
 
 
@@ -110,20 +111,21 @@ def _agrees(metrics: dict | None, error_rate: float, n: int) -> bool | None:
 
 
 def training(run: Run) -> dict[str, Any]:
-    """What the run recorded about training: per-epoch history, learning rate, lr_find; None where not recorded."""
+    """What the run recorded of training: per-epoch history, learning rate, lr_find; None where absent."""
     m = run.metrics or {}
     lr_find_s = (m.get("lr_find") or {}).get("seconds")
     fit_s = m.get("train_seconds")
-    return {"metrics_recorded": run.metrics is not None, "history": m.get("history") or None, "lr": m.get("lr"),
-            "lr_find": m.get("lr_find"), "lr_find_plot": run.lr_find is not None,
+    return {"metrics_recorded": run.metrics is not None, "history": m.get("history") or None,
+            "lr": m.get("lr"), "lr_find": m.get("lr_find"), "lr_find_plot": run.lr_find is not None,
             "train_seconds": fit_s + (lr_find_s or 0.0) if fit_s is not None else None, "fit_seconds": fit_s,
             "lr_find_seconds": lr_find_s,
             "config": run.config and run.config.to_dict(), "recipe": m.get("recipe"),
             "probe": m.get("probe")}
 
 
-def confusion(cm: np.ndarray, classes: list[str], group_name: str | None, groups: list[str] | None) -> dict[str, Any]:
-    """The confusion matrix in display order (by group; Pets: cats, then dogs): counts and row-normalised rates."""
+def confusion(cm: np.ndarray, classes: list[str], group_name: str | None,
+              groups: list[str] | None) -> dict[str, Any]:
+    """The confusion matrix in display order (by group; Pets: cats, dogs): counts and row-normalised rates."""
     order = display_order(groups, len(classes))
     counts = cm[np.ix_(order, order)]
     rows = counts.sum(1, keepdims=True)
@@ -146,9 +148,9 @@ def most_confused(interp, ev: Evaluation, min_val: int = MIN_VAL) -> list[dict[s
     pairs = []
     for rank, (a, p, count) in enumerate(interp.most_confused(min_val)):
         ex = _examples(ev, pos[a], pos[p], PAIR_EXAMPLES) if rank < MAX_PAIRS else []
-        pairs.append({"actual": a, "predicted": p, "count": int(count),
-                      "examples": [{"index": i, "file": ev.items[i].name, "loss": float(ev.losses[i]),
-                                    "image": f"confused/{rank + 1:02d}_{j + 1}.png"} for j, i in enumerate(ex)]})
+        examples = [{"index": i, "file": ev.items[i].name, "loss": float(ev.losses[i]),
+                     "image": f"confused/{rank + 1:02d}_{j + 1}.png"} for j, i in enumerate(ex)]
+        pairs.append({"actual": a, "predicted": p, "count": int(count), "examples": examples})
     return pairs
 
 
@@ -161,15 +163,16 @@ def _item(ev: Evaluation, probs: np.ndarray, i: int) -> dict[str, Any]:
 
 
 def top_losses(interp, ev: Evaluation, probs: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
-    """fastai's `top_losses(k)`: the images the model got most wrong, with names of their image and Grad-CAM."""
+    """fastai's `top_losses(k)`: the images the model got most wrong, with their image and Grad-CAM names."""
     _, idx = interp.top_losses(min(k, len(ev.targs)))
     return [{**_item(ev, probs, int(i)), "image": f"top_losses/{r + 1:02d}.png",
              "cam": f"top_losses/{r + 1:02d}_cam.png"} for r, i in enumerate(idx.tolist())]
 
 
 def per_class(ev: Evaluation) -> dict[str, Any]:
-    """Precision, recall (each with its 95 % Wilson interval), F1 and support per class, worst F1 first; None (n/a)
-    where a class has no image (recall) or no prediction (precision); `small` where it has under SMALL_SAMPLE."""
+    """Precision, recall (each with its 95 % Wilson interval), F1 and support per class, worst F1 first; None
+    (n/a) where a class has no image (recall) or no prediction (precision); `small` where it has under
+    SMALL_SAMPLE."""
     from sklearn.metrics import precision_recall_fscore_support
 
     labels, preds = list(range(len(ev.classes))), ev.logits.argmax(1)
@@ -182,8 +185,9 @@ def per_class(ev: Evaluation) -> dict[str, Any]:
         precision = tp / predicted if predicted else None
         f1 = 2 * tp / (support + predicted) if support and predicted else None
         rows.append({"class": ev.classes[i], "group": groups[i] if groups else None, "precision": precision,
-                     "precision_ci": wilson(tp, predicted), "recall": recall, "recall_ci": wilson(tp, support),
-                     "f1": f1, "support": support, "small": 0 < support < SMALL_SAMPLE})
+                     "precision_ci": wilson(tp, predicted), "recall": recall,
+                     "recall_ci": wilson(tp, support), "f1": f1, "support": support,
+                     "small": 0 < support < SMALL_SAMPLE})
     rows.sort(key=lambda row: (row["support"] == 0, row["f1"] or 0.0, row["recall"] or 0.0, -row["support"]))
     avg = {}
     for kind in ("macro", "weighted"):
@@ -195,8 +199,9 @@ def per_class(ev: Evaluation) -> dict[str, Any]:
 
 
 def calibration(ev: Evaluation, n_bins: int = N_BINS) -> dict[str, Any]:
-    """ECE and NLL before and after the bundle's temperature (fitted at the end of training on the validation split,
-    cross-validated there, and kept only when it helped); the report never refits it nor writes into the model."""
+    """ECE and NLL before and after the bundle's temperature (fitted at the end of training on the validation
+    split, cross-validated there, and kept only when it helped); the report never refits it nor writes into
+    the model."""
     t = ev.manifest.temperature
     recorded = (ev.run.metrics or {}).get("calibration") or ev.manifest.calibration
     before, after = softmax(ev.logits, axis=1), softmax(ev.logits / t, axis=1)
@@ -217,10 +222,10 @@ def answers(ev: Evaluation, probs: np.ndarray) -> dict[str, Any]:
 
 
 def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
-    """Images whose label is likely wrong, by confident learning (cleanlab's `find_label_issues`, Northcutt et al.):
-    a per-class confidence threshold learnt from the split itself, rather than "the model was very wrong", which
-    lists the model's own mistakes. Needs out-of-sample probabilities: images the model was not trained on.
-    Found on the raw outputs; each entry shows `probs` (the calibrated ones)."""
+    """Images whose label is likely wrong, by confident learning (cleanlab's `find_label_issues`, Northcutt et
+    al.): a per-class confidence threshold learnt from the split itself, rather than "the model was very
+    wrong", which lists the model's own mistakes. Needs out-of-sample probabilities: images the model was not
+    trained on. Found on the raw outputs; each entry shows `probs` (the calibrated ones)."""
     import warnings
 
     from cleanlab.filter import find_label_issues
@@ -228,12 +233,13 @@ def label_issues(ev: Evaluation, probs: np.ndarray) -> list[dict[str, Any]]:
     present = np.unique(ev.targs)
     if len(present) < 2:
         return []
-    column = {c: j for j, c in enumerate(present)}  # classes absent from the split cannot be anyone's label here
+    column = {c: j for j, c in enumerate(present)}  # a class absent from the split is no one's label here
     raw = softmax(ev.logits, axis=1)  # the finder was checked on the network's own outputs (T = 1)
     p = raw[:, present] / raw[:, present].sum(1, keepdims=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "too few examples in class ...": the report says the split is small
-        idx = find_label_issues(np.array([column[t] for t in ev.targs]), p, return_indices_ranked_by="self_confidence")
+        idx = find_label_issues(np.array([column[t] for t in ev.targs]), p,
+                                return_indices_ranked_by="self_confidence")
     return [{**_item(ev, probs, int(i)), "image": f"label_errors/{r + 1:02d}.png"}
             for r, i in enumerate(idx[:MAX_LABEL_ERRORS])]
 
@@ -246,10 +252,12 @@ def data_quality(ev: Evaluation, probs: np.ndarray) -> dict[str, Any]:
     if recorded is not None and Path(recorded.get("root", "")).resolve() != Path(ev.pets.root).resolve():
         recorded = None  # the run was trained on other data; what counts is the data evaluated here
     dr = recorded if recorded is not None else asdict(ev.pets.report)
-    return {"source": "the run's data_report.json" if recorded is not None else "this report's scan of the data",
+    source = "the run's data_report.json" if recorded is not None else "this report's scan of the data"
+    return {"source": source,
             "skipped": [{"file": Path(r["path"]).name, "path": r["path"], "reason": r.get("reason", "")}
                         for r in dr.get("skipped", [])],
-            "n_converted": len(dr.get("converted", [])), "unlabelled": [Path(p).name for p in dr.get("unlabelled", [])],
+            "n_converted": len(dr.get("converted", [])),
+            "unlabelled": [Path(p).name for p in dr.get("unlabelled", [])],
             "warnings": dr.get("warnings", []),
             "label_errors": label_issues(ev, probs), "label_error_method": "confident learning (cleanlab)"}
 
@@ -262,13 +270,14 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -
     probs = softmax(ev.logits / t, axis=1)  # calibrated, as predict and the demo show them
     n = len(ev.targs)
     read = ev.split_used == "out-of-fold"  # no forward pass: the run's out-of-fold outputs were read
-    return {"petclf_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"petclf_version": __version__, "created": created,
             "summary": summary(ev, cm), "training": training(ev.run),
             "confusion": confusion(cm, ev.classes, *group_list(ev.manifest)),
             "most_confused": most_confused(interp, ev, min_val), "min_val": min_val,
             "top_losses": top_losses(interp, ev, probs, top_k), "per_class": per_class(ev),
-            "calibration": calibration(ev), "answers": answers(ev, probs), "open_set": open_set_answers(ev, probs),
-            "data_quality": data_quality(ev, probs),
+            "calibration": calibration(ev), "answers": answers(ev, probs),
+            "open_set": open_set_answers(ev, probs), "data_quality": data_quality(ev, probs),
             "probability_temperature": t,
             "timing": {"device": str(ev.learn.dls.device), "images": n, "read_out_of_fold": read,
                        "inference_seconds": None if read else ev.seconds,
@@ -281,33 +290,40 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -
 def signals_off(manifest: Manifest) -> str:
     """Why a bundle's photos get no open-set answers: its entries' own reasons."""
     def why(entry: dict | None, name: str) -> str:
-        reason = (entry or {}).get("why") or ("not recorded: a bundle made before it existed" if not entry else "")
+        reason = (entry or {}).get("why") or ("" if entry else "not recorded: made before it existed")
         return f"{name} off ({reason})" if reason else f"{name} off"
 
-    return "; ".join((why(manifest.open_set, "open-set signals"), why(manifest.not_a_pet, "not-a-pet detector")))
+    return "; ".join((why(manifest.open_set, "open-set signals"),
+                      why(manifest.not_a_pet, "not-a-pet detector")))
+
+
+def _signal_dict(sig, i: int) -> dict[str, Any] | None:
+    """Photo `i`'s open-set signals as `verdict.make_verdict` takes them; None without signals."""
+    if sig is None:
+        return None
+    return {"pet": bool(sig.pet[i]), "known": bool(sig.known[i]), "species": str(sig.species[i]),
+            "species_prob": float(sig.species_prob[i])}
 
 
 def photo_verdicts(ev: Evaluation, probs: np.ndarray) -> list:
     """Each judged photo's `Verdict` from its calibrated `probs` and its features' signals, by the rules every
-    other surface uses (`verdict.make_verdict`; a group is sure from UNSURE_BELOW where the open-set signals are
-    on, as `petclf predict` has it)."""
+    other surface uses (`verdict.make_verdict`; a group is sure from UNSURE_BELOW where the open-set signals
+    are on, as `petclf predict` has it)."""
     from petclf.verdict import make_verdict
 
     m = ev.manifest
     group_name, groups = class_groups(m)
-    display, noun = display_names(m), class_noun(group_name)
+    display, noun, names = display_names(m), class_noun(group_name), sorted(set(groups.values()))
     score = ev.detector(ev.features)[0] if ev.detector is not None else None
     sig = ev.open_set(ev.features) if ev.open_set is not None else None
     out = []
     for i, p in enumerate(probs):
         by_class = dict(zip(ev.classes, map(float, p), strict=True))
-        by_group = {g: sum(q for c, q in by_class.items() if groups[c] == g) for g in sorted(set(groups.values()))}
-        open_set = None if sig is None else {"pet": bool(sig.pet[i]), "known": bool(sig.known[i]),
-                                             "species": str(sig.species[i]), "species_prob": float(sig.species_prob[i])}
+        by_group = {g: sum(q for c, q in by_class.items() if groups[c] == g) for g in names}
         flagged = None if score is None else bool(score[i] < ev.detector.threshold)
-        out.append(make_verdict(by_class, by_group, display, groups, group_name, flagged,
-                                None if score is None else float(score[i]), m.unsure_below, open_set, noun,
-                                None if sig is None else UNSURE_BELOW))
+        s = None if score is None else float(score[i])
+        out.append(make_verdict(by_class, by_group, display, groups, group_name, flagged, s, m.unsure_below,
+                                _signal_dict(sig, i), noun, None if sig is None else UNSURE_BELOW))
     return out
 
 
@@ -317,15 +333,15 @@ def answer_kind(v) -> str:
 
 
 def open_set_answers(ev: Evaluation, probs: np.ndarray) -> dict[str, Any]:
-    """How many judged photos got each answer (a known class sure or unsure, another breed of a known group, not a
-    pet; `none`: a detector-only bundle's "none of the classes"), and the photos of the model's own classes
-    answered otherwise; `on: false` and why for a bundle without the signals."""
+    """How many judged photos got each answer (a known class sure or unsure, another breed of a known group,
+    not a pet; `none`: a detector-only bundle's "none of the classes"), and the photos of the model's own
+    classes answered otherwise; `on: false` and why for a bundle without the signals."""
     if ev.features is None:
         return {"on": False, "why": signals_off(ev.manifest)}
     verdicts = photo_verdicts(ev, probs)
     kinds = [answer_kind(v) for v in verdicts]
     n = max(len(kinds), 1)
-    wrong = [i for i, k in enumerate(kinds) if not k.startswith("known")]  # every photo here is of a known class
+    wrong = [i for i, k in enumerate(kinds) if not k.startswith("known")]  # every photo is of a known class
     return {"on": True, "signals": "open-set" if ev.open_set is not None else "not-a-pet detector",
             "n": len(kinds), "counts": {k: kinds.count(k) for k in ANSWER_KINDS},
             "shares": {k: kinds.count(k) / n for k in ANSWER_KINDS}, "n_wrong": len(wrong),
