@@ -241,6 +241,32 @@ def _oof_outputs(oof: dict, items: list[Path]) -> tuple[np.ndarray, ...]:
                           "--split FILE naming new photos") from None
 
 
+def _learner_over(model_dir: Path, pets: Pets, split: str, every_photo: bool, bs: int, device: str | None,
+                  workers: int | None, manifest: Manifest) -> Learner:
+    """The learner whose validation loader holds the photos to judge: the split's, or every photo (new data;
+    a probe's out-of-fold judgement)."""
+    every = list(range(len(pets.items)))
+    # fastai builds no DataLoaders without training items: new data (`all`) is loaded on a stand-in split
+    stand_in = replace(pets, train_idx=every[1:], valid_idx=every[:1]) if split == "all" else pets
+    learn = make_learner(model_dir, stand_in, bs=bs, device=device, workers=workers, manifest=manifest)
+    if every_photo or split == "all":
+        learn.dls.loaders[1] = learn.dls.test_dl(pets.items, with_labels=True)
+    return learn
+
+
+def _outputs(learn: Learner, oof: dict | None, keep: bool, progress: bool,
+             split: str) -> tuple[np.ndarray | None, ...]:
+    """(logits, targets, losses, pooled features or None): the network's, or a probe's out-of-fold ones (then
+    the network passes over the photos only to `keep` their features)."""
+    logits = targs = losses = feats = None
+    if oof is None or keep:
+        with bar_unless(not progress, f"predicting {split}") as report_progress:
+            logits, targs, losses, feats = predict_split(learn, report_progress, keep)
+    if oof is not None:
+        logits, targs, losses = _oof_outputs(oof, list(learn.dls.valid.items))
+    return logits, targs, losses, feats
+
+
 def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, split: str = "valid",
              bs: int = REPORT_BS, device: str | None = None, workers: int | None = None,
              progress: bool = False, labels: str | Path | None = None,
@@ -250,25 +276,15 @@ def evaluate(model: str | Path = DEFAULT_MODEL, data: str | Path | None = None, 
     manifest = manifest or read_manifest(model_dir)
     run = read_run(model_dir)
     pets, split_used = _load_split(manifest, run, split, data, labels, progress)
+    # a probe trained on every photo of its split: it is judged by its out-of-fold outputs on each
     oof = read_oof(model_dir) if split == "valid" and not pets.valid_is_test else None
-    every = list(range(len(pets.items)))
-    # fastai builds no DataLoaders without training items: new data (`all`) is loaded on a stand-in split
-    stand_in = replace(pets, train_idx=every[1:], valid_idx=every[:1]) if split == "all" else pets
-    learn = make_learner(model_dir, stand_in, bs=bs, device=device, workers=workers, manifest=manifest)
-    # every photo is judged: by the model (new data), or by the out-of-fold outputs (a probe trained on each)
-    if oof is not None or split == "all":
-        learn.dls.loaders[1] = learn.dls.test_dl(pets.items, with_labels=True)
+    learn = _learner_over(model_dir, pets, split, oof is not None, bs, device, workers, manifest)
     if oof is not None:
+        every = list(range(len(pets.items)))
         pets, split_used = replace(pets, train_idx=every, valid_idx=every), "out-of-fold"
     detector, open_set = Detector.load(model_dir, manifest), OpenSet.load(model_dir, manifest)
     keep = detector is not None or open_set is not None  # the answers need each photo's features
     start = time.perf_counter()
-    logits = feats = None
-    if oof is None or keep:  # a probe's report reads its outputs; it passes over the photos for features only
-        with bar_unless(not progress, f"predicting {split}") as report_progress:
-            logits, targs, losses, feats = predict_split(learn, report_progress, keep)
-    if oof is not None:
-        logits, targs, losses = _oof_outputs(oof, list(learn.dls.valid.items))
-    seconds = time.perf_counter() - start
+    logits, targs, losses, feats = _outputs(learn, oof, keep, progress, split)
     return Evaluation(model_dir, manifest, run, learn, pets, split, split_used, list(learn.dls.valid.items),
-                      logits, targs, losses, seconds, feats, detector, open_set)
+                      logits, targs, losses, time.perf_counter() - start, feats, detector, open_set)

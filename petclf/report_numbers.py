@@ -75,31 +75,37 @@ def _recorded(metrics: dict | None, key: str) -> Any:
     return None if metrics is None else metrics.get(key)
 
 
+def _rate(hits: int | None, n: int, name: str) -> dict[str, Any]:
+    """{name: hits / n, name_ci: its 95 % Wilson interval}; None for both without a count."""
+    return {name: None if hits is None else hits / n, f"{name}_ci": None if hits is None else wilson(hits, n)}
+
+
+def _other_accuracies(ev: Evaluation) -> dict[str, Any]:
+    """Top-k accuracy (k below the number of classes) and group accuracy (Pets: species), with intervals."""
+    n, preds = len(ev.targs), ev.logits.argmax(1)
+    group_name, groups = group_list(ev.manifest)
+    k = min(5, len(ev.classes) - 1)  # top-k says something only for k < the number of classes (and k > 1)
+    top = int((np.argsort(-ev.logits, axis=1)[:, :k] == ev.targs[:, None]).any(1).sum()) if k > 1 else None
+    same = int((np.array(groups)[preds] == np.array(groups)[ev.targs]).sum()) if groups else None
+    return {"top5_k": k if k > 1 else None, **_rate(top, n, "top5_accuracy"), "group_name": group_name,
+            **_rate(same, n, "group_accuracy")}
+
+
 def summary(ev: Evaluation, cm: np.ndarray) -> dict[str, Any]:
     """Headline numbers of the evaluation, beside those `metrics.json` recorded at the end of training."""
-    n, classes = len(ev.targs), ev.classes
-    group_name, groups = group_list(ev.manifest)
-    preds = ev.logits.argmax(1)
-    k = min(5, len(classes) - 1)  # top-k says something only for k < the number of classes (and k > 1)
-    metrics = ev.run.metrics
+    n, metrics = len(ev.targs), ev.run.metrics
     acc = float(np.trace(cm) / n)
-    top5 = int((np.argsort(-ev.logits, axis=1)[:, :k] == ev.targs[:, None]).any(1).sum()) if k > 1 else None
-    same = int((np.array(groups)[preds] == np.array(groups)[ev.targs]).sum()) if groups else None
+    recorded = ("error_rate", "accuracy", "valid_loss", "train_seconds", "images_per_second")
     return {"arch": ev.manifest.arch, "model_dir": str(ev.model_dir), "data": str(ev.pets.root),
-            "layout": ev.pets.report.layout, "noun": class_noun(group_name),
-            "split": ev.split, "split_used": ev.split_used, "n_classes": len(classes),
+            "layout": ev.pets.report.layout, "noun": class_noun(group_list(ev.manifest)[0]),
+            "split": ev.split, "split_used": ev.split_used, "n_classes": len(ev.classes),
             "n_images": ev.pets.report.n_images, "n_train": len(ev.pets.train_idx), "n_evaluated": n,
             "input_size": ev.manifest.size,
             "accuracy": acc, "error_rate": 1.0 - acc, "error_rate_ci": wilson(n - int(np.trace(cm)), n),
             "error_name": error_name(ev.split, ev.split_used),
             "recorded_error_name": error_kind(metrics) if metrics else None,
-            "top5_k": k if k > 1 else None, "top5_accuracy": top5 / n if k > 1 else None,
-            "top5_accuracy_ci": wilson(top5, n) if k > 1 else None,
-            "group_name": group_name, "group_accuracy": same / n if groups else None,
-            "group_accuracy_ci": wilson(same, n) if groups else None,
-            "valid_loss": float(ev.losses.mean()),
-            "recorded": {key: _recorded(metrics, key) for key in ("error_rate", "accuracy", "valid_loss",
-                                                                  "train_seconds", "images_per_second")},
+            **_other_accuracies(ev), "valid_loss": float(ev.losses.mean()),
+            "recorded": {key: _recorded(metrics, key) for key in recorded},
             "agrees_with_recorded": _agrees(metrics, 1.0 - acc, n) if ev.split == "valid" else None,
             "note": OOF_NOTE if ev.split_used == "out-of-fold" else None}
 

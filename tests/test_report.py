@@ -262,7 +262,7 @@ def test_report_on_a_file_split_with_bad_files_and_planted_label_errors(tiny_run
     paths = write_report(run, data=data, split=str(split_file), out=tmp_path / "out", workers=0, top_k=20)
     r = json.loads(paths["json"].read_text())
     assert r["summary"]["n_evaluated"] == len(mislabelled) + len(good)
-    assert r["calibration"]["temperature"] == read_manifest(run)["temperature"]
+    assert r["calibration"]["temperature"] == read_manifest(run).temperature
     skipped = {f["file"] for f in r["data_quality"]["skipped"]}
     assert skipped == {name for name, verdict in planted.items() if verdict == "skipped"}
     flagged = {f["file"] for f in r["data_quality"]["label_errors"]}
