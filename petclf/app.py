@@ -55,7 +55,7 @@ from gradio.components.label import LabelConfidence, LabelData
 from PIL import Image
 
 from petclf.address import exposure_warning, parse_auth  # noqa: F401 - re-exported (petclf serve's checks)
-from petclf.bundle import class_groups, display_names, manifest_number, resolve_bundle_dir
+from petclf.bundle import Manifest, class_groups, display_names, resolve_bundle_dir
 from petclf.cam import gradcam_logits, overlay
 from petclf.config import DEFAULT_MODEL, SERVE_HOST, SERVE_PORT, TOPK
 from petclf.formats import FORMAT
@@ -104,34 +104,33 @@ def open_set_line(entry: dict[str, Any] | None) -> str:
         return f"off ({entry['why']})" if entry and entry.get("why") else "off"
     return (f"{entry['method']}: {entry.get('covered_classes', '?')} ImageNet classes covered, sure from "
             f"{entry['sure_below']:.2f} (fitted on {entry.get('fitted_on', '?')})")
-def temperature_line(manifest: dict[str, Any]) -> str:
+def temperature_line(manifest: Manifest) -> str:
     """The model card's line on calibration: the temperature, and why it is 1 when none could be fitted."""
-    t = f"{manifest_number(manifest, 'temperature', 1.0):.3g}"
-    why = (manifest.get("calibration") or {}).get("not_possible")
+    t = f"{manifest.temperature:.3g}"
+    why = (manifest.calibration or {}).get("not_possible")
     return f"{t} ({why})" if why else t
 
 
-def model_card(manifest: dict[str, Any]) -> str:
+def model_card(manifest: Manifest) -> str:
     """Markdown for the model card panel: arch, classes, validation metrics, training date."""
-    classes = manifest["classes"]
+    classes = manifest.classes
     group_name, groups = class_groups(manifest)
     names = display_names(manifest)
     by_group: dict[str, list[str]] = {}  # {group: its classes' names}, or every class under "classes"
     for c in classes:
         by_group.setdefault(groups.get(c["name"], "classes"), []).append(names[c["name"]])
-    metrics = manifest.get("metrics") or {}
+    metrics = manifest.metrics or {}
     err = metrics.get("error_rate", metrics.get("valid_error"))
-    inp = manifest["input"]
     per_group = ", ".join(f"{len(v)} {g}" for g, v in by_group.items())
-    rows = [("Architecture", f"{manifest['arch']} (timm) with a fastai head"),
+    rows = [("Architecture", f"{manifest.arch} (timm) with a fastai head"),
             ("Classes", f"{len(classes)}" + (f" ({group_name}: {per_group})" if groups else "")),
-            (error_kind(manifest).capitalize(),
+            (error_kind({"recipe": manifest.recipe}).capitalize(),
              f"{err:.2%}" if isinstance(err, (int, float)) else "not recorded"),
-            ("Trained", str(manifest.get("created", "unknown"))),
-            ("Input", f"{inp['size']} px (centre crop of a {inp['presize']} px resize)"),
+            ("Trained", str(manifest.created or "unknown")),
+            ("Input", f"{manifest.size} px (centre crop of a {manifest.presize} px resize)"),
             ("Temperature", temperature_line(manifest)),
-            ("Not a pet", detector_line(manifest.get("not_a_pet"))),
-            ("Another breed, not a pet", open_set_line(manifest.get("open_set")))]
+            ("Not a pet", detector_line(manifest.not_a_pet)),
+            ("Another breed, not a pet", open_set_line(manifest.open_set))]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
              if k not in ("error_rate", "valid_error") and isinstance(v, (int, float, str))]
     # every cell and name is text (a bundle someone sent can name anything): only petclf's ** and | are syntax
@@ -280,12 +279,12 @@ def text_markdown(value: str = "", **kw: Any) -> gr.Markdown:
     return gr.Markdown(value, latex_delimiters=[], sanitize_html=True, **kw)
 
 
-def is_pets_model(manifest: dict[str, Any]) -> bool:
+def is_pets_model(manifest: Manifest) -> bool:
     """True when every class is an Oxford-IIIT Pets breed: the shipped pet photos and Pets wording fit it."""
-    return pets_groups([c["name"] for c in manifest["classes"]]) is not None
+    return pets_groups(manifest.class_names) is not None
 
 
-def example_files(manifest: dict[str, Any] | None = None, model_dir: str | Path | None = None) -> list[str]:
+def example_files(manifest: Manifest | None = None, model_dir: str | Path | None = None) -> list[str]:
     """The demo's examples: the shipped pet photos for a Pets model (or no model given), else the
     validation photos its run kept (`RUN_EXAMPLES` in the model folder: its regular files only, no symlink
     followed), else none."""
@@ -297,7 +296,7 @@ def example_files(manifest: dict[str, Any] | None = None, model_dir: str | Path 
     return [str(p) for p in safe_files(folder, root, (".jpg", ".jpeg", ".png", ".webp"))]
 
 
-def default_title(manifest: dict[str, Any]) -> str:
+def default_title(manifest: Manifest) -> str:
     """The heading from the model: Pets wording for a Pets model, neutral otherwise."""
     return PETS_TITLE if is_pets_model(manifest) else OTHER_TITLE
 

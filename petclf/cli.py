@@ -112,11 +112,12 @@ def _check_data(data: str | None) -> None:
         check_data_folder(data)
 
 
-def _check_model(model: Path) -> None:
-    """A missing or broken --model is one line before torch, fastai or Gradio load (the manifest is JSON)."""
+def _check_model(model: Path):
+    """A missing or broken --model is one line before torch, fastai or Gradio load (the manifest is JSON); returns
+    the parsed `Manifest`, for the command to use rather than parse again."""
     from petclf.bundle import read_manifest
 
-    read_manifest(model)
+    return read_manifest(model)
 
 
 TRAIN_HELP = (f"Train a classifier on --data and export its run folder. From {TrainConfig().small_data} "
@@ -229,11 +230,11 @@ def report(model: Path = ModelOpt,
            labels: Path | None = typer.Option(None, "--labels", show_default="the one the run recorded",
                                               help="CSV of file,label for --data (csv layout).")) -> None:
     """Write the interpretation report: one self-contained HTML page, plus JSON and PNG figures."""
-    _check_model(model)
+    manifest = _check_model(model)
     from petclf.report import write_report
 
     paths = write_report(model, data=data, split=split, out=out, bs=bs, min_val=min_val, top_k=top_k,
-                         device=device, progress=True, labels=labels)
+                         device=device, progress=True, labels=labels, manifest=manifest)
     typer.echo(f"report: {paths['html']}")
 
 

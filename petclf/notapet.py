@@ -125,12 +125,12 @@ class Detector:
         return s, s < self.threshold
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, manifest: dict[str, Any]) -> Detector | None:
+    def load(cls, bundle_dir: str | Path, manifest: Any) -> Detector | None:  # a petclf.manifest.Manifest
         """The bundle's detector (its means file checked against the manifest's checksum), or None when it is off."""
-        entry = manifest.get("not_a_pet") or {}
+        entry = manifest.not_a_pet or {}
         if entry.get("method") != METHOD:
             return None
         path, (means,) = read_pinned(bundle_dir, entry, "not_a_pet", ("class_means",))
-        if means.ndim != 2 or means.shape[0] != manifest["n_classes"] or not np.isfinite(means).all():
+        if means.ndim != 2 or means.shape[0] != manifest.n_classes or not np.isfinite(means).all():
             raise BundleError(f"corrupt model file: {path}: class means of shape {means.shape} do not fit the model")
         return cls(means, float(entry["threshold"]))

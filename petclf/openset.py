@@ -170,17 +170,17 @@ class OpenSet:
                        np.array(names)[stacked.argmax(1)], stacked.max(1) / np.maximum(pet, 1e-300), pet, cover)
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, manifest: dict[str, Any]) -> OpenSet | None:
+    def load(cls, bundle_dir: str | Path, manifest: Any) -> OpenSet | None:  # a petclf.manifest.Manifest
         """The bundle's signals (the file checked against the manifest's checksum), or None when off, absent or of
         another version."""
-        entry = manifest.get("open_set") or {}
+        entry = manifest.open_set or {}
         if entry.get("method") != METHOD or entry.get("version") != VERSION:
             return None
         path, (w, b, covered, means) = read_pinned(bundle_dir, entry, "open_set",
                                                    ("weight", "bias", "covered", "class_means"))
         covered = covered.astype(bool)
         fits = (w.ndim == 2 and w.shape[0] == N_IMAGENET and b.shape == (N_IMAGENET,)
-                and covered.shape == (N_IMAGENET,) and means.shape == (manifest.get("n_classes"), w.shape[1]))
+                and covered.shape == (N_IMAGENET,) and means.shape == (manifest.n_classes, w.shape[1]))
         if not fits or not all(np.isfinite(t).all() for t in (w, b, means)):
             raise BundleError(f"corrupt model file: {path}: an ImageNet head of shape {w.shape} or class means of "
                               f"shape {means.shape} do not fit the model")

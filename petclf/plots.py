@@ -1,9 +1,10 @@
-"""The report's charts and page, made from its numbers alone (no model, no data): matplotlib figures saved as PNG
-bytes, and the one self-contained HTML page they are embedded in (jinja2, `templates/report.html`).
+"""The report's charts and page, made from its numbers alone (no model, no data): matplotlib figures saved as
+PNG bytes, and the one self-contained HTML page they are embedded in (jinja2, `templates/report.html`).
 
     from petclf.plots import plot_confusion, png, render_html
     png(plot_confusion(report["confusion"]))           # bytes of a PNG, ready to embed or save
     render_html(report, {"confusion_matrix.png": ...})  # the page, every figure a data: URI
+
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def png(fig) -> bytes:
 
 
 def plot_confusion(conf: dict[str, Any]):
-    """Row-normalised confusion matrix (by group: Pets' cats then dogs), percentages in the cells, counts in the
-    labels."""
+    """Row-normalised confusion matrix (by group: Pets' cats then dogs), percentages in the cells, counts in
+    the labels."""
     from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
 
@@ -51,7 +52,8 @@ def plot_confusion(conf: dict[str, Any]):
     side = max(5.0, 0.27 * n + 3.2)
     fig = Figure(figsize=(side, side), dpi=150)
     ax = fig.subplots()
-    im = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))  # sqrt: rare confusions stay visible
+    # sqrt colour scale: rare confusions stay visible
+    im = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))
     fs = 10 if n > 20 else 11
     names = [shown(display_name(c)) for c in conf["classes"]]  # names are text: no mathtext, no controls
     ax.set_xticks(range(n), names, rotation=90, fontsize=fs, **PLAIN_TEXT)

@@ -24,12 +24,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import softmax
 
-from petclf.bundle import class_groups, display_names, manifest_number, read_manifest, resolve_bundle_dir
+from petclf.bundle import Manifest, class_groups, display_names, read_manifest, resolve_bundle_dir
 from petclf.config import DEFAULT_MODEL, UNSURE_BELOW, Backend
 from petclf.errors import ImageError, PetclfError
 from petclf.formats import (  # noqa: F401 - the writers re-exported: petclf.predict.format_rows etc.
@@ -169,7 +169,7 @@ def signal_rows(feats: np.ndarray, detector: Detector | None, open_set: OpenSet 
 class Predictor:
     """A loaded model and its preprocessing: `predict(image)`, `predict_paths(paths)`, `topk(image)`."""
 
-    def __init__(self, net: Net, manifest: dict[str, Any], backend: str = "torch",
+    def __init__(self, net: Net, manifest: Manifest, backend: str = "torch",
                  model: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
                  detector: Detector | None = None, open_set: OpenSet | None = None):
         self.net, self.manifest, self.backend = net, manifest, backend
@@ -177,16 +177,16 @@ class Predictor:
         self.open_set = open_set  # the bundle's open-set signals (petclf.openset); None when it has none
         # below this top-class probability the answer lists the likely classes; the bundle's own, else the
         # default
-        self.unsure_below = manifest_number(manifest, "unsure_below", UNSURE_BELOW)
+        self.unsure_below = manifest.unsure_below
         # the torch network for Grad-CAM: given, or (ONNX backend) a loader called on first use
         self._model = model
         self._model_lock = threading.Lock()
         self.pre = Preprocess.from_manifest(manifest)
-        self.classes = [c["name"] for c in manifest["classes"]]
+        self.classes = manifest.class_names
         self.display = display_names(manifest)  # {class id: the name people see}
         self.group_name, self.groups = class_groups(manifest)  # ("species", {breed: cat|dog}) for Pets
         self.noun = class_noun(self.group_name)  # what a class is called in words: breed (Pets) or class
-        self.temperature = manifest_number(manifest, "temperature", 1.0)
+        self.temperature = manifest.temperature
         self._group_idx = {g: np.array([i for i, c in enumerate(self.classes) if self.groups[c] == g])
                            for g in sorted(set(self.groups.values()))}
 
@@ -412,7 +412,7 @@ def load_model(model_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", backe
     if path is None:
         from petclf.bundle import load_network
 
-        model, manifest = load_network(model_dir, device=device)
+        model, manifest = load_network(model_dir, device=device, manifest=manifest)
         return Predictor(TorchNet(model, device), manifest, "torch", model=model,
                          detector=Detector.load(model_dir, manifest), open_set=OpenSet.load(model_dir, manifest))
 

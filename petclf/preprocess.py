@@ -110,11 +110,11 @@ class Preprocess:
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> Preprocess:
         """Read `input` from a bundle manifest; refuse recipes this predictor does not reproduce."""
-        inp = manifest["input"]
-        if inp.get("resize_method", "crop") != "crop" or inp.get("resample", "bilinear") != "bilinear":
-            raise BundleError(f"unsupported preprocessing in model.json: {inp.get('resize_method')}/"
-                              f"{inp.get('resample')} (this petclf reproduces crop/bilinear)")
-        return cls(int(inp["size"]), int(inp["presize"]), tuple(inp["mean"]), tuple(inp["std"]))
+        m = manifest
+        if m.resize_method != "crop" or m.resample != "bilinear":
+            raise BundleError(f"unsupported preprocessing in model.json: {m.resize_method}/{m.resample} (this "
+                              "petclf reproduces crop/bilinear)")
+        return cls(m.size, m.presize, tuple(m.mean), tuple(m.std))
 
     def batch(self, x: np.ndarray) -> np.ndarray:
         """uint8 N x presize x presize x 3 -> normalised float32 N x 3 x size x size (fastai's batch transforms)."""

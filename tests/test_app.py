@@ -6,6 +6,7 @@ import html
 import http.client
 import io
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,8 @@ def pets_verdict(probs: dict[str, float], species: dict[str, float], **kw):
 
 
 def test_model_card_and_verdict(predictor):
-    card = html.unescape(model_card({**predictor.manifest, "metrics": {"error_rate": 0.0725, "epochs": 4}}))
-    assert "resnet18" in card and "7.25%" in card and predictor.manifest["created"] in card and "epochs" in card
+    card = html.unescape(model_card(replace(predictor.manifest, metrics={"error_rate": 0.0725, "epochs": 4})))
+    assert "resnet18" in card and "7.25%" in card and predictor.manifest.created in card and "epochs" in card
     assert "Abyssinian" in card and "American Bulldog" in card
     assert "| Another breed, not a pet | off (the backbone started from random weights" in card  # says why
     sure = pets_verdict({"Bengal": 0.9}, {"cat": 0.95, "dog": 0.05})
@@ -101,15 +102,15 @@ def test_model_card_and_verdict(predictor):
 def test_the_model_card_names_its_error_and_says_when_calibration_was_not_possible(predictor):
     from petclf.calibrate import choose_temperature
 
-    probe = {**predictor.manifest, "metrics": {"error_rate": 0.0919},
-             "recipe": {"name": "probe", "estimate": "5-fold cross-validation"}}
+    probe = replace(predictor.manifest, metrics={"error_rate": 0.0919},
+                    recipe={"name": "probe", "estimate": "5-fold cross-validation"})
     card = html.unescape(model_card(probe))
     assert "| Cross-validation error | 9.19% |" in card and "Validation error" not in card
-    fastbook = {**predictor.manifest, "metrics": {"error_rate": 0.0725}, "recipe": {"name": "fastbook"}}
+    fastbook = replace(predictor.manifest, metrics={"error_rate": 0.0725}, recipe={"name": "fastbook"})
     assert "| Validation error | 7.25% |" in html.unescape(model_card(fastbook))
     targs = np.arange(40) % 4
     cal = choose_temperature(np.eye(4)[targs] + 0.01, targs)  # every held-out image right: the fit hits T_MIN
-    card = html.unescape(model_card({**predictor.manifest, "temperature": cal["temperature"], "calibration": cal}))
+    card = html.unescape(model_card(replace(predictor.manifest, temperature=cal["temperature"], calibration=cal)))
     assert "| Temperature | 1 (calibration was not possible:" in card
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -45,10 +46,10 @@ def test_round_trip_is_exact_and_manifest_is_complete(bundle):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(net(x), model(x))
-    assert [c["group"] for c in man["classes"]] == ["cat", "cat", "dog"] and man["group_name"] == "species"
-    assert man["n_classes"] == 3 and man["temperature"] == 1.0
-    assert set(man["versions"]) == {"petclf", "fastai", "timm", "torch"}
-    assert len(man["weights"]["sha256"]) == 64
+    assert [c["group"] for c in man.classes] == ["cat", "cat", "dog"] and man.group_name == "species"
+    assert man.n_classes == 3 and man.temperature == 1.0
+    assert set(man.versions) == {"petclf", "fastai", "timm", "torch"}
+    assert len(man.weights["sha256"]) == 64
     assert not list(out.glob(".*tmp*")), "no temp files left behind"
 
 
@@ -58,7 +59,7 @@ def test_linear_head_round_trips(tmp_path, head):
     model = build_model("resnet18", 2, head=head).eval()
     write_bundle(model, tmp_path, make_manifest("resnet18", head, ["Bengal", "pug"], 32, 40, [0.5] * 3, [0.5] * 3))
     net, manifest = load_network(tmp_path)
-    assert manifest["head"] == head
+    assert manifest.head == head
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(x), model(x))
@@ -278,7 +279,7 @@ def test_a_latest_file_naming_the_run_is_followed(bundle, tmp_path):
     run = _copy(bundle[0], tmp_path)
     (tmp_path / "latest").write_text(run.name + "\n")
     net, man = load_network(tmp_path / "latest")
-    assert man["arch"] == "resnet18"
+    assert man.arch == "resnet18"
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o007])
@@ -306,10 +307,45 @@ def test_groups_display_names_and_older_species_key():
     assert display_names(pets) == {"Russian_Blue": "Russian Blue", "great_pyrenees": "Great Pyrenees"}
     assert class_groups(pets) == ("species", {"Russian_Blue": "cat", "great_pyrenees": "dog"})
     own = make_manifest("resnet18", {"kind": "linear"}, ["mug", "Teller"], 32, 40, [.5] * 3, [.5] * 3)
-    assert class_groups(own) == (None, {}) and "group_name" not in own and display_names(own)["mug"] == "mug"
+    assert class_groups(own) == (None, {}) and own.group_name is None and display_names(own)["mug"] == "mug"
+    assert "group_name" not in own.to_json()
     grouped = make_manifest("resnet18", {"kind": "linear"}, ["mug", "Teller"], 32, 40, [.5] * 3, [.5] * 3,
                             groups={"mug": "kitchen", "Teller": "kitchen"}, group_name="room")
     assert class_groups(grouped) == ("room", {"mug": "kitchen", "Teller": "kitchen"})
-    older = {"classes": [{"name": "Bengal", "species": "cat"}, {"name": "pug", "species": "dog"}]}
+    older = replace(own, classes=[{"name": "Bengal", "species": "cat"}, {"name": "pug", "species": "dog"}])
     assert class_groups(older) == ("species", {"Bengal": "cat", "pug": "dog"})
     assert display_names(older) == {"Bengal": "Bengal", "pug": "Pug"}
+
+
+def test_the_manifest_record_round_trips_and_keeps_keys_it_does_not_know(bundle, tmp_path):
+    from petclf.bundle import Manifest
+
+    b = _copy(bundle[0], tmp_path)
+    raw = json.loads((b / MANIFEST_NAME).read_text())
+    (b / MANIFEST_NAME).write_text(json.dumps({**raw, "made_for": "a later petclf"}))
+    man = read_manifest(b)
+    assert man.extra == {"made_for": "a later petclf"} and man.size == 64 and man.presize == 80
+    assert man.to_json() == {**raw, "made_for": "a later petclf"}
+    assert Manifest.from_json(man.to_json()) == man
+
+
+def test_an_older_manifest_without_the_optional_keys_loads_with_defaults(bundle, tmp_path):
+    b = _copy(bundle[0], tmp_path)
+    raw = json.loads((b / MANIFEST_NAME).read_text())
+    for key in ("temperature", "unsure_below", "group_name", "created", "versions"):
+        raw.pop(key, None)
+    raw["input"] = {k: raw["input"][k] for k in ("size", "presize", "mean", "std")}
+    (b / MANIFEST_NAME).write_text(json.dumps(raw))
+    man = read_manifest(b)
+    assert (man.temperature, man.unsure_below, man.not_a_pet, man.open_set) == (1.0, 0.5, None, None)
+    assert (man.resize_method, man.resample, man.versions) == ("crop", "bilinear", {})
+
+
+@pytest.mark.parametrize("key,value", [("trained_at", 7), ("recipe", "probe"), ("calibration", [1]),
+                                       ("data", 3), ("metrics", "good")])
+def test_a_mistyped_optional_key_is_one_line_naming_the_file_and_the_key(bundle, tmp_path, key, value):
+    b = _copy(bundle[0], tmp_path)
+    (b / MANIFEST_NAME).write_text(_set(key, value)(json.loads((b / MANIFEST_NAME).read_text())))
+    with pytest.raises(BundleError) as e:
+        read_manifest(b)
+    assert str(b / MANIFEST_NAME) in str(e.value) and key in str(e.value) and "\n" not in str(e.value)

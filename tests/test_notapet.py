@@ -47,7 +47,7 @@ def test_fit_flags_about_the_quantile_of_pets_and_far_away_vectors():
 
 
 def test_the_manifest_checks_its_detector_entry(tiny_run):
-    m = read_manifest(tiny_run.run_dir)
+    m = read_manifest(tiny_run.run_dir).to_json()
     assert m["not_a_pet"]["method"] == "off" and "random weights" in m["not_a_pet"]["why"]
     assert m["unsure_below"] == 0.5
     pin = {"file": "not_a_pet.safetensors", "sha256": "0" * 64}
@@ -91,7 +91,7 @@ def skimage_photo(name: str, out: Path) -> Path:
 def test_a_real_backbone_flags_photos_of_other_things(lite0_run, tmp_path, cli):
     from benchmarks.common import make_photos
 
-    m = read_manifest(lite0_run)
+    m = read_manifest(lite0_run).to_json()
     assert m["not_a_pet"]["method"] == METHOD and (lite0_run / "not_a_pet.safetensors").is_file()
     others = [skimage_photo(n, tmp_path / "other") for n in ("coffee", "astronaut", "rocket", "moon")]
     cats = make_photos(tmp_path / "cats", 4, ["Bengal"], seed=7)  # crops the run never saw
@@ -133,7 +133,7 @@ def test_classify_api_says_not_a_pet(lite0_run, tmp_path):
         demo.close()
     assert breeds["label"] == "Not a pet" and species["label"] == "not a pet" and len(breeds["confidences"]) == 2
     assert answer["not_a_pet"] is True and answer["species"] is None and not answer["breed_sure"]
-    assert answer["not_a_pet_score"] < read_manifest(lite0_run)["not_a_pet"]["threshold"]
+    assert answer["not_a_pet_score"] < read_manifest(lite0_run).not_a_pet["threshold"]
 
 
 @pytest.mark.slow
@@ -162,7 +162,7 @@ def test_a_fine_tuned_run_fits_its_detector_on_the_validation_photos(tmp_path):
                       weights=str(efficientnet_lite0_weights(tmp_path / "lite0.safetensors")), recipe="fastbook",
                       epochs=1)
     run_dir = train(cfg).run_dir
-    entry = read_manifest(run_dir)["not_a_pet"]
+    entry = read_manifest(run_dir).not_a_pet
     assert entry["method"] == METHOD and entry["n_photos"] == 12 and "12 validation photos" in entry["fitted_on"]
     coffee = skimage_photo("coffee", tmp_path / "other")
     assert load_model(run_dir).answer(coffee).not_a_pet is True

@@ -79,7 +79,7 @@ def test_training_exports_onnx_and_auto_picks_it_on_cpu(run_dir, valid_items):
     from petclf.io import sha256_file, umask
     from petclf.onnx import ONNX_INFO_NAME
 
-    assert predictor.manifest["onnx"]["sha256"] == sha256_file(run_dir / "model.onnx")  # model.json pins the graph
+    assert predictor.manifest.onnx["sha256"] == sha256_file(run_dir / "model.onnx")  # model.json pins the graph
     modes = {p.name: p.stat().st_mode & 0o777 for p in run_dir.iterdir() if p.is_file()}
     assert modes["model.onnx"] == modes["model.onnx.json"] == modes["model.safetensors"] == modes["model.json"] == \
         0o666 & ~umask()  # what open() gives a new file; safetensors and the exporter's temp files were 0600
@@ -107,7 +107,7 @@ def _swap_graph(bundle, valid_items):
         head.weight.copy_(head.weight[perm])
         if head.bias is not None:  # fastai's head has none (a BatchNorm precedes it)
             head.bias.copy_(head.bias[perm])
-    _export_graph(net, manifest["input"]["size"], bundle / "model.onnx", OPSET)
+    _export_graph(net, manifest.size, bundle / "model.onnx", OPSET)
     info = json.loads((bundle / ONNX_INFO_NAME).read_text())
     info["sha256"] = sha256_file(bundle / "model.onnx")
     (bundle / ONNX_INFO_NAME).write_text(json.dumps(info))
@@ -179,7 +179,7 @@ def test_the_export_check_compares_the_features_output_too(run_dir):
     from petclf.onnx import check_onnx
 
     net, manifest = load_network(run_dir)
-    size = int(manifest["input"]["size"])
+    size = manifest.size
     same = check_onnx(net, run_dir / "model.onnx", size)
     assert set(same) == {"logits", "features"} and same["features"][0] < 1e-3 < same["features"][1]
     body_changed = copy.deepcopy(net)

@@ -4,6 +4,7 @@ breed, not a cat or a dog; on a toy ImageNet head whose classes a feature direct
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -111,11 +112,12 @@ def test_not_a_cat_or_a_dog_and_a_known_breed():
 def test_the_bundle_keeps_the_head_pinned(tmp_path):
     entry, arrays, x, _ = fitted()
     entry |= save_arrays(tmp_path, arrays)
-    m = {"n_classes": 2, "open_set": entry}
+    m = SimpleNamespace(n_classes=2, open_set=entry)  # the two fields of a Manifest the loader reads
     loaded = OpenSet.load(tmp_path, m)
     assert loaded is not None and loaded(x[:1]).known[0]
-    assert OpenSet.load(tmp_path, {"open_set": {**entry, "version": VERSION + 1}}) is None  # newer: says nothing
-    assert OpenSet.load(tmp_path, {"open_set": {"method": "off", "why": "x"}}) is None
+    newer = SimpleNamespace(open_set={**entry, "version": VERSION + 1})
+    assert OpenSet.load(tmp_path, newer) is None  # newer: says nothing
+    assert OpenSet.load(tmp_path, SimpleNamespace(open_set={"method": "off", "why": "x"})) is None
     data = bytearray((tmp_path / FILE).read_bytes())
     data[-2] ^= 0xFF
     (tmp_path / FILE).write_bytes(bytes(data))

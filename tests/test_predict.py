@@ -66,7 +66,7 @@ def test_temperature_from_manifest_is_applied(run_dir, tmp_path, valid_items):
 
     hot = tmp_path / "hot"
     shutil.copytree(run_dir, hot)
-    manifest = read_manifest(hot)
+    manifest = read_manifest(hot).to_json()
     manifest["temperature"] = 3.0
     write_atomic(hot / "model.json", json.dumps(manifest))
     base, p = load_model(run_dir), load_model(hot)

@@ -150,7 +150,7 @@ def test_top_k_accuracy_only_below_the_number_of_classes_and_each_error_says_wha
     from types import SimpleNamespace
 
     from petclf.labels import error_name, plural
-    from petclf.report import summary
+    from petclf.report_numbers import summary
 
     for c, k in ((2, None), (3, 2), (10, 5)):
         targs = np.arange(20) % c
@@ -178,8 +178,8 @@ def test_report_shows_the_bundles_temperature_and_never_writes_into_the_model(fu
     for name in ("model.json", "model.safetensors"):
         assert (run / name).read_bytes() == (tiny_run.run_dir / name).read_bytes()
     cal, manifest = r["calibration"], read_manifest(run)
-    assert cal["temperature"] == manifest["temperature"] and cal["n_bins"] == 15
-    assert cal["recorded"] == manifest["calibration"]  # how training chose it, cross-validated on validation
+    assert cal["temperature"] == manifest.temperature and cal["n_bins"] == 15
+    assert cal["recorded"] == manifest.calibration  # how training chose it, cross-validated on validation
     assert 0 <= cal["ece_before"] <= 1 and 0 <= cal["ece_after"] <= 1
 
 
@@ -262,7 +262,7 @@ def test_report_on_a_file_split_with_bad_files_and_planted_label_errors(tiny_run
     paths = write_report(run, data=data, split=str(split_file), out=tmp_path / "out", workers=0, top_k=20)
     r = json.loads(paths["json"].read_text())
     assert r["summary"]["n_evaluated"] == len(mislabelled) + len(good)
-    assert r["calibration"]["temperature"] == read_manifest(run)["temperature"]
+    assert r["calibration"]["temperature"] == read_manifest(run).temperature
     skipped = {f["file"] for f in r["data_quality"]["skipped"]}
     assert skipped == {name for name, verdict in planted.items() if verdict == "skipped"}
     flagged = {f["file"] for f in r["data_quality"]["label_errors"]}
@@ -273,21 +273,23 @@ def test_report_on_a_file_split_with_bad_files_and_planted_label_errors(tiny_run
 
 def _evaluation(probs: np.ndarray, targs: np.ndarray):
     """An Evaluation over given probabilities (no model run): for the pure numbers."""
-    from petclf.report import Evaluation
+    from petclf.bundle import Manifest
+    from petclf.evaluation import Evaluation, Run
 
     n, c = probs.shape
     classes = [f"breed{i}" for i in range(c)]
-    manifest = {"arch": "x", "classes": [{"name": k, "species": "cat"} for k in classes], "input": {"size": 8}}
+    manifest = Manifest("x", {"kind": "linear"}, [{"name": k, "species": "cat"} for k in classes], 8, 8, [0.5] * 3,
+                        [0.5] * 3)
     logits = np.log(probs)
     losses = -logits[np.arange(n), targs]
-    return Evaluation(Path("."), manifest, {"metrics": None}, None, None, "valid", "random",
+    return Evaluation(Path("."), manifest, Run(), None, None, "valid", "random",
                       [Path(f"img{i}.jpg") for i in range(n)], logits, targs, losses, 1.0)
 
 
 def test_confident_learning_lists_wrong_labels_not_the_models_mistakes():
     """40 images of 4 breeds: two carry the wrong label (the model is sure of another breed, as sure as it is of
     that breed's own images); two are the model's honest mistakes (unsure, 40-45 % on another breed)."""
-    from petclf.report import label_issues
+    from petclf.report_numbers import label_issues
 
     rng = np.random.default_rng(0)
     targs = np.repeat(np.arange(4), 10)
@@ -306,7 +308,7 @@ def test_confident_learning_lists_wrong_labels_not_the_models_mistakes():
 
 def test_rates_come_with_wilson_intervals_and_absent_classes_are_na():
     from petclf.calibrate import wilson
-    from petclf.report import per_class
+    from petclf.report_numbers import per_class
 
     lo, hi = wilson(12, 74)  # the issue's real run: 12 errors in 74 images
     assert 0.09 < lo < 0.10 and 0.26 < hi < 0.27 and wilson(0, 0) is None
@@ -325,7 +327,7 @@ def test_a_seed_0_run_is_judged_on_its_own_validation_photos(synth_dir, tmp_path
     from conftest import tiny_config
 
     from petclf.data import load_pets
-    from petclf.report import evaluate
+    from petclf.evaluation import evaluate
     from petclf.train import train
 
     run = train(tiny_config(synth_dir, tmp_path / "run", seed=0, epochs=1), latest=False).run_dir
@@ -391,3 +393,60 @@ def test_a_probe_run_is_judged_by_its_out_of_fold_predictions(tiny_run, synth_di
     page = " ".join(paths["html"].read_text().split())
     assert f"Read the out-of-fold predictions of {len(pets.items)} images" in page and "images/s" not in page
     assert s["error_name"] == "cross-validation error"
+
+
+@pytest.mark.slow
+def test_a_bundle_without_open_set_signals_says_they_are_off(full_report):
+    _, r, html, _ = full_report
+    o = r["open_set"]  # the tiny run's backbone has random weights: neither signal was fitted
+    assert o["on"] is False and "open-set signals off" in o["why"] and "random weights" in o["why"]
+    assert "Off for this bundle: open-set signals off" in " ".join(html.split())
+
+
+def _pin_signals(run: Path, items: list[Path], labels: list[str]) -> None:
+    """Give a copy of the tiny run open-set signals and a not-a-pet detector, fitted on its own photos' features
+    (its backbone has random weights, so a random stand-in for the ImageNet head: the answers' rules, not their
+    sense, are what is checked)."""
+    from petclf.bundle import read_manifest
+    from petclf.notapet import fit_detector, save_means
+    from petclf.openset import fit_open_set, save_arrays
+    from petclf.predict import load_model
+
+    predictor = load_model(run, backend="torch")
+    probs, feats = predictor.probs(predictor.preprocess(items)), predictor.net.outputs(predictor.preprocess(items))[1]
+    classes = read_manifest(run).class_names
+    y = np.array([classes.index(label) for label in labels])
+    rng = np.random.default_rng(0)
+    entry, arrays = fit_open_set(feats, y, len(classes), probs, rng.normal(0, 0.05, (1000, feats.shape[1])),
+                                 np.zeros(1000), "a random stand-in head")
+    det, means = fit_detector(feats, y, len(classes), "the tiny run's photos")
+    raw = json.loads((run / "model.json").read_text())
+    raw["open_set"] = {**entry, **save_arrays(run, arrays)}
+    raw["not_a_pet"] = {**det, **save_means(run, means)}
+    (run / "model.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.slow
+def test_the_report_counts_each_open_set_answer_as_predict_gives_it(tiny_run, synth_dir, tmp_path):
+    from petclf.data import load_pets
+    from petclf.predict import load_model
+    from petclf.report import write_report
+    from petclf.report_numbers import ANSWER_KINDS, answer_kind
+
+    run = copy_run(tiny_run, tmp_path, synth_dir)
+    pets = load_pets(synth_dir, seed=42)
+    _pin_signals(run, pets.items, pets.labels)
+    paths = write_report(run, workers=0)
+    r = json.loads(paths["json"].read_text())
+    o = r["open_set"]
+    assert o["on"] is True and o["signals"] == "open-set" and o["n"] == r["summary"]["n_evaluated"]
+    assert sum(o["counts"].values()) == o["n"] and set(o["counts"]) == set(ANSWER_KINDS)
+    predictor = load_model(run, backend="torch")
+    judged = [pets.items[i] for i in pets.valid_idx]
+    said = [answer_kind(predictor.answer(p)) for p in judged]
+    assert {k: said.count(k) for k in ANSWER_KINDS} == o["counts"]  # the same answers as `petclf predict`
+    wrong = {p.name for p, k in zip(judged, said, strict=True) if k in ("other", "not_a_pet", "none")}
+    assert o["n_wrong"] == len(wrong) and {w["file"] for w in o["wrong"]} <= wrong
+    page = " ".join(paths["html"].read_text().split())
+    assert 'id="open-set-counts"' in page and f"a known breed, sure</td><td class=\"n\">{o['counts']['known_sure']}" \
+        in page

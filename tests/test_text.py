@@ -126,7 +126,7 @@ def hostile(tmp_path_factory) -> dict:
     metrics = {"error_rate": 0.5, "<img src=http://evil.example/m.png>": "[m](http://evil.example/m)"}
     manifest = make_manifest("resnet18", FASTAI_HEAD, pets.vocab, 64, 80, [0.485, 0.456, 0.406],
                              [0.229, 0.224, 0.225], groups=groups, group_name=group_name, metrics=metrics)
-    next(c for c in manifest["classes"] if c["name"] == HOSTILE["www"])["display"] = DISPLAY
+    next(c for c in manifest.classes if c["name"] == HOSTILE["www"])["display"] = DISPLAY
     write_bundle(build_model("resnet18", len(pets.vocab)), run, manifest)
     save_config(TrainConfig(data=str(data), layout="csv", labels=str(labels), groups=str(groups_csv),
                             arch="resnet18", size=64, presize=80), run / "config.yaml")

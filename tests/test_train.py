@@ -212,6 +212,7 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     assert (f"{cal['cv_nll_after']:.4f} at the shipped temperature {cal['temperature']:.2f}" in said) == cal["kept"]
 
     net, manifest = load_network(out)
+    manifest = manifest.to_json()  # the record as model.json holds it
     assert manifest["head"] == {"kind": "linear", "l2norm": True, "gem_p": 2.0} and manifest["recipe"] == m["recipe"]
     assert m["recipe"]["features"] == "GeM-pooled (p = 2), L2-normalised, centre view"
     assert manifest["input"]["size"] == manifest["input"]["presize"] == 64
