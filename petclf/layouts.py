@@ -27,8 +27,8 @@ from pathlib import Path
 
 from petclf.config import Layout
 from petclf.errors import DataError
-from petclf.io import is_image_file, walk_files
 from petclf.labels import breed_of, label_from_path
+from petclf.listing import Listing
 
 LAYOUTS = tuple(x.value for x in Layout)  # what --layout takes
 TRAIN_DIR = "train"  # fastai GrandparentSplitter's train_name
@@ -94,13 +94,15 @@ def pets_root(root: Path) -> Path:
     return root / "images" if (root / "images").is_dir() else root
 
 
-def read_pets(root: Path, why: str = "") -> Reading:
+def read_pets(files: Listing, why: str = "") -> Reading:
     """Labels from `<breed>_<number>.<ext>` file names, anywhere below the images folder."""
-    images = [p for p in walk_files(pets_root(root)) if is_image_file(p)]
-    items = [p for p in images if breed_of(p) is not None]
-    return Reading("pets", why or "file names are <breed>_<number>.<ext>", pets_root(root), items,
-                   [label_from_path(p) for p in items], label_from_path,
-                   unlabelled=[str(p) for p in images if breed_of(p) is None])
+    root = pets_root(files.root)
+    images = files.images_under(root)
+    breeds = [breed_of(p) for p in images]
+    items = [p for p, b in zip(images, breeds, strict=True) if b is not None]
+    return Reading("pets", why or "file names are <breed>_<number>.<ext>", root, items,
+                   [b for b in breeds if b is not None], label_from_path,
+                   unlabelled=[str(p) for p, b in zip(images, breeds, strict=True) if b is None])
 
 
 # ---------------------------------------------------------------------------------------------------- folders
@@ -132,18 +134,19 @@ def _same_name_folders(items: list[Path], tops: list[Path]) -> list[str]:
     return [f"{name!r} from {' and '.join(sorted(dirs))}" for name, dirs in sorted(where.items()) if len(dirs) > 1]
 
 
-def read_folders(root: Path, why: str = "", test: bool = False) -> Reading:
+def read_folders(files: Listing, why: str = "", test: bool = False) -> Reading:
     """`root/<label>/<file>`, or `root/train|valid/<label>/<file>`: the parent folder is the label (fastai's
     `parent_label`), and train/ + valid/ (or val/) the split (fastai's `GrandparentSplitter`); train/ alone
     (or beside test/ only) is all training data, split as usual. A test/ is never read for training; `test`:
     test/ is the held-out half instead (for `report --split test`)."""
     from fastai.data.transforms import GrandparentSplitter, parent_label
 
+    root = files.root
     split_dirs = _has_split_dirs(root)
     valid_name = (TEST_DIR if (root / TEST_DIR).is_dir() else None) if test else _valid_dir(root)
     valid_name = valid_name if split_dirs else None
     tops = [root / TRAIN_DIR, *([root / valid_name] if valid_name else [])] if split_dirs else [root]
-    images = [p for p in walk_files(root) if is_image_file(p)]
+    images = files.images
     in_class = [p.parent != root and p.parent not in tops for p in images]  # else: in no class folder
     items = [p for p, ok in zip(images, in_class, strict=True) if ok]
     unsplit: list[str] = []
@@ -159,7 +162,7 @@ def read_folders(root: Path, why: str = "", test: bool = False) -> Reading:
     if valid_name:
         reading.valid = [p.parent.parent.name == valid_name for p in items]
         reading.split_name = f"folders {TRAIN_DIR}/ + {valid_name}/"
-    empty = [d for d in _class_dirs(tops) if not any(is_image_file(p) for p in walk_files(d))]
+    empty = [d for d in _class_dirs(tops) if d not in files.image_dirs]
     if empty:
         reading.warnings.append(f"{len(empty)} empty class folder(s) skipped: "
                                 + _listing([str(d.relative_to(root)) for d in empty]))
@@ -236,10 +239,10 @@ def _csv_problems(rows: list[tuple[int, dict[str, str]]], root: Path) -> list[st
     return [f"{len(v)} {what} ({_listing(v)})" for what, v in found.items() if v]
 
 
-def read_csv(root: Path, labels: str | Path, why: str = "", test: bool = False) -> Reading:
-    """`file,label` rows (plus `split` or `is_valid`), files relative to `root`: fastai's from_df conventions.
-    `test`: the `split` column's test rows are the held-out half (for `report --split test`)."""
-    path = Path(labels).expanduser()
+def read_csv(files: Listing, labels: str | Path, why: str = "", test: bool = False) -> Reading:
+    """`file,label` rows (plus `split` or `is_valid`), files relative to the data folder: fastai's from_df
+    conventions. `test`: the `split` column's test rows are the held-out half (for `report --split test`)."""
+    root, path = files.root, Path(labels).expanduser()
     header, rows = _csv_rows(path)
     missing = [c for c in ("file", "label") if c not in header]
     if missing:
@@ -261,7 +264,7 @@ def read_csv(root: Path, labels: str | Path, why: str = "", test: bool = False) 
                       split_name=f"csv column {col}" if col else None,
                       unsplit=[str(root / rows[i][1]["file"]) for i in sorted(aside)], labels_file=path.resolve())
     listed = {p.resolve() for p in items} | {Path(p).resolve() for p in reading.unsplit}
-    reading.unlabelled = [str(p) for p in walk_files(root) if is_image_file(p) and p.resolve() not in listed]
+    reading.unlabelled = [str(p) for p in files.images if p.resolve() not in listed]
     return reading
 
 
@@ -273,10 +276,10 @@ def _differ(a: Reading, b: Reading) -> bool:
     return dict(zip(map(str, a.items), a.labels, strict=True)) != dict(zip(map(str, b.items), b.labels, strict=True))
 
 
-def labels_csvs(root: Path) -> list[Path]:
-    """CSV files directly in `root` whose header has `file` and `label`: a csv layout's labels file."""
+def labels_csvs(files: Listing) -> list[Path]:
+    """CSV files directly in the data folder whose header has `file` and `label`: a csv layout's labels file."""
     found = []
-    for p in sorted(root.glob("*.csv")):
+    for p in (f for f in files.files if f.parent == files.root and f.suffix == ".csv"):
         try:
             with p.open(newline="", encoding="utf-8-sig") as f:
                 header = {h.strip() for h in next(csv.reader(f), [])}
@@ -293,14 +296,15 @@ def _reads(r: Reading) -> str:
     return f"as {r.layout} ({len(set(r.labels))} classes {how[r.layout]}, e.g. {sorted(set(r.labels))[0]!r})"
 
 
-def detect(root: Path) -> Reading:
-    """The one reading of `root` that gives at least two classes; an error naming both when two such differ."""
+def detect(files: Listing) -> Reading:
+    """The one reading of the folder that gives at least two classes; an error naming both when two such differ."""
+    root = files.root
     if (root / "images").is_dir() and (root / "annotations").is_dir():
-        return read_pets(root, "images/ beside annotations/ (the Oxford-IIIT Pets layout)")
-    csvs = labels_csvs(root)
-    readings = [read_folders(root, ""), read_pets(root)]
+        return read_pets(files, "images/ beside annotations/ (the Oxford-IIIT Pets layout)")
+    csvs = labels_csvs(files)
+    readings = [read_folders(files, ""), read_pets(files)]
     if len(csvs) == 1:
-        readings.insert(0, read_csv(root, csvs[0], f"{csvs[0].name} has file and label columns"))
+        readings.insert(0, read_csv(files, csvs[0], f"{csvs[0].name} has file and label columns"))
     viable = [r for r in readings if len(set(r.labels)) >= 2]
     if len(csvs) > 1 and not viable:  # labelled by a CSV, but which one is the user's to say
         raise DataError(f"{root} has {len(csvs)} labels files with file and label columns "
@@ -321,42 +325,45 @@ def detect(root: Path) -> Reading:
 
 
 def read_layout(root: str | Path, layout: str = "auto", labels: str | Path | None = None,
-                test: bool = False) -> Reading:
+                test: bool = False, files: Listing | None = None) -> Reading:
     """The labelled images under `root` as `layout` reads them (`auto`: detected; `--labels` means csv); `test`:
-    with a folders or csv layout's test part as the held-out half, as `report --split test` evaluates it."""
-    reading = _read_layout(Path(root), layout, labels)
+    with a folders or csv layout's test part as the held-out half, as `report --split test` evaluates it. `files`:
+    `root`'s listing when the caller has it (else it is walked here)."""
+    files = files or Listing.of(root)
+    reading = _read_layout(files, layout, labels)
     if reading.layout == "folders" and reading.merged:  # refused, not renamed: a nested folder is often a mistake
         raise DataError(f"{len(reading.merged)} class name(s) given by more than one folder, which would merge "
                         f"into one class: {_listing(reading.merged)}; the class is the folder a photo is directly "
                         "in: rename the folders so each class has its own name")
     if not test or reading.layout == "pets":  # Pets' test part is its official list (split `official`)
         return reading
-    reading = read_csv(reading.root, reading.labels_file, reading.why, test=True) if reading.layout == "csv" \
-        else read_folders(reading.root, reading.why, test=True)
+    reading = read_csv(files, reading.labels_file, reading.why, test=True) if reading.layout == "csv" \
+        else read_folders(files, reading.why, test=True)
     if reading.valid is None:
         where = "rows whose split is test" if reading.layout == "csv" else f"{TEST_DIR}/<label>/ beside {TRAIN_DIR}/"
         raise DataError(f"--split test needs a test part: this {reading.layout} layout has no {where}")
     return reading
 
 
-def _read_layout(root: Path, layout: str, labels: str | Path | None) -> Reading:
+def _read_layout(files: Listing, layout: str, labels: str | Path | None) -> Reading:
     """`read_layout` without the test part."""
+    root = files.root
     if layout not in LAYOUTS:
         raise DataError(f"layout must be one of {'|'.join(LAYOUTS)}, got {layout!r}")
     if layout == "csv" and labels is None:
-        if len(found := labels_csvs(root)) != 1:
+        if len(found := labels_csvs(files)) != 1:
             raise DataError("--layout csv needs --labels FILE.csv (columns file,label and optionally split or "
                             f"is_valid); {root} has {len(found) or 'no'} CSV file(s) with those columns")
         labels = found[0]
     if labels is not None and layout in ("auto", "csv"):
-        return read_csv(root, labels, f"--labels {Path(labels).name} given" if layout == "auto" else "")
+        return read_csv(files, labels, f"--labels {Path(labels).name} given" if layout == "auto" else "")
     if labels is not None:
         raise DataError(f"--labels is for --layout csv, not {layout}")
     if layout == "pets":
-        return read_pets(root, "--layout pets")
+        return read_pets(files, "--layout pets")
     if layout == "folders":
-        return read_folders(root, "--layout folders")
-    return detect(root)
+        return read_folders(files, "--layout folders")
+    return detect(files)
 
 
 # ---------------------------------------------------------------------------------------------------- checks
