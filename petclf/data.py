@@ -24,6 +24,7 @@ from pathlib import Path
 from fastai.vision.core import PILImage
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from petclf.config import TrainConfig
 from petclf.errors import DataError
 from petclf.image import load_rgb
 from petclf.io import reachable, write_atomic
@@ -216,9 +217,17 @@ def _check_split(report: DataReport, labels: list[str], train_idx: list[int], va
         report.warnings.append(f"no training images for: {', '.join(missing)}")
 
 
-def load_data(data: str | Path | None = None, split: str = "random", valid_pct: float = 0.2, seed: int = 42,
-              use_cache: bool = True, progress=None, layout: str = "auto",
-              labels: str | Path | None = None) -> LabelledImages:
+def _unused_valid_pct(report: DataReport, split: str, valid_pct: float) -> None:
+    """A warning when a `valid_pct` other than the default was asked of a random split that the layout's own
+    split (train/ + valid/, a csv column) replaced: the setting did nothing."""
+    if split == "random" and report.split != "random" and valid_pct != TrainConfig.valid_pct:
+        report.warnings.append(f"valid_pct {valid_pct:g} is not used: the data has its own split "
+                               f"({report.split}); pass --split FILE to choose another")
+
+
+def load_data(data: str | Path | None = None, split: str = TrainConfig.split,
+              valid_pct: float = TrainConfig.valid_pct, seed: int = TrainConfig.seed, use_cache: bool = True,
+              progress=None, layout: str = TrainConfig.layout, labels: str | Path | None = None) -> LabelledImages:
     """Find the data, read its layout (`auto`, `pets`, `folders`, or `csv` with `labels`), verify, label and
     split it; raise `DataError` if training could not go on. A test part (Pets' official list, a folders
     layout's test/, a csv's test rows) is never in the training half. `split="test"`: that test part as the
@@ -231,6 +240,7 @@ def load_data(data: str | Path | None = None, split: str = "random", valid_pct: 
     report = _new_report(reading, files)
     items, labels_ = _verified(reading, report, use_cache, progress)
     train_idx, valid_idx, report.split = layout_split(reading, items, split, valid_pct, seed)
+    _unused_valid_pct(report, split, valid_pct)
     items, labels_, train_idx, valid_idx = _drop_unsplit(items, labels_, train_idx, valid_idx, report)
     _count_classes(report, labels_)
     train_idx, valid_idx = single_images_train(labels_, train_idx, valid_idx, report.warnings,

@@ -63,6 +63,13 @@ def test_folders_split_is_fastais_grandparent_split_and_labels_its_parent_label(
     assert list(dls.vocab) == ["Red fox", "Ølkrus"] and len(dls.valid_ds) == 3
 
 
+def test_a_valid_pct_the_layouts_own_split_replaces_is_a_warning(tmp_path):
+    root = _folders(_folders(tmp_path, {"x": 3, "y": 3}, "train"), {"x": 1, "y": 1}, "valid")
+    assert not any("valid_pct" in w for w in D.load_data(root).report.warnings)
+    data = D.load_data(root, valid_pct=0.5)
+    assert len(data.valid_idx) == 2 and any("valid_pct 0.5 is not used" in w for w in data.report.warnings)
+
+
 def test_val_or_test_folder_is_the_validation_half_and_a_test_beside_valid_is_set_aside(tmp_path):
     _folders(_folders(tmp_path / "a", {"x": 3, "y": 3}, "train"), {"x": 1, "y": 1}, "val")
     assert len(D.load_data(tmp_path / "a").valid_idx) == 2
