@@ -4,7 +4,7 @@
     petclf data check --data ~/photos                  # a folder per class (or --labels FILE.csv)
 
     from petclf.data import load_data, make_dataloaders
-    data = load_data("data/oxford-iiit-pet")           # LabelledImages: verified items, labels, split, data report
+    data = load_data("data/oxford-iiit-pet")           # LabelledImages: items, labels, split, data report
     dls = make_dataloaders(data, bs=32, size=224, presize=460, mean=MEAN, std=STD)
 
 The folder is walked once (`petclf.listing`); its layout is read by `petclf.layouts` (Pets file names
@@ -38,7 +38,7 @@ from petclf.verify import verify_images
 DATA_DIR = Path("data")  # where downloads land and the default dataset is looked for
 PETS_DIRNAME = "oxford-iiit-pet"  # fastai's folder name for URLs.PETS
 REPORT_NAME = "data_report.json"
-EXAMPLES_DIR = "examples"  # in a run folder: validation photos the demo offers when the shipped pet photos do not fit
+EXAMPLES_DIR = "examples"  # in a run folder: validation photos for the demo when the shipped ones do not fit
 N_EXAMPLES, EXAMPLE_SIDE = 6, 384  # how many example photos a run keeps, and their longest side in pixels
 UNLABELLED = {"pets": "name is not <breed>_<number>", "folders": "in no class folder",
               "csv": "not in the labels file"}  # why an image has no label, per layout
@@ -50,12 +50,12 @@ WHERE_LABELLED = {"pets": "named <breed>_<number>.<ext>", "folders": "in class f
 
 
 def download_pets(dest: Path = DATA_DIR) -> Path:
-    """fastai's `untar_data(URLs.PETS)` into `dest`, after a quick reachability check so offline fails fast."""
+    """fastai's `untar_data(URLs.PETS)` into `dest`, after a quick reachability check: offline fails fast."""
     from fastai.data.external import URLs, untar_data
 
     if not reachable(URLs.PETS):
-        raise DataError(f"Oxford-IIIT Pets is not in {dest / PETS_DIRNAME} and cannot be downloaded (no network); "
-                        f"copy the extracted dataset there or pass --data DIR")
+        raise DataError(f"Oxford-IIIT Pets is not in {dest / PETS_DIRNAME} and cannot be downloaded "
+                        "(no network); copy the extracted dataset there or pass --data DIR")
     dest.mkdir(parents=True, exist_ok=True)
     return Path(untar_data(URLs.PETS, data=dest))
 
@@ -70,7 +70,7 @@ def find_root(data: str | Path | None = None, dest: Path = DATA_DIR) -> Path:
     return root
 
 
-# ---------------------------------------------------------------------------------------------------- the dataset
+# ------------------------------------------------------------------------------------------------ the dataset
 
 
 @dataclass
@@ -100,13 +100,15 @@ class DataReport:
 
     def summary(self) -> str:
         """A few readable lines for a terminal or log."""
-        groups = pets_groups(list(self.class_counts)) or {}  # Pets' built-in cat/dog; other data has none here
+        groups = pets_groups(list(self.class_counts)) or {}  # Pets' built-in cat/dog; other data has none
         per: Counter = Counter()
         for c, n in self.class_counts.items():
             per[groups.get(c)] += n
-        split_groups = f" ({', '.join(f'{per[g]} {g}' for g in sorted(set(groups.values())))})" if groups else ""
+        per_group = ", ".join(f"{per[g]} {g}" for g in sorted(set(groups.values())))
+        split_groups = f" ({per_group})" if groups else ""
         lines = [f"layout {self.layout}: {self.layout_why}",
-                 f"{self.n_images} usable images in {len(self.class_counts)} classes{split_groups} under {self.root}",
+                 f"{self.n_images} usable images in {len(self.class_counts)} classes{split_groups} "
+                 f"under {self.root}",
                  f"split {self.split}: {self.n_train} train, {self.n_valid} valid"]
         for title, rows in (("skipped", self.skipped), ("converted", self.converted)):
             if rows:
@@ -160,12 +162,13 @@ def _new_report(reading: Reading, files: Listing) -> DataReport:
                       warnings=reading.warnings, ignored=ignored, unsplit=list(reading.unsplit))
 
 
-def _verified(reading: Reading, report: DataReport, use_cache: bool, progress) -> tuple[list[Path], list[str]]:
+def _verified(reading: Reading, report: DataReport, use_cache: bool,
+              progress) -> tuple[list[Path], list[str]]:
     """Decode every image the layout found; (usable labelled items, their labels), the rest in `report`."""
     if not reading.items and not reading.unlabelled:
         raise DataError(f"no images found in {reading.root}")
-    checks = verify_images([*reading.items, *map(Path, reading.unlabelled)], reading.root, use_cache=use_cache,
-                           progress=progress)
+    checks = verify_images([*reading.items, *map(Path, reading.unlabelled)], reading.root,
+                           use_cache=use_cache, progress=progress)
     report.skipped = [asdict(c) for c in checks if c.status == "skipped"]
     report.converted = [asdict(c) for c in checks if c.status == "converted"]
     bad = {r["path"] for r in report.skipped}
@@ -193,11 +196,12 @@ def _count_classes(report: DataReport, labels: list[str]) -> None:
     """Images per class into `report`; refused with fewer than two classes."""
     report.class_counts = dict(sorted(Counter(labels).items()))
     if len(report.class_counts) < 2:
-        raise DataError(f"found only one class ({labels[0]}) in {report.root}; a classifier needs at least two")
+        raise DataError(f"found only one class ({labels[0]}) in {report.root}; "
+                        "a classifier needs at least two")
 
 
-def _check_split(report: DataReport, labels: list[str], train_idx: list[int], valid_idx: list[int], split: str,
-                 own: bool) -> None:
+def _check_split(report: DataReport, labels: list[str], train_idx: list[int], valid_idx: list[int],
+                 split: str, own: bool) -> None:
     """Refuse a split with an empty half (`all` has no training half), or one of the layout's own (`own`) that
     validates a class it never trains on; warn when a split petclf drew does that, and about classes with few
     images."""
@@ -226,8 +230,9 @@ def _unused_valid_pct(report: DataReport, split: str, valid_pct: float) -> None:
 
 
 def load_data(data: str | Path | None = None, split: str = TrainConfig.split,
-              valid_pct: float = TrainConfig.valid_pct, seed: int = TrainConfig.seed, use_cache: bool = True,
-              progress=None, layout: str = TrainConfig.layout, labels: str | Path | None = None) -> LabelledImages:
+              valid_pct: float = TrainConfig.valid_pct, seed: int = TrainConfig.seed,
+              use_cache: bool = True, progress=None, layout: str = TrainConfig.layout,
+              labels: str | Path | None = None) -> LabelledImages:
     """Find the data, read its layout (`auto`, `pets`, `folders`, or `csv` with `labels`), verify, label and
     split it; raise `DataError` if training could not go on. A test part (Pets' official list, a folders
     layout's test/, a csv's test rows) is never in the training half. `split="test"`: that test part as the
@@ -253,8 +258,8 @@ def load_data(data: str | Path | None = None, split: str = TrainConfig.split,
 
 
 def save_examples(data: LabelledImages, out: Path, n: int = N_EXAMPLES, every: bool = False) -> list[Path]:
-    """Copies of up to `n` validation photos (`every`: any photo), one class after another, as small JPEGs in `out`:
-    the demo's examples for a model whose classes the shipped pet photos do not show."""
+    """Copies of up to `n` validation photos (`every`: any photo), one class after another, as small JPEGs in
+    `out`: the demo's examples for a model whose classes the shipped pet photos do not show."""
     pool = range(len(data.items)) if every or not data.valid_idx else data.valid_idx
     by_class: dict[str, list[int]] = {}
     for i in pool:
@@ -275,7 +280,7 @@ def save_examples(data: LabelledImages, out: Path, n: int = N_EXAMPLES, every: b
 
 
 class PetImage(PILImage):
-    """fastai's PILImage, decoded through `load_rgb` (EXIF, odd modes, first frame) instead of a naive convert."""
+    """fastai's PILImage, decoded through `load_rgb` (EXIF, odd modes, first frame), not a naive convert."""
 
     @classmethod
     def create(cls, fn, **kwargs):
@@ -285,10 +290,11 @@ class PetImage(PILImage):
 def augmentations(size: int, min_scale: float) -> list:
     """fastai's `aug_transforms(size, min_scale)`, with the random-resized crop moved before the affine warp.
 
-    fastai warps the whole presized batch (460 px) and crops it to `size` afterwards; cropping first makes the warp
-    run on `size` px images. Measured side by side (benchmarks/bench_augment_order.py, 2 cores, resnet34 at 224
-    px): data pipeline 56.4 -> 33.8 ms per image (1.67 x), training loop 498.7 -> 438.5 ms per image (1.14 x), so it
-    stays. The validation pipeline is unchanged: the warp does not run there and the crop is the same centre crop.
+    fastai warps the whole presized batch (460 px) and crops it to `size` afterwards; cropping first makes the
+    warp run on `size` px images. Measured side by side (benchmarks/bench_augment_order.py, 2 cores, resnet34
+    at 224 px): data pipeline 56.4 -> 33.8 ms per image (1.67 x), training loop 498.7 -> 438.5 ms per image
+    (1.14 x), so it stays. The validation pipeline is unchanged: the warp does not run there and the crop is
+    the same centre crop.
     """
     from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU, aug_transforms
 
@@ -299,10 +305,11 @@ def augmentations(size: int, min_scale: float) -> list:
     return tfms
 
 
-def make_dataloaders(data: LabelledImages, bs: int = 32, size: int = 224, presize: int = 460, min_scale: float = 0.75,
-                     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
-                     device=None, workers: int | None = None, seed: int | None = None):
-    """fastbook's presizing DataBlock: Resize(presize) per item, aug_transforms(size) + Normalize per batch."""
+def make_dataloaders(data: LabelledImages, bs: int = 32, size: int = 224, presize: int = 460,
+                     min_scale: float = 0.75, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                     std: Sequence[float] = IMAGENET_DEFAULT_STD, device=None, workers: int | None = None,
+                     seed: int | None = None):
+    """fastbook's presizing DataBlock: Resize(presize) per item; aug_transforms(size), Normalize per batch."""
     from fastai.data.block import CategoryBlock, DataBlock
     from fastai.data.transforms import IndexSplitter
     from fastai.vision.augment import Resize

@@ -51,8 +51,8 @@ class Listing:
 
 
 def _under(paths: list[Path], root: Path, folder: Path) -> list[Path]:
-    """The entries of `paths` (all below `root`) that lie below `folder`; a string prefix test, since the paths
-    were all built from `root` by the same walk."""
+    """The entries of `paths` (all below `root`) that lie below `folder`; a string prefix test, since the
+    paths were all built from `root` by the same walk."""
     if folder == root:
         return list(paths)
     prefix = os.path.join(folder, "")

@@ -1,9 +1,9 @@
 """Splitting labelled images into a training and a validation half, and keeping a test part out of training.
 
     from petclf.splits import split_indices
-    train, valid = split_indices(items, "random", valid_pct=0.2, seed=42)   # fastai's RandomSplitter
-    train, valid = split_indices(items, "official", root=images_root)      # Pets' annotations/test.txt
-    train, valid = split_indices(items, "valid.txt")                        # a file naming the validation images
+    train, valid = split_indices(items, "random", valid_pct=0.2, seed=42)  # fastai's RandomSplitter
+    train, valid = split_indices(items, "official", root=images_root)     # Pets' annotations/test.txt
+    train, valid = split_indices(items, "valid.txt")                       # a file naming the valid images
 
 A layout's own split (train/ + valid/, a csv column) comes from `petclf.layouts`; this module applies it, or
 draws one, and sets Pets' official test list aside from any split that is not that list.
@@ -57,7 +57,8 @@ def official_split(stems: list[str], root: Path | None) -> tuple[list[int], list
     """(trainval, test) indices from Pets' annotation lists; a photo in neither is in neither half."""
     lists = official_lists(root)
     if lists is None:
-        raise DataError("--split official needs annotations/trainval.txt and annotations/test.txt beside images/")
+        raise DataError("--split official needs annotations/trainval.txt and annotations/test.txt "
+                        "beside images/")
     test, trainval = set(read_names(lists[0])), set(read_names(lists[1]))
     return ([i for i, s in enumerate(stems) if s in trainval and s not in test],
             [i for i, s in enumerate(stems) if s in test])
@@ -67,7 +68,8 @@ def file_split(stems: list[str], split: str) -> tuple[list[int], list[int]]:
     """(the rest, the images the file `split` names)."""
     path = Path(split)
     if not path.is_file():
-        raise DataError(f"--split must be random, official or a file of validation image names; not found: {split}")
+        raise DataError("--split must be random, official or a file of validation image names; "
+                        f"not found: {split}")
     names = set(read_names(path))
     valid = [i for i, s in enumerate(stems) if s in names]
     if not valid:
@@ -94,20 +96,22 @@ def layout_split(reading: Reading, items: list[Path], split: str, valid_pct: flo
     if reading.valid is not None and split in ("random", "test"):
         valid = dict(zip(map(str, reading.items), reading.valid, strict=True))
         flags = [valid[str(p)] for p in items]
-        return [i for i, v in enumerate(flags) if not v], [i for i, v in enumerate(flags) if v], reading.split_name
+        train, valid = [i for i, v in enumerate(flags) if not v], [i for i, v in enumerate(flags) if v]
+        return train, valid, reading.split_name
     train_idx, valid_idx = split_indices(items, split, valid_pct, seed, reading.root)
     return train_idx, valid_idx, split
 
 
 def pets_test_part(reading: Reading, split: str) -> str:
-    """The split to draw once Pets' test part is placed: `test` means its official list (refused without it);
-    any split but that list (`official`) or `all` leaves the list's photos out (listed as not in the split)."""
+    """The split to draw once Pets' test part is placed: `test` means its official list (refused without
+    it); any split but that list (`official`) or `all` leaves the list's photos out (as not in the split)."""
     if reading.layout != "pets":
         return split
     if split == "test":
         if official_lists(reading.root) is None:
-            raise DataError("--split test needs the official Pets lists annotations/test.txt and trainval.txt "
-                            "beside images/; pass --split valid or a file naming the images instead")
+            raise DataError("--split test needs the official Pets lists annotations/test.txt and "
+                            "trainval.txt beside images/; pass --split valid or a file naming the images "
+                            "instead")
         return "official"
     if split not in ("official", "all"):
         _set_aside_test_list(reading)
@@ -127,8 +131,8 @@ def _set_aside_test_list(reading: Reading) -> None:
 
 def single_images_train(labels: list[str], train_idx: list[int], valid_idx: list[int], warnings: list[str],
                         move: bool) -> tuple[list[int], list[int]]:
-    """A class with one image cannot be both trained on and validated: a warning, and (`move`: in a split petclf
-    drew) it trains."""
+    """A class with one image cannot be both trained on and validated: a warning, and (`move`: in a split
+    petclf drew) it trains."""
     lonely = set(single_image_classes(labels))
     if lonely:
         warnings.append(f"{len(lonely)} class(es) with one image, used for training only (nothing "

@@ -3,8 +3,8 @@
     from petclf.verify import verify_images
     checks = verify_images(paths, root)      # [FileCheck(path, "ok" | "converted" | "skipped", reason)]
 
-A file is decoded again only when its size, modification time or permissions change (the verdicts are cached per
-data folder under `io.cache_dir()`), so a second `petclf data check` or training run on the same folder is quick.
+A file is decoded again only when its size, modification time or permissions change (the verdicts are
+cached per data folder under `io.cache_dir()`), so a second `petclf data check` or training run is quick.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from petclf.errors import ImageError
 from petclf.image import load_rgb
 from petclf.io import cache_dir, write_atomic
 
-FORMAT_OF_EXT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP", ".bmp": "BMP",
-                 ".tif": "TIFF", ".tiff": "TIFF"}
-WORKERS = min(8, 2 * (os.cpu_count() or 1))  # decoding threads: Pillow releases the GIL, so more than the cores
+FORMAT_OF_EXT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP",
+                 ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+WORKERS = min(8, 2 * (os.cpu_count() or 1))  # decoding threads: Pillow releases the GIL, so more than cores
 
 
 @dataclass
@@ -94,16 +94,19 @@ def _decode_all(todo: list[Path], progress) -> dict[str, FileCheck]:
     return fresh
 
 
-def verify_images(files: Sequence[Path], root: Path, use_cache: bool = True, progress=None) -> list[FileCheck]:
-    """`check_image` on every file, in parallel, reusing cached verdicts of files whose size, mtime and mode are
-    unchanged."""
+def verify_images(files: Sequence[Path], root: Path, use_cache: bool = True,
+                  progress=None) -> list[FileCheck]:
+    """`check_image` on every file, in parallel, reusing cached verdicts of files whose size, mtime and mode
+    are unchanged."""
     where = cache_file(root)
     cache = _load_cache(where) if use_cache else {}
     stamps = {str(f): _stamp(f) for f in files}
-    todo = [f for f in files if cache.get(str(f), {}).get("stamp") != stamps[str(f)] or stamps[str(f)] is None]
+    todo = [f for f in files
+            if cache.get(str(f), {}).get("stamp") != stamps[str(f)] or stamps[str(f)] is None]
     fresh = _decode_all(todo, progress)
     for path, chk in fresh.items():
         cache[path] = {"stamp": stamps[path], "status": chk.status, "reason": chk.reason}
     if use_cache and fresh:
         write_atomic(where, json.dumps(cache))
-    return [fresh.get(str(f)) or FileCheck(str(f), cache[str(f)]["status"], cache[str(f)]["reason"]) for f in files]
+    return [fresh.get(str(f)) or FileCheck(str(f), cache[str(f)]["status"], cache[str(f)]["reason"])
+            for f in files]
