@@ -44,8 +44,8 @@ def test_without_network_or_local_copy_the_error_names_data_flag(tmp_path, monke
 
 @pytest.mark.parametrize("layout,split", [("csv", "random"), ("folders", "test")])
 def test_loading_walks_the_folder_once(tmp_path, monkeypatch, layout, split):
-    """Detection tries every reading (csv, folders, pets), `split="test"` reads the layout again and the report
-    lists the files that are not images: all from one walk."""
+    """Detection tries every reading (csv, folders, pets), `split="test"` reads the layout again and the
+    report lists the files that are not images: all from one walk."""
     from petclf import listing
     from petclf.synth import synth_data
 
@@ -53,7 +53,8 @@ def test_loading_walks_the_folder_once(tmp_path, monkeypatch, layout, split):
     if layout == "folders":
         (tmp_path / "valid").rename(tmp_path / "test")
     walks = []
-    monkeypatch.setattr(listing, "walk_files", lambda root, real=listing.walk_files: walks.append(root) or real(root))
+    real = listing.walk_files
+    monkeypatch.setattr(listing, "walk_files", lambda root: walks.append(root) or real(root))
     data = D.load_data(tmp_path, split=split)
     assert walks == [tmp_path] and data.report.layout == layout and data.valid_idx
 
@@ -67,7 +68,8 @@ def test_a_listing_views_images_and_other_files_by_folder(tmp_path):
     files = Listing.of(tmp_path)
     assert files.images == files.images_under(tmp_path / "images") and len(files.images) == 4
     assert files.others_under(tmp_path) == [tmp_path / "annotations" / "list.txt"]
-    assert files.others_under(tmp_path / "images") == [] and files.images_under(tmp_path / "annotations") == []
+    assert files.others_under(tmp_path / "images") == []
+    assert files.images_under(tmp_path / "annotations") == []
     assert tmp_path / "images" in files.image_dirs and tmp_path / "annotations" not in files.image_dirs
 
 
