@@ -18,7 +18,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from petclf.errors import ImageError
 
-MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~9459 x 9459); larger images are refused, not decoded
+MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~9459 x 9459); larger ones are refused, not decoded
 MAX_BYTES = 20 * 1024 * 1024  # files above this are refused before decoding
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as a browser shows them
 # ISO-BMFF brands of HEIF images (iPhone photos); decoded by pi-heif (pillow-heif's decode-only build)
@@ -50,9 +50,9 @@ def _is_heif(src: str | Path | bytes) -> bool:
 
 @functools.cache
 def _heif_registered() -> bool:
-    """The HEIF/HEIC decoder, registered with Pillow on the first HEIF file (not at import: it costs every other
-    start): pi-heif, the decode-only build petclf depends on (pillow-heif's wheel also bundles a GPL encoder),
-    else pillow-heif if that is what is installed; False when neither is."""
+    """The HEIF/HEIC decoder, registered with Pillow on the first HEIF file (not at import: it costs every
+    other start): pi-heif, the decode-only build petclf depends on (pillow-heif's wheel also bundles a GPL
+    encoder), else pillow-heif if that is what is installed; False when neither is."""
     try:
         from pi_heif import register_heif_opener
     except ImportError:
@@ -77,8 +77,8 @@ def _open_any(src: str | Path | bytes, name: str) -> Image.Image:
 
 
 def _open(src: str | Path | bytes, max_bytes: int) -> Image.Image:
-    """Open (header only) a path or raw bytes, after the cheap size checks. Whatever goes wrong with one file is an
-    `ImageError` naming it: Pillow's plugins raise a dozen exception types on malformed files."""
+    """Open (header only) a path or raw bytes, after the cheap size checks. Whatever goes wrong with one file
+    is an `ImageError` naming it: Pillow's plugins raise a dozen exception types on malformed files."""
     if isinstance(src, bytes):
         n, name = len(src), "upload"
     else:
@@ -122,16 +122,17 @@ def _check_pixels(im: Image.Image, name: str, max_pixels: int) -> None:
 def _high_bit_to_rgb(im: Image.Image) -> Image.Image:
     """16-bit and 32-bit integer or float grayscale -> 8-bit, scaled rather than clipped."""
     a = np.asarray(im, dtype=np.float64)
-    if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) <= 65535 and a.max(initial=0) > 255):
+    top = a.max(initial=0)
+    if im.mode.startswith("I;16") or (im.mode == "I" and 255 < top <= 65535):
         a = a / 257.0
-    elif im.mode == "F" or a.max(initial=0) > 255:
+    elif im.mode == "F" or top > 255:
         lo, hi = a.min(initial=0), a.max(initial=0)
         a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
     return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB: alpha composited on white, 16-bit scaled, CMYK and palettes converted properly."""
+    """Any Pillow mode -> RGB: alpha on white, 16-bit scaled, CMYK and palettes converted properly."""
     if im.mode == "RGB":
         return im
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
@@ -192,7 +193,7 @@ def load_rgb(src: ImageSource, max_pixels: int = MAX_PIXELS, max_bytes: int = MA
         raise ImageError(f"{name}: image too large (decompression bomb)") from None
     except MemoryError:
         raise ImageError(f"{name}: image too large to decode (out of memory)") from None
-    except Exception as e:  # noqa: BLE001 - a malformed file fails in any plugin, in any way: it is this file's error
+    except Exception as e:  # noqa: BLE001 - a malformed file fails in any plugin, in any way: this file's error
         if opened is not None:
             opened.close()
         raise ImageError(f"{name}: corrupt or truncated image ({_why(e)})") from None
