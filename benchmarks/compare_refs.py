@@ -116,8 +116,8 @@ def one_run(tree: Path, work: Path, tag: str, args) -> dict[str, float | str]:
 
 
 def cell(v) -> str:
-    """A table cell: 3 significant figures for numbers, text as is, '-' when a run lacks the figure."""
-    return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+    """A table cell: 4 significant figures for numbers, text as is, '-' when a run lacks the figure."""
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def table(runs: list[tuple[str, dict]]) -> str:

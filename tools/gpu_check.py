@@ -143,12 +143,6 @@ class Check:
         return env
 
 
-def ctrl_c_as_default() -> None:
-    """In a child before it starts: Ctrl-C's default action. A check started in the background (a shell's `&`,
-    nohup) ignores SIGINT and its children would inherit that, so the resume step's interrupt would never land."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 class Cmd:
     """A child process whose merged output goes to the log line by line, each line with its time since start."""
 
@@ -158,7 +152,7 @@ class Cmd:
         check.log(f"$ {shlex.join(argv)}")
         self.t0, self.wall0 = time.monotonic(), time.time()
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=check.work, preexec_fn=ctrl_c_as_default)
+                                     cwd=check.work)
         self.timed_out, self.timeout = False, timeout or check.scale.timeout
         self.timer = threading.Timer(self.timeout, self._kill)
         self.timer.start()
@@ -675,6 +669,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run every step, write the log and the JSON; 0 if every step passed, else 1."""
     args = parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started in the background (a shell's `&`, nohup): the children would inherit the ignored SIGINT and the
+        # resume step's interrupt would never land; a handler, unlike SIG_IGN, is reset to the default by exec
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="petclf-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
