@@ -29,7 +29,7 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check petclf tests benchmarks
+	$(BIN)/ruff check petclf tests benchmarks tools
 
 bench: $(STAMP)  ## the benchmarks are a package: each runs from here as `python -m benchmarks.<name>`
 	$(BIN)/python -m benchmarks.bench_train

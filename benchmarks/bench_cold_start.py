@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks.common import ROOT, cat_photo, finish_run, git_worktree, load_avg, make_bundle
 
 GOAL_COLD_START_S = 1.0  # `petclf predict one.jpg` on the ONNX path, wall time minus the forward pass: at most
-BASELINE = "500ae75"  # the commit before the redesign (issue 10)
+BASELINE = "500ae75"  # the last tree before the redesign, which imported torch to predict with onnxruntime
 HEAVY = ("torch", "fastai", "timm", "gradio", "matplotlib", "pandas", "sklearn", "accelerate")  # not needed to predict
 ONNX_IMPORTS = "import numpy, scipy.sparse, scipy.special, PIL.Image, onnxruntime"  # what the ONNX path needs
 

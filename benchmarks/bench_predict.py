@@ -29,7 +29,7 @@ from benchmarks.common import free_port, interleaved_ms, load_test, make_photos,
 
 warnings.filterwarnings("ignore")
 
-# the goals; the tables below judge every run against these
+# the prediction goals (BENCHMARKS.md, "Prediction"); the tables below judge every run against these
 GOAL_ONE_IMAGE = 1.7  # learn.predict / predictor, one image: at least
 GOAL_OVERHEAD = 1.15  # predictor / (raw torch forward + preprocessing), one image: at most
 GOAL_FOLDER = 0.9  # folder images/s / raw batched torch forward images/s: at least

@@ -14,7 +14,7 @@ package's ImageNet weights and petclf's own code, each choosing everything on th
   and mirror images of the feature maps) on the fold's training photos, scored on the held-out photos.
 - `probe alone`: the same features, `fit_probe_cv` (C by 4-fold CV on the training photos) and nothing after it.
 - `avg probe`: the probe alone with average pooling: the best probe on pooled features the study found (384 px, L2,
-  C by CV; docs/small-data-findings.md).
+  C by CV; docs/decisions/small-data.md).
 - `old probe`: the probe petclf used before those (standardised features, C = 1, each training photo and its flip
   as examples, 460 -> 224 px preprocessing), fitted on the same training photos.
 

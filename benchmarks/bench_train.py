@@ -1,12 +1,12 @@
 """Training throughput: the compute bound, the data pipeline alone and petclf's training loop, on CPU or GPU.
 
-    python benchmarks/bench_train.py                                  # resnet34, 224 px, batch 32, best device here
-    python benchmarks/bench_train.py --device cuda --data DIR --epochs 2 --variants --json bench.json   # gpu_check.sh
-    python benchmarks/bench_train.py --arch resnet18 --workers 0 1    # (b) and (c) for each worker count
+    python -m benchmarks.bench_train                                  # resnet34, 224 px, batch 32, best device here
+    python -m benchmarks.bench_train --device cuda --data DIR --epochs 2 --variants --json bench.json  # gpu_check
+    python -m benchmarks.bench_train --arch resnet18 --workers 0 1    # (b) and (c) for each worker count
 
 (a)  forward + backward + SGD step, images/s, on random tensors in the device, precision (bf16/fp16 autocast on a
      GPU, fp32 on CPU) and layout (channels_last) petclf trains in: the compute bound;
-(a0) the same with the network as timm builds it (fp32, default layout): issue 3's reference;
+(a0) the same with the network as timm builds it (fp32, default layout): the reference the CPU goals were set on;
 (b)  the data pipeline alone: one pass over petclf's training DataLoader (decode, presize, batch augmentation on the
      device), default workers unless --workers; with --variants also pinned memory, persistent workers and a worker
      per core, built from the same loader (`DataLoader.new`), to measure what each would change;
@@ -33,8 +33,8 @@ from petclf.model import build_model
 from petclf.synth import synth_pets
 from petclf.train import build_dataloaders, resolve_device, train
 
-LOOP_GOAL = 0.9  # (c) >= LOOP_GOAL x min((a), (b)): the loop is bound by compute or decoding, not by petclf (issue 15)
-DATA_GOAL = 3.0  # (b) >= DATA_GOAL x (a0) on CPU: a CPU run never waits for its data (issue 3)
+LOOP_GOAL = 0.9  # (c) >= LOOP_GOAL x min((a), (b)): the loop is bound by compute or decoding, not by petclf
+DATA_GOAL = 3.0  # (b) >= DATA_GOAL x (a0) on CPU: a CPU run never waits for its data
 WARMUP = 3  # untimed steps first: cudnn picks its kernels, the allocator fills its pools
 
 

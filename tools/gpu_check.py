@@ -1,8 +1,8 @@
-"""Check petclf's whole GPU path on a CUDA machine and record what it measured (issue 15).
+"""Check petclf's whole GPU path on a CUDA machine and record what it measured (goals: BENCHMARKS.md, "GPU").
 
-    benchmarks/gpu_check.sh --wheels .whl OUT_DIR              # on the GPU machine (docs/internals.md, "GPU check")
-    benchmarks/gpu_check.sh --device cpu OUT_DIR               # the same steps at tiny sizes on a CPU (make test)
-    python benchmarks/gpu_check.py [--device cuda|cpu] [--steps facts,data,train] [--work DIR] [--keep] OUT_DIR
+    tools/gpu_check.sh --wheels .whl OUT_DIR              # on the GPU machine (docs/internals.md, "GPU check")
+    tools/gpu_check.sh --device cpu OUT_DIR               # the same steps at tiny sizes on a CPU (make test)
+    python tools/gpu_check.py [--device cuda|cpu] [--steps facts,data,train] [--work DIR] [--keep] OUT_DIR
 
 Steps, each timed; one that fails is recorded with its error and the next one runs:
   facts    GPU name, memory, driver, torch / CUDA / cuDNN versions, CPU cores, package versions
@@ -46,7 +46,7 @@ from pathlib import Path
 from petclf.config import DEFAULT_BS, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_GOAL_S = 90.0  # the whole default recipe on 3,000+ training images, on one H100-class GPU (issue 15)
+TRAIN_GOAL_S = 90.0  # the default recipe on 3,000+ training images, one H100-class GPU: a retrain you can wait for
 LOOP_GOAL = 0.9  # bench (c) >= LOOP_GOAL x min((a), (b)); bench_train.py holds the same goal
 PREDICT_GOAL = 0.9  # folder prediction on the GPU >= PREDICT_GOAL x the raw batched forward
 PREDICT_BS = 32  # `petclf predict`'s default batch, used on both sides of the comparison
@@ -56,7 +56,7 @@ PHOTO_ODDS = (0.6, 0.2, 0.1, 0.05, 0.05)
 
 @dataclass(frozen=True)
 class Scale:
-    """How big each step is: the issue's sizes on a GPU, the smallest that still exercises every step on a CPU."""
+    """How big each step is: the full sizes on a GPU, the smallest that still exercises every step on a CPU."""
 
     classes: int
     per_class: int
@@ -85,8 +85,10 @@ SCALES = {
                   D.channels_last, D.threads, D.lr_find_steps, 300),
     # On the CPU, the default layout: oneDNN's channels_last kernels took ~13 s to build at first use here, longer
     # than the whole tiny run. One thread: with the cores busy with other work, two threads waiting for each other
-    # at every parallel region made lr_find 3 x slower (47 s against 15 s on 2 shared cores).
-    "cpu": Scale(4, 8, 0.2, "resnet18", 64, 80, 8, 1, 1, 2, 1, 2, 16, 8, "off", 1, 10, 300),
+    # at every parallel region made lr_find 3 x slower (47 s against 15 s on 2 shared cores). The smallest run that
+    # still takes every path: resnet10t (half resnet18's blocks, so half its ONNX export), one epoch, lr_find's
+    # fewest steps; the resume step keeps two epochs, the least an interrupt can fall between.
+    "cpu": Scale(4, 8, 0.2, "resnet10t", 64, 80, 8, 1, 0, 2, 1, 2, 16, 8, "off", 1, 5, 300),
 }
 
 
@@ -115,7 +117,7 @@ class Check:
 
     @property
     def cuda(self) -> bool:
-        """True on the GPU, where the issue's goals apply."""
+        """True on the GPU, where the speed goals apply."""
         return self.device.startswith("cuda")
 
     def log(self, line: str, echo: bool = False) -> None:
@@ -370,7 +372,7 @@ def step_train(check: Check) -> dict:
     if "onnx" not in figures or not (run / "model.onnx").is_file():
         raise StepFailed("no model.onnx: the ONNX export or its check against torch failed (see the log)", figures)
     if check.cuda and figures["train_images"] < 3000:
-        raise StepFailed(f"only {figures['train_images']} training images; the issue asks for 3,000+", figures)
+        raise StepFailed(f"only {figures['train_images']} training images; the GPU goal is set on 3,000+", figures)
     return figures
 
 
@@ -627,7 +629,7 @@ def goal(value: float | None, target: float, higher: bool, applies: bool) -> dic
 
 
 def goals(check: Check) -> dict:
-    """The issue's speed goals from the steps' figures; they apply on the GPU only."""
+    """The speed goals from the steps' figures; they apply on the GPU only."""
     f = {k: v["figures"] for k, v in check.result["steps"].items()}
     return {"train_wall_s": goal(f.get("train", {}).get("wall_s"), TRAIN_GOAL_S, False, check.cuda),
             "loop_over_min_ab": goal(f.get("bench", {}).get("c_over_min_ab"), LOOP_GOAL, True, check.cuda),
@@ -667,6 +669,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run every step, write the log and the JSON; 0 if every step passed, else 1."""
     args = parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started in the background (a shell's `&`, nohup): the children would inherit the ignored SIGINT and the
+        # resume step's interrupt would never land; a handler, unlike SIG_IGN, is reset to the default by exec
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="petclf-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)

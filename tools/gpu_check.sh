@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Check petclf's whole GPU path on an air-gapped CUDA machine and record the figures (issue 15):
+# Check petclf's whole GPU path on an air-gapped CUDA machine and record the figures:
 #
-#     benchmarks/gpu_wheels.sh .whl                    # beforehand, where a package registry answers
-#     benchmarks/gpu_check.sh --wheels .whl OUT_DIR    # on the GPU machine: OUT_DIR/gpu_check.{log,json}
-#     benchmarks/gpu_check.sh --device cpu OUT_DIR     # the same steps at tiny sizes on a CPU (tests/test_gpu_check.py)
+#     tools/gpu_wheels.sh .whl                    # beforehand, where a package registry answers
+#     tools/gpu_check.sh --wheels .whl OUT_DIR    # on the GPU machine: OUT_DIR/gpu_check.{log,json}
+#     tools/gpu_check.sh --device cpu OUT_DIR     # the same steps at tiny sizes on a CPU (tests/test_gpu_check.py)
 #
 # Uses the machine's own python3 and torch (PYTHON=... to pick another interpreter); --wheels installs what it lacks
 # (fastai and friends) from a folder of wheels into a temp folder put on PYTHONPATH, never touching torch. petclf
-# itself runs from this checkout. The steps are in benchmarks/gpu_check.py. Exit code: 0 every step passed, 1 a step
+# itself runs from this checkout. The steps are in tools/gpu_check.py. Exit code: 0 every step passed, 1 a step
 # failed, 2 bad usage or no CUDA GPU (without --device cpu).
 set -euo pipefail
-usage="usage: benchmarks/gpu_check.sh [--device cuda|cuda:N|cpu] [--wheels DIR] [--steps a,b,...] [--keep] OUT_DIR"
+usage="usage: tools/gpu_check.sh [--device cuda|cuda:N|cpu] [--wheels DIR] [--steps a,b,...] [--keep] OUT_DIR"
 
 device=cuda
 wheels=""
@@ -49,10 +49,10 @@ if [[ -n "$wheels" ]]; then
   site="${TMPDIR:-/tmp}/petclf-gpu-site"
   rm -rf "$site"
   mkdir -p "$out"
-  "$python" "$root/benchmarks/install_wheels.py" "$wheels" "$site" "$root/setup.cfg" | tee "$out/wheels.log"
+  "$python" "$root/tools/install_wheels.py" "$wheels" "$site" "$root/setup.cfg" | tee "$out/wheels.log"
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # petclf from this checkout, whether or not it is installed
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 
-exec "$python" "$root/benchmarks/gpu_check.py" --device "$device" ${extra[@]+"${extra[@]}"} "$out"
+exec "$python" "$root/tools/gpu_check.py" --device "$device" ${extra[@]+"${extra[@]}"} "$out"

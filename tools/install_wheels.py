@@ -1,8 +1,8 @@
 """Install, from a folder of wheels and without a registry, what this interpreter lacks for petclf.
 
-    python3 benchmarks/install_wheels.py WHEEL_DIR TARGET_DIR [setup.cfg]   # then: export PYTHONPATH=TARGET_DIR:...
+    python3 tools/install_wheels.py WHEEL_DIR TARGET_DIR [setup.cfg]   # then: export PYTHONPATH=TARGET_DIR:...
 
-`benchmarks/gpu_check.sh --wheels DIR` runs this; `benchmarks/gpu_wheels.sh DIR` fills the folder. A wheel is
+`tools/gpu_check.sh --wheels DIR` runs this; `tools/gpu_wheels.sh DIR` fills the folder. A wheel is
 installed when its package is missing here, or when petclf (setup.cfg's install_requires) or a wheel being installed
 needs another version than the one here (onnx needs protobuf >= 6.31, petclf timm >= 1.0.31, for example); what the
 machine already has is otherwise left alone, so its own torch, numpy and onnxruntime keep the packages they were
@@ -99,13 +99,13 @@ def choose(wheels: dict[str, tuple[Path, Version, list[Requirement]]], have: dic
 def main(argv: list[str]) -> int:
     """Pick the wheels this interpreter needs from WHEEL_DIR and install them into TARGET_DIR."""
     if len(argv) not in (2, 3):
-        print("usage: python3 benchmarks/install_wheels.py WHEEL_DIR TARGET_DIR [SETUP_CFG]", file=sys.stderr)
+        print("usage: python3 tools/install_wheels.py WHEEL_DIR TARGET_DIR [SETUP_CFG]", file=sys.stderr)
         return 2
     wheel_dir, target = Path(argv[0]), Path(argv[1])
     project = project_requirements(Path(argv[2])) if len(argv) == 3 else []
     files = sorted(wheel_dir.glob("*.whl"))
     if not files:
-        print(f"error: no wheels in {wheel_dir} (make them with benchmarks/gpu_wheels.sh)", file=sys.stderr)
+        print(f"error: no wheels in {wheel_dir} (make them with tools/gpu_wheels.sh)", file=sys.stderr)
         return 2
     wheels = {info[0]: (f, *info[1:]) for f in files for info in [wheel_info(f)]}
     have = installed_here()

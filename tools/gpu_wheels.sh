@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Download the wheels that benchmarks/gpu_check.sh installs on an air-gapped CUDA machine (run this where a package
+# Download the wheels that tools/gpu_check.sh installs on an air-gapped CUDA machine (run this where a package
 # registry answers):
 #
-#     benchmarks/gpu_wheels.sh .whl                        # Python 3.12, manylinux x86_64 (the GPU machine)
-#     benchmarks/gpu_wheels.sh --python-version 3.11 DIR   # for another interpreter
-#     benchmarks/gpu_check.sh --wheels .whl OUT_DIR        # then, on the GPU machine
+#     tools/gpu_wheels.sh .whl                        # Python 3.12, manylinux x86_64 (the GPU machine)
+#     tools/gpu_wheels.sh --python-version 3.11 DIR   # for another interpreter
+#     tools/gpu_check.sh --wheels .whl OUT_DIR        # then, on the GPU machine
 #
 # The GPU machine brings torch (CUDA build), torchvision, timm, accelerate, onnxruntime, scikit-learn, safetensors,
 # typer and rich; this fetches what petclf's train/predict/report/lr-find paths import beyond those (traced with
 # `python -X importtime`), plus the small ones of those it may have too old, without dependencies (--no-deps: pip
 # must never pull a second torch), at the versions the local environment tests with. gpu_check.sh installs only
-# those the machine lacks or has too old (benchmarks/install_wheels.py).
+# those the machine lacks or has too old (tools/install_wheels.py).
 set -euo pipefail
-usage="usage: benchmarks/gpu_wheels.sh [--python-version X.Y] DIR"
+usage="usage: tools/gpu_wheels.sh [--python-version X.Y] DIR"
 LIMIT_MIB=60  # what one call to the GPU machine may carry is 64 MiB; leave room for the repository itself
 
 # fastai and the small pure-Python packages it imports (fastprogress imports fasthtml, which imports starlette)
