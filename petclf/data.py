@@ -291,7 +291,7 @@ def augmentations(size: int, min_scale: float) -> list:
     """fastai's `aug_transforms(size, min_scale)`, with the random-resized crop moved before the affine warp.
 
     fastai warps the whole presized batch (460 px) and crops it to `size` afterwards; cropping first makes the
-    warp run on `size` px images. Measured side by side (benchmarks/bench_augment_order.py, 2 cores, resnet34
+    warp run on `size` px images. Measured side by side (docs/decisions/redesign-before-after.md, 2 cores, resnet34
     at 224 px): data pipeline 56.4 -> 33.8 ms per image (1.67 x), training loop 498.7 -> 438.5 ms per image
     (1.14 x), so it stays. The validation pipeline is unchanged: the warp does not run there and the crop is
     the same centre crop.

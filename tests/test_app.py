@@ -122,7 +122,7 @@ def test_an_unsure_answer_lists_no_class_at_0_percent():
 
 
 def test_a_sure_species_and_an_unsure_breed_is_never_not_a_cat_or_a_dog():
-    """The Russian Blue of issue 12: breed 40 %, cat 96 %, once said 'Not sure this is a cat or a dog'."""
+    """The Russian Blue a user once met: breed 40 %, cat 96 %, once said 'Not sure this is a cat or a dog'."""
     v = pets_verdict({"Russian_Blue": 0.40, "Egyptian_Mau": 0.28, "British_Shorthair": 0.12, "beagle": 0.02},
                      {"cat": 0.96, "dog": 0.04}, not_a_pet=False, score=0.6)
     said = answer_markdown(v)

@@ -145,7 +145,7 @@ MALFORMED = {  # payload -> what the client must be told
     b'{"data": [{"path": "/etc/passwd"}]}': "not uploaded to this demo",
     b'{"data": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]}': "not uploaded to this demo",
     b'{"data": [{"url": "http://example.com/x.jpg", "meta": {"_type": "gradio.FileData"}}]}': "Send the image",
-    b'{"data": [{"path": "/etc/pass\\u0000wd", "meta": {"_type": "gradio.FileData"}}]}': "NUL byte",  # issue 28.7
+    b'{"data": [{"path": "/etc/pass\\u0000wd", "meta": {"_type": "gradio.FileData"}}]}': "NUL byte",
     b'{"data": [{"path": "/etc/pass\\u0000wd"}]}': "NUL byte",
 }
 

@@ -35,7 +35,7 @@ def test_onnx_export_matches_torch_and_refuses_tampering(cli, run_dir, tmp_path,
         assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < 1e-4
     res = cli("predict", valid_items[0], "--model", bundle, "--onnx", "--format", "json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)[0]["top"][0]["breed"] == torch_p.topk(valid_items[0])[0][0]
+    assert json.loads(res.stdout)[0]["top"][0]["class_id"] == torch_p.topk(valid_items[0])[0][0]
     data = bytearray((bundle / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (bundle / "model.onnx").write_bytes(bytes(data))
