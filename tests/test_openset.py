@@ -147,3 +147,29 @@ def test_every_output_format_says_the_answer_with_stable_keys():
     head, line = to_csv([row]).splitlines()
     assert head.endswith("verdict_species,verdict_breed,answer") and line.endswith(",other")
     assert "Dog, 97 %; None of the 3 breeds this model knows; closest: Beagle 31 %" in " ".join(to_table([row]).split())
+
+
+def test_a_bundle_without_the_signals_says_only_what_it_can(tiny_run, tmp_path):
+    """Random weights (the signals are off, saying why) and an older bundle (no `open_set` entry at all): on either
+    backend no photo is called another breed or not a pet, since nothing in the bundle can tell."""
+    import shutil
+
+    from petclf.predict import load_model
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run.run_dir, old, ignore=shutil.ignore_patterns("checkpoints", "export.pkl"))
+    m = json.loads((old / "model.json").read_text())
+    del m["open_set"]
+    (old / "model.json").write_text(json.dumps(m))
+    photos = [str(p) for p in tiny_run.learn.dls.valid_ds.items[:4]]
+    said = {}
+    for run_dir in (tiny_run.run_dir, old):
+        for backend in ("torch", "onnx"):
+            p = load_model(run_dir, backend=backend)
+            assert p.open_set is None
+            said[run_dir, backend] = [(v.answer, v.not_a_pet, v.species_text, v.breed_text)
+                                      for v in (p.answer(f) for f in photos)]
+    assert len(set(map(tuple, said.values()))) == 1  # the same words from both bundles and both backends
+    for answer, not_a_pet, species, breed in said[old, "onnx"]:
+        assert answer == "known" and not_a_pet is None  # no detector either: no claim about pets at all
+        assert "this model knows" not in breed and not species.startswith("Not a")
