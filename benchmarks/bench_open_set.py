@@ -131,18 +131,19 @@ def candidate(notpet: str = "cos", known: str | None = None, q: float = 0.05, su
 
 
 def shipped(f: dict, x: np.ndarray, qn: np.ndarray, probs: np.ndarray, rule: str | None = None,
-            resure: bool = False) -> dict[str, np.ndarray]:
-    """petclf.openset as a bundle runs it (fitted on the fold's training photos) and make_verdict's rules; with `rule`
-    (`SURE_RULES`) a sure breed also needs it, and with `resure` the sure threshold is chosen on the out-of-fold
-    predictions with the rule applied to them."""
+            resure: bool = False, before: bool = False) -> dict[str, np.ndarray]:
+    """petclf.openset as a bundle runs it (fitted on the fold's training photos) and make_verdict's rules; `before`:
+    as shipped before its sure rule (`openset.SURE_RULE`), where with `rule` (`SURE_RULES`) a sure breed also needs
+    it, and with `resure` the sure threshold is chosen on the out-of-fold predictions with the rule applied."""
     from petclf.verdict import make_verdict
 
     entry, arrays = fit_open_set(f["x_train"], f["y_train"], len(f["classes"]), f["oof_probs"], f["W"], f["b"], "")
     sig = OpenSet(arrays["weight"].astype(np.float32), arrays["bias"], arrays["covered"].astype(bool),
                   arrays["class_means"], *(entry[k] for k in ("pet_threshold", "cosine_threshold", "known_threshold",
-                                                              "sure_below")))(x)
+                                                              "sure_below")),
+                  None if before else entry["named_threshold"])(x, probs.argmax(1))
     allowed = np.ones(len(x), bool) if rule is None else SURE_RULES[rule](f, x, qn, probs.argmax(1))
-    sure_below = entry["sure_below"]
+    sure_below = sure_threshold(f["oof_probs"], f["y_train"]) if before else entry["sure_below"]
     if resure:
         ok = SURE_RULES[rule](f, None, f["q_train"], f["oof_probs"].argmax(1))
         sure_below = sure_threshold(np.where(ok[:, None], f["oof_probs"], 0.0), f["y_train"])
@@ -154,7 +155,8 @@ def shipped(f: dict, x: np.ndarray, qn: np.ndarray, probs: np.ndarray, rule: str
         gp = {"dog": float(p[f["dog"]].sum()), "cat": float(p[~f["dog"]].sum())}
         v = make_verdict(d, gp, {c: c for c in classes}, groups, "species", unsure_below=sure_below,
                          open_set={"pet": bool(sig.pet[i]), "known": bool(sig.known[i]),
-                                   "species": str(sig.species[i]), "species_prob": float(sig.species_prob[i])},
+                                   "species": str(sig.species[i]), "species_prob": float(sig.species_prob[i]),
+                                   "agrees": bool(sig.agrees[i])},
                          species_below=UNSURE_BELOW)
         out["kind"].append({"not_a_pet": "not", "other": "other"}.get(v.answer, "known"))
         out["species"].append(v.species or "")
@@ -215,6 +217,8 @@ def map_agrees(f: dict, qn: np.ndarray, top: np.ndarray) -> np.ndarray:
 SURE_RULES = {  # fn(fold, photos' pooled features (None: the training photos, left out), ImageNet probs, top class)
     "near 5%": lambda f, x, qn, top: named_cosine(f, x, top) >= own_cosine_threshold(f, 0.05),
     "near 10%": lambda f, x, qn, top: named_cosine(f, x, top) >= own_cosine_threshold(f, 0.10),
+    "near 15%": lambda f, x, qn, top: named_cosine(f, x, top) >= own_cosine_threshold(f, 0.15),
+    "near 20%": lambda f, x, qn, top: named_cosine(f, x, top) >= own_cosine_threshold(f, 0.20),
     "ncm": lambda f, x, qn, top: (l2_rows(f["x_train"] if x is None else x)
                                   @ class_means(f["x_train"], f["y_train"], len(f["classes"])).T).argmax(1) == top,
     "class cover": lambda f, x, qn, top: class_cover(f, qn, top, x is None),
@@ -242,9 +246,10 @@ CANDIDATES = {
     "mass&cos + known cover 5%|cos 10%, oof": candidate("mass&cos", "cover|cos", 0.05, sure="oof", species="mix",
                                                           q2=0.10),
     "mass&cos + known cover|cos 5%, oof 2%": candidate("mass&cos", "cover|cos", 0.05, sure="oof 2%", species="mix"),
+    "shipped before (no sure rule)": partial(shipped, before=True),
+    **{f"before + sure {r}": partial(shipped, rule=r, before=True) for r in SURE_RULES},
+    **{f"before + sure {r}, re-oof": partial(shipped, rule=r, resure=True, before=True) for r in SURE_RULES},
     "shipped (petclf.openset + verdict)": shipped,
-    **{f"shipped + sure {r}": partial(shipped, rule=r) for r in SURE_RULES},
-    **{f"shipped + sure {r}, re-oof": partial(shipped, rule=r, resure=True) for r in SURE_RULES},
 }
 
 
@@ -271,10 +276,12 @@ def score(name: str, fn, folds: list[dict], pets: dict, inet: dict) -> dict[str,
          "pets: other": (cat["kind"] == "other").mean()}
     wild = {k: "/".join(f"{(a['kind'][:, kinds == k] == w).mean():.0%}" for w in ("not", "other", "known"))
             for k in ("wild cat", "wolf/fox")}
+    r["_unknown"] = a["sure"][:, pet & ~known].mean(0)  # per photo, over the fold models: for paired errors
+    r["_pets"] = cat["sure"]
     met = (r["nonpet: not"] >= .95 and r["pet: not"] <= .05 and r["pet: species"] >= .95
            and r["unknown breed: sure"] <= .10 and r["pets: not"] <= .01 and r["pets: species"] >= .99
            and r["pets: sure+wrong"] <= .05 and r["pets: sure"] >= .80)
-    print(f"{name:<40} " + " ".join(f"{v:>8.1%}" for v in r.values())
+    print(f"{name:<40} " + " ".join(f"{v:>8.1%}" for k, v in r.items() if not k.startswith("_"))
           + f"  {wild['wild cat']:>11} {wild['wolf/fox']:>11}  {'met' if met else ''}")
     return r
 
@@ -304,10 +311,12 @@ GOALS = (">=95%", "<=5%", ">=95%", "<=10%", "", "<=1%", ">=99%", ">=80%", "<=5%"
 
 def summary(results: dict[str, list[dict]], base: str) -> None:
     """Each candidate's mean over the splits, its standard error, and its difference from `base` with the standard
-    error of the paired differences (split by split)."""
+    error of the paired differences (split by split); then the differences in sure answers paired photo by photo
+    (unknown-breed ImageNet photos, Pets photos), with their standard error over photos."""
     keys = ("unknown breed: sure", "pets: sure", "pets: sure+wrong", "nonpet: not", "pet: species")
     print(f"\nover {len(results[base])} splits: mean +- standard error; d = minus {base!r}, paired over splits")
-    print(f"{'candidate':<40} " + " ".join(f"{k:>24}" for k in keys))
+    print(f"{'candidate':<40} " + " ".join(f"{k:>24}" for k in keys)
+          + f" {'d unknown: sure, photos':>24} {'d pets: sure, photos':>24}")
     for name, rs in results.items():
         cells = []
         for k in keys:
@@ -315,6 +324,9 @@ def summary(results: dict[str, list[dict]], base: str) -> None:
             d = v - np.array([r[k] for r in results[base]])
             se, dse = (x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan") for x in (v, d))
             cells.append(f"{v.mean():6.1%}+-{se:4.1%} d{d.mean():+5.1%}+-{dse:4.1%}")
+        for k in ("_unknown", "_pets"):  # paired over photos: the error a new set of photos would bring
+            d = np.mean([r[k].astype(float) - b[k] for r, b in zip(rs, results[base], strict=True)], 0)
+            cells.append(f"d{d.mean():+5.1%}+-{d.std(ddof=1) / np.sqrt(len(d)):4.1%}")
         print(f"{name:<40} " + " ".join(f"{c:>24}" for c in cells))
 
 
@@ -339,7 +351,7 @@ def run(data: Path, other: Path, weights: Path, cache: Path | None, seeds: int =
     inet["kinds"] = np.array([imagenet_kind(i) for i in idx])
     inet["known"] = np.array([i in PETS_IN_IMAGENET for i in idx])
     pets |= {"y": y, "dog": dog}
-    names = [n for n in CANDIDATES if only is None or only in n or n.startswith("shipped (")]
+    names = [n for n in CANDIDATES if only is None or only in n or n.startswith("shipped")]
     results: dict[str, list[dict]] = {n: [] for n in names}
     for seed in range(seeds):
         folds = make_folds(pets, inet, seed, cache, classes, w, b)
@@ -348,7 +360,7 @@ def run(data: Path, other: Path, weights: Path, cache: Path | None, seeds: int =
         print(f"{'goal':<40} " + " ".join(f"{g:>8}" for g in GOALS))
         for name in names:
             results[name].append(score(name, CANDIDATES[name], folds, pets, inet))
-    summary(results, "shipped (petclf.openset + verdict)")
+    summary(results, "shipped before (no sure rule)")
     print(f"total {time.monotonic() - t0:.0f} s")
 
 

@@ -11,13 +11,17 @@ import pytest
 from petclf.bundle import manifest_problem
 from petclf.errors import BundleError
 from petclf.labels import display_name
+from petclf.notapet import class_means
 from petclf.openset import (
     FILE,
     METHOD,
+    SURE_RULE,
     VERSION,
     OpenSet,
     fit_open_set,
     leave_one_out_coverage,
+    leave_one_out_named,
+    named_cosine,
     save_arrays,
     sure_threshold,
 )
@@ -63,6 +67,32 @@ def test_the_three_signals_tell_a_known_breed_another_breed_and_no_pet():
     assert s.pet.tolist() == [True, True, True, False]
     assert s.known[:3].tolist() == [True, False, True]  # the corgi-like dog: a dog of a breed the model never saw
     assert s.species[:3].tolist() == ["dog", "dog", "cat"] and (s.species_prob[:3] > 0.9).all()
+
+
+def test_a_sure_breed_needs_the_photo_near_the_class_it_names():
+    entry, arrays, x, y = fitted()
+    assert entry["sure_rule"] == SURE_RULE and -1 <= entry["named_threshold"] <= 1
+    det = OpenSet(arrays["weight"].astype(np.float32), arrays["bias"], arrays["covered"].astype(bool),
+                  arrays["class_means"], *(entry[k] for k in ("pet_threshold", "cosine_threshold", "known_threshold",
+                                                              "sure_below")), entry["named_threshold"])
+    both = np.concatenate([photos("beagle-like", 1, 9, noise=0.0), photos("tabby-like", 1, 9, noise=0.0)])
+    assert det(both, np.array([0, 1])).agrees.tolist() == [True, True]
+    assert det(both, np.array([1, 0])).agrees.tolist() == [False, False]  # the breed head names the other one
+    assert det(both).agrees.all()  # no class named: nothing to be far from
+    signals = {"pet": True, "known": True, "species": "dog", "species_prob": 0.9}
+    probs = {"beagle": 0.9, "pug": 0.05, "Bengal": 0.05}
+    assert verdict_for(signals, probs).breed_sure
+    v = verdict_for({**signals, "agrees": False}, probs)
+    assert v.answer == "known" and not v.breed_sure and v.breed_text == "Beagle 90 % or Pug 5 %"
+
+
+def test_leave_one_out_named_cosine_leaves_the_photo_out():
+    x, y = photos("beagle-like", 6, 3), np.zeros(6, int)
+    loo = leave_one_out_named(x, y, 1, y)
+    i = 2
+    want = named_cosine(x[i:i + 1], class_means(np.delete(x, i, 0), y[1:], 1), np.array([0]))[0]
+    assert loo[i] == pytest.approx(want, abs=1e-6)  # the means are float32
+    assert (loo < named_cosine(x, class_means(x, y, 1), y)).all()  # with itself in the mean every photo is nearer
 
 
 def test_leave_one_out_coverage_leaves_the_photo_out():
@@ -113,7 +143,9 @@ def test_the_bundle_keeps_the_head_pinned(tmp_path):
     entry |= save_arrays(tmp_path, arrays)
     m = {"n_classes": 2, "open_set": entry}
     loaded = OpenSet.load(tmp_path, m)
-    assert loaded is not None and loaded(x[:1]).known[0]
+    assert loaded is not None and loaded(x[:1]).known[0] and loaded.named_threshold == entry["named_threshold"]
+    older = OpenSet.load(tmp_path, {**m, "open_set": {k: v for k, v in entry.items() if k != "sure_rule"}})
+    assert older.named_threshold is None and older(x[:1], np.array([1])).agrees[0]  # fitted before the rule
     assert OpenSet.load(tmp_path, {"open_set": {**entry, "version": VERSION + 1}}) is None  # newer: says nothing
     assert OpenSet.load(tmp_path, {"open_set": {"method": "off", "why": "x"}}) is None
     data = bytearray((tmp_path / FILE).read_bytes())
