@@ -12,8 +12,9 @@ uploads, in headless Debian Chromium (Playwright; never `playwright install`):
   calls a pet of a sure species: the answer lists the likely breeds;
 - `docs/verdict-other-breed.png`: the first photo of `OTHER_BREEDS` in `--other` (real ImageNet dogs of breeds the
   37 do not cover) that the model answers "a dog of another breed";
-- `docs/verdict-not-a-pet.png`: scikit-image's coffee cup.
-Prints what each page said.
+- `docs/verdict-not-a-pet.png`: the first photo of `NOT_PETS` in `--other` (real ImageNet photos of no cat or dog)
+  that the model answers "not a cat or a dog".
+Every photo is real: pets-dev for the breeds it knows, imagenet-dev for the others. Prints what each page said.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 DOCS = Path(__file__).resolve().parent
 OTHER_BREEDS = ("Doberman", "Labrador_retriever", "Rottweiler", "Border_collie", "Siberian_husky", "Cardigan")
+NOT_PETS = ("teddy", "coffee_mug", "tennis_ball", "running_shoe")  # things people photograph beside their pets
 
 
 def split_photos(data: Path, out: Path) -> list[Path]:
@@ -68,6 +70,13 @@ def pick(predictor, candidates: list[Path]) -> tuple[Path, Path]:
     return sure, min(unsure, key=lambda p: max(prob for _, prob in pets[p].likely))
 
 
+def first_answered(predictor, other: Path, names: tuple[str, ...], answer: str) -> Path:
+    """The first photo of `names` in `other` the model gives `answer` (else the first one: the page shows what it
+    said)."""
+    photos = [p for n in names for p in sorted(other.glob(f"n*_{n}.JPEG"))]
+    return next((p for p in photos if predictor.answer(p).answer == answer), photos[0])
+
+
 def shoot(url: str, photos: dict[str, Path]) -> dict[str, str]:
     """Upload each photo, wait for both answers and the Grad-CAM map, save a screenshot; {name: what it said}."""
     from playwright.sync_api import sync_playwright
@@ -97,8 +106,6 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="use this bundle instead of training one (then held-back photos "
                                                "are the shipped examples only)")
     args = ap.parse_args()
-    from skimage import data as skdata
-
     from petclf.app import build_demo, example_files, launch_kwargs
     from petclf.predict import load_model
 
@@ -109,10 +116,9 @@ def main() -> None:
         predictor = load_model(run_dir)
         examples = [Path(p) for p in example_files() if "cat" in Path(p).name]
         sure, unsure = pick(predictor, held + examples)
-        coffee = next((Path(skdata.__file__).parent).glob("coffee.*"))
-        dogs = [p for b in OTHER_BREEDS for p in sorted(args.other.glob(f"n*_{b}.JPEG"))]
-        other = next((p for p in dogs if predictor.answer(p).answer == "other"), dogs[0])
-        photos = {"pet": sure, "unsure": unsure, "other-breed": other, "not-a-pet": coffee}
+        other = first_answered(predictor, args.other, OTHER_BREEDS, "other")
+        thing = first_answered(predictor, args.other, NOT_PETS, "not_a_pet")
+        photos = {"pet": sure, "unsure": unsure, "other-breed": other, "not-a-pet": thing}
         demo = build_demo(predictor)
         demo.launch(**launch_kwargs(port=free_port()), prevent_thread_lock=True, quiet=True)
         try:

@@ -4,8 +4,8 @@ never saw.
 
     from petclf.openset import fit_open_set, OpenSet
     entry, arrays = fit_open_set(pooled, y, n_classes, oof_probs, weight, bias, fitted_on)   # at training
-    signals = OpenSet.load(bundle_dir, manifest)(features)   # at prediction (the loader is None when it is off)
-    signals.pet, signals.known, signals.species, signals.species_prob
+    signals = OpenSet.load(bundle_dir, manifest)(features, top)   # at prediction (None when it is off); top: the
+    signals.pet, signals.known, signals.species, signals.species_prob, signals.agrees   # breed head's argmax
 
 Three signals, each with a threshold set on the training run's own photos by one stated procedure (the 5 % quantile
 of their held-out scores; nothing is fitted on photos of other things):
@@ -14,8 +14,12 @@ of their held-out scores; nothing is fitted on photos of other things):
   below its 5 % quantile on the training photos;
 - a breed it knows unless either says otherwise: the share of the pet mass on the ImageNet classes the training
   photos' own top-1 fell on ("coverage", leave-one-out) and the same cosine, each at least its 5 % quantile;
-- sure of a breed: the calibrated top probability at least `sure_below`, the lowest on a grid at which the run's
-  out-of-fold predictions are sure and wrong on at most `SURE_WRONG` of its photos.
+- sure of a breed: the photo near the mean of the class the breed head names (`agrees`: its cosine at least the
+  `NEAR_QUANTILE` quantile of the training photos' leave-one-out cosines to their own class mean; a Doberman named
+  German Shorthaired is far from the German Shorthaired photos), and the calibrated top probability at least
+  `sure_below`, the lowest on a grid at which the run's out-of-fold predictions are sure and wrong on at most
+  `SURE_WRONG` of its photos (the manifest's `unsure_below` too: choosing it again with the rule applied was tried,
+  and missed the 10 % goal on one split of three).
 A cat or dog of another breed gets its species from the ImageNet head (the breed head only knows the 37). Picked by
 measurement: benchmarks/bench_open_set.py, BENCHMARKS.md "Three answers". It needs an ImageNet head that reads the
 average-pooled features (a frozen ImageNet backbone: the probe recipe) and classes that are cats or dogs; anything
@@ -33,7 +37,7 @@ from scipy.special import softmax
 
 from petclf.errors import BundleError
 from petclf.io import sha256_file, write_atomic
-from petclf.notapet import class_means, leave_one_out_scores, read_pinned, scores
+from petclf.notapet import class_means, l2_rows, leave_one_out_scores, read_pinned, scores
 
 METHOD = "imagenet head"  # how the manifest names the open-set signals when they are on
 VERSION = 1  # of the manifest's `open_set` entry: readers ignore an entry of another version (and say so)
@@ -43,6 +47,10 @@ N_IMAGENET = 1000
 QUANTILE = 0.05  # every threshold: this quantile of the training photos' (held-out) scores
 SURE_WRONG = 0.03  # the sure rule's threshold: out-of-fold photos sure and wrong at most this share
 SURE_GRID = np.round(np.arange(0.5, 1.0, 0.01), 2)  # thresholds tried, lowest first
+# a sure breed also needs the photo near the mean of the class it names: its cosine at least the `NEAR_QUANTILE`
+# quantile of the training photos' cosines to their own class mean (leave-one-out)
+SURE_RULE = "near the named class"
+NEAR_QUANTILE = 0.10
 MIN_PHOTOS = 10  # fewer training photos give no quantile worth recording: the signals stay off
 
 
@@ -98,6 +106,20 @@ def sure_threshold(probs: np.ndarray, y: np.ndarray, most_wrong: float = SURE_WR
     return 1.0
 
 
+def named_cosine(features: np.ndarray, means: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Each photo's cosine to the mean of the class `top` names."""
+    return (l2_rows(features) * np.asarray(means, np.float64)[top]).sum(1)
+
+
+def leave_one_out_named(x: np.ndarray, y: np.ndarray, n_classes: int, top: np.ndarray) -> np.ndarray:
+    """`named_cosine` for the training photos, each against class means made without it."""
+    x = l2_rows(x)
+    sums = np.zeros((n_classes, x.shape[1]))
+    np.add.at(sums, y, x)
+    named = sums[top] - np.where((top == y)[:, None], x, 0.0)  # the named class's sum without the photo
+    return (x * named).sum(1) / np.maximum(np.linalg.norm(named, axis=1), 1e-12)
+
+
 def fit_open_set(pooled: np.ndarray, y: np.ndarray, n_classes: int, oof_probs: np.ndarray, weight: np.ndarray,
                  bias: np.ndarray, fitted_on: str) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     """(manifest entry, arrays to save or None): the thresholds of the three signals from the training photos'
@@ -107,12 +129,15 @@ def fit_open_set(pooled: np.ndarray, y: np.ndarray, n_classes: int, oof_probs: n
     q = imagenet_probs(pooled, weight, bias)
     cos = leave_one_out_scores(pooled, y, n_classes)
     covered = np.bincount(top_pet_class(q), minlength=N_IMAGENET) > 0
+    near = round(float(np.quantile(leave_one_out_named(pooled, y, n_classes, y), NEAR_QUANTILE)), 6)
     entry = {"method": METHOD, "version": VERSION, "fitted_on": fitted_on, "n_photos": int(len(y)),
              "quantile": QUANTILE, "pet_threshold": quantile(sum(group_mass(q).values())),
              "cosine_threshold": quantile(cos[np.isfinite(cos)]),
              "known_threshold": quantile(leave_one_out_coverage(q)),
-             "covered_classes": int(covered.sum()), "sure_below": sure_threshold(oof_probs, y),
-             "sure_wrong": SURE_WRONG, "imagenet_groups": {g: list(r) for g, r in IMAGENET_GROUPS.items()}}
+             "covered_classes": int(covered.sum()),
+             "sure_below": sure_threshold(oof_probs, y),
+             "sure_wrong": SURE_WRONG, "sure_rule": SURE_RULE, "named_threshold": near,
+             "imagenet_groups": {g: list(r) for g, r in IMAGENET_GROUPS.items()}}
     arrays = {"weight": np.ascontiguousarray(weight, np.float16), "bias": np.asarray(bias, np.float32),
               "covered": covered.astype(np.uint8), "class_means": class_means(pooled, y, n_classes)}
     return entry, arrays
@@ -141,6 +166,7 @@ class Signals:
     species_prob: np.ndarray  # that group's share of the dog-and-cat probability
     pet_mass: np.ndarray  # the ImageNet probability on dogs and cats
     coverage: np.ndarray  # its share on the classes the training photos covered
+    agrees: np.ndarray  # bool: near the class `top` names (`SURE_RULE`; True where no `top` was given)
 
 
 @dataclass
@@ -156,10 +182,15 @@ class OpenSet:
     cosine_threshold: float
     known_threshold: float
     sure_below: float
+    named_threshold: float | None = None  # `SURE_RULE`'s cosine; None in a bundle fitted before it
 
-    def __call__(self, features: np.ndarray) -> Signals:
-        """The signals of N average-pooled feature vectors."""
+    def __call__(self, features: np.ndarray, top: np.ndarray | None = None) -> Signals:
+        """The signals of N average-pooled feature vectors; `agrees` for the classes `top` (the breed head's most
+        likely class of each photo) where given."""
         q = imagenet_probs(features, self.weight, self.bias)
+        agrees = np.ones(len(q), bool)
+        if top is not None and self.named_threshold is not None:
+            agrees = named_cosine(features, self.means, np.asarray(top)) >= self.named_threshold
         mass = group_mass(q)
         names = list(mass)
         stacked = np.stack([mass[g] for g in names], 1)
@@ -167,7 +198,7 @@ class OpenSet:
         cover = coverage(q, self.covered)
         near = scores(features, self.means) >= self.cosine_threshold
         return Signals((pet >= self.pet_threshold) | near, (cover >= self.known_threshold) & near,
-                       np.array(names)[stacked.argmax(1)], stacked.max(1) / np.maximum(pet, 1e-300), pet, cover)
+                       np.array(names)[stacked.argmax(1)], stacked.max(1) / np.maximum(pet, 1e-300), pet, cover, agrees)
 
     @classmethod
     def load(cls, bundle_dir: str | Path, manifest: Any) -> OpenSet | None:  # a petclf.manifest.Manifest
@@ -184,5 +215,9 @@ class OpenSet:
         if not fits or not all(np.isfinite(t).all() for t in (w, b, means)):
             raise BundleError(f"corrupt model file: {path}: an ImageNet head of shape {w.shape} or class means of "
                               f"shape {means.shape} do not fit the model")
+        # a bundle fitted before the rule (or with another) has no threshold for it: its sure is the breed head's
+        named = float(entry["named_threshold"]) if entry.get("sure_rule") == SURE_RULE else None
+        if named is not None and not -1.0 <= named <= 1.0:
+            raise BundleError(f"corrupt model file: model.json: open_set.named_threshold {named} is no cosine")
         return cls(w.astype(np.float32), b.astype(np.float32), covered, means, *(
-            float(entry[k]) for k in ("pet_threshold", "cosine_threshold", "known_threshold", "sure_below")))
+            float(entry[k]) for k in ("pet_threshold", "cosine_threshold", "known_threshold", "sure_below")), named)

@@ -147,12 +147,13 @@ class TorchNet:
             return logits.float().cpu().numpy(), feats.cpu().numpy()
 
 
-OPEN_SET_FIELDS = ("pet", "known", "species", "species_prob", "pet_mass", "coverage")
+OPEN_SET_FIELDS = ("pet", "known", "species", "species_prob", "pet_mass", "coverage", "agrees")
 SIGNALS = np.dtype([("score", "f8"), ("pet", "i1"), ("known", "i1"), ("species", "U16"), ("species_prob", "f8"),
-                    ("pet_mass", "f8"), ("coverage", "f8")])  # pet, known: 1, 0 or -1 (no open-set signals)
+                    ("pet_mass", "f8"), ("coverage", "f8"), ("agrees", "i1")])  # pet, known: 1, 0 or -1 (no signals)
 
 
-def signal_rows(feats: np.ndarray, detector: Detector | None, open_set: OpenSet | None) -> np.ndarray:
+def signal_rows(feats: np.ndarray, detector: Detector | None, open_set: OpenSet | None,
+                top: np.ndarray | None = None) -> np.ndarray:
     """One `SIGNALS` record per row of pooled features: the not-a-pet score (NaN without a detector) and the open-set
     signals (pet = known = -1 without them)."""
     rows = np.zeros(len(feats), SIGNALS)
@@ -160,8 +161,8 @@ def signal_rows(feats: np.ndarray, detector: Detector | None, open_set: OpenSet 
     rows["pet"] = rows["known"] = -1
     rows["species_prob"] = rows["pet_mass"] = rows["coverage"] = np.nan
     if open_set is not None:
-        sig = open_set(feats)
-        rows["pet"], rows["known"], rows["species"] = sig.pet, sig.known, sig.species
+        sig = open_set(feats, top)  # `top`: a sure breed must be near the class it names (SURE_RULE)
+        rows["pet"], rows["known"], rows["species"], rows["agrees"] = sig.pet, sig.known, sig.species, sig.agrees
         rows["species_prob"], rows["pet_mass"], rows["coverage"] = sig.species_prob, sig.pet_mass, sig.coverage
     return rows
 
@@ -239,7 +240,7 @@ class Predictor:
         p = self._flip_averaged(self.softmax(logits), x, tta)
         if feats is None:  # an ONNX graph exported before it gave the features
             return p, None
-        return p, signal_rows(feats, self.detector, self.open_set)
+        return p, signal_rows(feats, self.detector, self.open_set, p.argmax(1))
 
     def verdict(self, p: np.ndarray, signals: np.void | float | None = None,
                 unsure_below: float | None = None) -> Verdict:

@@ -303,33 +303,26 @@ def signals_off(manifest: Manifest) -> str:
                       why(manifest.not_a_pet, "not-a-pet detector")))
 
 
-def _signal_dict(sig, i: int) -> dict[str, Any] | None:
-    """Photo `i`'s open-set signals as `verdict.make_verdict` takes them; None without signals."""
-    if sig is None:
-        return None
-    return {"pet": bool(sig.pet[i]), "known": bool(sig.known[i]), "species": str(sig.species[i]),
-            "species_prob": float(sig.species_prob[i])}
-
-
 def photo_verdicts(ev: Evaluation, probs: np.ndarray) -> list:
     """Each judged photo's `Verdict` from its calibrated `probs` and its features' signals, by the rules every
-    other surface uses (`verdict.make_verdict`; a group is sure from UNSURE_BELOW where the open-set signals
-    are on, as `petclf predict` has it)."""
+    other surface uses (`predict.signal_rows`, `verdict.make_verdict`; a group is sure from UNSURE_BELOW where
+    the open-set signals are on, as `petclf predict` has it)."""
+    from petclf.predict import OPEN_SET_FIELDS, signal_rows
     from petclf.verdict import make_verdict
 
     m = ev.manifest
     group_name, groups = class_groups(m)
     display, noun, names = display_names(m), class_noun(group_name), sorted(set(groups.values()))
-    score = ev.detector(ev.features)[0] if ev.detector is not None else None
-    sig = ev.open_set(ev.features) if ev.open_set is not None else None
+    rows = signal_rows(ev.features, ev.detector, ev.open_set, probs.argmax(1))
     out = []
-    for i, p in enumerate(probs):
+    for p, row in zip(probs, rows, strict=True):
         by_class = dict(zip(ev.classes, map(float, p), strict=True))
         by_group = {g: sum(q for c, q in by_class.items() if groups[c] == g) for g in names}
-        flagged = None if score is None else bool(score[i] < ev.detector.threshold)
-        s = None if score is None else float(score[i])
-        out.append(make_verdict(by_class, by_group, display, groups, group_name, flagged, s, m.unsure_below,
-                                _signal_dict(sig, i), noun, None if sig is None else UNSURE_BELOW))
+        score = None if ev.detector is None else float(row["score"])
+        flagged = None if score is None else bool(score < ev.detector.threshold)
+        signals = None if ev.open_set is None else {k: row[k].item() for k in OPEN_SET_FIELDS}
+        out.append(make_verdict(by_class, by_group, display, groups, group_name, flagged, score, m.unsure_below,
+                                signals, noun, None if ev.open_set is None else UNSURE_BELOW))
     return out
 
 

@@ -120,9 +120,9 @@ def make_verdict(probs: dict[str, float], group_probs: dict[str, float], display
                  open_set: dict[str, Any] | None = None, noun: str = "breed",
                  species_below: float | None = None) -> Verdict:
     """The answers for one image from its class probabilities, group probabilities, the not-a-pet detector's result
-    (`not_a_pet`, `score`) and the open-set signals (`open_set`: {pet, known, species, species_prob}, see
-    `petclf.openset`), which decide where a bundle has them. A group is sure from `species_below` (default: the
-    breed's `unsure_below`)."""
+    (`not_a_pet`, `score`) and the open-set signals (`open_set`: {pet, known, species, species_prob} and optionally
+    agrees, see `petclf.openset`), which decide where a bundle has them. A group is sure from `species_below`
+    (default: the breed's `unsure_below`)."""
     answer = open_set_answer(open_set) if open_set is not None else "none" if not_a_pet else "known"
     if answer == "other":  # the species from the ImageNet head, the closest class of it (never a sure one)
         species, species_prob = open_set["species"], float(open_set["species_prob"])
@@ -130,8 +130,10 @@ def make_verdict(probs: dict[str, float], group_probs: dict[str, float], display
     else:
         species, species_prob = sure_group(group_probs, unsure_below if species_below is None else species_below)
     top, top_p = max(probs.items(), key=lambda cp: cp[1])
-    # a top breed of the other species is no sure answer: the two answers must agree
-    sure = answer == "known" and top_p >= unsure_below and (species is None or groups.get(top) == species)
+    # a top breed of the other species is no sure answer: the two answers must agree; nor one the backbone's own
+    # ImageNet head disagrees with (`open_set["agrees"]`, petclf.openset.SURE_RULE; absent: no such signal)
+    sure = (answer == "known" and top_p >= unsure_below and (species is None or groups.get(top) == species)
+            and bool((open_set or {}).get("agrees", True)))
     if answer != "other":
         likely = [(top, top_p)] if sure else likely_classes(probs, groups, species)
     pet = answer in ("known", "other")

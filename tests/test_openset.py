@@ -12,13 +12,17 @@ import pytest
 from petclf.bundle import manifest_problem
 from petclf.errors import BundleError
 from petclf.labels import display_name
+from petclf.notapet import class_means
 from petclf.openset import (
     FILE,
     METHOD,
+    SURE_RULE,
     VERSION,
     OpenSet,
     fit_open_set,
     leave_one_out_coverage,
+    leave_one_out_named,
+    named_cosine,
     save_arrays,
     sure_threshold,
 )
@@ -64,6 +68,32 @@ def test_the_three_signals_tell_a_known_breed_another_breed_and_no_pet():
     assert s.pet.tolist() == [True, True, True, False]
     assert s.known[:3].tolist() == [True, False, True]  # the corgi-like dog: a dog of a breed the model never saw
     assert s.species[:3].tolist() == ["dog", "dog", "cat"] and (s.species_prob[:3] > 0.9).all()
+
+
+def test_a_sure_breed_needs_the_photo_near_the_class_it_names():
+    entry, arrays, x, y = fitted()
+    assert entry["sure_rule"] == SURE_RULE and -1 <= entry["named_threshold"] <= 1
+    det = OpenSet(arrays["weight"].astype(np.float32), arrays["bias"], arrays["covered"].astype(bool),
+                  arrays["class_means"], *(entry[k] for k in ("pet_threshold", "cosine_threshold", "known_threshold",
+                                                              "sure_below")), entry["named_threshold"])
+    both = np.concatenate([photos("beagle-like", 1, 9, noise=0.0), photos("tabby-like", 1, 9, noise=0.0)])
+    assert det(both, np.array([0, 1])).agrees.tolist() == [True, True]
+    assert det(both, np.array([1, 0])).agrees.tolist() == [False, False]  # the breed head names the other one
+    assert det(both).agrees.all()  # no class named: nothing to be far from
+    signals = {"pet": True, "known": True, "species": "dog", "species_prob": 0.9}
+    probs = {"beagle": 0.9, "pug": 0.05, "Bengal": 0.05}
+    assert verdict_for(signals, probs).breed_sure
+    v = verdict_for({**signals, "agrees": False}, probs)
+    assert v.answer == "known" and not v.breed_sure and v.breed_text == "Beagle 90 % or Pug 5 %"
+
+
+def test_leave_one_out_named_cosine_leaves_the_photo_out():
+    x, y = photos("beagle-like", 6, 3), np.zeros(6, int)
+    loo = leave_one_out_named(x, y, 1, y)
+    i = 2
+    want = named_cosine(x[i:i + 1], class_means(np.delete(x, i, 0), y[1:], 1), np.array([0]))[0]
+    assert loo[i] == pytest.approx(want, abs=1e-6)  # the means are float32
+    assert (loo < named_cosine(x, class_means(x, y, 1), y)).all()  # with itself in the mean every photo is nearer
 
 
 def test_leave_one_out_coverage_leaves_the_photo_out():
@@ -114,7 +144,10 @@ def test_the_bundle_keeps_the_head_pinned(tmp_path):
     entry |= save_arrays(tmp_path, arrays)
     m = SimpleNamespace(n_classes=2, open_set=entry)  # the two fields of a Manifest the loader reads
     loaded = OpenSet.load(tmp_path, m)
-    assert loaded is not None and loaded(x[:1]).known[0]
+    assert loaded is not None and loaded(x[:1]).known[0] and loaded.named_threshold == entry["named_threshold"]
+    before_rule = {k: v for k, v in entry.items() if k != "sure_rule"}
+    older = OpenSet.load(tmp_path, SimpleNamespace(n_classes=2, open_set=before_rule))
+    assert older.named_threshold is None and older(x[:1], np.array([1])).agrees[0]  # fitted before the rule
     newer = SimpleNamespace(open_set={**entry, "version": VERSION + 1})
     assert OpenSet.load(tmp_path, newer) is None  # newer: says nothing
     assert OpenSet.load(tmp_path, SimpleNamespace(open_set={"method": "off", "why": "x"})) is None
@@ -149,3 +182,29 @@ def test_every_output_format_says_the_answer_with_stable_keys():
     head, line = to_csv([row]).splitlines()
     assert head.endswith("verdict_species,verdict_breed,answer") and line.endswith(",other")
     assert "Dog, 97 %; None of the 3 breeds this model knows; closest: Beagle 31 %" in " ".join(to_table([row]).split())
+
+
+def test_a_bundle_without_the_signals_says_only_what_it_can(tiny_run, tmp_path):
+    """Random weights (the signals are off, saying why) and an older bundle (no `open_set` entry at all): on either
+    backend no photo is called another breed or not a pet, since nothing in the bundle can tell."""
+    import shutil
+
+    from petclf.predict import load_model
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run.run_dir, old, ignore=shutil.ignore_patterns("checkpoints", "export.pkl"))
+    m = json.loads((old / "model.json").read_text())
+    del m["open_set"]
+    (old / "model.json").write_text(json.dumps(m))
+    photos = [str(p) for p in tiny_run.learn.dls.valid_ds.items[:4]]
+    said = {}
+    for run_dir in (tiny_run.run_dir, old):
+        for backend in ("torch", "onnx"):
+            p = load_model(run_dir, backend=backend)
+            assert p.open_set is None
+            said[run_dir, backend] = [(v.answer, v.not_a_pet, v.species_text, v.breed_text)
+                                      for v in (p.answer(f) for f in photos)]
+    assert len(set(map(tuple, said.values()))) == 1  # the same words from both bundles and both backends
+    for answer, not_a_pet, species, breed in said[old, "onnx"]:
+        assert answer == "known" and not_a_pet is None  # no detector either: no claim about pets at all
+        assert "this model knows" not in breed and not species.startswith("Not a")
