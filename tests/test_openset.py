@@ -168,19 +168,20 @@ def test_the_manifest_check_refuses_a_broken_open_set_entry(tiny_run):
     assert "open_set.file" in manifest_problem({**m, "open_set": {**good, "file": "../x"}})
 
 
-def test_every_output_format_says_the_answer_with_stable_keys():
+def test_every_output_format_says_the_answer_with_format_2_keys():
+    from petclf.formats import FORMAT
     from petclf.predict import Prediction, row_dict, to_csv, to_table
 
     probs = {"Bengal": 0.6, "beagle": 0.31, "pug": 0.09}
     v = verdict_for({"pet": True, "known": False, "species": "dog", "species_prob": 0.97}, probs)
     row = Prediction("corgi.jpg", probs, {"cat": 0.6, "dog": 0.4}, verdict=v)
     d = row_dict(row)
-    assert d["answer"] == "other" and d["species"] == "dog" and d["species_prob"] == 0.97  # the answer's species
-    assert d["breed_id"] == "Bengal" and d["verdict"]["likely"] == ["beagle"] and not d["verdict"]["breed_sure"]
-    assert {"file", "breed_id", "breed", "prob", "top", "species", "species_prob", "not_a_pet", "not_a_pet_score",
-            "verdict", "error"} <= set(d)  # the keys JSON readers had before, all still there
+    assert d["answer"] == "other" and d["group"] == "dog" and d["group_prob"] == 0.97  # the answer's species
+    assert d["class_id"] == "Bengal" and d["verdict"]["likely"] == ["beagle"] and not d["verdict"]["class_sure"]
+    assert {"format", "file", "class_id", "class", "prob", "top", "group", "group_prob", "not_a_pet",
+            "not_a_pet_score", "verdict", "error"} <= set(d) and d["format"] == FORMAT  # format 2's keys
     head, line = to_csv([row]).splitlines()
-    assert head.endswith("verdict_species,verdict_breed,answer") and line.endswith(",other")
+    assert head.endswith("verdict_group,verdict_class,answer") and line.endswith(",other")
     assert "Dog, 97 %; None of the 3 breeds this model knows; closest: Beagle 31 %" in " ".join(to_table([row]).split())
 
 
