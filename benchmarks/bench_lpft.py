@@ -41,7 +41,7 @@ from benchmarks.bench_small_data import ARCH, FOLDS, PROBE_SIZE, SEED, load_netw
 from petclf.labels import breed_of
 from petclf.model import efficientnet_lite0_weights, norm_stats
 from petclf.preprocess import Preprocess
-from petclf.probe import FEATURE_BS, fit_probe_cv, logits_of, network_features, stratified_folds
+from petclf.probefit import FEATURE_BS, fit_probe_cv, logits_of, network_features, stratified_folds
 
 FT_SIZE = 288  # fine-tune input size (px); the test input stays the probe's 384
 EPOCHS = 2  # passes over the 148 training photos

@@ -34,7 +34,7 @@ from petclf.labels import breed_of
 from petclf.model import efficientnet_lite0_weights, make_network, norm_stats, probe_head, read_state_dict
 from petclf.notapet import Detector, fit_detector
 from petclf.preprocess import Preprocess
-from petclf.probe import fit_probe_cv, logits_of, probe_features, stratified_folds
+from petclf.probefit import fit_probe_cv, logits_of, probe_features, stratified_folds
 
 ARCH, SIZE = "tf_efficientnet_lite0", 384  # the probe recipe's arch on pets-dev-sized data, and its probe_size
 FOLDS, SEED = 5, 0

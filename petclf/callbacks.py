@@ -16,7 +16,8 @@ from petclf import distributed
 from petclf.config import TrainConfig
 from petclf.errors import PetclfError
 from petclf.progress import Stage
-from petclf.run import CKPT_DIR, Phase, RunState, on_main, save_checkpoint, save_weights
+from petclf.run import Phase, RunState, on_main, save_checkpoint, save_weights
+from petclf.runfiles import RunDir
 
 
 class FreezeBN(Callback):
@@ -58,7 +59,7 @@ class EpochEnd(Callback):
             st.phase, st.epoch = st.phase + 1, 0
         if st.best_error is None or err < st.best_error:
             st.best_error = err
-            on_main(save_weights, self.learn.model, self.run_dir / CKPT_DIR / "best.safetensors")
+            on_main(save_weights, self.learn.model, RunDir(self.run_dir).best)
         on_main(save_checkpoint, self.learn, st, self.run_dir)
 
 
@@ -152,9 +153,6 @@ class EpochProgress(Callback):
             self.stage = None
 
 
-TB_DIR = "tb"  # inside the run folder: TensorBoard's event files (`--log tensorboard`)
-
-
 def check_logging(cfg: TrainConfig) -> None:
     """One line naming the package to install when `--log tensorboard` cannot work here."""
     if cfg.log == "tensorboard":
@@ -171,4 +169,4 @@ def log_callbacks(cfg: TrainConfig, run_dir: Path) -> list:
         return []
     from fastai.callback.tensorboard import TensorBoardCallback
 
-    return [TensorBoardCallback(log_dir=str(run_dir / TB_DIR), trace_model=False, log_preds=False)]
+    return [TensorBoardCallback(log_dir=str(RunDir(run_dir).tb), trace_model=False, log_preds=False)]

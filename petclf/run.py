@@ -13,7 +13,6 @@ import io
 import os
 import shutil
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,12 +26,13 @@ import torch
 from torch import nn
 
 from petclf import distributed
-from petclf.config import DEFAULT_BS, EXPORTS, TrainConfig, fit_bs, load_config_file, resolve_config
+from petclf.config import EXPORTS, TrainConfig, load_config_file, resolve_config
 from petclf.errors import PetclfError
 from petclf.io import save_state_dict, write_atomic
+from petclf.progress import say as show
+from petclf.runfiles import CKPT_DIR, RunDir
 
 T = TypeVar("T")
-CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors
 MACHINE_KEYS = ("device", "workers", "threads", "log", "cache")  # what `--resume` may change: not the recipe
 
 
@@ -44,10 +44,10 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     return fn(*args, **kwargs) if distributed.is_main() else None
 
 
-def log(msg: str) -> None:
-    """One line to stderr, rank 0 only."""
+def say(msg: str) -> None:
+    """The training side's one output channel: a line to stderr on rank 0, above any progress bar on screen."""
     if distributed.is_main():
-        print(msg, file=sys.stderr, flush=True)
+        show(msg)
 
 
 # ---------------------------------------------------------------------------------------------------- state
@@ -97,12 +97,12 @@ def save_checkpoint(learn, state: RunState, run_dir: Path) -> None:
     buf = io.BytesIO()
     opt = _plain(learn.opt.state_dict()) if learn.opt is not None else None
     torch.save({"model": distributed.unwrap(learn.model).state_dict(), "opt": opt, "state": asdict(state)}, buf)
-    write_atomic(run_dir / CKPT_DIR / "last.pt", buf.getvalue())
+    write_atomic(RunDir(run_dir).last, buf.getvalue())
 
 
 def load_checkpoint(run_dir: Path) -> dict:
     """The last checkpoint of a run (tensors and plain data only; no code is unpickled)."""
-    path = run_dir / CKPT_DIR / "last.pt"
+    path = RunDir(run_dir).last
     if not has_checkpoint(run_dir):
         raise PetclfError(f"nothing to resume in {run_dir}: {CKPT_DIR}/last.pt not found")
     try:
@@ -138,11 +138,11 @@ def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
     existed = out.is_dir()
     if existed and any(out.iterdir()):
         if unstarted_run(out):
-            log(f"{out} holds a run stopped before its first checkpoint; starting it again")
+            say(f"{out} holds a run stopped before its first checkpoint; starting it again")
             return out, True
-        if (out / CKPT_DIR / "last.pt").exists() and not (out / "metrics.json").exists():
+        if has_checkpoint(out) and not RunDir(out).metrics.exists():
             raise PetclfError(f"{out} holds an unfinished run: continue it with --resume {out}, or pass another --out")
-        if (out / "model.json").exists():
+        if RunDir(out).manifest.exists():
             raise PetclfError(f"{out} already holds a trained model; pass another --out")
         raise PetclfError(f"--out {out} is a folder that already holds files; pass a new or empty folder "
                           f"(petclf never writes over files it did not make)")
@@ -153,17 +153,17 @@ def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
 
 def has_checkpoint(run_dir: Path) -> bool:
     """True when the run saved a checkpoint `--resume` can continue from."""
-    return (run_dir / CKPT_DIR / "last.pt").is_file()
+    return RunDir(run_dir).last.is_file()
 
 
 def unstarted_run(out: Path) -> bool:
     """True when `out` holds a run petclf set up that was stopped (SIGTERM, kill -9, a power cut) before its first
     checkpoint: its config.yaml names this very folder and there is no checkpoint. Nothing in it is worth keeping,
     and none of it is the user's (the config is the first file a run writes)."""
-    if has_checkpoint(out) or not (out / "config.yaml").is_file():
+    if has_checkpoint(out) or not RunDir(out).config.is_file():
         return False
     try:
-        saved = load_config_file(out / "config.yaml").get("out")
+        saved = load_config_file(RunDir(out).config).get("out")
     except PetclfError:
         return False
     return isinstance(saved, str) and Path(saved).resolve() == out.resolve()
@@ -195,23 +195,12 @@ def discarded_on_failure(run_dir: Path, fresh: bool, existed: bool = False) -> I
     try:
         yield
     except BaseException:
-        if fresh and distributed.is_main() and not (run_dir / CKPT_DIR / "last.pt").exists():
+        if fresh and distributed.is_main() and not has_checkpoint(run_dir):
             for child in run_dir.iterdir() if existed else []:
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
             if not existed:
                 shutil.rmtree(run_dir, ignore_errors=True)
         raise
-
-
-def batch_size(cfg: TrainConfig, pets, recipe: str = "fastbook") -> int:
-    """The run's training batch per process: `fit_bs` where batches train (said in one line when it shrank); the
-    probe trains none (its features go through in batches of their own), so any batch size serves it."""
-    if recipe == "probe":
-        return cfg.bs or DEFAULT_BS
-    bs, why = fit_bs(cfg.bs, len(pets.train_idx), distributed.world_size())
-    if why:
-        log(why)
-    return bs
 
 
 def settings_given(cfg: TrainConfig) -> dict[str, Any]:
@@ -227,11 +216,12 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         raise PetclfError(f"nothing to resume in {run_dir}: a run interrupted before its first checkpoint keeps "
                           f"nothing; start it again with the same command, without --resume")
-    if not (run_dir / "config.yaml").is_file():
+    run = RunDir(run_dir)
+    if not run.config.is_file():
         raise PetclfError(f"--resume {run_dir}: not a petclf run directory (config.yaml missing)")
-    if (run_dir / "metrics.json").is_file() and (run_dir / "model.json").is_file():
+    if run.metrics.is_file() and run.manifest.is_file():
         raise PetclfError(f"--resume {run_dir}: that run is already complete")
-    saved = resolve_config(None, **load_config_file(run_dir / "config.yaml"))
+    saved = resolve_config(None, **load_config_file(run.config))
     machine = {k: given[k] for k in MACHINE_KEYS if k in given}
     resumed = replace(saved, resume=str(run_dir), out=str(run_dir), **machine)
     clash = [f"--{k.replace('_', '-')} {v} (the run has {getattr(resumed, k)})" for k, v in given.items()
@@ -259,7 +249,7 @@ def is_latest_pointer(latest: Path) -> bool:
         return False
     rel = Path(name)
     return (bool(name) and not rel.is_absolute() and ".." not in rel.parts
-            and (latest.parent / rel / "model.json").is_file())
+            and RunDir(latest.parent / rel).manifest.is_file())
 
 
 def update_latest(run_dir: Path, where: Path | None = None) -> Path | None:
@@ -269,7 +259,7 @@ def update_latest(run_dir: Path, where: Path | None = None) -> Path | None:
     where = where or run_dir.parent
     latest = where / "latest"
     if (latest.exists() or latest.is_symlink()) and not is_latest_pointer(latest):
-        log(f"left {latest} alone (it is not petclf's); the run is in {run_dir}")
+        say(f"left {latest} alone (it is not petclf's); the run is in {run_dir}")
         return None
     target = os.path.relpath(run_dir.resolve(), where.resolve())
     tmp = where / f".latest.tmp{os.getpid()}"

@@ -146,7 +146,7 @@ def test_the_probe_pools_by_gem_only_where_the_maps_are_never_negative(arch, gem
 def test_one_forward_pass_gives_the_probes_features_and_the_detectors():
     """`probe_features`: the GeM head's L2-normalised input (what the probe fits) and the body's average-pooled
     features (what the not-a-pet detector fits), as the predictor's WithFeatures gives them at prediction."""
-    from petclf.probe import probe_features
+    from petclf.probefit import probe_features
 
     net = build_model("resnet18", 3, head=probe_head("resnet18")).eval()
     x = torch.randn(2, 3, 64, 64)

@@ -21,9 +21,11 @@ from petclf.callbacks import StopAfter
 from petclf.config import TrainConfig
 from petclf.device import default_workers
 from petclf.errors import PetclfError
+from petclf.finetune import plan_schedule
 from petclf.lrfind import lr_find_steps
-from petclf.run import resume_config
-from petclf.train import Phase, choose_recipe, plan_schedule, train, train_summary
+from petclf.recipe import choose_recipe
+from petclf.run import Phase, resume_config
+from petclf.train import train, train_summary
 
 RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.json", "lr_find.png", "export.pkl",
              "data_report.json")  # a probe run writes oof.json instead of lr_find.png
@@ -73,11 +75,10 @@ def test_default_workers():
 
 def test_schedule_mirrors_fine_tune():
     cfg = TrainConfig(epochs=4, freeze_epochs=1)
-    frozen, unfrozen = plan_schedule(cfg, 1e-3, "fastbook")
+    frozen, unfrozen = plan_schedule(cfg, 1e-3)
     assert frozen == Phase("frozen", 1, (1e-3, 1e-3), 0.99, 25.0)
     assert unfrozen.epochs == 4 and unfrozen.lr == pytest.approx((5e-6, 5e-4)) and unfrozen.div == 5.0
-    assert plan_schedule(cfg, 1e-3, "probe") == []  # the probe's head is solved: no epochs
-    (scratch,) = plan_schedule(cfg, 1e-3, "fastbook", pretrained=False)
+    (scratch,) = plan_schedule(cfg, 1e-3, pretrained=False)
     assert scratch.epochs == 5 and scratch.lr == (1e-3, 1e-3)
 
 
@@ -173,7 +174,7 @@ def test_interrupted_run_resumes_on_schedule(synth_dir, tmp_path):
     stem = next(m for m in res.learn.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert stem.weight.is_contiguous()  # the resumed run keeps the saved layout setting
     assert [h["epoch"] for h in hist] == [1, 2, 3]  # epoch 1 not repeated, 1 and 2 run after the resume
-    (phase,) = plan_schedule(cfg, cfg.lr, "fastbook", pretrained=False)
+    (phase,) = plan_schedule(cfg, cfg.lr, pretrained=False)
     expected = combined_cos(phase.pct_start, cfg.lr / phase.div, cfg.lr, cfg.lr / 1e5)(1 / 3)
     assert lrs_seen[0] == pytest.approx(expected, rel=1e-6)  # the one-cycle schedule continues at epoch 1 of 3
     assert (out / "model.json").is_file() and not (tmp_path / "latest").exists()
@@ -189,7 +190,7 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     from petclf.model import efficientnet_lite0_weights, norm_stats
     from petclf.predict import load_model
     from petclf.preprocess import Preprocess
-    from petclf.probe import HEAD_ON_CROPS, logits_of, network_features
+    from petclf.probefit import HEAD_ON_CROPS, logits_of, network_features
 
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     out = tmp_path / "probe"
@@ -406,7 +407,7 @@ def test_lr_find_on_flat_noise_says_so_and_falls_back(synth_dir, tmp_path):
 
     from petclf.data import load_pets
     from petclf.lrfind import FALLBACK_LR, lr_find, plot_lr_find
-    from petclf.train import build_dataloaders
+    from petclf.recipe import build_dataloaders
 
     cfg = tiny_cfg(synth_dir, tmp_path / "r")
     dls = build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu")
@@ -421,8 +422,9 @@ def test_lr_find_on_flat_noise_says_so_and_falls_back(synth_dir, tmp_path):
 @pytest.mark.slow
 def test_lr_find_records_every_suggestion_and_uses_valley(synth_dir, tmp_path):
     from petclf.lrfind import lr_find, plot_lr_find
-    from petclf.model import efficientnet_lite0_weights
-    from petclf.train import build_dataloaders, build_learner, resolve_device
+    from petclf.model import FASTAI_HEAD, efficientnet_lite0_weights
+    from petclf.recipe import build_dataloaders, build_learner
+    from petclf.train import resolve_device
 
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     cfg = tiny_cfg(synth_dir, tmp_path / "r", arch="tf_efficientnet_lite0", weights=str(weights), pretrained=True,
@@ -430,8 +432,8 @@ def test_lr_find_records_every_suggestion_and_uses_valley(synth_dir, tmp_path):
     from petclf.data import load_pets
 
     compute = resolve_device(cfg)
-    learn = build_learner(cfg, build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu"), "fastbook",
-                          compute, path=tmp_path)
+    learn = build_learner(cfg, build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu"), FASTAI_HEAD,
+                          compute, pretrained=True, path=tmp_path)
     found = lr_find(learn, max_steps=50)
     rec = found.record()
     assert set(rec["suggestions"]) == {"valley", "steep", "slide", "minimum"}, rec
