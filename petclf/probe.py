@@ -1,12 +1,12 @@
-"""The `probe` recipe (small data): the frozen backbone's GeM-pooled, L2-normalised features at `probe_size`; a
-Linear started from a logistic regression on them and trained on crops of the feature maps (where there are no
-maps to keep, the logistic regression alone, C by cross-validation), fitted on every labelled photo (no validation
-split) and written into the network's linear head; its error is a cross-validation estimate, and the out-of-fold
-predictions are saved in `oof.json`. No lr_find, no fine-tune of the backbone (measured to add nothing). The
-numbers themselves are `petclf.probefit`'s.
+"""The `probe` recipe (small data): the frozen backbone's GeM-pooled, L2-normalised features at
+`probe_size`; a Linear started from a logistic regression on them and trained on crops of the feature maps
+(where there are no maps to keep, the logistic regression alone, C by cross-validation), fitted on every
+labelled photo (no validation split) and written into the network's linear head; its error is a
+cross-validation estimate, and the out-of-fold predictions are saved in `oof.json`. No lr_find, no fine-tune
+of the backbone (measured to add nothing). The numbers themselves are `petclf.probefit`'s.
 
     recipe = Probe(ctx)                                 # ctx: `petclf.recipe.RunContext`
-    run_probe(learn, cfg, data, run_dir, pre)           # all photos, head set, oof.json written: metrics' `probe`
+    run_probe(learn, cfg, data, run_dir, pre)     # all photos, head set, oof.json written: metrics' `probe`
 """
 
 from __future__ import annotations
@@ -45,16 +45,17 @@ from petclf.runfiles import RunMetrics
 
 
 def single_photo_classes(labels: list[str]) -> list[str]:
-    """Classes with one labelled photo: the probe trains on it, but no cross-validation fold can test it fairly."""
+    """Classes with one labelled photo: the probe trains on it, but no cross-validation fold can test it
+    fairly."""
     from collections import Counter
 
     return sorted(c for c, n in Counter(labels).items() if n == 1)
 
 
 def map_pool(net: torch.nn.Module, size: int, n_photos: int) -> torch.nn.Module | None:
-    """The head's pooling when the body gives feature maps of `size` px inputs and those of `n_photos` photos fit
-    `MAX_MAPS_BYTES` (the head can then train on their crops), else None (a ViT's tokens, or too many photos: the
-    probe is the head)."""
+    """The head's pooling when the body gives feature maps of `size` px inputs and those of `n_photos`
+    photos fit `MAX_MAPS_BYTES` (the head can then train on their crops), else None (a ViT's tokens, or too
+    many photos: the probe is the head)."""
     from petclf.model import GeMPool
 
     pool = net[1][0]
@@ -68,21 +69,22 @@ def map_pool(net: torch.nn.Module, size: int, n_photos: int) -> torch.nn.Module 
 
 def run_probe(learn, cfg: TrainConfig, data, run_dir: Path, pre: Preprocess) -> dict:
     """The probe recipe: features of every labelled photo but a test part (`data.fit_idx`: the predictor's
-    pixels, `pre`, at `probe_size`); the head trained on crops of the feature maps with its 5-fold estimate, or
-    where there are no maps to keep, the probe alone (C by CV, nested estimate). The network's Linear gets the
-    head, `oof.json` its out-of-fold predictions. Returns metrics.json's `probe`."""
+    pixels, `pre`, at `probe_size`); the head trained on crops of the feature maps with its 5-fold estimate,
+    or where there are no maps to keep, the probe alone (C by CV, nested estimate). The network's Linear
+    gets the head, `oof.json` its out-of-fold predictions. Returns metrics.json's `probe`."""
     t0 = time.monotonic()
     items, labels = [data.items[i] for i in data.fit_idx], [data.labels[i] for i in data.fit_idx]
     lonely = single_photo_classes(labels)
     if lonely:
-        say(f"warning: {len(lonely)} classes have a single photo ({', '.join(lonely[:5])}); the probe trains on "
-            "them, but the cross-validation estimate cannot test them fairly")
+        say(f"warning: {len(lonely)} classes have a single photo ({', '.join(lonely[:5])}); the probe trains "
+            "on them, but the cross-validation estimate cannot test them fairly")
     net = distributed.unwrap(learn.model).to(learn.dls.device)  # fastai moves it only when fitting
     vocab = list(learn.dls.vocab)
     y = np.array([vocab.index(label) for label in labels])
     pool = map_pool(net.eval(), cfg.probe_size, len(y)) if len(y) else None
     if pool is None:
-        say("the head is the probe alone: the body gives no feature maps to crop, or they would not fit in memory")
+        say("the head is the probe alone: the body gives no feature maps to crop, or they would not fit in "
+            "memory")
     quiet = not distributed.is_main()
     cache = FeatureCache.default() if cfg.cache else None
     with stage("the body for the features", quiet=quiet):  # its ONNX export, once per weights and size
@@ -91,7 +93,8 @@ def run_probe(learn, cfg: TrainConfig, data, run_dir: Path, pre: Preprocess) -> 
     feature_seconds = time.monotonic() - t0
     say(f"features: {reused} reused from the cache, {len(y) - reused} computed ({body.backend}; "
         + (f"cache {cache.root})" if cache is not None else "no cache)"))
-    if maps is not None:  # the head on crops; the probe's own C and estimate would change nothing in it: not computed
+    # the head on crops; the probe's own C and estimate would change nothing in it: not computed
+    if maps is not None:
         with stage(f"head on crops of the maps ({CROP_EPOCHS} epochs; {OUTER_FOLDS}-fold estimate)",
                    total=OUTER_FOLDS + 1, kind="heads", quiet=quiet) as s:
             sat = summed_area(maps, pool_power(pool))
@@ -106,14 +109,15 @@ def run_probe(learn, cfg: TrainConfig, data, run_dir: Path, pre: Preprocess) -> 
             fit = fit_probe_cv(x, y, len(vocab), seed=cfg.seed, tick=s.advance)
             s.info = f"C {fit.c:g}, {fit.cv['estimate']} error {fit.cv['error']:.4f}"
         head, est, oof = (fit.weight, fit.bias), fit.cv, fit.oof_logits
-        about = {"head": f"logistic regression (C = {fit.c:g}, chosen by 4-fold cross-validation)", "c": fit.c,
-                 "c_per_fold": est["c_per_fold"], "c_at_grid_edge": est["c_at_grid_edge"], "c_table": est["c_table"]}
+        about = {"head": f"logistic regression (C = {fit.c:g}, chosen by 4-fold cross-validation)",
+                 "c": fit.c, "c_per_fold": est["c_per_fold"], "c_at_grid_edge": est["c_at_grid_edge"],
+                 "c_table": est["c_table"]}
     with torch.no_grad():
         net[1][-1].weight.copy_(torch.from_numpy(head[0]))
         net[1][-1].bias.copy_(torch.from_numpy(head[1]))
     on_main(save_oof, run_dir, items, vocab, y, oof, est["estimate"])
-    detector = not_a_pet_detector(pooled, y, len(vocab), run_dir, f"all {len(y)} labelled photos, each scored "
-                                  "against class means made without it")
+    detector = not_a_pet_detector(pooled, y, len(vocab), run_dir, f"all {len(y)} labelled photos, each "
+                                  "scored against class means made without it")
     answers = open_set_answers(net, cfg, pooled, y, oof, vocab, run_dir)
     return {"error_rate": est["error"], "log_loss": est["log_loss"], "estimate": est["estimate"],
             "fold_errors": est["fold_errors"], "fold_error_std": est["fold_error_std"], **about,
@@ -123,23 +127,24 @@ def run_probe(learn, cfg: TrainConfig, data, run_dir: Path, pre: Preprocess) -> 
             "seconds": round(time.monotonic() - t0, 2), "not_a_pet": detector, **answers}
 
 
-def open_set_answers(net: torch.nn.Module, cfg: TrainConfig, pooled: np.ndarray, y: np.ndarray, oof: np.ndarray,
-                     vocab: list[str], run_dir: Path) -> dict:
-    """metrics.json's `sure_below` (the breed answer's threshold, from the out-of-fold predictions at the run's
-    temperature) and `open_set` (the manifest's entry; its ImageNet head written into the run folder, or off, saying
-    why)."""
+def open_set_answers(net: torch.nn.Module, cfg: TrainConfig, pooled: np.ndarray, y: np.ndarray,
+                     oof: np.ndarray, vocab: list[str], run_dir: Path) -> dict:
+    """metrics.json's `sure_below` (the breed answer's threshold, from the out-of-fold predictions at the
+    run's temperature) and `open_set` (the manifest's entry; its ImageNet head written into the run folder,
+    or off, saying why)."""
     from scipy.special import softmax
 
     from petclf.calibrate import choose_temperature
     from petclf.openset import fit_open_set, off, save_arrays, sure_threshold
 
-    probs = softmax(oof / choose_temperature(oof, y)["temperature"], axis=1)  # as oof_temperature will choose it
+    probs = softmax(oof / choose_temperature(oof, y)["temperature"], axis=1)  # as `Probe.measure` chooses it
     out = {"sure_below": sure_threshold(probs, y) if len(y) else None}
     head, why = imagenet_head(net, cfg, vocab)
     if head is None:
         return out | {"open_set": off(why)}
-    entry, arrays = fit_open_set(pooled, y, len(vocab), probs, *head, f"all {len(y)} labelled photos (coverage and "
-                                 "cosine leave-one-out; the sure threshold on out-of-fold predictions)")
+    entry, arrays = fit_open_set(pooled, y, len(vocab), probs, *head, f"all {len(y)} labelled photos "
+                                 "(coverage and cosine leave-one-out; the sure threshold on out-of-fold "
+                                 "predictions)")
     if arrays is not None:
         entry |= on_main(save_arrays, run_dir, arrays) or {}
     return out | {"open_set": entry}
@@ -147,9 +152,9 @@ def open_set_answers(net: torch.nn.Module, cfg: TrainConfig, pooled: np.ndarray,
 
 def imagenet_head(net: torch.nn.Module, cfg: TrainConfig,
                   vocab: list[str]) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
-    """((weight, bias) of the backbone's own ImageNet-1k head, '') when the open-set signals can use it: cat and dog
-    classes, ImageNet weights that include the head, a head that reads the average-pooled features; else (None,
-    why not)."""
+    """((weight, bias) of the backbone's own ImageNet-1k head, '') when the open-set signals can use it: cat
+    and dog classes, ImageNet weights that include the head, a head that reads the average-pooled features;
+    else (None, why not)."""
     import timm
 
     from petclf.labels import pets_groups
@@ -219,21 +224,22 @@ class Probe(Recipe):
             clock.prior["heads"] = lambda r: 0.006 * n  # a guess till the first is timed (185 photos: 1 s)
         else:
             clock.plan("fit", fit_units(n))
-            clock.prior["fit"] = lambda r: 0.1  # a guess till the first folds are timed (180 photos: 0.07 s a fold)
+            clock.prior["fit"] = lambda r: 0.1  # a guess till the first folds are timed (180 photos: 0.07 s)
         super().plan(clock, learn, epochs_done)
 
     def start(self, learn) -> RunState:
-        """The whole recipe, then its one checkpoint. Interrupted before it, it leaves nothing to resume: rerun it
-        (it is short)."""
+        """The whole recipe, then its one checkpoint. Interrupted before it, it leaves nothing to resume:
+        rerun it (it is short)."""
         state = RunState(recipe=self.name)
         run = self.ctx.run.root
-        state.probe = run_probe(learn, self.cfg, self.ctx.data, run, self.preprocess())  # its stages say C, estimate
+        # its stages say C and the estimate
+        state.probe = run_probe(learn, self.cfg, self.ctx.data, run, self.preprocess())
         on_main(save_checkpoint, learn, state, run)
         return state
 
     def measure(self, learn, state: RunState) -> RunMetrics:
-        """The cross-validation estimate (never an error on the photos the model trained on), and the temperature
-        chosen on the out-of-fold logits: the honest held-out outputs of this recipe."""
+        """The cross-validation estimate (never an error on the photos the model trained on), and the
+        temperature chosen on the out-of-fold logits: the honest held-out outputs of this recipe."""
         from petclf.calibrate import choose_temperature
         from petclf.oof import read_oof
 
@@ -241,26 +247,30 @@ class Probe(Recipe):
         oof = read_oof(self.ctx.run.root)
         calibration = choose_temperature(np.asarray(oof["logits"], np.float32), np.asarray(oof["labels"]))
         speed = round(p["n_images"] / p["seconds"], 2) if p["seconds"] else None
-        return RunMetrics(error_rate=p["error_rate"], accuracy=1.0 - p["error_rate"], valid_loss=p["log_loss"],
-                          estimate=p["estimate"], fold_errors=p["fold_errors"], fold_error_std=p["fold_error_std"],
-                          log_loss=p["log_loss"], history=[], lr=None, lr_find=None, probe=p,
+        return RunMetrics(error_rate=p["error_rate"], accuracy=1.0 - p["error_rate"],
+                          valid_loss=p["log_loss"], estimate=p["estimate"], fold_errors=p["fold_errors"],
+                          fold_error_std=p["fold_error_std"], log_loss=p["log_loss"], history=[], lr=None,
+                          lr_find=None, probe=p,
                           train_seconds=p["seconds"], images_per_second=speed, calibration=calibration)
 
     def record(self, state: RunState) -> dict:
         """Its name and how its head was made."""
         gem_p = self.head_spec().get("gem_p")
         pooled = f"GeM-pooled (p = {gem_p:g})" if gem_p else "average-pooled"
-        return {"name": self.name, "size": self.cfg.probe_size, "features": f"{pooled}, L2-normalised, centre view",
-                "head": state.probe["head"], "estimate": state.probe["estimate"], "trained_on": "every labelled photo"}
+        return {"name": self.name, "size": self.cfg.probe_size,
+                "features": f"{pooled}, L2-normalised, centre view", "head": state.probe["head"],
+                "estimate": state.probe["estimate"], "trained_on": "every labelled photo"}
 
     def fitted_detector(self, learn, state: RunState) -> dict:
         """Fitted by `run_probe` on every photo (leave-one-out)."""
         from petclf.notapet import off
 
-        return state.probe.get("not_a_pet") or off("the probe was fitted before petclf had a not-a-pet detector")
+        return state.probe.get("not_a_pet") or off("the probe was fitted before petclf had a not-a-pet "
+                                                   "detector")
 
     def fitted_open_set(self, state: RunState) -> dict:
         """Fitted by `run_probe`."""
         from petclf.openset import off
 
-        return (state.probe or {}).get("open_set") or off("the probe was fitted before petclf had open-set signals")
+        return (state.probe or {}).get("open_set") or off("the probe was fitted before petclf had open-set "
+                                                          "signals")

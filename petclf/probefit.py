@@ -1,6 +1,7 @@
-"""The probe's numbers: features of a frozen backbone, a logistic regression on them with C by cross-validation,
-and a Linear trained on crops of the feature maps (`crop_head`), each with an honest error estimate
-(cross-validation, out-of-fold predictions). The recipe that runs them in a training run is `petclf.probe`.
+"""The probe's numbers: features of a frozen backbone, a logistic regression on them with C by
+cross-validation, and a Linear trained on crops of the feature maps (`crop_head`), each with an honest error
+estimate (cross-validation, out-of-fold predictions). The recipe that runs them in a training run is
+`petclf.probe`.
 
     from petclf.probefit import crop_head, fit_probe_cv, network_features, probe_features
     x = network_features(net, paths, pre)             # N x D, L2-normalised: the head's input, predictor's pixels
@@ -9,10 +10,11 @@ and a Linear trained on crops of the feature maps (`crop_head`), each with an ho
     x, pooled, maps = probe_features(net, paths, pre, keep_maps=True)
     weight, bias = crop_head(maps, y, n_classes, net[1][0])
 
-Measured on real photos (185, 37 breeds; docs/small-data-findings.md, benchmarks/bench_small_data.py): 384 px,
-one centre view, L2-normalised features and C by CV log-loss beat the old probe (standardised features, C = 1,
-224 px) by about 6 points of error, GeM pooling (p = 2) beat average pooling by 1.6 more, and the head on crops
-beat the probe by about 1 more; fine-tuning the backbone moved nothing (LP-FT made it worse), so there is none.
+Measured on real photos (185, 37 breeds; docs/small-data-findings.md, benchmarks/bench_small_data.py): 384
+px, one centre view, L2-normalised features and C by CV log-loss beat the old probe (standardised features,
+C = 1, 224 px) by about 6 points of error, GeM pooling (p = 2) beat average pooling by 1.6 more, and the
+head on crops beat the probe by about 1 more; fine-tuning the backbone moved nothing (LP-FT made it worse),
+so there is none.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ def probe_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATUR
                    tick: Callable[[], None] | None = None, keep_maps: bool = False,
                    body: Callable[[np.ndarray], torch.Tensor] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
-    """What the final Linear of `net` (backbone -> pool -> L2Norm -> Linear) sees, and the body's average-pooled
-    features (the not-a-pet detector's input), for each image preprocessed by `pre` (a `Preprocess`: the predictor's
-    pixels), in eval mode, from one forward pass; `tick()` after each batch; and with `keep_maps` the body's
-    feature maps (N x C x H x W, float16, on the CPU) for `crop_head`, else None. `body` (a batch -> the maps,
-    `features.feature_body`) runs the body in place of `net[0]` on `net`'s device."""
+    """What the final Linear of `net` (backbone -> pool -> L2Norm -> Linear) sees, and the body's
+    average-pooled features (the not-a-pet detector's input), for each image preprocessed by `pre` (a
+    `Preprocess`: the predictor's pixels), in eval mode, from one forward pass; `tick()` after each batch;
+    and with `keep_maps` the body's feature maps (N x C x H x W, float16, on the CPU) for `crop_head`, else
+    None. `body` (a batch -> the maps, `features.feature_body`) runs the body in place of `net[0]` on
+    `net`'s device."""
     from petclf.model import average_pooled
 
     net.eval()
@@ -73,9 +76,10 @@ def probe_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATUR
 
 def photo_features(net: torch.nn.Module, items: Sequence[Path], pre, keep_maps: bool, body,
                    cache=None, quiet: bool = False) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None, int]:
-    """`probe_features` of the photos `items` through `body` (a `features.Body`), reusing the entries of `cache` (a
-    `featcache.FeatureCache`, or None) and writing the ones computed: (x, pooled, maps, how many were reused).
-    Reused or not, every photo's arrays come out the same way, so the results are bit-identical either way."""
+    """`probe_features` of the photos `items` through `body` (a `features.Body`), reusing the entries of
+    `cache` (a `featcache.FeatureCache`, or None) and writing the ones computed: (x, pooled, maps, how many
+    were reused). Reused or not, every photo's arrays come out the same way, so the results are
+    bit-identical either way."""
     from petclf.featcache import entry_key
     from petclf.features import feature_spec
     from petclf.io import sha256_file
@@ -122,8 +126,8 @@ def pooled_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATU
 
 
 def _span(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, D x r basis of the centred rows): with an unpenalised intercept the optimal weights lie in that span,
-    so the regression is solved there exactly (r <= N instead of D dimensions)."""
+    """(mean, D x r basis of the centred rows): with an unpenalised intercept the optimal weights lie in
+    that span, so the regression is solved there exactly (r <= N instead of D dimensions)."""
     mu = x.mean(0)
     _, s, vt = np.linalg.svd(x - mu, full_matrices=False)
     return mu, vt[s > s[0] * 1e-6].T if s[0] > 0 else vt[:1].T
@@ -151,10 +155,12 @@ def _solve(z: np.ndarray, y: np.ndarray, k: int, c: float, p0: np.ndarray | None
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float]) -> list[tuple[np.ndarray, ...]]:
     """Multinomial logistic regression, scikit-learn's objective `0.5 |W|^2 + C sum CE` with an unpenalised
-    intercept, for every C in `cs` (ascending: each fit starts from the previous one): a list of (weight, bias).
+    intercept, for every C in `cs` (ascending: each fit starts from the previous one): a list of (weight,
+    bias).
 
-    Solved in the span of the centred rows by scipy's L-BFGS: sklearn's own lbfgs took 5x longer here and, warm
-    started along the grid, stopped early at large C. Classes absent from `y` get bias -1e4 (never predicted).
+    Solved in the span of the centred rows by scipy's L-BFGS: sklearn's own lbfgs took 5x longer here and,
+    warm started along the grid, stopped early at large C. Classes absent from `y` get bias -1e4 (never
+    predicted).
     """
     from threadpoolctl import threadpool_limits
 
@@ -219,9 +225,10 @@ def choose_c(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] =
 def cross_validate(y: np.ndarray, n_classes: int, fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
                    outer: int = OUTER_FOLDS, seed: int = 0, kind: str = "",
                    tick: Tick = None) -> tuple[dict, np.ndarray]:
-    """`fit_predict(train, test)` (indices -> the test photos' logits from a model fitted on the training ones) on
-    each of `outer` stratified folds: (the estimate, N x K out-of-fold logits, each row from a model that never saw
-    that photo); `kind` qualifies the estimate's name ("nested"); `tick()` after each fold."""
+    """`fit_predict(train, test)` (indices -> the test photos' logits from a model fitted on the training
+    ones) on each of `outer` stratified folds: (the estimate, N x K out-of-fold logits, each row from a
+    model that never saw that photo); `kind` qualifies the estimate's name ("nested"); `tick()` after each
+    fold."""
     oof = np.zeros((len(y), n_classes), np.float32)
     fold_errors = []
     for test in stratified_folds(y, outer, seed):
@@ -236,8 +243,8 @@ def cross_validate(y: np.ndarray, n_classes: int, fit_predict: Callable[[np.ndar
 
 def nested_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] = C_GRID, outer: int = OUTER_FOLDS,
               inner: int = INNER_FOLDS, seed: int = 0, tick: Tick = None) -> tuple[dict, np.ndarray]:
-    """Each outer fold chooses its own C by inner CV on its training photos, refits, predicts its held-out photos:
-    (the estimate with each fold's C, N x K out-of-fold logits)."""
+    """Each outer fold chooses its own C by inner CV on its training photos, refits, predicts its held-out
+    photos: (the estimate with each fold's C, N x K out-of-fold logits)."""
     chosen = []
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -262,14 +269,15 @@ class ProbeFit:
 
 
 def fit_units(n: int, inner: int = INNER_FOLDS, outer: int = OUTER_FOLDS) -> int:
-    """The fits `fit_probe_cv` makes on `n` photos (fewer when small classes cut the folds): its progress total."""
+    """The fits `fit_probe_cv` makes on `n` photos (fewer when small classes cut the folds): its progress
+    total."""
     return inner + 1 + outer * (inner + 1) if n else 0
 
 
 def fit_probe_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] = C_GRID, seed: int = 0,
                  estimate: bool = True, tick: Tick = None) -> ProbeFit:
-    """C by CV on all photos, refit on all of them; with `estimate`, the nested-CV estimate the run reports (never
-    the CV error C was chosen on: that one is optimistic)."""
+    """C by CV on all photos, refit on all of them; with `estimate`, the nested-CV estimate the run reports
+    (never the CV error C was chosen on: that one is optimistic)."""
     t0 = time.process_time()
     c, table = choose_c(x, y, n_classes, cs, INNER_FOLDS, seed, tick)
     (wb,) = fit_logreg(x, y, n_classes, [c])
@@ -303,9 +311,9 @@ def pooled_unit(maps: torch.Tensor, pool: torch.nn.Module) -> torch.Tensor:
 
 
 def summed_area(maps: torch.Tensor, p: float, chunk: int = 256) -> torch.Tensor:
-    """The summed-area table of `maps ** p` (clamped as GeM clamps), laid out (H + 1) x (W + 1) x N x C, float32:
-    the sum over any window of every photo's map in four lookups. Built `chunk` photos at a time, so it costs one
-    float32 copy of the maps and a sixth more."""
+    """The summed-area table of `maps ** p` (clamped as GeM clamps), laid out (H + 1) x (W + 1) x N x C,
+    float32: the sum over any window of every photo's map in four lookups. Built `chunk` photos at a time,
+    so it costs one float32 copy of the maps and a sixth more."""
     n, c, h, w = maps.shape
     sat = torch.zeros(h + 1, w + 1, n, c)
     for i in range(0, n, chunk):
@@ -324,13 +332,14 @@ def pool_power(pool: torch.nn.Module) -> float:
 
 def crop_head(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.nn.Module,
               seed: int = 0, sat: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(weight, bias) of the Linear trained on random square windows of `maps` (the body's N x C x H x W maps of the
-    training photos), starting from the probe at `CROP_INIT_C`.
+    """(weight, bias) of the Linear trained on random square windows of `maps` (the body's N x C x H x W
+    maps of the training photos), starting from the probe at `CROP_INIT_C`.
 
-    The head pools each window as it pools a whole map: a power mean, `mean(x ** p) ** (1 / p)` (GeM's p; 1 for
-    average pooling). The window's sum of `x ** p` comes from a summed-area table (`summed_area`): a step took
-    17 ms to slice and average its windows, and takes 0.7 ms so (2 shared cores). Mirror images add nothing here: a
-    pooled window of a mirrored map is another window of the map. `sat`: `summed_area` of these maps, when made."""
+    The head pools each window as it pools a whole map: a power mean, `mean(x ** p) ** (1 / p)` (GeM's p; 1
+    for average pooling). The window's sum of `x ** p` comes from a summed-area table (`summed_area`): a
+    step took 17 ms to slice and average its windows, and takes 0.7 ms so (2 shared cores). Mirror images
+    add nothing here: a pooled window of a mirrored map is another window of the map. `sat`: `summed_area`
+    of these maps, when made."""
     p = pool_power(pool)
     sat = summed_area(maps, p) if sat is None else sat
     gen = torch.Generator().manual_seed(seed)
@@ -366,8 +375,8 @@ def crop_head(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.nn.
 def crop_head_cv(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.nn.Module, seed: int = 0,
                  tick: Tick = None, sat: torch.Tensor | None = None) -> tuple[dict, np.ndarray]:
     """The estimate of `crop_head` by 5-fold CV over photos (the probe's outer folds): (the estimate, N x K
-    out-of-fold logits, each row from a head that never saw that photo). `sat`: `summed_area` of `maps`, when made
-    (each fold takes its photos' part: a third of a head's time went into making it)."""
+    out-of-fold logits, each row from a head that never saw that photo). `sat`: `summed_area` of `maps`,
+    when made (each fold takes its photos' part: a third of a head's time went into making it)."""
     sat = summed_area(maps, pool_power(pool)) if sat is None else sat
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:

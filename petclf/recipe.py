@@ -1,11 +1,11 @@
 """The recipe seam: what a way of training (`FineTune`, `Probe`) must say, chosen once per run by name.
 
-    from petclf.recipe import RunContext, choose_recipe, make_recipe
-    recipe = make_recipe(choose_recipe(cfg, class_counts, pretrained), ctx)   # ctx: the run's facts, worked out once
-    learn = recipe.build()                                   # DataLoaders at the recipe's size, the Learner
-    state, opt_state = recipe.begin(learn, ckpt)             # resume, or the recipe's fresh start on rank 0
-    recipe.fit(learn, state, opt_state, cbs)                 # epochs (fine-tune) or nothing left to do (probe)
-    metrics = recipe.metrics(learn, state)                   # `RunMetrics`, with record, detector and open set
+    from petclf.recipe import pick_recipe
+    recipe = pick_recipe(cfg, compute, data, run)   # chosen once, over the run's facts (`RunContext`)
+    learn = recipe.build()                          # DataLoaders at the recipe's size, the Learner
+    state, opt_state = recipe.begin(learn, ckpt)    # resume, or the recipe's fresh start on rank 0
+    recipe.fit(learn, state, opt_state, cbs)        # epochs (fine-tune), or nothing left to do (probe)
+    metrics = recipe.metrics(learn, state)          # `RunMetrics`, with record, detector and open set
 
 A recipe registers itself (`@register`) under the name `--recipe` and checkpoints use for it.
 """
@@ -29,7 +29,7 @@ from petclf.progress import RunClock, current_clock, stage
 from petclf.run import RunState, on_main, say
 from petclf.runfiles import RunDir, RunMetrics
 
-EXPORT_GUESS_S, ONNX_GUESS_S = 3.0, 5.0  # the estimate's guesses for export and the ONNX check until they are timed
+EXPORT_GUESS_S, ONNX_GUESS_S = 3.0, 5.0  # the estimate's guesses for export and the ONNX check till timed
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ def make_recipe(name: str, ctx: RunContext) -> Recipe:
 
 def pick_recipe(cfg: TrainConfig, compute: Compute, data, run: RunDir, name: str | None = None,
                 bs_of: str | None = None) -> Recipe:
-    """The run's recipe, chosen once (`name`: a resumed run's), over the run's facts; its batch size is set before
-    any model is built (a bad --bs is one line), by `bs_of`'s rule when given; its line is said."""
+    """The run's recipe, chosen once (`name`: a resumed run's), over the run's facts; its batch size is set
+    before any model is built (a bad --bs is one line), by `bs_of`'s rule when given; its line is said."""
     from petclf.model import norm_stats
 
     pretrained = starts_pretrained(cfg)
@@ -109,9 +109,11 @@ def build_dataloaders(cfg: TrainConfig, data, device: str, norm: tuple[list, lis
                             mean=mean, std=std, device=torch.device(device), workers=workers, seed=cfg.seed)
 
 
-def build_learner(cfg: TrainConfig, dls, head: dict, compute: Compute, pretrained: bool, path: Path | None = None):
+def build_learner(cfg: TrainConfig, dls, head: dict, compute: Compute, pretrained: bool,
+                  path: Path | None = None):
     """A fastai Learner over `make_network` (as vision_learner builds it), with petclf's progress instead of
-    fastprogress; `path` is where fastai may put temporary files (lr_find's weights), never the current folder."""
+    fastprogress; `path` is where fastai may put temporary files (lr_find's weights), never the current
+    folder."""
     import fastai.callback.all  # noqa: F401 - patches Learner with fit_one_cycle, lr_find, to_fp16, ...
     from fastai.callback.channelslast import ChannelsLast
     from fastai.callback.progress import ProgressCallback
@@ -138,8 +140,8 @@ def build_learner(cfg: TrainConfig, dls, head: dict, compute: Compute, pretraine
 
 
 def not_a_pet_detector(x, y, n_classes: int, run_dir: Path, fitted_on: str) -> dict:
-    """Fit the not-a-pet detector on held-out features, write its class means into the run folder; the manifest's
-    `not_a_pet` entry (off, saying why, when there are too few photos)."""
+    """Fit the not-a-pet detector on held-out features, write its class means into the run folder; the
+    manifest's `not_a_pet` entry (off, saying why, when there are too few photos)."""
     from petclf.notapet import fit_detector, save_means
 
     entry, means = fit_detector(x, y, n_classes, fitted_on)
@@ -149,7 +151,8 @@ def not_a_pet_detector(x, y, n_classes: int, run_dir: Path, fitted_on: str) -> d
 
 
 class Recipe:
-    """A way of training: each recipe says its input size, head, batches, plan, start, fit, metrics and record."""
+    """A way of training: each recipe says its input size, head, batches, plan, start, fit, metrics and
+    record."""
 
     name: ClassVar[str]
     trains_batches: ClassVar[bool] = True  # fits by gradient steps over batches (the batch size matters)
@@ -219,15 +222,16 @@ class Recipe:
                 self.cfg, dls, self.head_spec(), ctx.compute, ctx.pretrained, path=ctx.run.checkpoints))
 
     def begin(self, learn, ckpt: dict | None) -> tuple[RunState, dict | None]:
-        """(RunState, optimizer state to restore): from the checkpoint when resuming, else the recipe's `start`,
-        once, on rank 0 (its weights reach the others when DDP wraps the model)."""
+        """(RunState, optimizer state to restore): from the checkpoint when resuming, else the recipe's
+        `start`, once, on rank 0 (its weights reach the others when DDP wraps the model)."""
         clock = current_clock()
         if clock is not None:
             self.plan(clock, learn, len(ckpt["state"]["history"]) if ckpt else 0)
         if ckpt:
             learn.model.load_state_dict(ckpt["model"])
             state = RunState(**ckpt["state"])
-            say(f"resuming {self.ctx.run.root} at epoch {len(state.history) + 1} ({len(state.history)} epochs done)")
+            done = len(state.history)
+            say(f"resuming {self.ctx.run.root} at epoch {done + 1} ({done} epochs done)")
             return state, ckpt.get("opt")
         state = None
         if distributed.is_main():
@@ -236,8 +240,8 @@ class Recipe:
         return distributed.broadcast(state), None
 
     def plan(self, clock: RunClock, learn, epochs_done: int) -> None:
-        """The work left, by kind, with guesses for the kinds timed only later, so the whole-run estimate comes
-        after the first few batches; a recipe plans its own and then calls this for the export."""
+        """The work left, by kind, with guesses for the kinds timed only later, so the whole-run estimate
+        comes after the first few batches; a recipe plans its own and then calls this for the export."""
         clock.plan("export", 1)
         clock.plan("onnx", 1)
         clock.prior["export"], clock.prior["onnx"] = (lambda r: EXPORT_GUESS_S), (lambda r: ONNX_GUESS_S)
@@ -251,7 +255,8 @@ class Recipe:
 
     # ------------------------------------------------------------------ what it made
     def metrics(self, learn, state: RunState) -> RunMetrics:
-        """metrics.json: the recipe's `measure`, its record, the processes, the detector and the open-set entry."""
+        """metrics.json: the recipe's `measure`, its record, the processes, the detector and the open-set
+        entry."""
         m = self.measure(learn, state)
         n = distributed.world_size()
         m.recipe = self.record(state)
@@ -269,12 +274,13 @@ class Recipe:
         return {"name": self.name}
 
     def detector(self, learn, state: RunState) -> dict:
-        """The not-a-pet detector's manifest entry; off for a random-weight backbone, whose features were never
-        taught what a photo of anything looks like."""
+        """The not-a-pet detector's manifest entry; off for a random-weight backbone, whose features were
+        never taught what a photo of anything looks like."""
         from petclf.notapet import off
 
         if not self.ctx.pretrained:
-            return off("the backbone started from random weights: its features do not tell a pet from anything else")
+            return off("the backbone started from random weights: its features do not tell a pet from "
+                       "anything else")
         return self.fitted_detector(learn, state)
 
     def fitted_detector(self, learn, state: RunState) -> dict:

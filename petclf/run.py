@@ -1,4 +1,5 @@
-"""A training run on disk: its folder, its checkpoints and where it stands, so `--resume` continues exactly there.
+"""A training run on disk: its folder, its checkpoints and where it stands, so `--resume` continues exactly
+there.
 
     from petclf.run import RunState, load_checkpoint, prepare_run_dir, update_latest
     run_dir = prepare_run_dir(cfg)                     # exports/<date-time>-<arch>, refused if it holds a run
@@ -45,7 +46,8 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
 
 
 def say(msg: str) -> None:
-    """The training side's one output channel: a line to stderr on rank 0, above any progress bar on screen."""
+    """The training side's one output channel: a line to stderr on rank 0, above any progress bar on screen.
+    """
     if distributed.is_main():
         show(msg)
 
@@ -130,8 +132,9 @@ def default_out(arch: str, now: datetime | None = None) -> Path:
 
 
 def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
-    """The run directory for a fresh run, created, and whether it existed before (empty). A folder that holds
-    anything is refused: a run (finished or not) is never overwritten, and neither is anything of the user's."""
+    """The run directory for a fresh run, created, and whether it existed before (empty). A folder that
+    holds anything is refused: a run (finished or not) is never overwritten, and neither is anything of the
+    user's."""
     out = Path(cfg.out) if cfg.out else default_out(cfg.arch)
     if out.exists() and not out.is_dir():
         raise PetclfError(f"--out must be a folder, not a file: {out}")
@@ -157,9 +160,9 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def unstarted_run(out: Path) -> bool:
-    """True when `out` holds a run petclf set up that was stopped (SIGTERM, kill -9, a power cut) before its first
-    checkpoint: its config.yaml names this very folder and there is no checkpoint. Nothing in it is worth keeping,
-    and none of it is the user's (the config is the first file a run writes)."""
+    """True when `out` holds a run petclf set up that was stopped (SIGTERM, kill -9, a power cut) before its
+    first checkpoint: its config.yaml names this very folder and there is no checkpoint. Nothing in it is
+    worth keeping, and none of it is the user's (the config is the first file a run writes)."""
     if has_checkpoint(out) or not RunDir(out).config.is_file():
         return False
     try:
@@ -171,9 +174,9 @@ def unstarted_run(out: Path) -> bool:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, a job scheduler's stop, a container's shutdown) handled like Ctrl-C inside the block: the run
-    keeps its last checkpoint and says how to continue. Only the main thread may set a handler; elsewhere the block
-    runs as it is."""
+    """SIGTERM (`kill`, a job scheduler's stop, a container's shutdown) handled like Ctrl-C inside the
+    block: the run keeps its last checkpoint and says how to continue. Only the main thread may set a
+    handler; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -190,8 +193,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 @contextmanager
 def discarded_on_failure(run_dir: Path, fresh: bool, existed: bool = False) -> Iterator[None]:
-    """If the block fails before a fresh run saved its first checkpoint, take back what the run wrote (the folder
-    itself, or its contents when the user had made it empty), so a failed start leaves nothing half-made behind."""
+    """If the block fails before a fresh run saved its first checkpoint, take back what the run wrote (the
+    folder itself, or its contents when the user had made it empty), so a failed start leaves nothing
+    half-made behind."""
     try:
         yield
     except BaseException:
@@ -210,9 +214,9 @@ def settings_given(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
-    """The saved config of `run_dir`, with this machine's `MACHINE_KEYS` from `given` (the settings the user typed:
-    flags and config file). Any other setting in `given` must agree with the saved run, or it is refused: a silently
-    ignored `--epochs` (or `--arch resnet34`, the default) would be a surprise."""
+    """The saved config of `run_dir`, with this machine's `MACHINE_KEYS` from `given` (the settings the user
+    typed: flags and config file). Any other setting in `given` must agree with the saved run, or it is
+    refused: a silently ignored `--epochs` (or `--arch resnet34`, the default) would be a surprise."""
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         raise PetclfError(f"nothing to resume in {run_dir}: a run interrupted before its first checkpoint keeps "
                           f"nothing; start it again with the same command, without --resume")
@@ -238,7 +242,8 @@ LATEST_MAX_BYTES = 1024  # a `latest` file petclf writes (where symlinks fail) n
 
 
 def is_latest_pointer(latest: Path) -> bool:
-    """True when `latest` is petclf's: a symlink, or a small file naming a sibling run folder (with model.json)."""
+    """True when `latest` is petclf's: a symlink, or a small file naming a sibling run folder (with
+    model.json)."""
     if latest.is_symlink():
         return True
     if not latest.is_file() or latest.stat().st_size > LATEST_MAX_BYTES:
@@ -253,9 +258,9 @@ def is_latest_pointer(latest: Path) -> bool:
 
 
 def update_latest(run_dir: Path, where: Path | None = None) -> Path | None:
-    """Point `<where>/latest` (default: beside the run) at `run_dir` atomically, by a relative symlink (a file
-    naming it where symlinks fail). Anything named `latest` there that petclf did not make is left alone (None is
-    returned, and a line says so)."""
+    """Point `<where>/latest` (default: beside the run) at `run_dir` atomically, by a relative symlink (a
+    file naming it where symlinks fail). Anything named `latest` there that petclf did not make is left
+    alone (None is returned, and a line says so)."""
     where = where or run_dir.parent
     latest = where / "latest"
     if (latest.exists() or latest.is_symlink()) and not is_latest_pointer(latest):

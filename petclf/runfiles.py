@@ -1,10 +1,10 @@
-"""A run folder's files by name (`RunDir`) and its metrics.json as a typed record (`RunMetrics`), on the ground
-floor so training, the report and the predictor all read them the same way.
+"""A run folder's files by name (`RunDir`) and its metrics.json as a typed record (`RunMetrics`), on the
+ground floor so training, the report and the predictor all read them the same way.
 
     from petclf.runfiles import RunDir, RunMetrics
     run = RunDir(Path("exports/latest"))
     run.metrics, run.manifest, run.last            # metrics.json, model.json, checkpoints/last.pt
-    m = RunMetrics.read(run.metrics)               # one-line error naming the file when a key is missing or wrong
+    m = RunMetrics.read(run.metrics)               # a bad key: one line naming the file
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ NUMBER = (int, float)
 
 @dataclass
 class RunMetrics:
-    """metrics.json: the run's error (validation split or cross-validation estimate), loss, history, timing, and
-    the entries the bundle's manifest repeats (recipe, calibration, not-a-pet detector, open set)."""
+    """metrics.json: the run's error (validation split or cross-validation estimate), loss, history, timing,
+    and the entries the bundle's manifest repeats (recipe, calibration, not-a-pet detector, open set)."""
 
     error_rate: float
     accuracy: float
@@ -79,7 +79,8 @@ class RunMetrics:
 
     @classmethod
     def from_json(cls, data: Any, where: str = "metrics.json") -> RunMetrics:
-        """The record from metrics.json's content, checked: a missing or wrong-typed key is one line naming `where`."""
+        """The record from metrics.json's content, checked: a missing or wrong-typed key is one line naming
+        `where`."""
         if not isinstance(data, dict):
             raise PetclfError(f"{where}: not a JSON object")
         kept = {}
@@ -91,7 +92,8 @@ class RunMetrics:
                     raise PetclfError(f"{where}: the key {f.name!r} is missing")
                 continue
             if not isinstance(value, _TYPES[f.name]) or isinstance(value, bool):
-                raise PetclfError(f"{where}: {f.name!r} is a {type(value).__name__}, not a {_word(_TYPES[f.name])}")
+                kind = _word(_TYPES[f.name])
+                raise PetclfError(f"{where}: {f.name!r} is a {type(value).__name__}, not a {kind}")
             kept[f.name] = value
         return cls(**kept)
 
@@ -106,12 +108,14 @@ class RunMetrics:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "error_rate": NUMBER, "accuracy": NUMBER, "valid_loss": NUMBER, "estimate": (str,), "fold_errors": (list,),
-    "fold_error_std": NUMBER, "log_loss": NUMBER, "history": (list,), "lr": NUMBER, "lr_find": (dict,),
+    "error_rate": NUMBER, "accuracy": NUMBER, "valid_loss": NUMBER, "estimate": (str,),
+    "fold_errors": (list,), "fold_error_std": NUMBER, "log_loss": NUMBER, "history": (list,), "lr": NUMBER,
+    "lr_find": (dict,),
     "recipe": (dict, str), "probe": (dict,), "train_seconds": NUMBER, "images_per_second": NUMBER,
     "calibration": (dict,), "processes": (dict,), "not_a_pet": (dict,), "open_set": (dict,)}
 
 
 def _word(types: tuple[type, ...]) -> str:
     """A JSON type in words, for the error line."""
-    return "number" if types == NUMBER else " or ".join({str: "string", list: "list", dict: "object"}[t] for t in types)
+    names = {str: "string", list: "list", dict: "object"}
+    return "number" if types == NUMBER else " or ".join(names[t] for t in types)

@@ -10,28 +10,26 @@
     result = train(TrainConfig(data="data/synth", arch="resnet18", size=64, presize=80, pretrained=False))
     result.learn, result.run_dir, result.metrics
 
-The recipes (`petclf.recipe`): `fastbook` fine-tunes (`petclf.finetune`), `probe` solves a linear head on the
-frozen backbone's features (`petclf.probe`); `auto` picks `probe` below `small_data` training images per class.
-Every file lands in the run folder (`petclf.export`); `exports/latest` is switched to the run once it is complete,
-and only when the run is in petclf's own `exports/`. Every stage shows its progress (`petclf.progress`).
+The recipes (`petclf.recipe`): `fastbook` fine-tunes (`petclf.finetune`), `probe` solves a linear head on
+the frozen backbone's features (`petclf.probe`); `auto` picks `probe` below `small_data` training images per
+class. Every file lands in the run folder (`petclf.export`); `exports/latest` is switched to the run once it
+is complete, and only when the run is in petclf's own `exports/`. Every stage shows its progress
+(`petclf.progress`).
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from petclf import distributed
-from petclf.callbacks import check_logging, log_callbacks
+from petclf.callbacks import check_logging
 from petclf.config import EXPORTS, TrainConfig, save_config
 from petclf.device import Compute, resolve_compute
 from petclf.errors import as_typed
-from petclf.export import export_run, run_groups
+from petclf.export import check_finite, export_run, run_groups
 from petclf.finetune import FineTune
 from petclf.labels import error_kind
 from petclf.lrfind import LRFind, lr_find, plot_lr_find
@@ -62,27 +60,20 @@ class TrainResult:
     metrics: dict
 
 
-class TrainingDiverged(RuntimeError):
-    """The run ended with weights or a loss that are not finite numbers: nothing is exported (exit code 1)."""
-
-
 def train(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = None) -> TrainResult:
-    """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory; `latest` beside the
-    run is switched to it when `latest`, or (None) when the run is in petclf's own `exports/`."""
+    """Run (or, with `cfg.resume`, continue) a training run and write the whole run directory; `latest`
+    beside the run is switched to it when `latest`, or (None) when the run is in petclf's own `exports/`."""
     with run_clock(), sigterm_as_interrupt():
         check_logging(cfg)  # before any work: a missing package is one line, not a failure after lr_find
-        distributed.init_process_group()  # only when launched as several processes (accelerate launch, torchrun)
-        fresh = not cfg.resume  # a new run folder (a --resume stopped before its checkpoint keeps its own)
+        distributed.init_process_group()  # only when launched as several processes (accelerate, torchrun)
+        fresh = not cfg.resume  # a new folder (a --resume stopped before its checkpoint keeps its own)
         cfg = run_config(cfg)
         compute = resolve_device(cfg)
-        with bar_unless(not distributed.is_main(), "verifying images") as progress:  # rank 0 first: it downloads
+        with bar_unless(not distributed.is_main(), "verifying images") as progress:  # rank 0 downloads first
             data = distributed.main_first(lambda: load_run_data(cfg, progress))
-        run, existed = RunDir(Path(cfg.out or ".")), False
-        if fresh:  # rank 0 names (and checks) the run directory; every rank then uses that name
-            name, existed = prepare_run_dir(cfg) if distributed.is_main() else (None, False)
-            run = RunDir(Path(distributed.broadcast(str(name) if name else None)))
-            cfg = replace(cfg, out=str(run.root))
-        try:  # a restarted --resume (not `fresh`) keeps its folder whatever happens: the same command works again
+        run, existed = run_folder(cfg, fresh)
+        cfg = replace(cfg, out=str(run.root))
+        try:  # a restarted --resume (not `fresh`) keeps its folder whatever happens: the same command works
             with discarded_on_failure(run.root, fresh, existed):
                 if fresh:
                     on_main(save_config, cfg, run.config)  # first: it marks the folder as this run's
@@ -96,10 +87,11 @@ def train(cfg: TrainConfig, cbs: list | None = None, latest: bool | None = None)
                 say("interrupted before the first checkpoint; nothing to keep: run the same command again")
             raise
         try:
-            recipe.fit(learn, state, opt_state, [*(cbs or []), *log_callbacks(cfg, run.root)])
+            recipe.fit(learn, state, opt_state, list(cbs or []))
             return finish(recipe, learn, state, owns_parent(run.root) if latest is None else latest)
         except KeyboardInterrupt:
-            say(as_typed(f"interrupted; the last checkpoint is kept: continue with petclf train --resume {run.root}"))
+            say(as_typed("interrupted; the last checkpoint is kept: continue with "
+                         f"petclf train --resume {run.root}"))
             raise
 
 
@@ -109,21 +101,31 @@ def run_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.resume:
         run_dir = Path(cfg.resume)
         cfg = resume_config(run_dir, settings_given(cfg))
-        if not has_checkpoint(run_dir):  # stopped before its first checkpoint (kill -9): nothing to continue from
+        if not has_checkpoint(run_dir):  # stopped before its first checkpoint (kill -9): nothing to continue
             say(f"{run_dir} stopped before its first checkpoint; starting it again from the beginning")
             cfg = replace(cfg, resume=None)
-    absolute = {k: str(Path(v).expanduser().resolve()) for k in ("data", "labels", "groups") if (v := getattr(cfg, k))}
-    return replace(cfg, **absolute)
+    paths = ("data", "labels", "groups")
+    return replace(cfg, **{k: str(Path(v).expanduser().resolve()) for k in paths if (v := getattr(cfg, k))})
+
+
+def run_folder(cfg: TrainConfig, fresh: bool) -> tuple[RunDir, bool]:
+    """The run folder and whether it existed before: a resumed run's own, or a new one that rank 0 names (and
+    checks) and every rank then uses."""
+    if not fresh:
+        return RunDir(Path(cfg.out)), False
+    name, existed = prepare_run_dir(cfg) if distributed.is_main() else (None, False)
+    return RunDir(Path(distributed.broadcast(str(name) if name else None))), existed
 
 
 def resolve_device(cfg: TrainConfig) -> Compute:
     """Device, precision and layout of this run on this machine (one GPU per process when distributed)."""
-    return resolve_compute(cfg.device, cfg.precision, cfg.channels_last, cfg.threads,
-                           local_rank=distributed.local_rank(), local_processes=distributed.local_world_size())
+    rank, procs = distributed.local_rank(), distributed.local_world_size()
+    return resolve_compute(cfg.device, cfg.precision, cfg.channels_last, cfg.threads, rank, procs)
 
 
 def load_run_data(cfg: TrainConfig, progress=None):
-    """The run's verified, split data, with its groups file checked against the classes before anything is built."""
+    """The run's verified, split data, with its groups file checked against the classes before anything is
+    built."""
     from petclf.data import load_pets
 
     data = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed, progress=progress,
@@ -141,22 +143,10 @@ def finish(recipe, learn, state, latest: bool = True) -> TrainResult:
     with distributed.this_process_only():
         check_finite(learn)
         metrics = recipe.metrics(learn, state)
-        if not math.isfinite(metrics.valid_loss):
-            raise TrainingDiverged("training diverged: the validation loss is not finite; nothing was exported and "
-                                   "`latest` is unchanged; try a lower --lr")
         export_run(recipe, learn, metrics)
         if latest:
             update_latest(run.root)
     return TrainResult(learn, run.root, distributed.broadcast(metrics.to_json()))
-
-
-def check_finite(learn) -> None:
-    """Refuse to export a network with NaN or infinite weights (a learning rate too high, fp16 overflow)."""
-    bad = [k for k, v in distributed.unwrap(learn.model).state_dict().items()
-           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise TrainingDiverged(f"training diverged: {len(bad)} weight tensors are not finite (e.g. {bad[0]}); "
-                               "nothing was exported and `latest` is unchanged; try a lower --lr")
 
 
 def owns_parent(run_dir: Path) -> bool:
@@ -180,8 +170,9 @@ def train_summary(result: TrainResult, cmd: str = "petclf") -> str:
     latest = run.root.parent / "latest"
     points = f"; {latest} points to it" if latest.exists() and latest.resolve() == run.root.resolve() else ""
     cal = m.get("calibration") or {}
-    scaled = (f", {cal['cv_nll_after']:.4f} at the shipped temperature {cal['temperature']:.2f}" if cal.get("kept")
-              else "")  # the loss the predictions have: a probe head's raw logits are small (T ~ 0.25)
+    # the loss the predictions have: a probe head's raw logits are small (T ~ 0.25)
+    scaled = (f", {cal['cv_nll_after']:.4f} at the shipped temperature {cal['temperature']:.2f}"
+              if cal.get("kept") else "")
     lines = [f"{error_kind(m)} {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  "
              f"loss {m['valid_loss']:.4f}{scaled} ({how})",
              *([f"warning: {cal['not_possible']}"] if cal.get("not_possible") else []),
@@ -193,8 +184,10 @@ def train_summary(result: TrainResult, cmd: str = "petclf") -> str:
 def run_lr_find(cfg: TrainConfig, out: Path | None = None) -> tuple[LRFind, Path]:
     """`petclf lr-find`: build data and learner as `train` would, run lr_find, save the plot."""
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = pick_recipe(cfg, resolve_device(cfg), load_run_data(cfg), RunDir(Path(tmp)), bs_of=FineTune.name)
-        ctx = recipe.ctx  # lr_find trains by batches at the fine-tune size, whatever the recipe's head
+        # lr_find trains by batches at the fine-tune size, whatever the recipe's head
+        recipe = pick_recipe(cfg, resolve_device(cfg), load_run_data(cfg), RunDir(Path(tmp)),
+                             bs_of=FineTune.name)
+        ctx = recipe.ctx
         dls = FineTune(ctx).dataloaders()
         learn = build_learner(ctx.cfg, dls, recipe.head_spec(), ctx.compute, ctx.pretrained, path=Path(tmp))
         found = lr_find(learn, ctx.cfg.lr_find_steps)

@@ -314,7 +314,7 @@ class PoisonWeights(StopAfter):
 
 @pytest.mark.slow
 def test_a_run_that_diverges_exports_nothing_and_never_becomes_latest(synth_dir, tmp_path):
-    from petclf.train import TrainingDiverged
+    from petclf.export import TrainingDiverged
 
     out = tmp_path / "runs" / "nan"
     with pytest.raises(TrainingDiverged, match="not finite"):
