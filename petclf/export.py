@@ -8,20 +8,40 @@ asks the recipe.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 
+import torch
+
+from petclf import distributed
 from petclf.config import UNSURE_BELOW, TrainConfig
 from petclf.io import atomic_path, write_atomic
 from petclf.progress import stage
 from petclf.runfiles import RunDir, RunMetrics
 
 
+class TrainingDiverged(RuntimeError):
+    """The run ended with weights or a loss that are not finite numbers: nothing is exported (exit code 1)."""
+
+
+def check_finite(learn) -> None:
+    """Refuse to export a network with NaN or infinite weights (a learning rate too high, fp16 overflow)."""
+    bad = [k for k, v in distributed.unwrap(learn.model).state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingDiverged(f"training diverged: {len(bad)} weight tensors are not finite (e.g. "
+                               f"{bad[0]}); nothing was exported and `latest` is unchanged; try a lower --lr")
+
+
 def export_run(recipe, learn, metrics: RunMetrics) -> None:
     """Bundle (weights + manifest), examples, model.onnx, export.pkl and metrics.json; then the run is
-    complete."""
+    complete. A validation loss that is not finite exports nothing."""
     from petclf.bundle import write_bundle
     from petclf.data import save_examples
 
+    if not math.isfinite(metrics.valid_loss):
+        raise TrainingDiverged("training diverged: the validation loss is not finite; nothing was exported "
+                               "and `latest` is unchanged; try a lower --lr")
     run = recipe.ctx.run
     manifest = run_manifest(recipe, list(learn.dls.vocab), metrics)
     with stage("export (model.safetensors, model.json, examples)", total=1, kind="export") as s:
