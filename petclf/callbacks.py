@@ -37,7 +37,8 @@ class EpochEnd(Callback):
 
     order = Recorder.order + 1
 
-    def __init__(self, state: RunState, phase: Phase, run_dir: Path, start_epoch: int = 0, global_start: int = 0):
+    def __init__(self, state: RunState, phase: Phase, run_dir: Path, start_epoch: int = 0,
+                 global_start: int = 0):
         self.state, self.phase, self.run_dir = state, phase, run_dir
         self.start_epoch, self.global_start = start_epoch, global_start
 
@@ -51,8 +52,8 @@ class EpochEnd(Callback):
         seconds = time.monotonic() - self.t0
         st = self.state
         st.history.append({"epoch": self.global_start + self.epoch + 1, "phase": self.phase.name,
-                           "train_loss": train_loss, "valid_loss": valid_loss, "error_rate": err, "accuracy": acc,
-                           "seconds": round(seconds, 3)})
+                           "train_loss": train_loss, "valid_loss": valid_loss, "error_rate": err,
+                           "accuracy": acc, "seconds": round(seconds, 3)})
         st.train_seconds += seconds
         st.train_images += len(self.learn.dls.train.dataset)
         st.epoch = self.epoch + 1

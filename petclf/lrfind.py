@@ -2,7 +2,7 @@
 plot, the one used said in words, and a flat-noise curve recognised (then the recipe's default LR is used).
 
     from petclf.lrfind import lr_find, plot_lr_find
-    found = lr_find(learn)                     # fastai's lr_find with a progress bar; found.suggestion, found.why()
+    found = lr_find(learn)                     # fastai's lr_find with a bar; found.suggestion, found.why()
     plot_lr_find(found, run_dir / "lr_find.png")
     found.record()                             # metrics.json's `lr_find`
 
@@ -55,12 +55,13 @@ class LRFind:
         """The choice in words."""
         if self.flat.get("flat"):
             return (f"the curve is flat noise (the smoothed loss falls {self.flat['drop']:.3g}, less than "
-                    f"{FLAT_DROP:g} x the batch-to-batch noise {self.flat['noise']:.3g}): no suggestion can be read "
-                    f"from it; using the recipe's default {self.suggestion:.2e}")
+                    f"{FLAT_DROP:g} x the batch-to-batch noise {self.flat['noise']:.3g}): no suggestion can "
+                    f"be read from it; using the recipe's default {self.suggestion:.2e}")
         if self.fallback:
             return f"no valley could be read from the curve; using the recipe's default {self.suggestion:.2e}"
         others = ", ".join(f"{k} {v:.2e}" for k, v in self.suggestions.items() if k != self.used)
-        return (f"{self.used} {self.suggestion:.2e} (the middle of the longest stretch where the loss falls) is the "
+        return (f"{self.used} {self.suggestion:.2e} (the middle of the longest stretch where the loss falls) "
+                "is the "
                 f"LR; the other suggestions: {others}")
 
 
@@ -148,10 +149,11 @@ def plot_lr_find(res: LRFind, path: Path) -> Path:
     log_lrs = np.log10(res.lrs[keep])
     for name, lr in res.suggestions.items():
         y = float(np.interp(math.log10(lr), log_lrs, res.losses[keep])) if n else 0.0
-        label = f"{name}{'/10' if name == 'minimum' else ''} {lr:.1e}" + (" (used)" if name == res.used else "")
+        label = f"{name}{'/10' if name == 'minimum' else ''} {lr:.1e}{' (used)' if name == res.used else ''}"
         ax.plot(lr, y, markers[name], ms=9 if name == res.used else 6, label=label)
     if res.fallback:
-        ax.axvline(res.suggestion, color="tab:red", linestyle="--", label=f"default {res.suggestion:.1e} (used)")
+        ax.axvline(res.suggestion, color="tab:red", linestyle="--",
+                   label=f"default {res.suggestion:.1e} (used)")
     flat = " - flat noise, recipe default used" if res.flat.get("flat") else ""
     ax.set_title(f"lr_find: {res.used} {res.suggestion:.2e}{flat}", fontsize=10)
     ax.legend(fontsize=8, loc="best")

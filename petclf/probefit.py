@@ -4,7 +4,7 @@ estimate (cross-validation, out-of-fold predictions). The recipe that runs them 
 `petclf.probe`.
 
     from petclf.probefit import crop_head, fit_probe_cv, network_features, probe_features
-    x = network_features(net, paths, pre)             # N x D, L2-normalised: the head's input, predictor's pixels
+    x = network_features(net, paths, pre)             # N x D, L2-normalised: the head's input
     fit = fit_probe_cv(x, y, n_classes)               # C by 4-fold CV, refit on all, nested 5-fold estimate
     fit.weight, fit.bias, fit.cv["error"], fit.oof_logits
     x, pooled, maps = probe_features(net, paths, pre, keep_maps=True)
@@ -40,7 +40,7 @@ FEATURE_BS = 32  # images per forward pass
 Tick = Callable[[], None] | None  # called after each unit of work (a batch, a fold's fit): progress
 
 
-# ---------------------------------------------------------------------------------------------------- features
+# ------------------------------------------------------------------------------------------------ features
 
 
 @torch.inference_mode()
@@ -70,12 +70,14 @@ def probe_features(net: torch.nn.Module, images: Sequence, pre, bs: int = FEATUR
         if tick:
             tick()
     if not seen:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), torch.zeros(0) if keep_maps else None
+        empty = np.zeros((0, 0), np.float32)
+        return empty, empty.copy(), torch.zeros(0) if keep_maps else None
     return torch.cat(seen).numpy(), torch.cat(pooled).numpy(), torch.cat(maps) if keep_maps else None
 
 
 def photo_features(net: torch.nn.Module, items: Sequence[Path], pre, keep_maps: bool, body,
-                   cache=None, quiet: bool = False) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None, int]:
+                   cache=None, quiet: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None, int]:
     """`probe_features` of the photos `items` through `body` (a `features.Body`), reusing the entries of
     `cache` (a `featcache.FeatureCache`, or None) and writing the ones computed: (x, pooled, maps, how many
     were reused). Reused or not, every photo's arrays come out the same way, so the results are
@@ -98,8 +100,8 @@ def photo_features(net: torch.nn.Module, items: Sequence[Path], pre, keep_maps: 
         clock.done("features", math.ceil(len(items) / FEATURE_BS) - math.ceil(len(todo) / FEATURE_BS))
     with stage(f"probe features ({pre.size} px)", total=math.ceil(len(todo) / FEATURE_BS), kind="features",
                quiet=quiet) as s:
-        x, pooled, maps = probe_features(net, [items[i] for i in todo], pre, tick=s.advance, keep_maps=keep_maps,
-                                         body=body.run)
+        x, pooled, maps = probe_features(net, [items[i] for i in todo], pre, tick=s.advance,
+                                         keep_maps=keep_maps, body=body.run)
     for j, i in enumerate(todo):
         rows[i] = {"x": x[j], "pooled": pooled[j], **({"maps": maps[j].numpy()} if keep_maps else {})}
         if cache is not None:
@@ -153,7 +155,8 @@ def _solve(z: np.ndarray, y: np.ndarray, k: int, c: float, p0: np.ndarray | None
     return minimize(loss_grad, p0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-5}).x
 
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float]) -> list[tuple[np.ndarray, ...]]:
+def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int,
+               cs: Sequence[float]) -> list[tuple[np.ndarray, ...]]:
     """Multinomial logistic regression, scikit-learn's objective `0.5 |W|^2 + C sum CE` with an unpenalised
     intercept, for every C in `cs` (ascending: each fit starts from the previous one): a list of (weight,
     bias).
@@ -167,8 +170,8 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float]
     present = np.unique(y)
     k = len(present)
     fits, p = [], None
-    # one BLAS thread: on a few shared cores idle-spinning BLAS threads made these small fits ~100x slower (the SVD
-    # too: 3 s for 148 x 1280 on a busy machine)
+    # one BLAS thread: on a few shared cores idle-spinning BLAS threads made these small fits ~100x slower
+    # (the SVD too: 3 s for 148 x 1280 on a busy machine)
     with threadpool_limits(1):
         mu, basis = _span(x)
         z = (x - mu) @ basis
@@ -194,7 +197,8 @@ def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
     counts = np.bincount(y)
     k = max(2, min(k, int(counts[counts > 0].min())))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class has 1 member": the run warns once
+        # "least populated class has 1 member": the run warns once
+        warnings.simplefilter("ignore", UserWarning)
         splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
         return [test for _, test in splits]
 
@@ -219,7 +223,8 @@ def choose_c(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] =
     """The C of lowest CV log-loss (CV error is too coarse on a few photos per class), and the CV table."""
     losses, errors = cv_table(x, y, n_classes, cs, k, seed, tick)
     best = int(np.argmin(losses))
-    return float(cs[best]), {"c": list(cs), "log_loss": losses.round(4).tolist(), "error": errors.round(4).tolist()}
+    table = {"c": list(cs), "log_loss": losses.round(4).tolist(), "error": errors.round(4).tolist()}
+    return float(cs[best]), table
 
 
 def cross_validate(y: np.ndarray, n_classes: int, fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -241,8 +246,9 @@ def cross_validate(y: np.ndarray, n_classes: int, fit_predict: Callable[[np.ndar
             "fold_error_std": round(float(np.std(fold_errors)), 4), "log_loss": round(nll(oof, y), 4)}, oof
 
 
-def nested_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] = C_GRID, outer: int = OUTER_FOLDS,
-              inner: int = INNER_FOLDS, seed: int = 0, tick: Tick = None) -> tuple[dict, np.ndarray]:
+def nested_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float] = C_GRID,
+              outer: int = OUTER_FOLDS, inner: int = INNER_FOLDS, seed: int = 0,
+              tick: Tick = None) -> tuple[dict, np.ndarray]:
     """Each outer fold chooses its own C by inner CV on its training photos, refits, predicts its held-out
     photos: (the estimate with each fold's C, N x K out-of-fold logits)."""
     chosen = []
@@ -289,18 +295,19 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[floa
     return ProbeFit(wb[0], wb[1], c, cv, oof)
 
 
-# ---------------------------------------------------------------------------------------------------- the head on crops
+# ------------------------------------------------------------------------------------------ the head on crops
 
 # The Linear trained on random crops of the frozen body's feature maps. Measured on pets-dev (25
-# splits, 4 photos per breed; docs/small-data-findings.md, "The head on crops"): 0.084 against 0.095 for the probe
-# alone. Fixed settings, chosen before the confirming splits; the backbone runs once per photo (the maps are kept).
+# splits, 4 photos per breed; docs/small-data-findings.md, "The head on crops"): 0.084 against 0.095 for the
+# probe alone. Fixed settings, chosen before the confirming splits; the backbone runs once per photo (the maps
+# are kept).
 CROP_EPOCHS = 30  # passes over the photos
 CROP_BS = 32  # photos per step; one crop window for the whole batch
 CROP_LR = 1e-3  # AdamW (no weight decay), one-cycle schedule, on the Linear alone
-CROP_INIT_C = 10.0  # the Linear starts from a strongly regularised probe, whose training loss leaves gradients
+CROP_INIT_C = 10.0  # the Linear starts from a strongly regularised probe (its training loss leaves gradients)
 CROP_MIN_SIDE = 0.5  # each crop is a square window of 50-100 % of the map's side (25-100 % of its area)
-MAX_MAPS_BYTES = 2**30  # feature maps kept for the crops at most (float16, and a float32 copy while a head trains);
-# beyond it (~2,900 photos for lite0 at 384 px) the probe alone is the head
+# feature maps kept for the crops at most (float16, and a float32 copy while a head trains); beyond it
+MAX_MAPS_BYTES = 2**30  # (~2,900 photos for lite0 at 384 px) the probe alone is the head
 HEAD_ON_CROPS = (f"Linear trained on crops of the feature maps ({CROP_EPOCHS} epochs, from the probe at "
                  f"C = {CROP_INIT_C:g})")
 
@@ -351,7 +358,8 @@ def crop_head(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.nn.
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=CROP_LR, total_steps=steps, pct_start=0.1)
     labels, side = torch.from_numpy(y), min(maps.shape[-2:])
     lo = max(1, math.ceil(CROP_MIN_SIDE * side))
-    # one thread: on these small tensors a second one only waits, and on a busy machine it thrashed (the 5-fold
+    # one thread: on these small tensors a second one only waits, and on a busy machine it thrashed (the
+    # 5-fold
     # estimate on pets-dev took 274 s with 2 threads against 35 s with 1, 2 cores shared by other jobs)
     with torch.enable_grad(), torch_threads(1):
         for _ in range(CROP_EPOCHS):
@@ -362,9 +370,10 @@ def crop_head(maps: torch.Tensor, y: np.ndarray, n_classes: int, pool: torch.nn.
                 sums = sat[i + s, j + s][idx] - sat[i, j + s][idx] - sat[i + s, j][idx] + sat[i, j][idx]
                 pooled = sums / (s * s)
                 if p != 1.0:
-                    pooled = pooled.clamp(min=0).pow(1 / p)  # rounding must not make a sum of squares negative
-                loss = torch.nn.functional.cross_entropy(torch.nn.functional.normalize(pooled, dim=1) @ w.T + b,
-                                                         labels[idx])
+                    # rounding must not make a sum of squares negative
+                    pooled = pooled.clamp(min=0).pow(1 / p)
+                logits = torch.nn.functional.normalize(pooled, dim=1) @ w.T + b
+                loss = torch.nn.functional.cross_entropy(logits, labels[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

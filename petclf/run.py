@@ -3,7 +3,7 @@ there.
 
     from petclf.run import RunState, load_checkpoint, prepare_run_dir, update_latest
     run_dir = prepare_run_dir(cfg)                     # exports/<date-time>-<arch>, refused if it holds a run
-    ckpt = load_checkpoint(run_dir)                    # {"model", "opt", "state"}: tensors and plain data only
+    ckpt = load_checkpoint(run_dir)                    # {"model", "opt", "state"}: tensors and plain data
 
 Rank 0 writes every file (`on_main`); the other processes of a distributed run only read.
 """
@@ -73,7 +73,7 @@ class RunState:
     recipe: str = "fastbook"
     lr: float | None = None
     lr_find: dict | None = None  # {suggestion, seconds} or None when --lr was given
-    probe: dict | None = None  # the probe recipe's result (nested-CV estimate, C, timings): metrics.json's `probe`
+    probe: dict | None = None  # the probe recipe's result (CV estimate, C, timings): metrics.json's `probe`
     phase: int = 0  # index of the phase to run next
     epoch: int = 0  # next epoch within that phase
     history: list[dict] = field(default_factory=list)
@@ -98,7 +98,8 @@ def save_checkpoint(learn, state: RunState, run_dir: Path) -> None:
     """Model, optimizer and RunState in one file, written atomically (temp file, then rename)."""
     buf = io.BytesIO()
     opt = _plain(learn.opt.state_dict()) if learn.opt is not None else None
-    torch.save({"model": distributed.unwrap(learn.model).state_dict(), "opt": opt, "state": asdict(state)}, buf)
+    model = distributed.unwrap(learn.model).state_dict()
+    torch.save({"model": model, "opt": opt, "state": asdict(state)}, buf)
     write_atomic(RunDir(run_dir).last, buf.getvalue())
 
 
@@ -144,7 +145,8 @@ def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
             say(f"{out} holds a run stopped before its first checkpoint; starting it again")
             return out, True
         if has_checkpoint(out) and not RunDir(out).metrics.exists():
-            raise PetclfError(f"{out} holds an unfinished run: continue it with --resume {out}, or pass another --out")
+            raise PetclfError(f"{out} holds an unfinished run: continue it with --resume {out}, or pass "
+                              "another --out")
         if RunDir(out).manifest.exists():
             raise PetclfError(f"{out} already holds a trained model; pass another --out")
         raise PetclfError(f"--out {out} is a folder that already holds files; pass a new or empty folder "
@@ -218,8 +220,8 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
     typed: flags and config file). Any other setting in `given` must agree with the saved run, or it is
     refused: a silently ignored `--epochs` (or `--arch resnet34`, the default) would be a surprise."""
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        raise PetclfError(f"nothing to resume in {run_dir}: a run interrupted before its first checkpoint keeps "
-                          f"nothing; start it again with the same command, without --resume")
+        raise PetclfError(f"nothing to resume in {run_dir}: a run interrupted before its first checkpoint "
+                          "keeps nothing; start it again with the same command, without --resume")
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise PetclfError(f"--resume {run_dir}: not a petclf run directory (config.yaml missing)")

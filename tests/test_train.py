@@ -68,6 +68,17 @@ def test_recipe_choice():
     assert choose_recipe(TrainConfig(recipe="probe"), large, pretrained=True) == "probe"
 
 
+def test_every_recipe_answers_the_whole_seam():
+    import petclf.train  # noqa: F401 - the recipes register on import
+    from petclf.config import CHOICES
+    from petclf.recipe import RECIPES, Recipe
+
+    assert set(RECIPES) == {c.value for c in CHOICES["recipe"]} - {"auto"}  # --recipe names what is registered
+    for cls in RECIPES.values():
+        for method in ("head_spec", "start", "measure", "fitted_detector", "fitted_open_set"):
+            assert getattr(cls, method) is not getattr(Recipe, method), (cls.name, method)
+
+
 def test_default_workers():
     assert default_workers("cpu", cores=2) == 0 and default_workers("cuda", cores=4) == 4
     assert default_workers("cuda", cores=16) == 8
