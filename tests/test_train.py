@@ -246,13 +246,14 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
 def test_without_maps_to_keep_the_probe_alone_is_the_head(synth_dir, tmp_path, monkeypatch):
     from petclf import probe
     from petclf.model import efficientnet_lite0_weights
+    from petclf.probefit import C_GRID
 
     monkeypatch.setattr(probe, "MAX_MAPS_BYTES", 0)  # as for a ViT, or more photos than memory holds maps for
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     res = train(tiny_cfg(synth_dir, tmp_path / "run", arch="tf_efficientnet_lite0", weights=str(weights),
                          pretrained=True, probe_size=64))
     m = res.metrics
-    assert m["estimate"] == "nested 5-fold cross-validation" and m["probe"]["c"] in probe.C_GRID
+    assert m["estimate"] == "nested 5-fold cross-validation" and m["probe"]["c"] in C_GRID
     assert m["recipe"]["head"] == f"logistic regression (C = {m['probe']['c']:g}, chosen by 4-fold cross-validation)"
     assert len(m["probe"]["c_per_fold"]) == 5 and m["error_rate"] <= 0.25
 
