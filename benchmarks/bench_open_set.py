@@ -55,7 +55,7 @@ from petclf.openset import (
     top_pet_class,
 )
 from petclf.preprocess import Preprocess
-from petclf.probe import crop_head, crop_head_cv, logits_of, pooled_unit, probe_features, stratified_folds
+from petclf.probefit import crop_head, crop_head_cv, logits_of, pooled_unit, probe_features, stratified_folds
 
 ARCH, SIZE, SEED, FOLDS = "tf_efficientnet_lite0", 384, 42, 5  # the default recipe's arch, probe_size, seed
 # ImageNet-dev classes that are Pets breeds (its README): their photos are of breeds the model knows

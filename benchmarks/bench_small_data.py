@@ -36,7 +36,7 @@ from benchmarks.common import load_avg
 from petclf.labels import breed_of
 from petclf.model import efficientnet_lite0_weights, make_network, norm_stats, probe_head
 from petclf.preprocess import Preprocess
-from petclf.probe import (
+from petclf.probefit import (
     crop_head,
     fit_probe_cv,
     logits_of,

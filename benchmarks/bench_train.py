@@ -30,8 +30,9 @@ from petclf.config import DEFAULT_BS, TrainConfig
 from petclf.data import load_pets
 from petclf.device import Compute, available_cores, default_workers
 from petclf.model import build_model
+from petclf.recipe import build_dataloaders
 from petclf.synth import synth_pets
-from petclf.train import build_dataloaders, resolve_device, train
+from petclf.train import resolve_device, train
 
 LOOP_GOAL = 0.9  # (c) >= LOOP_GOAL x min((a), (b)): the loop is bound by compute or decoding, not by petclf
 DATA_GOAL = 3.0  # (b) >= DATA_GOAL x (a0) on CPU: a CPU run never waits for its data

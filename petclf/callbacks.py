@@ -16,11 +16,13 @@ from petclf import distributed
 from petclf.config import TrainConfig
 from petclf.errors import PetclfError
 from petclf.progress import Stage
-from petclf.run import CKPT_DIR, Phase, RunState, on_main, save_checkpoint, save_weights
+from petclf.run import Phase, RunState, on_main, save_checkpoint, save_weights
+from petclf.runfiles import RunDir
 
 
 class FreezeBN(Callback):
-    """Keep the backbone's BatchNorm layers in eval mode: small batches of few images would overwrite ImageNet stats."""
+    """Keep the backbone's BatchNorm layers in eval mode: small batches of few images would overwrite
+    ImageNet stats."""
 
     run_after = TrainEvalCallback
 
@@ -35,7 +37,8 @@ class EpochEnd(Callback):
 
     order = Recorder.order + 1
 
-    def __init__(self, state: RunState, phase: Phase, run_dir: Path, start_epoch: int = 0, global_start: int = 0):
+    def __init__(self, state: RunState, phase: Phase, run_dir: Path, start_epoch: int = 0,
+                 global_start: int = 0):
         self.state, self.phase, self.run_dir = state, phase, run_dir
         self.start_epoch, self.global_start = start_epoch, global_start
 
@@ -49,8 +52,8 @@ class EpochEnd(Callback):
         seconds = time.monotonic() - self.t0
         st = self.state
         st.history.append({"epoch": self.global_start + self.epoch + 1, "phase": self.phase.name,
-                           "train_loss": train_loss, "valid_loss": valid_loss, "error_rate": err, "accuracy": acc,
-                           "seconds": round(seconds, 3)})
+                           "train_loss": train_loss, "valid_loss": valid_loss, "error_rate": err,
+                           "accuracy": acc, "seconds": round(seconds, 3)})
         st.train_seconds += seconds
         st.train_images += len(self.learn.dls.train.dataset)
         st.epoch = self.epoch + 1
@@ -58,12 +61,13 @@ class EpochEnd(Callback):
             st.phase, st.epoch = st.phase + 1, 0
         if st.best_error is None or err < st.best_error:
             st.best_error = err
-            on_main(save_weights, self.learn.model, self.run_dir / CKPT_DIR / "best.safetensors")
+            on_main(save_weights, self.learn.model, RunDir(self.run_dir).best)
         on_main(save_checkpoint, self.learn, st, self.run_dir)
 
 
 class StopAfter(Callback):
-    """Raise KeyboardInterrupt after `n` training batches, as Ctrl-C would (tests use it to interrupt a run)."""
+    """Raise KeyboardInterrupt after `n` training batches, as Ctrl-C would (tests use it to interrupt a
+    run)."""
 
     def __init__(self, n: int):
         self.n, self.seen = n, 0
@@ -89,8 +93,8 @@ class BatchProgress(Callback):
 
 
 class LRFindWatch(BatchProgress):
-    """lr_find's progress, and each batch's own loss (fastai records only the smoothed one): the noise they show
-    tells a real curve from a flat one."""
+    """lr_find's progress, and each batch's own loss (fastai records only the smoothed one): the noise they
+    show tells a real curve from a flat one."""
 
     def __init__(self, stage: Stage | None):
         super().__init__(stage)
@@ -103,8 +107,9 @@ class LRFindWatch(BatchProgress):
 
 
 class EpochProgress(Callback):
-    """fastprogress's replacement: per epoch a stage "epoch k/N phase" (a rich bar with the running loss on a
-    terminal) ending in one line of metrics; every batch feeds the run clock (train and valid batches apart)."""
+    """fastprogress's replacement: per epoch a stage "epoch k/N phase" (a rich bar with the running loss on
+    a terminal) ending in one line of metrics; every batch feeds the run clock (train and valid batches
+    apart)."""
 
     order = Recorder.order + 2
 
@@ -152,9 +157,6 @@ class EpochProgress(Callback):
             self.stage = None
 
 
-TB_DIR = "tb"  # inside the run folder: TensorBoard's event files (`--log tensorboard`)
-
-
 def check_logging(cfg: TrainConfig) -> None:
     """One line naming the package to install when `--log tensorboard` cannot work here."""
     if cfg.log == "tensorboard":
@@ -166,9 +168,10 @@ def check_logging(cfg: TrainConfig) -> None:
 
 
 def log_callbacks(cfg: TrainConfig, run_dir: Path) -> list:
-    """fastai's TensorBoardCallback writing losses, LRs and metrics to the run folder's tb/ (rank 0 writes)."""
+    """fastai's TensorBoardCallback writing losses, LRs and metrics to the run folder's tb/ (rank 0 writes).
+    """
     if cfg.log != "tensorboard":
         return []
     from fastai.callback.tensorboard import TensorBoardCallback
 
-    return [TensorBoardCallback(log_dir=str(run_dir / TB_DIR), trace_model=False, log_preds=False)]
+    return [TensorBoardCallback(log_dir=str(RunDir(run_dir).tb), trace_model=False, log_preds=False)]

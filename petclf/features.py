@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +28,7 @@ from petclf.device import pick_feature_backend
 from petclf.featcache import FeatureCache
 from petclf.io import atomic_path, sha256_file, write_atomic
 from petclf.onnx import OPSET, OnnxNet, export_module
-
-log = logging.getLogger("petclf.features")
+from petclf.run import say
 
 
 class Body(NamedTuple):
@@ -120,5 +118,5 @@ def feature_body(net: torch.nn.Module, size: int, device: str, cache: FeatureCac
         try:
             return onnx_body(net, size, cache)
         except Exception as e:  # noqa: BLE001 - torch computes the same features, only slower
-            log.warning("features by torch, not onnxruntime: %s: %s", type(e).__name__, e)
+            say(f"warning: features by torch, not onnxruntime: {type(e).__name__}: {e}")
     return torch_body(net, device)

@@ -1,8 +1,8 @@
-"""lr_find that means something: enough steps to resolve the curve, fastai's four suggestions marked on the plot,
-the one used said in words, and a flat-noise curve recognised (then the recipe's default LR is used).
+"""lr_find that means something: enough steps to resolve the curve, fastai's four suggestions marked on the
+plot, the one used said in words, and a flat-noise curve recognised (then the recipe's default LR is used).
 
     from petclf.lrfind import lr_find, plot_lr_find
-    found = lr_find(learn)                     # fastai's lr_find with a progress bar; found.suggestion, found.why()
+    found = lr_find(learn)                     # fastai's lr_find with a bar; found.suggestion, found.why()
     plot_lr_find(found, run_dir / "lr_find.png")
     found.record()                             # metrics.json's `lr_find`
 
@@ -32,7 +32,8 @@ USED = "valley"  # the suggestion the run trains with: fastai's default, the mos
 
 @dataclass
 class LRFind:
-    """What lr_find found: the LR used, every fastai suggestion, the curve, how flat it was, and the seconds."""
+    """What lr_find found: the LR used, every fastai suggestion, the curve, how flat it was, and the
+    seconds."""
 
     suggestion: float
     lrs: list[float]
@@ -54,12 +55,13 @@ class LRFind:
         """The choice in words."""
         if self.flat.get("flat"):
             return (f"the curve is flat noise (the smoothed loss falls {self.flat['drop']:.3g}, less than "
-                    f"{FLAT_DROP:g} x the batch-to-batch noise {self.flat['noise']:.3g}): no suggestion can be read "
-                    f"from it; using the recipe's default {self.suggestion:.2e}")
+                    f"{FLAT_DROP:g} x the batch-to-batch noise {self.flat['noise']:.3g}): no suggestion can "
+                    f"be read from it; using the recipe's default {self.suggestion:.2e}")
         if self.fallback:
             return f"no valley could be read from the curve; using the recipe's default {self.suggestion:.2e}"
         others = ", ".join(f"{k} {v:.2e}" for k, v in self.suggestions.items() if k != self.used)
-        return (f"{self.used} {self.suggestion:.2e} (the middle of the longest stretch where the loss falls) is the "
+        return (f"{self.used} {self.suggestion:.2e} (the middle of the longest stretch where the loss falls) "
+                "is the "
                 f"LR; the other suggestions: {others}")
 
 
@@ -70,8 +72,8 @@ def lr_find_steps(n_batches: int, max_steps: int = 100) -> int:
 
 
 def suggest_lrs(lrs: list[float], losses: list[float], num_it: int) -> dict[str, float]:
-    """fastai's four suggestion functions on the curve, sliced as fastai's `lr_find` slices it; each one that can
-    be read ('minimum' is fastai's: a tenth of the minimum's LR)."""
+    """fastai's four suggestion functions on the curve, sliced as fastai's `lr_find` slices it; each one
+    that can be read ('minimum' is fastai's: a tenth of the minimum's LR)."""
     from fastai.callback.schedule import minimum, slide, steep, valley
 
     x, y = torch.tensor(lrs[num_it // 10:-5]), torch.tensor(losses[num_it // 10:-5])
@@ -90,8 +92,8 @@ def suggest_lrs(lrs: list[float], losses: list[float], num_it: int) -> dict[str,
 
 
 def flatness(raw: list[float], smoothed: list[float], num_it: int) -> dict:
-    """How far the smoothed loss falls below where it started, against the batch-to-batch noise of the raw losses
-    (a robust sigma of their differences); `flat` when it falls by less than `FLAT_DROP` sigmas."""
+    """How far the smoothed loss falls below where it started, against the batch-to-batch noise of the raw
+    losses (a robust sigma of their differences); `flat` when it falls by less than `FLAT_DROP` sigmas."""
     lo = num_it // 10
     r = np.asarray(raw[lo:-5] if len(raw) > lo + 10 else raw, float)
     sm = np.asarray(smoothed[lo:-5] if len(smoothed) > lo + 10 else smoothed, float)
@@ -105,8 +107,8 @@ def flatness(raw: list[float], smoothed: list[float], num_it: int) -> dict:
 
 
 def lr_find(learn, max_steps: int = 100, fallback_lr: float = FALLBACK_LR) -> LRFind:
-    """fastai's lr_find (stops on divergence), bounded in steps, with a progress bar; valley's LR unless the curve
-    is flat noise or unreadable, then `fallback_lr`."""
+    """fastai's lr_find (stops on divergence), bounded in steps, with a progress bar; valley's LR unless the
+    curve is flat noise or unreadable, then `fallback_lr`."""
     from petclf.callbacks import LRFindWatch
 
     t0 = time.monotonic()
@@ -127,8 +129,8 @@ def lr_find(learn, max_steps: int = 100, fallback_lr: float = FALLBACK_LR) -> LR
 
 
 def plot_lr_find(res: LRFind, path: Path) -> Path:
-    """Loss vs learning rate (log scale): each batch's loss faint, fastai's smoothed curve, every suggestion marked
-    and the one used named in the title; saved as PNG."""
+    """Loss vs learning rate (log scale): each batch's loss faint, fastai's smoothed curve, every suggestion
+    marked and the one used named in the title; saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,10 +149,11 @@ def plot_lr_find(res: LRFind, path: Path) -> Path:
     log_lrs = np.log10(res.lrs[keep])
     for name, lr in res.suggestions.items():
         y = float(np.interp(math.log10(lr), log_lrs, res.losses[keep])) if n else 0.0
-        label = f"{name}{'/10' if name == 'minimum' else ''} {lr:.1e}" + (" (used)" if name == res.used else "")
+        label = f"{name}{'/10' if name == 'minimum' else ''} {lr:.1e}{' (used)' if name == res.used else ''}"
         ax.plot(lr, y, markers[name], ms=9 if name == res.used else 6, label=label)
     if res.fallback:
-        ax.axvline(res.suggestion, color="tab:red", linestyle="--", label=f"default {res.suggestion:.1e} (used)")
+        ax.axvline(res.suggestion, color="tab:red", linestyle="--",
+                   label=f"default {res.suggestion:.1e} (used)")
     flat = " - flat noise, recipe default used" if res.flat.get("flat") else ""
     ax.set_title(f"lr_find: {res.used} {res.suggestion:.2e}{flat}", fontsize=10)
     ax.legend(fontsize=8, loc="best")

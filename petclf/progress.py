@@ -1,5 +1,5 @@
-"""Progress that reads well in a terminal (a rich bar) and in a log file (one plain line per stage, no carriage
-returns), and a whole-run estimate from timing the first units of each kind of work.
+"""Progress that reads well in a terminal (a rich bar) and in a log file (one plain line per stage, no
+carriage returns), and a whole-run estimate from timing the first units of each kind of work.
 
     with run_clock() as clock:                       # a run: its estimate is printed once it can be made
         clock.plan("train", 40)                      # work still to do, in units of a kind
@@ -35,7 +35,8 @@ def fmt_secs(s: float) -> str:
 
 
 def rich_bar(transient: bool = True):
-    """petclf's terminal progress bar: what, bar, done/total, elapsed, time left, and a free text (loss, run ETA)."""
+    """petclf's terminal progress bar: what, bar, done/total, elapsed, time left, and a free text (loss, run
+    ETA)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -54,17 +55,18 @@ def rich_bar(transient: bool = True):
                     transient=transient)
 
 
-# ---------------------------------------------------------------------------------------------------- the run clock
+# ---------------------------------------------------------------------------------------------- the run clock
 
 
 @dataclass
 class RunClock:
-    """Work planned per kind (train batches, valid batches, feature batches, ...), each kind's measured seconds per
-    unit, and from those the time the rest of the run should take."""
+    """Work planned per kind (train batches, valid batches, feature batches, ...), each kind's measured
+    seconds per unit, and from those the time the rest of the run should take."""
 
     todo: dict[str, float] = field(default_factory=dict)  # units still to do, per kind
     rate: dict[str, float] = field(default_factory=dict)  # measured seconds per unit
-    prior: dict[str, Callable[[dict[str, float]], float | None]] = field(default_factory=dict)  # guesses till measured
+    # guesses till measured
+    prior: dict[str, Callable[[dict[str, float]], float | None]] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
     announced: bool = False
 
@@ -219,8 +221,8 @@ class Stage:
         return "; ".join(parts)
 
     def stop(self, line: str | None = None) -> None:
-        """Remove the bar and print the stage's one line (`line` replaces the default). Units planned but not done
-        (lr_find stopped early on divergence) leave the run clock's plan."""
+        """Remove the bar and print the stage's one line (`line` replaces the default). Units planned but
+        not done (lr_find stopped early on divergence) leave the run clock's plan."""
         if self.clock is not None and self.kind is not None and self.total:
             self.clock.done(self.kind, self.total - self.done)
         if self.bar is not None:
@@ -239,7 +241,8 @@ class Stage:
 @contextmanager
 def stage(name: str, total: int | None = None, kind: str | None = None, quiet: bool = False,
           terminal: bool | None = None) -> Iterator[Stage]:
-    """A stage of work shown as it runs (see `Stage`); `kind` feeds the run clock. On error the bar just goes."""
+    """A stage of work shown as it runs (see `Stage`); `kind` feeds the run clock. On error the bar just
+    goes."""
     s = Stage(name, total, kind, quiet, terminal).start()
     try:
         yield s

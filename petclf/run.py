@@ -1,8 +1,9 @@
-"""A training run on disk: its folder, its checkpoints and where it stands, so `--resume` continues exactly there.
+"""A training run on disk: its folder, its checkpoints and where it stands, so `--resume` continues exactly
+there.
 
     from petclf.run import RunState, load_checkpoint, prepare_run_dir, update_latest
     run_dir = prepare_run_dir(cfg)                     # exports/<date-time>-<arch>, refused if it holds a run
-    ckpt = load_checkpoint(run_dir)                    # {"model", "opt", "state"}: tensors and plain data only
+    ckpt = load_checkpoint(run_dir)                    # {"model", "opt", "state"}: tensors and plain data
 
 Rank 0 writes every file (`on_main`); the other processes of a distributed run only read.
 """
@@ -13,7 +14,6 @@ import io
 import os
 import shutil
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from petclf import distributed
-from petclf.config import DEFAULT_BS, EXPORTS, TrainConfig, fit_bs, load_config_file, resolve_config, resumable
+from petclf.config import EXPORTS, TrainConfig, load_config_file, resolve_config, resumable
 from petclf.errors import PetclfError
 from petclf.io import save_state_dict, write_atomic
+from petclf.progress import say as show
+from petclf.runfiles import CKPT_DIR, RunDir
 
 T = TypeVar("T")
-CKPT_DIR = "checkpoints"  # inside the run directory: last.pt (resumable), best.safetensors
 MACHINE_KEYS = resumable()  # what `--resume` may change (marked on each TrainConfig field): not the recipe
 
 
@@ -44,10 +45,11 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     return fn(*args, **kwargs) if distributed.is_main() else None
 
 
-def log(msg: str) -> None:
-    """One line to stderr, rank 0 only."""
+def say(msg: str) -> None:
+    """The training side's one output channel: a line to stderr on rank 0, above any progress bar on screen.
+    """
     if distributed.is_main():
-        print(msg, file=sys.stderr, flush=True)
+        show(msg)
 
 
 # ---------------------------------------------------------------------------------------------------- state
@@ -71,7 +73,7 @@ class RunState:
     recipe: str = "fastbook"
     lr: float | None = None
     lr_find: dict | None = None  # {suggestion, seconds} or None when --lr was given
-    probe: dict | None = None  # the probe recipe's result (nested-CV estimate, C, timings): metrics.json's `probe`
+    probe: dict | None = None  # the probe recipe's result (CV estimate, C, timings): metrics.json's `probe`
     phase: int = 0  # index of the phase to run next
     epoch: int = 0  # next epoch within that phase
     history: list[dict] = field(default_factory=list)
@@ -96,13 +98,14 @@ def save_checkpoint(learn, state: RunState, run_dir: Path) -> None:
     """Model, optimizer and RunState in one file, written atomically (temp file, then rename)."""
     buf = io.BytesIO()
     opt = _plain(learn.opt.state_dict()) if learn.opt is not None else None
-    torch.save({"model": distributed.unwrap(learn.model).state_dict(), "opt": opt, "state": asdict(state)}, buf)
-    write_atomic(run_dir / CKPT_DIR / "last.pt", buf.getvalue())
+    model = distributed.unwrap(learn.model).state_dict()
+    torch.save({"model": model, "opt": opt, "state": asdict(state)}, buf)
+    write_atomic(RunDir(run_dir).last, buf.getvalue())
 
 
 def load_checkpoint(run_dir: Path) -> dict:
     """The last checkpoint of a run (tensors and plain data only; no code is unpickled)."""
-    path = run_dir / CKPT_DIR / "last.pt"
+    path = RunDir(run_dir).last
     if not has_checkpoint(run_dir):
         raise PetclfError(f"nothing to resume in {run_dir}: {CKPT_DIR}/last.pt not found")
     try:
@@ -130,19 +133,21 @@ def default_out(arch: str, now: datetime | None = None) -> Path:
 
 
 def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
-    """The run directory for a fresh run, created, and whether it existed before (empty). A folder that holds
-    anything is refused: a run (finished or not) is never overwritten, and neither is anything of the user's."""
+    """The run directory for a fresh run, created, and whether it existed before (empty). A folder that
+    holds anything is refused: a run (finished or not) is never overwritten, and neither is anything of the
+    user's."""
     out = Path(cfg.out) if cfg.out else default_out(cfg.arch)
     if out.exists() and not out.is_dir():
         raise PetclfError(f"--out must be a folder, not a file: {out}")
     existed = out.is_dir()
     if existed and any(out.iterdir()):
         if unstarted_run(out):
-            log(f"{out} holds a run stopped before its first checkpoint; starting it again")
+            say(f"{out} holds a run stopped before its first checkpoint; starting it again")
             return out, True
-        if (out / CKPT_DIR / "last.pt").exists() and not (out / "metrics.json").exists():
-            raise PetclfError(f"{out} holds an unfinished run: continue it with --resume {out}, or pass another --out")
-        if (out / "model.json").exists():
+        if has_checkpoint(out) and not RunDir(out).metrics.exists():
+            raise PetclfError(f"{out} holds an unfinished run: continue it with --resume {out}, or pass "
+                              "another --out")
+        if RunDir(out).manifest.exists():
             raise PetclfError(f"{out} already holds a trained model; pass another --out")
         raise PetclfError(f"--out {out} is a folder that already holds files; pass a new or empty folder "
                           f"(petclf never writes over files it did not make)")
@@ -153,17 +158,17 @@ def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
 
 def has_checkpoint(run_dir: Path) -> bool:
     """True when the run saved a checkpoint `--resume` can continue from."""
-    return (run_dir / CKPT_DIR / "last.pt").is_file()
+    return RunDir(run_dir).last.is_file()
 
 
 def unstarted_run(out: Path) -> bool:
-    """True when `out` holds a run petclf set up that was stopped (SIGTERM, kill -9, a power cut) before its first
-    checkpoint: its config.yaml names this very folder and there is no checkpoint. Nothing in it is worth keeping,
-    and none of it is the user's (the config is the first file a run writes)."""
-    if has_checkpoint(out) or not (out / "config.yaml").is_file():
+    """True when `out` holds a run petclf set up that was stopped (SIGTERM, kill -9, a power cut) before its
+    first checkpoint: its config.yaml names this very folder and there is no checkpoint. Nothing in it is
+    worth keeping, and none of it is the user's (the config is the first file a run writes)."""
+    if has_checkpoint(out) or not RunDir(out).config.is_file():
         return False
     try:
-        saved = load_config_file(out / "config.yaml").get("out")
+        saved = load_config_file(RunDir(out).config).get("out")
     except PetclfError:
         return False
     return isinstance(saved, str) and Path(saved).resolve() == out.resolve()
@@ -171,9 +176,9 @@ def unstarted_run(out: Path) -> bool:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, a job scheduler's stop, a container's shutdown) handled like Ctrl-C inside the block: the run
-    keeps its last checkpoint and says how to continue. Only the main thread may set a handler; elsewhere the block
-    runs as it is."""
+    """SIGTERM (`kill`, a job scheduler's stop, a container's shutdown) handled like Ctrl-C inside the
+    block: the run keeps its last checkpoint and says how to continue. Only the main thread may set a
+    handler; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -190,28 +195,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 @contextmanager
 def discarded_on_failure(run_dir: Path, fresh: bool, existed: bool = False) -> Iterator[None]:
-    """If the block fails before a fresh run saved its first checkpoint, take back what the run wrote (the folder
-    itself, or its contents when the user had made it empty), so a failed start leaves nothing half-made behind."""
+    """If the block fails before a fresh run saved its first checkpoint, take back what the run wrote (the
+    folder itself, or its contents when the user had made it empty), so a failed start leaves nothing
+    half-made behind."""
     try:
         yield
     except BaseException:
-        if fresh and distributed.is_main() and not (run_dir / CKPT_DIR / "last.pt").exists():
+        if fresh and distributed.is_main() and not has_checkpoint(run_dir):
             for child in run_dir.iterdir() if existed else []:
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
             if not existed:
                 shutil.rmtree(run_dir, ignore_errors=True)
         raise
-
-
-def batch_size(cfg: TrainConfig, pets, recipe: str = "fastbook") -> int:
-    """The run's training batch per process: `fit_bs` where batches train (said in one line when it shrank); the
-    probe trains none (its features go through in batches of their own), so any batch size serves it."""
-    if recipe == "probe":
-        return cfg.bs or DEFAULT_BS
-    bs, why = fit_bs(cfg.bs, len(pets.train_idx), distributed.world_size())
-    if why:
-        log(why)
-    return bs
 
 
 def settings_given(cfg: TrainConfig) -> dict[str, Any]:
@@ -221,17 +216,18 @@ def settings_given(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
-    """The saved config of `run_dir`, with this machine's `MACHINE_KEYS` from `given` (the settings the user typed:
-    flags and config file). Any other setting in `given` must agree with the saved run, or it is refused: a silently
-    ignored `--epochs` (or `--arch resnet34`, the default) would be a surprise."""
+    """The saved config of `run_dir`, with this machine's `MACHINE_KEYS` from `given` (the settings the user
+    typed: flags and config file). Any other setting in `given` must agree with the saved run, or it is
+    refused: a silently ignored `--epochs` (or `--arch resnet34`, the default) would be a surprise."""
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        raise PetclfError(f"nothing to resume in {run_dir}: a run interrupted before its first checkpoint keeps "
-                          f"nothing; start it again with the same command, without --resume")
-    if not (run_dir / "config.yaml").is_file():
+        raise PetclfError(f"nothing to resume in {run_dir}: a run interrupted before its first checkpoint "
+                          "keeps nothing; start it again with the same command, without --resume")
+    run = RunDir(run_dir)
+    if not run.config.is_file():
         raise PetclfError(f"--resume {run_dir}: not a petclf run directory (config.yaml missing)")
-    if (run_dir / "metrics.json").is_file() and (run_dir / "model.json").is_file():
+    if run.metrics.is_file() and run.manifest.is_file():
         raise PetclfError(f"--resume {run_dir}: that run is already complete")
-    saved = resolve_config(None, **load_config_file(run_dir / "config.yaml"))
+    saved = resolve_config(None, **load_config_file(run.config))
     machine = {k: given[k] for k in MACHINE_KEYS if k in given}
     resumed = replace(saved, resume=str(run_dir), out=str(run_dir), **machine)
     clash = [f"--{k.replace('_', '-')} {v} (the run has {getattr(resumed, k)})" for k, v in given.items()
@@ -248,7 +244,8 @@ LATEST_MAX_BYTES = 1024  # a `latest` file petclf writes (where symlinks fail) n
 
 
 def is_latest_pointer(latest: Path) -> bool:
-    """True when `latest` is petclf's: a symlink, or a small file naming a sibling run folder (with model.json)."""
+    """True when `latest` is petclf's: a symlink, or a small file naming a sibling run folder (with
+    model.json)."""
     if latest.is_symlink():
         return True
     if not latest.is_file() or latest.stat().st_size > LATEST_MAX_BYTES:
@@ -259,17 +256,17 @@ def is_latest_pointer(latest: Path) -> bool:
         return False
     rel = Path(name)
     return (bool(name) and not rel.is_absolute() and ".." not in rel.parts
-            and (latest.parent / rel / "model.json").is_file())
+            and RunDir(latest.parent / rel).manifest.is_file())
 
 
 def update_latest(run_dir: Path, where: Path | None = None) -> Path | None:
-    """Point `<where>/latest` (default: beside the run) at `run_dir` atomically, by a relative symlink (a file
-    naming it where symlinks fail). Anything named `latest` there that petclf did not make is left alone (None is
-    returned, and a line says so)."""
+    """Point `<where>/latest` (default: beside the run) at `run_dir` atomically, by a relative symlink (a
+    file naming it where symlinks fail). Anything named `latest` there that petclf did not make is left
+    alone (None is returned, and a line says so)."""
     where = where or run_dir.parent
     latest = where / "latest"
     if (latest.exists() or latest.is_symlink()) and not is_latest_pointer(latest):
-        log(f"left {latest} alone (it is not petclf's); the run is in {run_dir}")
+        say(f"left {latest} alone (it is not petclf's); the run is in {run_dir}")
         return None
     target = os.path.relpath(run_dir.resolve(), where.resolve())
     tmp = where / f".latest.tmp{os.getpid()}"

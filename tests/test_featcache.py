@@ -118,7 +118,7 @@ def features(net, files, cache, size: int = SIZE):
     from petclf.features import feature_body
     from petclf.model import norm_stats
     from petclf.preprocess import Preprocess
-    from petclf.probe import photo_features
+    from petclf.probefit import photo_features
 
     mean, std = norm_stats("resnet18")
     body = feature_body(net, size, "cpu", cache)

@@ -69,6 +69,38 @@ def test_modules_stay_short(module):
     assert len((PKG / f"{module}.py").read_text().splitlines()) <= 600
 
 
+RECIPE_MODULES = {"recipe", "finetune", "probe", "probefit"}  # where a recipe may be told apart by name
+
+
+def names_a_recipe(node: ast.AST) -> bool:
+    """True when the expression reads a recipe's name: `recipe`, `x.recipe`, `x["recipe"]`, `"probe"`."""
+    for n in ast.walk(node):
+        if (isinstance(n, ast.Name) and "recipe" in n.id) or (isinstance(n, ast.Attribute) and "recipe" in n.attr):
+            return True
+        if isinstance(n, ast.Constant) and n.value in ("recipe", "probe", "fastbook"):
+            return True
+    return False
+
+
+def recipe_comparisons(source: str) -> list[int]:
+    """Lines of `source` that compare a recipe's name (==, !=, in, is): a branch that belongs in a recipe."""
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Compare)
+            and any(isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn, ast.Is, ast.IsNot)) for op in node.ops)
+            and any(names_a_recipe(x) for x in [node.left, *node.comparators])]
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - RECIPE_MODULES))
+def test_recipes_are_told_apart_only_in_the_recipe_modules(module):
+    assert recipe_comparisons((PKG / f"{module}.py").read_text()) == [], f"{module}.py compares a recipe's name"
+
+
+def test_the_recipe_comparison_finder_finds_them():
+    assert recipe_comparisons('if state.recipe == "probe":\n    pass') == [1]
+    assert recipe_comparisons('x = 1 if m["recipe"]["name"] != "probe" else 2') == [1]
+    assert recipe_comparisons('ok = recipe in ("probe",)') == [1]
+    assert recipe_comparisons('ok = size == 224') == []
+
+
 def test_the_onnx_prediction_path_never_imports_torch():
     code = ("import sys, petclf.cli, petclf.predict, petclf.onnx, petclf.preprocess, petclf.bundle; "
             "print(sorted(m for m in ('torch', 'fastai', 'timm', 'gradio') if m in sys.modules))")

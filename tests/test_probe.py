@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from petclf.probe import C_GRID, fit_logreg, fit_probe_cv, l2_normalise, logits_of, stratified_folds
+from petclf.notapet import l2_rows
+from petclf.probefit import C_GRID, fit_logreg, fit_probe_cv, logits_of, stratified_folds
 
 
 def blobs(n_per: int, k: int = 4, d: int = 32, noise: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Unit-norm features of `k` noisy classes."""
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(k), n_per)
-    return l2_normalise(rng.normal(0, 1, (k, d))[y] + rng.normal(0, noise, (len(y), d))), y
+    return l2_rows(rng.normal(0, 1, (k, d))[y] + rng.normal(0, noise, (len(y), d))), y
 
 
 def test_fit_maps_back_to_raw_features_and_never_predicts_absent_classes():
@@ -43,7 +44,7 @@ def test_folds_shrink_to_the_smallest_class():
 
 def test_a_class_with_one_photo_still_trains():
     x, y = blobs(4, k=3, noise=0.5)
-    x, y = np.concatenate([x, x[:1] * 0 + l2_normalise(np.ones((1, 32)))]), np.append(y, 3)  # class 3: one photo
+    x, y = np.concatenate([x, x[:1] * 0 + l2_rows(np.ones((1, 32)))]), np.append(y, 3)  # class 3: one photo
     fit = fit_probe_cv(x, y, 4, cs=C_GRID[:3])
     assert len(fit.cv["fold_errors"]) == 2 and fit.oof_logits.shape == (13, 4)
     assert logits_of(x[-1:], (fit.weight, fit.bias)).argmax() == 3  # the final model trained on it
@@ -65,7 +66,7 @@ def spot_maps(n_per: int, k: int = 3, c: int = 8, side: int = 6, seed: int = 0) 
 
 def test_the_head_on_crops_learns_and_is_repeatable():
     from petclf.model import GeMPool
-    from petclf.probe import crop_head, pooled_unit
+    from petclf.probefit import crop_head, pooled_unit
 
     maps, y = spot_maps(8)
     keep = y != 2  # class 2 absent from training
@@ -79,7 +80,7 @@ def test_the_head_on_crops_learns_and_is_repeatable():
 
 def test_the_head_on_crops_is_judged_on_photos_it_never_saw():
     from petclf.model import GeMPool
-    from petclf.probe import crop_head_cv
+    from petclf.probefit import crop_head_cv
 
     maps, y = spot_maps(5, seed=3)
     est, oof = crop_head_cv(maps, y, 3, GeMPool(2))

@@ -112,3 +112,50 @@ def test_a_run_killed_before_its_first_checkpoint_is_petclfs_to_start_again(tmp_
 def test_resume_of_a_folder_that_kept_nothing_says_to_run_the_command_again(tmp_path):
     with pytest.raises(PetclfError, match="nothing to resume .* same command, without --resume"):
         resume_config(tmp_path / "gone", {})
+
+
+# ---------------------------------------------------------------------------------------------------- run files
+
+
+def test_run_dir_names_the_files_the_writers_write(tmp_path):
+    from petclf.bundle import MANIFEST_NAME, WEIGHTS_NAME
+    from petclf.data import EXAMPLES_DIR, REPORT_NAME
+    from petclf.onnx import ONNX_NAME
+    from petclf.oof import OOF_NAME
+    from petclf.runfiles import RunDir
+
+    run = RunDir(tmp_path)
+    assert [p.name for p in (run.weights, run.manifest, run.onnx, run.oof, run.data_report, run.examples)] == [
+        WEIGHTS_NAME, MANIFEST_NAME, ONNX_NAME, OOF_NAME, REPORT_NAME, EXAMPLES_DIR]
+    assert run.last == tmp_path / "checkpoints" / "last.pt" and run.best.parent == run.checkpoints
+    assert RunDir(str(tmp_path)).root == tmp_path  # a str is taken as a path
+
+
+def test_metrics_json_reads_back_as_written_by_a_run(tiny_run):
+    import json
+
+    from petclf.runfiles import RunDir, RunMetrics
+
+    run = RunDir(tiny_run.run_dir)
+    written = json.loads(run.metrics.read_text())
+    assert RunMetrics.read(run.metrics).to_json() == written
+    assert "estimate" not in written  # a fine-tuned run's error is on its validation split
+
+
+def test_a_damaged_metrics_json_is_one_line_naming_it(tmp_path):
+    import json
+
+    from petclf.runfiles import RunMetrics
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"error_rate": 0.1, "accuracy": 0.9}))
+    with pytest.raises(PetclfError, match=r"metrics\.json: the key 'valid_loss' is missing"):
+        RunMetrics.read(path)
+    path.write_text(json.dumps({"error_rate": "0.1", "accuracy": 0.9, "valid_loss": 0.3}))
+    with pytest.raises(PetclfError, match=r"metrics\.json: 'error_rate' is a str, not a number"):
+        RunMetrics.read(path)
+    path.write_text("{")
+    with pytest.raises(PetclfError, match="cannot read"):
+        RunMetrics.read(path)
+    old = {"error_rate": 0.1, "accuracy": 0.9, "valid_loss": 0.3, "recipe": "fastbook"}  # an early run's
+    assert RunMetrics.from_json(old).recipe == "fastbook"

@@ -21,9 +21,11 @@ from petclf.callbacks import StopAfter
 from petclf.config import TrainConfig
 from petclf.device import default_workers
 from petclf.errors import PetclfError
+from petclf.finetune import plan_schedule
 from petclf.lrfind import lr_find_steps
-from petclf.run import resume_config
-from petclf.train import Phase, choose_recipe, plan_schedule, train, train_summary
+from petclf.recipe import choose_recipe
+from petclf.run import Phase, resume_config
+from petclf.train import train, train_summary
 
 RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.json", "lr_find.png", "export.pkl",
              "data_report.json")  # a probe run writes oof.json instead of lr_find.png
@@ -66,6 +68,17 @@ def test_recipe_choice():
     assert choose_recipe(TrainConfig(recipe="probe"), large, pretrained=True) == "probe"
 
 
+def test_every_recipe_answers_the_whole_seam():
+    import petclf.train  # noqa: F401 - the recipes register on import
+    from petclf.config import CHOICES
+    from petclf.recipe import RECIPES, Recipe
+
+    assert set(RECIPES) == {c.value for c in CHOICES["recipe"]} - {"auto"}  # --recipe names what is registered
+    for cls in RECIPES.values():
+        for method in ("head_spec", "start", "measure", "fitted_detector", "fitted_open_set"):
+            assert getattr(cls, method) is not getattr(Recipe, method), (cls.name, method)
+
+
 def test_default_workers():
     assert default_workers("cpu", cores=2) == 0 and default_workers("cuda", cores=4) == 4
     assert default_workers("cuda", cores=16) == 8
@@ -73,11 +86,10 @@ def test_default_workers():
 
 def test_schedule_mirrors_fine_tune():
     cfg = TrainConfig(epochs=4, freeze_epochs=1)
-    frozen, unfrozen = plan_schedule(cfg, 1e-3, "fastbook")
+    frozen, unfrozen = plan_schedule(cfg, 1e-3)
     assert frozen == Phase("frozen", 1, (1e-3, 1e-3), 0.99, 25.0)
     assert unfrozen.epochs == 4 and unfrozen.lr == pytest.approx((5e-6, 5e-4)) and unfrozen.div == 5.0
-    assert plan_schedule(cfg, 1e-3, "probe") == []  # the probe's head is solved: no epochs
-    (scratch,) = plan_schedule(cfg, 1e-3, "fastbook", pretrained=False)
+    (scratch,) = plan_schedule(cfg, 1e-3, pretrained=False)
     assert scratch.epochs == 5 and scratch.lr == (1e-3, 1e-3)
 
 
@@ -173,7 +185,7 @@ def test_interrupted_run_resumes_on_schedule(synth_dir, tmp_path):
     stem = next(m for m in res.learn.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert stem.weight.is_contiguous()  # the resumed run keeps the saved layout setting
     assert [h["epoch"] for h in hist] == [1, 2, 3]  # epoch 1 not repeated, 1 and 2 run after the resume
-    (phase,) = plan_schedule(cfg, cfg.lr, "fastbook", pretrained=False)
+    (phase,) = plan_schedule(cfg, cfg.lr, pretrained=False)
     expected = combined_cos(phase.pct_start, cfg.lr / phase.div, cfg.lr, cfg.lr / 1e5)(1 / 3)
     assert lrs_seen[0] == pytest.approx(expected, rel=1e-6)  # the one-cycle schedule continues at epoch 1 of 3
     assert (out / "model.json").is_file() and not (tmp_path / "latest").exists()
@@ -189,7 +201,7 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
     from petclf.model import efficientnet_lite0_weights, norm_stats
     from petclf.predict import load_model
     from petclf.preprocess import Preprocess
-    from petclf.probe import HEAD_ON_CROPS, logits_of, network_features
+    from petclf.probefit import HEAD_ON_CROPS, logits_of, network_features
 
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     out = tmp_path / "probe"
@@ -235,13 +247,14 @@ def test_probe_recipe_on_small_data(synth_dir, tmp_path):
 def test_without_maps_to_keep_the_probe_alone_is_the_head(synth_dir, tmp_path, monkeypatch):
     from petclf import probe
     from petclf.model import efficientnet_lite0_weights
+    from petclf.probefit import C_GRID
 
     monkeypatch.setattr(probe, "MAX_MAPS_BYTES", 0)  # as for a ViT, or more photos than memory holds maps for
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     res = train(tiny_cfg(synth_dir, tmp_path / "run", arch="tf_efficientnet_lite0", weights=str(weights),
                          pretrained=True, probe_size=64))
     m = res.metrics
-    assert m["estimate"] == "nested 5-fold cross-validation" and m["probe"]["c"] in probe.C_GRID
+    assert m["estimate"] == "nested 5-fold cross-validation" and m["probe"]["c"] in C_GRID
     assert m["recipe"]["head"] == f"logistic regression (C = {m['probe']['c']:g}, chosen by 4-fold cross-validation)"
     assert len(m["probe"]["c_per_fold"]) == 5 and m["error_rate"] <= 0.25
 
@@ -314,7 +327,7 @@ class PoisonWeights(StopAfter):
 
 @pytest.mark.slow
 def test_a_run_that_diverges_exports_nothing_and_never_becomes_latest(synth_dir, tmp_path):
-    from petclf.train import TrainingDiverged
+    from petclf.export import TrainingDiverged
 
     out = tmp_path / "runs" / "nan"
     with pytest.raises(TrainingDiverged, match="not finite"):
@@ -407,7 +420,7 @@ def test_lr_find_on_flat_noise_says_so_and_falls_back(synth_dir, tmp_path):
 
     from petclf.data import load_pets
     from petclf.lrfind import FALLBACK_LR, lr_find, plot_lr_find
-    from petclf.train import build_dataloaders
+    from petclf.recipe import build_dataloaders
 
     cfg = tiny_cfg(synth_dir, tmp_path / "r")
     dls = build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu")
@@ -422,8 +435,9 @@ def test_lr_find_on_flat_noise_says_so_and_falls_back(synth_dir, tmp_path):
 @pytest.mark.slow
 def test_lr_find_records_every_suggestion_and_uses_valley(synth_dir, tmp_path):
     from petclf.lrfind import lr_find, plot_lr_find
-    from petclf.model import efficientnet_lite0_weights
-    from petclf.train import build_dataloaders, build_learner, resolve_device
+    from petclf.model import FASTAI_HEAD, efficientnet_lite0_weights
+    from petclf.recipe import build_dataloaders, build_learner
+    from petclf.train import resolve_device
 
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     cfg = tiny_cfg(synth_dir, tmp_path / "r", arch="tf_efficientnet_lite0", weights=str(weights), pretrained=True,
@@ -431,8 +445,8 @@ def test_lr_find_records_every_suggestion_and_uses_valley(synth_dir, tmp_path):
     from petclf.data import load_pets
 
     compute = resolve_device(cfg)
-    learn = build_learner(cfg, build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu"), "fastbook",
-                          compute, path=tmp_path)
+    learn = build_learner(cfg, build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu"), FASTAI_HEAD,
+                          compute, pretrained=True, path=tmp_path)
     found = lr_find(learn, max_steps=50)
     rec = found.record()
     assert set(rec["suggestions"]) == {"valley", "steep", "slide", "minimum"}, rec
