@@ -15,10 +15,18 @@ from helpers import HANG_GUARD_S
 
 from petclf.progress import RunClock, stage
 
-TINY = ["--arch", "resnet18", "--no-pretrained", "--freeze-epochs", "0", "--bs", "16", "--size", "64", "--presize",
-        "80", "--workers", "0"]
+TINY = ["--arch", "resnet18", "--no-pretrained", "--freeze-epochs", "0", "--bs", "16", "--size", "32", "--presize",
+        "40", "--workers", "0"]  # 32 px: every stage runs, each in a fraction of a second
 STAGES = ("loading torch and fastai", "verifying images", "building the model", "lr_find", "epoch 1/2 unfrozen",
           "epoch 2/2 unfrozen", "final validation and temperature", "export", "ONNX export and check")
+
+
+@pytest.fixture
+def settings(tmp_path) -> Path:
+    """A settings file with lr_find at its fewest steps: the stage and its bar still run, not 50 batches of it."""
+    path = tmp_path / "settings.yaml"
+    path.write_text("lr_find_steps: 5\n")
+    return path
 
 
 def env(**kw: str) -> dict[str, str]:
@@ -60,10 +68,11 @@ def test_an_interrupted_stage_leaves_no_line(capsys):
 
 
 @pytest.mark.slow
-def test_terminal_run_shows_a_bar_from_the_start_and_an_estimate_before_the_first_epoch(synth_dir, tmp_path):
+def test_terminal_run_shows_a_bar_from_the_start_and_an_estimate_before_the_first_epoch(synth_dir, tmp_path,
+                                                                                       settings):
     pexpect = pytest.importorskip("pexpect")
     cmd = [sys.executable, "-m", "petclf", "train", "-d", str(synth_dir), *TINY, "-e", "1", "--threads", "1",
-           "-o", str(tmp_path / "run")]
+           "--config", str(settings), "-o", str(tmp_path / "run")]
     child = pexpect.spawn(cmd[0], cmd[1:], env=env(TERM="xterm-256color", COLUMNS="160"), dimensions=(40, 160),
                           encoding="utf-8", timeout=HANG_GUARD_S)  # order is checked below, not seconds
     try:
@@ -84,10 +93,11 @@ def test_terminal_run_shows_a_bar_from_the_start_and_an_estimate_before_the_firs
 
 
 @pytest.mark.slow
-def test_piped_run_one_line_per_stage_result_once_next_commands(synth_dir, tmp_path):
+def test_piped_run_one_line_per_stage_result_once_next_commands(synth_dir, tmp_path, settings):
     out = tmp_path / "runs" / "run1"
     proc = subprocess.run([sys.executable, "-m", "petclf", "train", "-d", str(synth_dir), *TINY, "-e", "2",
-                           "--threads", "1", "-o", str(out)], capture_output=True, text=True, env=env(),
+                           "--threads", "1", "--config", str(settings), "-o", str(out)], capture_output=True,
+                          text=True, env=env(),
                           timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr.splitlines()
