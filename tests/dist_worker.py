@@ -57,7 +57,7 @@ def main(data: str, base: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
     cfg = resolve_config(data=data, arch="resnet18", pretrained=False, size=32, presize=40, bs=8, epochs=1,
-                         freeze_epochs=1, recipe="fastbook", lr_find_steps=8, workers=0, out="run", seed=0)
+                         freeze_epochs=1, recipe="fastbook", lr_find_steps=5, workers=0, out="run", seed=0)
     rec = ShardRecorder()
     result = train(cfg, cbs=[rec])
     record = {"rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", 1)), "epochs": rec.epochs,

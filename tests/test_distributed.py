@@ -96,20 +96,28 @@ def _epochs_done(run: Path) -> int:
         return 0
 
 
-def test_killed_distributed_run_resumes_through_the_cli(dist_data, tmp_path):
-    run = tmp_path / "run"
-    args = ["-m", "petclf", "train", "--data", str(dist_data), "--arch", "resnet18", "--no-pretrained",
-            "--size", "32", "--presize", "40", "--bs", "8", "--freeze-epochs", "0", "--epochs", "6", "--lr", "0.002",
-            "--workers", "0", "--out", str(run)]
+def test_killed_distributed_run_on_a_csv_layout_resumes_through_the_cli(tmp_path):
+    """Every rank killed mid-run resumes through the CLI. The run reads a CSV layout and is given no --bs, so the
+    batch is fitted to each process's share: one launch to kill and one to resume prove both."""
+    from petclf.synth import LABELS_CSV, synth_data
+
+    data, run = tmp_path / "mine", tmp_path / "run"
+    synth_data(data, "csv", n_classes=3, per_class=8, size=32, seed=3)
+    args = ["-m", "petclf", "train", "--data", str(data), "--labels", str(data / LABELS_CSV), "--arch", "resnet18",
+            "--no-pretrained", "--size", "32", "--presize", "40", "--freeze-epochs", "0", "--epochs", "6",
+            "--lr", "0.002", "--workers", "0", "--out", str(run)]
     proc = subprocess.Popen(launch(*args, cwd=tmp_path), cwd=tmp_path, env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = Output(proc.stderr)
     wait_for("a first saved epoch", lambda: _epochs_done(run) >= 1, proc, err.text)
     kill_tree(proc.pid)  # a crash, not a polite stop: no handler runs on any rank
     proc.wait(HANG_GUARD_S)
+    killed = err.closed()
     done = _epochs_done(run)
     assert 1 <= done < 6, f"expected to kill the run mid-way, it had done {done} epochs"
     assert not (run / "model.json").exists()
+    assert "batch size 2 instead of 32: the 21 training images (10 per process, 2 processes) give 5 steps" \
+        in killed, killed[-3000:]
     resumed = subprocess.run(launch("-m", "petclf", "train", "--resume", str(run), "--workers", "0", cwd=tmp_path),
                              cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert resumed.returncode == 0, "\n".join(ln for ln in resumed.stderr.splitlines() if "error" in ln.lower())[-3000:]
@@ -118,26 +126,11 @@ def test_killed_distributed_run_resumes_through_the_cli(dist_data, tmp_path):
     from petclf.bundle import load_network
 
     load_network(run)
-
-
-def test_two_processes_train_on_a_csv_layout(tmp_path):
-    from petclf.synth import LABELS_CSV, synth_data
-
-    data, run = tmp_path / "mine", tmp_path / "run"
-    synth_data(data, "csv", n_classes=3, per_class=8, size=32, seed=3)
-    args = ["-m", "petclf", "train", "--data", str(data), "--labels", str(data / LABELS_CSV), "--arch", "resnet18",
-            "--no-pretrained", "--size", "32", "--presize", "40", "--freeze-epochs", "0", "--epochs", "1",
-            "--lr", "0.002", "--workers", "0", "--out", str(run)]  # no --bs: fitted to each process's share
-    proc = subprocess.run(launch(*args, cwd=tmp_path), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                          timeout=HANG_GUARD_S)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((run / "model.json").read_text())
     assert manifest["data"]["layout"] == "csv" and manifest["data"]["split"] == "csv column split"
     assert [c["name"] for c in manifest["classes"]] == ["Crème brûlée", "Red fox", "blue whale"]
     assert json.loads((run / "metrics.json").read_text())["processes"] == {"count": 2, "bs_per_process": 2,
                                                                           "global_bs": 4}
-    assert "batch size 2 instead of 32: the 21 training images (10 per process, 2 processes) give 5 steps" \
-        in proc.stderr
 
 
 RANK_SCRIPT = """

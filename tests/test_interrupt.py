@@ -40,9 +40,9 @@ def stop_at(args: list[str], after: str, sig: int) -> tuple[int, str]:
 
 @pytest.fixture
 def settings(tmp_path) -> Path:
-    """A settings file: the probe at 64 px, lr_find short."""
+    """A settings file: the probe at 64 px, lr_find at its fewest steps."""
     path = tmp_path / "settings.yaml"
-    path.write_text("probe_size: 64\nlr_find_steps: 10\n")
+    path.write_text("probe_size: 64\nlr_find_steps: 5\n")
     return path
 
 

@@ -196,7 +196,7 @@ def test_csv_layout_end_to_end_with_groups_and_resume(cli, tmp_path):
 @pytest.mark.slow
 def test_petclf_demo_and_lr_find_on_a_users_own_layouts(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the demo's `exports/latest`, if it wrote one, would land here
-    res = cli("demo", "--layout", "folders", "--out", tmp_path / "demo")
+    res = cli("demo", "--layout", "folders", "--epochs", "1", "--out", tmp_path / "demo")  # the layout is under test
     assert res.exit_code == 0, res.output
     (run,) = [p for p in (tmp_path / "demo" / "runs").iterdir() if p.is_dir() and not p.is_symlink()]
     manifest = json.loads((run / "model.json").read_text())
@@ -208,7 +208,8 @@ def test_petclf_demo_and_lr_find_on_a_users_own_layouts(cli, tmp_path, monkeypat
     data = tmp_path / "mine"
     synth_data(data, "csv", n_classes=CLASSES, per_class=PER_CLASS, size=SIZE)
     res = cli("lr-find", "--data", data, "--labels", data / LABELS_CSV, "--arch", "resnet18", "--no-pretrained",
-              "--bs", "8", "--size", SIZE, "--presize", PRESIZE, "--workers", "0", "--out", tmp_path / "lr")
+              "--bs", "8", "--size", SIZE, "--presize", PRESIZE, "--workers", "0", "--out", tmp_path / "lr",
+              "--config", _settings(tmp_path, lr_find_steps=5))  # the fewest steps: a curve and a plot all the same
     assert res.exit_code == 0, res.output
     assert (tmp_path / "lr" / "lr_find.png").is_file() and f"{CLASSES} classes" in res.output
 

@@ -15,10 +15,19 @@ from helpers import HANG_GUARD_S
 
 from petclf.progress import RunClock, stage
 
-TINY = ["--arch", "resnet18", "--no-pretrained", "--freeze-epochs", "0", "--bs", "16", "--size", "64", "--presize",
-        "80", "--workers", "0"]
+TINY = ["--arch", "resnet18", "--no-pretrained", "--freeze-epochs", "0", "--bs", "16", "--size", "32", "--presize",
+        "40", "--workers", "0"]  # 32 px: every stage runs, each in a fraction of a second
+TOOK = r"[\d.]+ (s|min|h)"  # a stage's time as fmt_secs says it: a busy machine turns 42 s into 1.6 min
 STAGES = ("loading torch and fastai", "verifying images", "building the model", "lr_find", "epoch 1/2 unfrozen",
           "epoch 2/2 unfrozen", "final validation and temperature", "export", "ONNX export and check")
+
+
+@pytest.fixture
+def settings(tmp_path) -> Path:
+    """A settings file with lr_find at its fewest steps: the stage and its bar still run, not 50 batches of it."""
+    path = tmp_path / "settings.yaml"
+    path.write_text("lr_find_steps: 5\n")
+    return path
 
 
 def env(**kw: str) -> dict[str, str]:
@@ -60,10 +69,11 @@ def test_an_interrupted_stage_leaves_no_line(capsys):
 
 
 @pytest.mark.slow
-def test_terminal_run_shows_a_bar_from_the_start_and_an_estimate_before_the_first_epoch(synth_dir, tmp_path):
+def test_terminal_run_shows_a_bar_from_the_start_and_an_estimate_before_the_first_epoch(synth_dir, tmp_path,
+                                                                                       settings):
     pexpect = pytest.importorskip("pexpect")
     cmd = [sys.executable, "-m", "petclf", "train", "-d", str(synth_dir), *TINY, "-e", "1", "--threads", "1",
-           "-o", str(tmp_path / "run")]
+           "--config", str(settings), "-o", str(tmp_path / "run")]
     child = pexpect.spawn(cmd[0], cmd[1:], env=env(TERM="xterm-256color", COLUMNS="160"), dimensions=(40, 160),
                           encoding="utf-8", timeout=HANG_GUARD_S)  # order is checked below, not seconds
     try:
@@ -84,19 +94,20 @@ def test_terminal_run_shows_a_bar_from_the_start_and_an_estimate_before_the_firs
 
 
 @pytest.mark.slow
-def test_piped_run_one_line_per_stage_result_once_next_commands(synth_dir, tmp_path):
+def test_piped_run_one_line_per_stage_result_once_next_commands(synth_dir, tmp_path, settings):
     out = tmp_path / "runs" / "run1"
     proc = subprocess.run([sys.executable, "-m", "petclf", "train", "-d", str(synth_dir), *TINY, "-e", "2",
-                           "--threads", "1", "-o", str(out)], capture_output=True, text=True, env=env(),
+                           "--threads", "1", "--config", str(settings), "-o", str(out)], capture_output=True,
+                          text=True, env=env(),
                           timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr.splitlines()
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr  # no bar, no colour codes in a log file
-    ends = [ln for ln in err if not re.match(r"[^;]* after \d+ s", ln)]  # a slow stage also logs as it goes
+    ends = [ln for ln in err if not re.match(rf"[^;]* after {TOOK}", ln)]  # a slow stage also logs as it goes
     for name in STAGES:
         assert sum(ln.startswith(name) for ln in ends) == 1, (name, proc.stderr)
     epoch = next(ln for ln in err if ln.startswith("epoch 2/2"))
-    assert re.search(r"in \d+ s; train_loss [\d.]+ valid_loss [\d.]+ error_rate [\d.]+ accuracy [\d.]+", epoch)
+    assert re.search(rf"in {TOOK}; train_loss [\d.]+ valid_loss [\d.]+ error_rate [\d.]+ accuracy [\d.]+", epoch)
     assert "left of the run" in epoch  # the estimate, revised at every stage
     assert sum("estimated time for the whole run" in ln for ln in err) == 1
 
