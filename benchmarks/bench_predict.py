@@ -47,11 +47,11 @@ def make_learner(folder: Path, arch: str, size: int, presize: int):
     import fastai.callback.all  # noqa: F401 - patches Learner
     from fastai.vision.learner import vision_learner
 
-    from petclf.data import load_pets, make_dataloaders
+    from petclf.data import load_data, make_dataloaders
     from petclf.model import norm_stats
 
     mean, std = norm_stats(arch)
-    dls = make_dataloaders(load_pets(folder, valid_pct=0.5, use_cache=False), bs=32, size=size, presize=presize,
+    dls = make_dataloaders(load_data(folder, valid_pct=0.5, use_cache=False), bs=32, size=size, presize=presize,
                            mean=mean, std=std, workers=0)
     learn = vision_learner(dls, arch, pretrained=False)
     return learn, mean, std

@@ -57,7 +57,7 @@ def main() -> None:
 
     import torch
 
-    from petclf.data import load_pets
+    from petclf.data import load_data
     from petclf.report import write_report
 
     with tempfile.TemporaryDirectory() as d:
@@ -65,7 +65,7 @@ def main() -> None:
         os.environ["PETCLF_CACHE_DIR"] = str(tmp / "cache")
         run = make_run(tmp, args.arch, args.images, args.size, args.presize)
         t0 = time.perf_counter()
-        load_pets(tmp / "data")  # verifying every image once; later runs read the verdicts from the cache
+        load_data(tmp / "data")  # verifying every image once; later runs read the verdicts from the cache
         verify = time.perf_counter() - t0
         t0 = time.perf_counter()
         paths = write_report(run, bs=args.bs, workers=args.workers, out=tmp / "report")

@@ -27,7 +27,7 @@ import torch
 from fastai.callback.core import Callback
 
 from petclf.config import DEFAULT_BS, TrainConfig
-from petclf.data import load_pets
+from petclf.data import load_data
 from petclf.device import Compute, available_cores, default_workers
 from petclf.model import build_model
 from petclf.recipe import build_dataloaders
@@ -175,7 +175,7 @@ def bench(args: argparse.Namespace, data: Path, tmp: Path) -> dict:
                        device=args.device, precision=args.precision, channels_last=args.channels_last,
                        threads=args.threads)
     compute = resolve_device(base)
-    pets = load_pets(base.data, seed=base.seed)
+    pets = load_data(base.data, seed=base.seed)
     n_classes = len(pets.vocab)
     reference = Compute(compute.device, "fp32", False)
     out = {"device": compute.device, "arch": args.arch, "size": args.size, "presize": args.presize, "bs": args.bs,

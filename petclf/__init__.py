@@ -1,4 +1,5 @@
-"""petclf: fine-tune a pretrained timm model on Oxford-IIIT Pets with fastai, serve it, and explain its mistakes.
+"""petclf: fine-tune a pretrained timm model on Oxford-IIIT Pets with fastai, serve it, and explain its
+mistakes.
 
     petclf train --data data/oxford-iiit-pet     # or `make train`
     petclf --help

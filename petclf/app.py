@@ -317,8 +317,9 @@ def build_demo(predictor: Predictor, threshold: float | None = None, queue_size:
     after they were written, checked every quarter of that."""
     batcher = Batcher(predictor, max_batch=MAX_BATCH)
     # decoding and preprocessing run on a few long-lived threads rather than on Gradio's many request threads:
-    # each thread that allocates gets its own glibc malloc arena, and with a dozen threads passing multi-megabyte
-    # images around the arenas fragmented (the server grew ~40 KB per request under bench_predict's load)
+    # each thread that allocates gets its own glibc malloc arena, and with a dozen threads passing
+    # multi-megabyte images around the arenas fragmented (the server grew ~40 KB per request under
+    # bench_predict's load)
     decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="petclf-decode")
     keep_memory_trimmed()  # a near-limit data URL passes through Gradio's threads too: their arenas kept it
     has_cam = predictor.has_model  # Grad-CAM needs the torch network's gradients, whatever runs classify

@@ -23,7 +23,8 @@ CV_FOLDS = 5  # folds of the validation outputs a temperature is fitted on and j
 
 
 def reliability_bins(probs: np.ndarray, targs: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
-    """Per equal-width bin of top-1 confidence: its range, count, mean confidence and accuracy (None when empty)."""
+    """Per equal-width bin of top-1 confidence: its range, count, mean confidence and accuracy (None when
+    empty)."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == np.asarray(targs)
     which = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # bin i holds (i/n, (i+1)/n]
@@ -51,7 +52,8 @@ def nll(logits: np.ndarray, targs: np.ndarray, temperature: float = 1.0) -> floa
 
 
 def fit_temperature(logits: np.ndarray, targs: np.ndarray) -> float:
-    """The temperature minimising the NLL of `logits / t` (bounded search over log t); 1.0 if it does not help."""
+    """The temperature minimising the NLL of `logits / t` (bounded search over log t); 1.0 if it does not
+    help."""
     res = minimize_scalar(lambda log_t: nll(logits, targs, math.exp(log_t)), method="bounded",
                           bounds=(math.log(T_MIN), math.log(T_MAX)))
     t = math.exp(res.x)
@@ -71,9 +73,9 @@ def at_bound(t: float) -> bool:
 
 
 def choose_temperature(logits: np.ndarray, targs: np.ndarray, k: int = CV_FOLDS) -> dict[str, Any]:
-    """The temperature to ship: fitted on all validation outputs, kept only if fitting on k-1 folds lowers the NLL
-    of the held-out fold on average (a temperature fitted and judged on the same few images can make things
-    worse), and never when the fit ran to the search's bound (T = 1 then, and `not_possible` says why).
+    """The temperature to ship: fitted on all validation outputs, kept only if fitting on k-1 folds lowers the
+    NLL of the held-out fold on average (a temperature fitted and judged on the same few images can make
+    things worse), and never when the fit ran to the search's bound (T = 1 then, and `not_possible` says why).
 
     Returns {temperature, kept, fitted, n, cv_folds, cv_nll_before, cv_nll_after[, not_possible]}.
     """

@@ -65,20 +65,6 @@ class EpochEnd(Callback):
         on_main(save_checkpoint, self.learn, st, self.run_dir)
 
 
-class StopAfter(Callback):
-    """Raise KeyboardInterrupt after `n` training batches, as Ctrl-C would (tests use it to interrupt a
-    run)."""
-
-    def __init__(self, n: int):
-        self.n, self.seen = n, 0
-
-    def after_batch(self):
-        if self.learn.training:
-            self.seen += 1
-            if self.seen >= self.n:
-                raise KeyboardInterrupt
-
-
 class BatchProgress(Callback):
     """Advance a progress `Stage` after every batch, with fastai's running (smoothed) loss while training."""
 

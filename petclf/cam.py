@@ -3,11 +3,11 @@
     from petclf.cam import gradcam, overlay
     heat = gradcam(model, x, class_idx=3)[0]   # HxW in [0, 1] for one preprocessed image tensor (1x3xHxW)
     overlay(img, heat).save("cam.png")          # heat map blended over the RGB image
-
-Hook-free: the network is `nn.Sequential(body, head)` (fastai's layout for every timm body), so the body's feature
-map is computed once and the gradient of the class score with respect to it comes from `torch.autograd.grad`. No
-hooks are registered on the shared model, so a server can explain one image while other threads predict with the
-same network. It gives the same maps as the `grad-cam` package's `GradCAM` on `model[0]` (a test checks).
+Hook-free: the network is `nn.Sequential(body, head)` (fastai's layout for every timm body), so the body's
+feature map is computed once and the gradient of the class score with respect to it comes from
+`torch.autograd.grad`. No hooks are registered on the shared model, so a server can explain one image while
+other threads predict with the same network. It gives the same maps as the `grad-cam` package's `GradCAM` on
+`model[0]` (a test checks).
 """
 
 from __future__ import annotations

@@ -113,8 +113,8 @@ def _check_data(data: str | None) -> None:
 
 
 def _check_model(model: Path):
-    """A missing or broken --model is one line before torch, fastai or Gradio load (the manifest is JSON); returns
-    the parsed `Manifest`, for the command to use rather than parse again."""
+    """A missing or broken --model is one line before torch, fastai or Gradio load (the manifest is JSON);
+    returns the parsed `Manifest`, for the command to use rather than parse again."""
     from petclf.bundle import read_manifest
 
     return read_manifest(model)

@@ -30,13 +30,13 @@ def data_check(flags: dict,
                ) -> None:
     """Say which layout --data has and why, verify every image, count classes and split sizes, list bad files.
     Exits 2 if training could not go on."""
-    from petclf.data import load_pets
+    from petclf.data import load_data
     from petclf.layouts import read_groups
     from petclf.progress import bar
 
     cfg = resolve_config(**flags)
     with bar("verifying images") as progress:
-        pets = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed,
+        pets = load_data(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed,
                          use_cache=cfg.cache, progress=progress, layout=cfg.layout, labels=cfg.labels)
     group_name, named = read_groups(cfg.groups, pets.vocab) if cfg.groups else ("species", None)
     typer.echo(pets.report.summary())

@@ -116,7 +116,8 @@ def setting_option(name: str, panel: bool = True) -> Any:
 
 
 def _parameter(name: str) -> inspect.Parameter:
-    """A keyword parameter typer reads as the flag of the setting `name`, typed by its choices or its field."""
+    """A keyword parameter typer reads as the flag of the setting `name`, typed by its choices or its
+    field."""
     m = meta(name)
     kind = m["choices"] or (Path if m["path"] else setting_type(name))
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=setting_option(name),

@@ -291,10 +291,10 @@ def augmentations(size: int, min_scale: float) -> list:
     """fastai's `aug_transforms(size, min_scale)`, with the random-resized crop moved before the affine warp.
 
     fastai warps the whole presized batch (460 px) and crops it to `size` afterwards; cropping first makes the
-    warp run on `size` px images. Measured side by side (docs/decisions/redesign-before-after.md, 2 cores, resnet34
-    at 224 px): data pipeline 56.4 -> 33.8 ms per image (1.67 x), training loop 498.7 -> 438.5 ms per image
-    (1.14 x), so it stays. The validation pipeline is unchanged: the warp does not run there and the crop is
-    the same centre crop.
+    warp run on `size` px images. Measured side by side (docs/decisions/redesign-before-after.md, 2 cores,
+    resnet34 at 224 px): data pipeline 56.4 -> 33.8 ms per image (1.67 x), training loop 498.7 -> 438.5 ms per
+    image (1.14 x), so it stays. The validation pipeline is unchanged: the warp does not run there and the
+    crop is the same centre crop.
     """
     from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU, aug_transforms
 
@@ -328,5 +328,3 @@ def make_dataloaders(data: LabelledImages, bs: int = 32, size: int = 224, presiz
     return dblock.dataloaders(data.items, bs=bs, device=device, **kw)
 
 
-Pets = LabelledImages  # TODO(coordinator): remove after the tree-wide rename
-load_pets = load_data  # TODO(coordinator): remove after the tree-wide rename

@@ -28,7 +28,8 @@ OUT, EPOCHS = Path("exports/demo"), 3  # where the demo writes, and its epochs a
 
 
 def demo_weights(out: Path) -> tuple[str, str | None]:
-    """(arch, weights file or None): EfficientNet-Lite0 ImageNet weights if the package is there, else resnet18."""
+    """(arch, weights file or None): EfficientNet-Lite0 ImageNet weights if the package is there, else
+    resnet18."""
     from petclf.errors import PetclfError
     from petclf.model import efficientnet_lite0_weights
 
@@ -61,8 +62,9 @@ def step_data(ctx: dict[str, Any]) -> None:
 
 
 def step_train(ctx: dict[str, Any]) -> None:
-    """Train and export into a fresh run folder under `out/runs` (petclf's own folder: `runs/latest` points at it),
-    and point `exports/latest` at it too when `out` is inside exports/, so predict, report and serve find it."""
+    """Train and export into a fresh run folder under `out/runs` (petclf's own folder: `runs/latest` points at
+    it), and point `exports/latest` at it too when `out` is inside exports/, so predict, report and serve find
+    it."""
     from petclf.run import default_out, update_latest
     from petclf.train import train
 
@@ -89,7 +91,8 @@ STEPS: list[Callable[[dict[str, Any]], None]] = [step_data, step_train, step_rep
 
 def run_demo(out: str | Path = OUT, epochs: int = EPOCHS, threads: int | None = None,
              layout: str = "pets") -> dict[str, Path]:
-    """Run every step in `STEPS` on synthetic data in `layout`, print where things are, and return their paths."""
+    """Run every step in `STEPS` on synthetic data in `layout`, print where things are, and return their
+    paths."""
     ctx: dict[str, Any] = {"out": Path(out), "epochs": epochs, "threads": threads, "layout": layout, "paths": {}}
     t0 = time.monotonic()
     for step in STEPS:

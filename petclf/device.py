@@ -1,4 +1,5 @@
-"""Where and how the network runs: device, mixed precision, memory layout and CPU threads, chosen once per run.
+"""Where and how the network runs: device, mixed precision, memory layout and CPU threads, chosen once per
+run.
 
     from petclf.device import machine_device, resolve_compute
     machine_device("auto")              # 'cuda' > 'mps' > 'cpu', whatever this machine has
@@ -48,8 +49,8 @@ def pick_precision(device: str, requested: str, bf16_ok: bool) -> str:
 
 
 def pick_channels_last(device: str, requested: str) -> bool:
-    """`auto`: channels_last on CUDA (tensor cores) and CPU (oneDNN: resnet34 trained 1.2-1.4 x, EfficientNet-Lite0
-    1.7 x faster on 2 cores, BENCHMARKS.md); not on MPS, where its support is uneven."""
+    """`auto`: channels_last on CUDA (tensor cores) and CPU (oneDNN: resnet34 trained 1.2-1.4 x,
+    EfficientNet-Lite0 1.7 x faster on 2 cores, BENCHMARKS.md); not on MPS, where its support is uneven."""
     return requested == "on" or (requested == "auto" and not device.startswith("mps"))
 
 
@@ -86,8 +87,8 @@ def available_cores() -> int:
 
 
 def default_workers(device: str, cores: int | None = None) -> int:
-    """DataLoader workers: on CPU none (a worker steals cores from compute: benchmarks/bench_train.py measured the
-    loop slower with 1 worker than with 0 on 2 cores); on GPU every core up to 8."""
+    """DataLoader workers: on CPU none (a worker steals cores from compute: benchmarks/bench_train.py measured
+    the loop slower with 1 worker than with 0 on 2 cores); on GPU every core up to 8."""
     cores = cores or available_cores()
     return 0 if device == "cpu" else min(8, cores)
 
@@ -102,8 +103,8 @@ class Compute(NamedTuple):
 
 def resolve_compute(device: str = "auto", precision: str = "auto", channels_last: str = "auto",
                     threads: int | None = None, local_rank: int = 0, local_processes: int = 1) -> Compute:
-    """Device, precision and layout for this machine; on CPU the torch threads are set (processes on one machine
-    share its cores). `local_rank` picks the GPU of one of several processes."""
+    """Device, precision and layout for this machine; on CPU the torch threads are set (processes on one
+    machine share its cores). `local_rank` picks the GPU of one of several processes."""
     import torch
 
     device = machine_device(device)

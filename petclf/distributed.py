@@ -3,14 +3,12 @@
     accelerate launch --num_processes 2 -m petclf train --data data/oxford-iiit-pet      # 2 GPUs, one machine
     torchrun --nproc_per_node 2 -m petclf train --data ...                              # the same with torchrun
     accelerate launch --cpu --num_processes 2 -m petclf train ...                       # CPU processes (gloo)
-
-`--bs` is per process: the global batch is bs x processes, and the learning rate is used as given (not scaled),
-which is what fastai and Accelerate do. Rank 0 alone downloads, runs lr_find, prints and writes files; the other
-ranks wait for it where they must and receive its results.
-
+`--bs` is per process: the global batch is bs x processes, and the learning rate is used as given (not
+scaled), which is what fastai and Accelerate do. Rank 0 alone downloads, runs lr_find, prints and writes
+files; the other ranks wait for it where they must and receive its results.
 fastai's `DistributedDL` broadcasts its shuffled indices with `.cuda()` tensors (NCCL needs them); on the gloo
-backend (CPU processes) that fails, so `patch_fastai_for_gloo` makes the broadcast use the backend's own device.
-SyncBatchNorm only runs on GPUs, so it is requested only there.
+backend (CPU processes) that fails, so `patch_fastai_for_gloo` makes the broadcast use the backend's own
+device. SyncBatchNorm only runs on GPUs, so it is requested only there.
 """
 
 from __future__ import annotations
@@ -29,7 +27,8 @@ T = TypeVar("T")
 
 
 def _state():
-    """Accelerate's view of this process (rank, world size); joins the process group when launched as several."""
+    """Accelerate's view of this process (rank, world size); joins the process group when launched as
+    several."""
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
@@ -89,7 +88,8 @@ def patch_fastai_for_gloo() -> None:
 
 
 def init_process_group() -> None:
-    """Join the process group (gloo on CPU, NCCL on GPUs) if launched as several processes and not yet joined."""
+    """Join the process group (gloo on CPU, NCCL on GPUs) if launched as several processes and not yet
+    joined."""
     if not is_distributed():  # _state() has joined it: Accelerate's own setup (backend, device, env:// rendezvous)
         return
     patch_fastai_for_gloo()
@@ -109,8 +109,9 @@ def barrier() -> None:
 def broadcast(value: T, src: int = 0) -> T:
     """`value` from rank `src` on every rank (any picklable object; no-op when not distributed).
 
-    torch's own collective, not Accelerate's `broadcast_object_list`: that one asks `PartialState` whether the run is
-    distributed, which says no in a process group joined without Accelerate's variables, and silently returns."""
+    torch's own collective, not Accelerate's `broadcast_object_list`: that one asks `PartialState` whether the
+    run is distributed, which says no in a process group joined without Accelerate's variables, and silently
+    returns."""
     if not dist.is_initialized():
         return value
     box: list[Any] = [value]
@@ -119,8 +120,9 @@ def broadcast(value: T, src: int = 0) -> T:
 
 
 def leave_group() -> None:
-    """Leave the process group after a failure ends the run: a group whose peers are exiting, left to Python's exit,
-    can make gloo's threads abort the process (SIGABRT instead of exit code 1; 1 run in 6 on 2 cores)."""
+    """Leave the process group after a failure ends the run: a group whose peers are exiting, left to Python's
+    exit, can make gloo's threads abort the process (SIGABRT instead of exit code 1; 1 run in 6 on 2
+    cores)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -128,8 +130,8 @@ def leave_group() -> None:
 def main_first(fn: Callable[[], T]) -> T:
     """Run `fn` on rank 0 first (downloads, caches), then on the others once it is done.
 
-    If it fails on rank 0, the other ranks raise too, saying why, instead of waiting on a peer that has gone (NCCL
-    waits out its timeout; gloo reports a closed connection).
+    If it fails on rank 0, the other ranks raise too, saying why, instead of waiting on a peer that has gone
+    (NCCL waits out its timeout; gloo reports a closed connection).
     """
     if not dist.is_initialized():
         return fn()
@@ -153,8 +155,8 @@ def main_first(fn: Callable[[], T]) -> T:
 def this_process_only() -> Iterator[None]:
     """Let fastai work on this process alone (lr_find, the probe, the final export) while the others wait.
 
-    fastai gathers every metric across processes whenever WORLD_SIZE > 1, which would block on ranks that are not
-    taking part; it reads WORLD_SIZE afresh at each call, so hiding it for the duration is enough.
+    fastai gathers every metric across processes whenever WORLD_SIZE > 1, which would block on ranks that are
+    not taking part; it reads WORLD_SIZE afresh at each call, so hiding it for the duration is enough.
     """
     saved = os.environ.get("WORLD_SIZE")
     os.environ["WORLD_SIZE"] = "1"

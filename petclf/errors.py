@@ -1,4 +1,5 @@
-"""Errors petclf reports to users as one line (exit code 2), never as a traceback, and hints in the user's words."""
+"""Errors petclf reports to users as one line (exit code 2), never as a traceback, and hints in the user's
+words."""
 
 import os
 import re
@@ -20,8 +21,8 @@ class BundleError(PetclfError):
     """An exported model is missing, corrupt, tampered with or from an incompatible version."""
 
 
-# ---------------------------------------------------------------------------------------------------- hints
-# A hint quotes the command the user typed: through `make train` a flag goes in ARGS, so the Makefile says which
+# ---------------------------------------------------------------------------------------------------- hints A
+# hint quotes the command the user typed: through `make train` a flag goes in ARGS, so the Makefile says which
 # target ran (PETCLF_VIA_MAKE) and where its petclf is (PETCLF_CMD).
 
 VIA_MAKE_ENV, CMD_ENV = "PETCLF_VIA_MAKE", "PETCLF_CMD"
@@ -30,8 +31,8 @@ _COMMAND = re.compile(r"`?petclf (train|demo) (--[^`]*?)`?(?=$|[;,)]|`)")
 
 
 def as_typed(msg: str) -> str:
-    """`msg` with its advice in the user's own words: `pass --data DIR` becomes `run make train ARGS="--data DIR"`
-    when the command ran through `make train`; unchanged otherwise."""
+    """`msg` with its advice in the user's own words: `pass --data DIR` becomes `run make train ARGS="--data
+    DIR"` when the command ran through `make train`; unchanged otherwise."""
     target = os.environ.get(VIA_MAKE_ENV)
     if not target:
         return msg

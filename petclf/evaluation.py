@@ -30,7 +30,7 @@ from fastai.torch_core import noop
 
 from petclf.bundle import Manifest, load_network, read_manifest, resolve_bundle_dir
 from petclf.config import DEFAULT_MODEL, REPORT_BS, TrainConfig, read_run_config
-from petclf.data import Pets, load_pets, make_dataloaders
+from petclf.data import LabelledImages, load_data, make_dataloaders
 from petclf.device import machine_device
 from petclf.errors import PetclfError
 from petclf.notapet import Detector
@@ -112,11 +112,12 @@ def data_to_judge(split: str, data: str | Path | None, manifest: Manifest, run: 
     return data if data is not None else own
 
 
-# ---------------------------------------------------------------------------------------------------- the learner
+# ---------------------------------------------------------------------------------------------------- the
+# learner
 
 
 @dataclass
-class _ModelPets(Pets):
+class _ModelClasses(LabelledImages):
     """Pets whose vocab is the model's class list, so targets index the model's outputs."""
 
     classes: list[str] = field(default_factory=list)
@@ -127,16 +128,16 @@ class _ModelPets(Pets):
         return self.classes
 
 
-def _with_model_vocab(pets: Pets, classes: list[str]) -> Pets:
+def _with_model_vocab(pets: LabelledImages, classes: list[str]) -> LabelledImages:
     """`pets` relabelled in the model's class order; breeds the model does not know are an error."""
     unknown = sorted(set(pets.labels) - set(classes))
     if unknown:
         raise ReportError(f"the data has {len(unknown)} breed(s) this model was not trained on: "
                           f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
-    return _ModelPets(**{f.name: getattr(pets, f.name) for f in fields(Pets)}, classes=classes)
+    return _ModelClasses(**{f.name: getattr(pets, f.name) for f in fields(LabelledImages)}, classes=classes)
 
 
-def make_learner(model_dir: str | Path, pets: Pets, bs: int = REPORT_BS, device: str | None = None,
+def make_learner(model_dir: str | Path, pets: LabelledImages, bs: int = REPORT_BS, device: str | None = None,
                  workers: int | None = None, manifest: Manifest | None = None) -> Learner:
     """A fastai Learner over the bundle's network and `pets`, preprocessed exactly as the manifest says."""
     device = machine_device(device or "auto")
@@ -191,7 +192,8 @@ def predict_split(learn: Learner, progress: Callable[[int, int], None] | None = 
             np.concatenate(feats) if feats else None)
 
 
-# ---------------------------------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------------------------------
+# evaluation
 
 
 @dataclass
@@ -202,7 +204,7 @@ class Evaluation:
     manifest: Manifest
     run: Run
     learn: Any  # fastai Learner
-    pets: Pets
+    pets: LabelledImages
     split: str  # as asked: valid | test | FILE
     split_used: str  # as the data layer applied it: random | official | FILE
     items: list[Path]
@@ -221,13 +223,13 @@ class Evaluation:
 
 
 def _load_split(manifest: Manifest, run: Run, split: str, data: str | Path | None,
-                labels: str | Path | None, progress: bool) -> tuple[Pets, str]:
+                labels: str | Path | None, progress: bool) -> tuple[LabelledImages, str]:
     """The data read and split as the run did: (pets, the split as the data layer applied it)."""
     split_used, valid_pct, seed = resolve_split(split, run.config)
     layout, labels = resolve_layout(run.config, data, labels)
     data = data_to_judge(split, data, manifest, run)
     with bar_unless(not progress, "verifying images") as report_progress:
-        pets = load_pets(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress,
+        pets = load_data(data, split=split_used, valid_pct=valid_pct, seed=seed, progress=report_progress,
                          layout=layout, labels=labels)
     return pets, pets.report.split if split == "test" else split_used  # as the data read it: official, ...
 
@@ -241,7 +243,7 @@ def _oof_outputs(oof: dict, items: list[Path]) -> tuple[np.ndarray, ...]:
                           "--split FILE naming new photos") from None
 
 
-def _learner_over(model_dir: Path, pets: Pets, split: str, every_photo: bool, bs: int, device: str | None,
+def _learner_over(model_dir: Path, pets: LabelledImages, split: str, every_photo: bool, bs: int, device: str | None,
                   workers: int | None, manifest: Manifest) -> Learner:
     """The learner whose validation loader holds the photos to judge: the split's, or every photo (new data;
     a probe's out-of-fold judgement)."""

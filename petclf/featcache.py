@@ -1,5 +1,5 @@
-"""The feature cache: each photo's features, kept on disk under a key of everything that determines them exactly,
-so a later run (on the same folder or another) computes features only for photos it has not seen.
+"""The feature cache: each photo's features, kept on disk under a key of everything that determines them
+exactly, so a later run (on the same folder or another) computes features only for photos it has not seen.
 
     petclf cache info                    # where, entries, bytes, cap
     petclf cache clear
@@ -10,12 +10,11 @@ so a later run (on the same folder or another) computes features only for photos
     key = entry_key(sha256_file(photo), spec)    # spec: weights digest, preprocessing, backend, ... (a dict)
     cache.get(key, ("x", "pooled"))      # {name: array} or None (missing, corrupt, partial or foreign)
     cache.put(key, {"x": x, "pooled": p}); cache.evict()
-
-An entry is one safetensors file whose metadata holds its key and a SHA-256 of its tensors: a file that does not
-parse, whose digest differs (a flipped bit, a truncated copy) or whose key is not the one asked for (a file copied
-or renamed into place) is never used; the caller recomputes it and the entry is rewritten. Writes are atomic
-(`io.atomic_path`). The cache's size is bounded: least recently used entries go first (a hit refreshes the entry's
-modification time, which unlike the access time every file system keeps).
+An entry is one safetensors file whose metadata holds its key and a SHA-256 of its tensors: a file that does
+not parse, whose digest differs (a flipped bit, a truncated copy) or whose key is not the one asked for (a
+file copied or renamed into place) is never used; the caller recomputes it and the entry is rewritten. Writes
+are atomic (`io.atomic_path`). The cache's size is bounded: least recently used entries go first (a hit
+refreshes the entry's modification time, which unlike the access time every file system keeps).
 """
 
 from __future__ import annotations
@@ -113,7 +112,8 @@ class FeatureCache:
         return self.root / key[:2] / f"{key}{suffix}"
 
     def get(self, key: str, names: Iterable[str]) -> dict[str, np.ndarray] | None:
-        """The arrays `names` of entry `key`, or None when it is missing, lacks one of them, or is not intact."""
+        """The arrays `names` of entry `key`, or None when it is missing, lacks one of them, or is not
+        intact."""
         path = self.path(key)
         try:
             from safetensors import safe_open

@@ -1,15 +1,15 @@
-"""The frozen body that computes the probe's features, on the fastest backend this machine has, and what a cached
-feature is keyed by.
+"""The frozen body that computes the probe's features, on the fastest backend this machine has, and what a
+cached feature is keyed by.
 
     from petclf.features import feature_body, feature_spec
     body = feature_body(net, 384, "cpu", cache)    # onnxruntime on the exported body (CPU), else torch
     maps = body.run(batch)                         # normalised N x 3 x 384 x 384 float32 -> N x C x H x W tensor
     spec = feature_spec(net, pre, body)            # with a file's SHA-256: the key of its cache entry
-
-On 2 CPU cores onnxruntime ran EfficientNet-Lite0's body at 384 px in 3.3 CPU s per 32 photos against 15.4 for torch
-and 8.2 for torch in the channels_last layout (the same maps within 6e-5 on values up to 6; BENCHMARKS.md). The
-exported body is kept in the feature cache, keyed by its weights, so a later run does not export it again. Cached
-features are keyed by the backend (and its version) that made them: backends agree only within a tolerance.
+On 2 CPU cores onnxruntime ran EfficientNet-Lite0's body at 384 px in 3.3 CPU s per 32 photos against 15.4 for
+torch and 8.2 for torch in the channels_last layout (the same maps within 6e-5 on values up to 6;
+BENCHMARKS.md). The exported body is kept in the feature cache, keyed by its weights, so a later run does not
+export it again. Cached features are keyed by the backend (and its version) that made them: backends agree
+only within a tolerance.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from petclf.run import say
 
 
 class Body(NamedTuple):
-    """The frozen body as a function of a preprocessed batch, and the backend that runs it (versions included)."""
+    """The frozen body as a function of a preprocessed batch, and the backend that runs it (versions
+    included)."""
 
     run: Callable[[np.ndarray], torch.Tensor]
     backend: str
@@ -49,8 +50,8 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def feature_spec(net: torch.nn.Module, pre, body: Body) -> dict:
-    """Everything but the photo's bytes that determines its features: the body's weights, the pooling before the
-    Linear, the preprocessing, the image decoder's version and the backend."""
+    """Everything but the photo's bytes that determines its features: the body's weights, the pooling before
+    the Linear, the preprocessing, the image decoder's version and the backend."""
     import PIL
 
     return {"weights": weights_digest(net[0]), "arch": type(net[0].model).__name__, "head": repr(net[1][:-1]),
@@ -88,8 +89,8 @@ def exported_body(net: torch.nn.Module, size: int, folder: Path) -> Path:
 
 
 def onnx_body(net: torch.nn.Module, size: int, cache: FeatureCache | None) -> Body:
-    """The body exported to ONNX (kept in `cache`, else a temp folder) and run by onnxruntime on the torch threads'
-    count of cores (its idle threads sleep: a busy machine is not thrashed)."""
+    """The body exported to ONNX (kept in `cache`, else a temp folder) and run by onnxruntime on the torch
+    threads' count of cores (its idle threads sleep: a busy machine is not thrashed)."""
     import onnxruntime
 
     if cache is not None:
@@ -111,8 +112,8 @@ def has_onnxruntime() -> bool:
 
 
 def feature_body(net: torch.nn.Module, size: int, device: str, cache: FeatureCache | None) -> Body:
-    """The body for `size` px inputs on the backend `pick_feature_backend` chooses for `device`; torch when the
-    export fails (a body onnx cannot express)."""
+    """The body for `size` px inputs on the backend `pick_feature_backend` chooses for `device`; torch when
+    the export fails (a body onnx cannot express)."""
     net.eval()
     if pick_feature_backend(device, has_onnxruntime()) == "onnxruntime":
         try:

@@ -86,9 +86,9 @@ class QuietDisconnect:
 
 
 class BodyLimit:
-    """A request whose declared body (Content-Length) is over `max_bytes` gets 413 before any of it is read. A body
-    without a declared length (chunked) gets 411: browsers and gradio_client always declare it, and the server (h11)
-    never passes on more bytes than were declared."""
+    """A request whose declared body (Content-Length) is over `max_bytes` gets 413 before any of it is read. A
+    body without a declared length (chunked) gets 411: browsers and gradio_client always declare it, and the
+    server (h11) never passes on more bytes than were declared."""
 
     def __init__(self, app: Any, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -112,8 +112,8 @@ def recent(times: deque, now: float, age: float) -> deque:
 
 
 class LoginThrottle:
-    """`/login` from a client that sent `failures` wrong passwords in the last `lockout` seconds gets 429 until the
-    oldest of them is that old; the right password then works again."""
+    """`/login` from a client that sent `failures` wrong passwords in the last `lockout` seconds gets 429
+    until the oldest of them is that old; the right password then works again."""
 
     def __init__(self, app: Any, failures: int, lockout: float):
         self.app, self.failures, self.lockout = app, failures, lockout
@@ -159,8 +159,8 @@ def is_public(path: str) -> bool:
 
 
 class AuthGate:
-    """With a login set, every route but the login page answers 401 without it: Gradio checks the login route by
-    route, and some (the API schema, heartbeats, cancel, streams, the manifest) it does not check."""
+    """With a login set, every route but the login page answers 401 without it: Gradio checks the login route
+    by route, and some (the API schema, heartbeats, cancel, streams, the manifest) it does not check."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -176,8 +176,8 @@ class AuthGate:
 
 
 def cache_size(folder: Path, stale_seconds: float) -> int:
-    """Bytes of the files under `folder`; files at its top (uploads being written, or left half-written by a client
-    that went away) older than `stale_seconds` are deleted first."""
+    """Bytes of the files under `folder`; files at its top (uploads being written, or left half-written by a
+    client that went away) older than `stale_seconds` are deleted first."""
     total, now = 0, time.time()
     for root, _, files in os.walk(folder):
         for name in files:
@@ -194,8 +194,9 @@ def cache_size(folder: Path, stale_seconds: float) -> int:
 
 
 class UploadBudget:
-    """Request bodies count against `client_bytes` per client and `total_bytes` in all per `window` seconds; an
-    upload that would take Gradio's cache over `cache_bytes` is refused. Refusals are 429 with a Retry-After."""
+    """Request bodies count against `client_bytes` per client and `total_bytes` in all per `window` seconds;
+    an upload that would take Gradio's cache over `cache_bytes` is refused. Refusals are 429 with a
+    Retry-After."""
 
     def __init__(self, app: Any, limits: Limits):
         self.app, self.limits = app, limits
@@ -211,7 +212,8 @@ class UploadBudget:
         await self.app(scope, receive, send)
 
     def over(self, scope: dict, n: int) -> tuple[str, float] | None:
-        """(why, seconds to wait) when admitting `n` more bytes from this client would pass a limit, else None."""
+        """(why, seconds to wait) when admitting `n` more bytes from this client would pass a limit, else
+        None."""
         lim, client, now = self.limits, client_of(scope), time.monotonic()
         sent = recent(self.sent, now, lim.window)
         mine = [(t, k) for t, c, k in sent if c == client]

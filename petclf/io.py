@@ -1,4 +1,5 @@
-"""Files, the ground floor every other module stands on: atomic writes, checksums, image listing, the network probe.
+"""Files, the ground floor every other module stands on: atomic writes, checksums, image listing, the network
+probe.
 
     from petclf.io import write_atomic, sha256_file, list_images
     write_atomic("exports/run/metrics.json", text)     # temp file, fsync, rename: never half-written
@@ -53,7 +54,8 @@ def verify_sha256(path: Path, sha256: str | None) -> None:
 
 
 def umask() -> int:
-    """The process's umask, read without changing it where the system tells (Linux), else by setting it back."""
+    """The process's umask, read without changing it where the system tells (Linux), else by setting it
+    back."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
@@ -70,8 +72,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield an absolute temp path beside `path` to write to; it replaces `path` only if the block succeeds.
 
     A crash, a full disk or an exception mid-write leaves the previous `path` intact and no temp file behind.
-    The file gets the permissions a plain `open(path, "w")` would (0666 less the umask), whatever made the temp
-    file: safetensors and tempfile create theirs 0600, which kept other users from loading a model.
+    The file gets the permissions a plain `open(path, "w")` would (0666 less the umask), whatever made the
+    temp file: safetensors and tempfile create theirs 0600, which kept other users from loading a model.
     """
     path = Path(path).absolute()
     check_replaceable(path)
@@ -83,7 +85,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        # torch.save reports a full disk as a RuntimeError from its zip writer, Python as ENOSPC without a name
+        # torch.save reports a full disk as a RuntimeError from its zip writer, Python as ENOSPC without a
+        # name
         if getattr(e, "errno", None) == errno.ENOSPC or _disk_full(path.parent):
             raise OSError(errno.ENOSPC, "disk full", str(path)) from None
         raise
@@ -118,8 +121,9 @@ def is_stream(path: Path) -> bool:
 
 @contextmanager
 def stream_errors(name: str) -> Iterator[None]:
-    """A failed write to a stream (stdout, a FIFO, a device) as one line: a full disk is OSError(ENOSPC) naming
-    `name` (exit 1), any other failure a PetclfError. A reader that went away (`| head`) is left as it is."""
+    """A failed write to a stream (stdout, a FIFO, a device) as one line: a full disk is OSError(ENOSPC)
+    naming `name` (exit 1), any other failure a PetclfError. A reader that went away (`| head`) is left as it
+    is."""
     try:
         yield
     except BrokenPipeError:
@@ -131,8 +135,8 @@ def stream_errors(name: str) -> Iterator[None]:
 
 
 def write_output(path: str | Path, data: bytes) -> Path:
-    """`data` where the user asked: a FIFO or a character device as a stream (never replaced), otherwise a file
-    written atomically (`write_atomic`); a failed write is one line."""
+    """`data` where the user asked: a FIFO or a character device as a stream (never replaced), otherwise a
+    file written atomically (`write_atomic`); a failed write is one line."""
     path = Path(path)
     if not is_stream(path):  # a link to the user's file: that file is replaced, the link kept
         return write_atomic(path.resolve() if path.is_symlink() else path, data)
@@ -150,7 +154,8 @@ def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
 
 
 def check_writable(folder: str | Path) -> Path:
-    """`folder`, created if needed, after proving a file can be written there (before any long work is done)."""
+    """`folder`, created if needed, after proving a file can be written there (before any long work is
+    done)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -161,8 +166,8 @@ def check_writable(folder: str | Path) -> Path:
 
 
 def _probe(folder: Path, what: str) -> None:
-    """Create and delete a file in `folder`: the only sure test (root ignores permission bits, not read-only file
-    systems); a one-line error naming `what` otherwise."""
+    """Create and delete a file in `folder`: the only sure test (root ignores permission bits, not read-only
+    file systems); a one-line error naming `what` otherwise."""
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".petclf-probe"):
             pass
@@ -173,8 +178,8 @@ def _probe(folder: Path, what: str) -> None:
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
     """Write `data` to a temp file beside `path`, fsync it, then rename over `path`.
 
-    Text is written as UTF-8; file names that are not (`os.fsdecode` keeps their bytes as surrogates) are written
-    as their own bytes rather than failing.
+    Text is written as UTF-8; file names that are not (`os.fsdecode` keeps their bytes as surrogates) are
+    written as their own bytes rather than failing.
     """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
@@ -223,12 +228,14 @@ def walk_files(root: str | Path) -> list[Path]:
 
 
 def list_images(root: str | Path) -> list[Path]:
-    """Image files below `root` (by extension), recursively and sorted; hidden files and folders are left out."""
+    """Image files below `root` (by extension), recursively and sorted; hidden files and folders are left
+    out."""
     return [p for p in walk_files(root) if is_image_file(p)]
 
 
 def reachable(url: str, timeout: float = NETWORK_TIMEOUT) -> bool:
-    """True if `url`'s host answers within `timeout` seconds (DNS included, which has no timeout of its own)."""
+    """True if `url`'s host answers within `timeout` seconds (DNS included, which has no timeout of its
+    own)."""
     import urllib.request
 
     result: list[bool] = []

@@ -5,8 +5,8 @@
     species_of("Russian_Blue")           # 'cat': cat breeds are Capitalized, dog breeds lowercase
     display_name("great_pyrenees")       # 'Great Pyrenees': the one name people see, on every surface
     pets_groups(["beagle", "Bengal"])    # {'beagle': 'dog', 'Bengal': 'cat'}; None when a class is not a breed
-
-Any other dataset's labels are any text; they are shown as they are, and their groups (if any) come from the user.
+Any other dataset's labels are any text; they are shown as they are, and their groups (if any) come from the
+user.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ DOG_BREEDS = ("american_bulldog", "american_pit_bull_terrier", "basset_hound", "
 
 
 def breed_of(path: str | Path) -> str | None:
-    """Breed from a Pets file name (`great_pyrenees_12.jpg` -> `great_pyrenees`), or None if it does not match."""
+    """Breed from a Pets file name (`great_pyrenees_12.jpg` -> `great_pyrenees`), or None if it does not
+    match."""
     m = LABEL_RE.match(Path(path).stem)
     return m["breed"] if m else None
 
@@ -53,7 +54,8 @@ PETS_GROUP_NAME = "species"  # what the second level is called for Pets: cat or 
 
 
 def class_noun(group_name: str | None) -> str:
-    """What one class is called in words: `breed` for Pets (its groups are species), `class` for other data."""
+    """What one class is called in words: `breed` for Pets (its groups are species), `class` for other
+    data."""
     return "breed" if group_name == PETS_GROUP_NAME else "class"
 
 

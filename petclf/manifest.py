@@ -29,10 +29,10 @@ FORMAT = "petclf-bundle"
 FORMAT_VERSION = 1  # bump when the manifest changes incompatibly; readers refuse newer versions
 
 
-# ---------------------------------------------------------------------------------------------------- the schema
-# What a manifest may hold, checked before anything is built from it. A bundle is input like any other file: a
-# temperature of -1 would invert the ranking, a std of 0 gives NaN probabilities, a presize of 10^6 a 12 TB
-# array.
+# ---------------------------------------------------------------------------------------------------- the
+# schema What a manifest may hold, checked before anything is built from it. A bundle is input like any other
+# file: a temperature of -1 would invert the ranking, a std of 0 gives NaN probabilities, a presize of 10^6 a
+# 12 TB array.
 
 MAX_MANIFEST_BYTES = 16 * 2**20  # model.json of 100,000 classes is ~6 MB
 N_CLASSES = (2, 100_000)  # classes a bundle may have
@@ -227,7 +227,8 @@ def manifest_problem(m: Any) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------------- the record
+# ---------------------------------------------------------------------------------------------------- the
+# record
 
 _INPUT = ("size", "presize", "mean", "std", "resize_method", "resample")  # what model.json nests in `input`
 _DERIVED = {"format", "n_classes", "input"}  # written by `to_json`, never stored

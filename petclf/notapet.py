@@ -1,17 +1,16 @@
-"""Is this a pet at all? The not-a-pet detector: cosine similarity of a photo's pooled backbone features to the
-nearest class mean, against a threshold fitted on the training run's own held-out photos.
+"""Is this a pet at all? The not-a-pet detector: cosine similarity of a photo's pooled backbone features to
+the nearest class mean, against a threshold fitted on the training run's own held-out photos.
 
     from petclf.notapet import fit_detector, Detector
     info, means = fit_detector(feats, labels, n_classes)       # at training: class means + leave-one-out threshold
     det = Detector.load(bundle_dir, manifest)                  # at prediction: None when the bundle has it off
     score, flagged = det(features)                             # N pooled feature vectors -> N scores, N flags
-
-Picked by measurement (`benchmarks/bench_not_a_pet.py`, BENCHMARKS.md): on 185 real Pets photos (each scored by a
-detector fitted without it) and 29 real non-pet photos, every threshold set to flag 1 % of the training pets, the
-nearest class mean flagged 1.1 % of the pets and 100 % of the non-pets; the breed head's max logit and energy 0.5 %
-and 86-89 %; the backbone's own ImageNet head (probability on its cat and dog classes) 2.2 % and 87 %. It needs no
-ImageNet head, so it works for a user's own classes and a fine-tuned backbone alike. Numpy only: the ONNX path stays
-torch-free.
+Picked by measurement (`benchmarks/bench_not_a_pet.py`, BENCHMARKS.md): on 185 real Pets photos (each scored
+by a detector fitted without it) and 29 real non-pet photos, every threshold set to flag 1 % of the training
+pets, the nearest class mean flagged 1.1 % of the pets and 100 % of the non-pets; the breed head's max logit
+and energy 0.5 % and 86-89 %; the backbone's own ImageNet head (probability on its cat and dog classes) 2.2 %
+and 87 %. It needs no ImageNet head, so it works for a user's own classes and a fine-tuned backbone alike.
+Numpy only: the ONNX path stays torch-free.
 """
 
 from __future__ import annotations
@@ -38,7 +37,8 @@ def l2_rows(x: np.ndarray) -> np.ndarray:
 
 
 def class_means(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
-    """K x D unit-length means of the unit-length features of each class (zero rows for classes without photos)."""
+    """K x D unit-length means of the unit-length features of each class (zero rows for classes without
+    photos)."""
     x = l2_rows(x)
     sums = np.zeros((n_classes, x.shape[1]))
     np.add.at(sums, y, x)
@@ -46,13 +46,15 @@ def class_means(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def scores(features: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """The not-a-pet score of each row: its largest cosine similarity to a class mean (higher: more like a pet)."""
+    """The not-a-pet score of each row: its largest cosine similarity to a class mean (higher: more like a
+    pet)."""
     return (l2_rows(features) @ np.asarray(means, np.float64).T).max(1)
 
 
 def leave_one_out_scores(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Each photo's score against the class means made without it: what an unseen pet photo scores (a photo's own
-    class mean contains it and would score it too high). Photos alone in their class are scored against the others."""
+    """Each photo's score against the class means made without it: what an unseen pet photo scores (a photo's
+    own class mean contains it and would score it too high). Photos alone in their class are scored against
+    the others."""
     x = l2_rows(x)
     sums = np.zeros((n_classes, x.shape[1]))
     np.add.at(sums, y, x)
@@ -72,8 +74,8 @@ def off(why: str) -> dict[str, Any]:
 
 def fit_detector(x: np.ndarray, y: np.ndarray, n_classes: int, fitted_on: str,
                  quantile: float = QUANTILE) -> tuple[dict[str, Any], np.ndarray | None]:
-    """(manifest entry, class means or None): means of `x` (N pooled features of held-out labelled photos) and the
-    threshold that flags `quantile` of them, scored leave-one-out."""
+    """(manifest entry, class means or None): means of `x` (N pooled features of held-out labelled photos) and
+    the threshold that flags `quantile` of them, scored leave-one-out."""
     if len(y) < MIN_PHOTOS:
         return off(f"only {len(y)} labelled photos to fit a threshold on (needs {MIN_PHOTOS})"), None
     loo = leave_one_out_scores(x, y, n_classes)
@@ -94,8 +96,8 @@ def save_means(bundle_dir: Path, means: np.ndarray) -> dict[str, str]:
 
 def read_pinned(bundle_dir: str | Path, entry: dict[str, Any], key: str,
                 names: tuple[str, ...]) -> tuple[Path, list[np.ndarray]]:
-    """(path, the arrays `names`) of the safetensors file a manifest entry (`key`) pins, its checksum verified;
-    a missing, tampered or unreadable file is a BundleError."""
+    """(path, the arrays `names`) of the safetensors file a manifest entry (`key`) pins, its checksum
+    verified; a missing, tampered or unreadable file is a BundleError."""
     from safetensors.numpy import load
 
     path = Path(bundle_dir) / entry["file"]
@@ -126,7 +128,8 @@ class Detector:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, manifest: Any) -> Detector | None:  # a petclf.manifest.Manifest
-        """The bundle's detector (its means file checked against the manifest's checksum), or None when it is off."""
+        """The bundle's detector (its means file checked against the manifest's checksum), or None when it is
+        off."""
         entry = manifest.not_a_pet or {}
         if entry.get("method") != METHOD:
             return None

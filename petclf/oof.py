@@ -1,5 +1,5 @@
-"""A probe run's out-of-fold predictions (`oof.json` beside the bundle): every labelled photo with the logits and
-probabilities of a cross-validation model that did not train on it. The run's honest evaluation data: its
+"""A probe run's out-of-fold predictions (`oof.json` beside the bundle): every labelled photo with the logits
+and probabilities of a cross-validation model that did not train on it. The run's honest evaluation data: its
 temperature is fitted on them, and `petclf report --split valid` judges the run by them.
 
     save_oof(run_dir, items, classes, labels, logits, "5-fold cross-validation")
@@ -26,7 +26,8 @@ OOF_NOTE = ("out-of-fold predictions of the cross-validation: every photo was pr
 
 def save_oof(run_dir: Path, items: list[Path], vocab: list[str], y: np.ndarray, logits: np.ndarray,
              estimate: str) -> Path:
-    """oof.json: every labelled photo with the logits and probabilities of a model that never trained on it."""
+    """oof.json: every labelled photo with the logits and probabilities of a model that never trained on
+    it."""
     oof = {"estimate": estimate, "note": OOF_NOTE,
            "classes": vocab, "files": [str(p) for p in items], "labels": y.tolist(),
            "logits": logits.round(5).tolist(), "probs": softmax(logits, axis=1).round(6).tolist()}
@@ -49,7 +50,8 @@ def read_oof(run_dir: Path) -> dict | None:
 
 
 def oof_problem(oof: object) -> None:
-    """`ValueError` saying why `oof` (parsed oof.json) cannot be read: every field `oof_outputs` uses, checked."""
+    """`ValueError` saying why `oof` (parsed oof.json) cannot be read: every field `oof_outputs` uses,
+    checked."""
     if not isinstance(oof, dict):
         raise ValueError("not a JSON object")
     files, labels, logits, classes = (oof.get(k) for k in ("files", "labels", "logits", "classes"))
@@ -68,8 +70,8 @@ def oof_problem(oof: object) -> None:
 
 
 def oof_outputs(oof: dict, items: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits, targets, losses) of `items` from a run's out-of-fold predictions; `ValueError` naming a photo the
-    run never predicted out of fold (added after training)."""
+    """(logits, targets, losses) of `items` from a run's out-of-fold predictions; `ValueError` naming a photo
+    the run never predicted out of fold (added after training)."""
     rows = {f: i for i, f in enumerate(oof["files"])}
     missing = [str(p) for p in items if str(p) not in rows]
     if missing:

@@ -1,29 +1,29 @@
-"""Is this a cat or a dog, and of a breed the model knows? The backbone's own ImageNet-1k head, kept in the bundle,
-answers what a head trained on 37 breeds cannot: its 118 dog and 5 domestic-cat classes know breeds the model
-never saw.
+"""Is this a cat or a dog, and of a breed the model knows? The backbone's own ImageNet-1k head, kept in the
+bundle, answers what a head trained on 37 breeds cannot: its 118 dog and 5 domestic-cat classes know breeds
+the model never saw.
 
     from petclf.openset import fit_open_set, OpenSet
     entry, arrays = fit_open_set(pooled, y, n_classes, oof_probs, weight, bias, fitted_on)   # at training
     signals = OpenSet.load(bundle_dir, manifest)(features, top)   # at prediction (None when it is off); top: the
     signals.pet, signals.known, signals.species, signals.species_prob, signals.agrees   # breed head's argmax
-
-Three signals, each with a threshold set on the training run's own photos by one stated procedure (the 5 % quantile
-of their held-out scores; nothing is fitted on photos of other things):
-- a pet unless both say otherwise: the ImageNet head's probability on its dog and domestic-cat classes ("pet mass")
-  and the cosine of the photo's features to the nearest class mean (`petclf.notapet`'s score, leave-one-out), each
-  below its 5 % quantile on the training photos;
-- a breed it knows unless either says otherwise: the share of the pet mass on the ImageNet classes the training
-  photos' own top-1 fell on ("coverage", leave-one-out) and the same cosine, each at least its 5 % quantile;
-- sure of a breed: the photo near the mean of the class the breed head names (`agrees`: its cosine at least the
-  `NEAR_QUANTILE` quantile of the training photos' leave-one-out cosines to their own class mean; a Doberman named
-  German Shorthaired is far from the German Shorthaired photos), and the calibrated top probability at least
-  `sure_below`, the lowest on a grid at which the run's out-of-fold predictions are sure and wrong on at most
-  `SURE_WRONG` of its photos (the manifest's `unsure_below` too: choosing it again with the rule applied was tried,
-  and missed the 10 % goal on one split of three).
-A cat or dog of another breed gets its species from the ImageNet head (the breed head only knows the 37). Picked by
-measurement: benchmarks/bench_open_set.py, BENCHMARKS.md "Three answers". It needs an ImageNet head that reads the
-average-pooled features (a frozen ImageNet backbone: the probe recipe) and classes that are cats or dogs; anything
-else has it off. Numpy only: the ONNX path stays torch-free.
+Three signals, each with a threshold set on the training run's own photos by one stated procedure (the 5 %
+quantile of their held-out scores; nothing is fitted on photos of other things):
+- a pet unless both say otherwise: the ImageNet head's probability on its dog and domestic-cat classes ("pet
+  mass") and the cosine of the photo's features to the nearest class mean (`petclf.notapet`'s score,
+  leave-one-out), each below its 5 % quantile on the training photos;
+- a breed it knows unless either says otherwise: the share of the pet mass on the ImageNet classes the
+  training photos' own top-1 fell on ("coverage", leave-one-out) and the same cosine, each at least its 5 %
+  quantile;
+- sure of a breed: the photo near the mean of the class the breed head names (`agrees`: its cosine at least
+  the `NEAR_QUANTILE` quantile of the training photos' leave-one-out cosines to their own class mean; a
+  Doberman named German Shorthaired is far from the German Shorthaired photos), and the calibrated top
+  probability at least `sure_below`, the lowest on a grid at which the run's out-of-fold predictions are sure
+  and wrong on at most `SURE_WRONG` of its photos (the manifest's `unsure_below` too: choosing it again with
+  the rule applied was tried, and missed the 10 % goal on one split of three).
+A cat or dog of another breed gets its species from the ImageNet head (the breed head only knows the 37).
+Picked by measurement: benchmarks/bench_open_set.py, BENCHMARKS.md "Three answers". It needs an ImageNet head
+that reads the average-pooled features (a frozen ImageNet backbone: the probe recipe) and classes that are
+cats or dogs; anything else has it off. Numpy only: the ONNX path stays torch-free.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ N_IMAGENET = 1000
 QUANTILE = 0.05  # every threshold: this quantile of the training photos' (held-out) scores
 SURE_WRONG = 0.03  # the sure rule's threshold: out-of-fold photos sure and wrong at most this share
 SURE_GRID = np.round(np.arange(0.5, 1.0, 0.01), 2)  # thresholds tried, lowest first
-# a sure breed also needs the photo near the mean of the class it names: its cosine at least the `NEAR_QUANTILE`
-# quantile of the training photos' cosines to their own class mean (leave-one-out)
+# a sure breed also needs the photo near the mean of the class it names: its cosine at least the
+# `NEAR_QUANTILE` quantile of the training photos' cosines to their own class mean (leave-one-out)
 SURE_RULE = "near the named class"
 NEAR_QUANTILE = 0.10
 MIN_PHOTOS = 10  # fewer training photos give no quantile worth recording: the signals stay off
@@ -87,8 +87,8 @@ def coverage(q: np.ndarray, covered: np.ndarray) -> np.ndarray:
 
 
 def leave_one_out_coverage(q: np.ndarray) -> np.ndarray:
-    """Each training photo's coverage by the classes the other photos' top-1 fell on: what an unseen photo of a known
-    breed scores (its own top-1 would cover it)."""
+    """Each training photo's coverage by the classes the other photos' top-1 fell on: what an unseen photo of
+    a known breed scores (its own top-1 would cover it)."""
     top = top_pet_class(q)
     counts = np.bincount(top, minlength=N_IMAGENET)
     mass = q[:, pet_rows()].sum(1)
@@ -97,8 +97,8 @@ def leave_one_out_coverage(q: np.ndarray) -> np.ndarray:
 
 
 def sure_threshold(probs: np.ndarray, y: np.ndarray, most_wrong: float = SURE_WRONG) -> float:
-    """The lowest top-probability threshold on `SURE_GRID` at which out-of-fold predictions `probs` are sure and
-    wrong on at most `most_wrong` of the photos (1.0: never sure)."""
+    """The lowest top-probability threshold on `SURE_GRID` at which out-of-fold predictions `probs` are sure
+    and wrong on at most `most_wrong` of the photos (1.0: never sure)."""
     top, p = probs.argmax(1), probs.max(1)
     for t in SURE_GRID:
         if ((p >= t) & (top != y)).mean() <= most_wrong:
@@ -171,8 +171,8 @@ class Signals:
 
 @dataclass
 class OpenSet:
-    """A bundle's open-set signals: the backbone's ImageNet head, the classes its training photos covered, the class
-    means and the thresholds."""
+    """A bundle's open-set signals: the backbone's ImageNet head, the classes its training photos covered, the
+    class means and the thresholds."""
 
     weight: np.ndarray  # 1000 x D
     bias: np.ndarray  # 1000
@@ -185,8 +185,8 @@ class OpenSet:
     named_threshold: float | None = None  # `SURE_RULE`'s cosine; None in a bundle fitted before it
 
     def __call__(self, features: np.ndarray, top: np.ndarray | None = None) -> Signals:
-        """The signals of N average-pooled feature vectors; `agrees` for the classes `top` (the breed head's most
-        likely class of each photo) where given."""
+        """The signals of N average-pooled feature vectors; `agrees` for the classes `top` (the breed head's
+        most likely class of each photo) where given."""
         q = imagenet_probs(features, self.weight, self.bias)
         agrees = np.ones(len(q), bool)
         if top is not None and self.named_threshold is not None:
@@ -202,8 +202,8 @@ class OpenSet:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, manifest: Any) -> OpenSet | None:  # a petclf.manifest.Manifest
-        """The bundle's signals (the file checked against the manifest's checksum), or None when off, absent or of
-        another version."""
+        """The bundle's signals (the file checked against the manifest's checksum), or None when off, absent
+        or of another version."""
         entry = manifest.open_set or {}
         if entry.get("method") != METHOD or entry.get("version") != VERSION:
             return None
@@ -215,7 +215,8 @@ class OpenSet:
         if not fits or not all(np.isfinite(t).all() for t in (w, b, means)):
             raise BundleError(f"corrupt model file: {path}: an ImageNet head of shape {w.shape} or class means of "
                               f"shape {means.shape} do not fit the model")
-        # a bundle fitted before the rule (or with another) has no threshold for it: its sure is the breed head's
+        # a bundle fitted before the rule (or with another) has no threshold for it: its sure is the breed
+        # head's
         named = float(entry["named_threshold"]) if entry.get("sure_rule") == SURE_RULE else None
         if named is not None and not -1.0 <= named <= 1.0:
             raise BundleError(f"corrupt model file: model.json: open_set.named_threshold {named} is no cosine")

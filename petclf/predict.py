@@ -122,7 +122,8 @@ def _bounded_map(fn: Callable, items: Sequence, pool: ThreadPoolExecutor, ahead:
         yield pending.popleft()
 
 
-# ---------------------------------------------------------------------------------------------------- the predictor
+# ---------------------------------------------------------------------------------------------------- the
+# predictor
 
 
 class TorchNet:
@@ -154,8 +155,8 @@ SIGNALS = np.dtype([("score", "f8"), ("pet", "i1"), ("known", "i1"), ("species",
 
 def signal_rows(feats: np.ndarray, detector: Detector | None, open_set: OpenSet | None,
                 top: np.ndarray | None = None) -> np.ndarray:
-    """One `SIGNALS` record per row of pooled features: the not-a-pet score (NaN without a detector) and the open-set
-    signals (pet = known = -1 without them)."""
+    """One `SIGNALS` record per row of pooled features: the not-a-pet score (NaN without a detector) and the
+    open-set signals (pet = known = -1 without them)."""
     rows = np.zeros(len(feats), SIGNALS)
     rows["score"] = detector(feats)[0] if detector is not None else np.nan
     rows["pet"] = rows["known"] = -1
@@ -217,7 +218,8 @@ class Predictor:
         return np.asarray(self.net(x), np.float32)
 
     def softmax(self, logits: np.ndarray) -> np.ndarray:
-        """Logits -> probabilities: `softmax(logits / temperature)` (the manifest's calibrated temperature)."""
+        """Logits -> probabilities: `softmax(logits / temperature)` (the manifest's calibrated
+        temperature)."""
         return softmax(np.asarray(logits, np.float64) / self.temperature, axis=1)
 
     def probs(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
@@ -232,8 +234,8 @@ class Predictor:
         return (p + self.softmax(self.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
 
     def outputs(self, x: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities, each row's signals (`signal_rows`) or None without a detector or open-set signals) for
-        a preprocessed batch."""
+        """(probabilities, each row's signals (`signal_rows`) or None without a detector or open-set signals)
+        for a preprocessed batch."""
         if (self.detector is None and self.open_set is None) or not hasattr(self.net, "outputs"):
             return self.probs(x, tta), None
         logits, feats = self.net.outputs(x)  # one forward pass for both
@@ -301,8 +303,8 @@ class Predictor:
         """One `Prediction` per image under `paths` (files, folders, globs), in the order given; bad files and
         arguments that name no image get error rows in their place.
 
-        Images are decoded and preprocessed by a thread pool (Pillow and scipy release the GIL) a few batches ahead
-        of the forward pass.
+        Images are decoded and preprocessed by a thread pool (Pillow and scipy release the GIL) a few batches
+        ahead of the forward pass.
         """
         items = expand_inputs(paths)
         files = [i for i in items if isinstance(i, Path)]

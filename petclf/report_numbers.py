@@ -290,7 +290,8 @@ def compute_report(ev: Evaluation, min_val: int = MIN_VAL, top_k: int = TOP_K) -
                        "images_per_second": n / ev.seconds if ev.seconds > 0 and not read else None}}
 
 
-# ---------------------------------------------------------------------------------------------------- open set
+# ---------------------------------------------------------------------------------------------------- open
+# set
 
 
 def signals_off(manifest: Manifest) -> str:

@@ -81,8 +81,8 @@ class UploadedImage(gr.Image):
             raise rejected("Malformed request: a file path holds a NUL byte.")
         path = Path(payload.path)
         if not (path.resolve().is_relative_to(Path(self.GRADIO_CACHE).resolve()) and path.is_file()):
-            # without `meta`, Gradio hands any path through unchecked; never open server files for a visitor, nor
-            # tell them what is where (a folder in the cache is not an upload)
+            # without `meta`, Gradio hands any path through unchecked; never open server files for a visitor,
+            # nor tell them what is where (a folder in the cache is not an upload)
             raise rejected("That file was not uploaded to this demo: upload it first (/gradio_api/upload).")
         return payload.path
 
@@ -90,10 +90,11 @@ class UploadedImage(gr.Image):
 class GuardedBlocks(gr.Blocks):
     """`gr.Blocks` whose malformed API requests get one line, and whose sessions do not keep data URLs.
 
-    Gradio's own checks of a request's inputs raise ValueErrors (pydantic's, a path not uploaded, too few inputs)
-    that reached the client as `{"error": null}` and the log as a traceback: here they are one line each. And
-    Gradio keeps every session's last input in its session state (up to 10,000 sessions, with no time limit): for a
-    base64 data URL that is the whole image, tens of MB per session, so it is dropped once the request is read."""
+    Gradio's own checks of a request's inputs raise ValueErrors (pydantic's, a path not uploaded, too few
+    inputs) that reached the client as `{"error": null}` and the log as a traceback: here they are one line
+    each. And Gradio keeps every session's last input in its session state (up to 10,000 sessions, with no
+    time limit): for a base64 data URL that is the whole image, tens of MB per session, so it is dropped once
+    the request is read."""
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
         """Gradio's preprocessing, its input errors turned into one line each (see the class docstring)."""
@@ -183,12 +184,13 @@ def libc() -> Any:
 
 
 def keep_memory_trimmed(every: float = TRIM_EVERY) -> None:
-    """Give the memory big requests freed back to the system (glibc; a no-op elsewhere): blocks of 1 MB and more
-    get their own mapping, and a daemon thread (one per process) calls `malloc_trim` every `every` seconds.
+    """Give the memory big requests freed back to the system (glibc; a no-op elsewhere): blocks of 1 MB and
+    more get their own mapping, and a daemon thread (one per process) calls `malloc_trim` every `every`
+    seconds.
 
     glibc raises its mmap threshold to the size of each large block freed (up to 32 MB), so after the first
-    near-limit data URL the next ones (26 MB of text, 19 MB decoded, 20 MB of pixels) came from the threads' heaps,
-    which kept them: +660 MB of RSS after 50 such requests (benchmarks/bench_serve.py)."""
+    near-limit data URL the next ones (26 MB of text, 19 MB decoded, 20 MB of pixels) came from the threads'
+    heaps, which kept them: +660 MB of RSS after 50 such requests (benchmarks/bench_serve.py)."""
     global _trimmer
     lib = libc()
     if lib is None or _trimmer is not None:
@@ -213,7 +215,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def stop_like_ctrl_c() -> None:
     """On SIGTERM or SIGHUP raise KeyboardInterrupt in the main thread, as Ctrl-C does: Gradio then closes the
-    server and `petclf serve` removes its cache (Python's default for SIGTERM ends the process where it stands)."""
+    server and `petclf serve` removes its cache (Python's default for SIGTERM ends the process where it
+    stands)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupt)
 

@@ -1,4 +1,5 @@
-"""Synthetic data for tests and the offline demo, in each layout: learnable images, and the bad files real Pets has.
+"""Synthetic data for tests and the offline demo, in each layout: learnable images, and the bad files real
+Pets has.
 
     petclf data synth data/synth --classes 4 --per-class 20 --bad
     petclf data synth data/mine --layout folders       # DIR/<class>/<n>.jpg, class names like "Crème brûlée"
@@ -25,7 +26,8 @@ from petclf.image import encode
 from petclf.labels import CAT_BREEDS, DOG_BREEDS
 
 CLASSES, PER_CLASS, SIZE, SEED = SYNTH_SET  # kept in petclf.config: the CLI shows them without loading numpy
-# class names of the folders and csv layouts: a user's own, not Pets breeds (spaces, accents, capitals, one lowercase)
+# class names of the folders and csv layouts: a user's own, not Pets breeds (spaces, accents, capitals, one
+# lowercase)
 OWN_CLASSES = ("Crème brûlée", "Red fox", "blue whale", "Ølkrus", "Zebra Crossing", "Château", "Tea cup", "Ñandú")
 LABELS_CSV = "labels.csv"  # the csv layout's labels file, inside the data folder
 VALID_EVERY = 5  # folders (with split_dirs) and csv: every 5th image of a class is validation (20 %)
@@ -40,7 +42,8 @@ def synth_classes(n: int) -> list[str]:
 
 
 def _synth_image(cls_idx: int, n_classes: int, size: int, rng) -> Image.Image:
-    """A noisy background with one blob whose hue and stripe angle encode the class, at a random place and scale."""
+    """A noisy background with one blob whose hue and stripe angle encode the class, at a random place and
+    scale."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     low = rng.random((4, 4, 3)).astype(np.float32)
     bg = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32)
@@ -57,7 +60,8 @@ def _synth_image(cls_idx: int, n_classes: int, size: int, rng) -> Image.Image:
 
 
 def _plant_bad_files(out: Path, classes: list[str], size: int, rng) -> dict[str, str]:
-    """Write one of each bad file BAD_INPUTS.md lists for the dataset; returns {file name: expected verdict}."""
+    """Write one of each bad file BAD_INPUTS.md lists for the dataset; returns {file name: expected
+    verdict}."""
     cat, dog = classes[0], classes[1]
     img = _synth_image(0, len(classes), size, rng)
     planted = {}
@@ -111,8 +115,9 @@ def own_classes(n: int) -> list[str]:
 
 def synth_data(out: str | Path, layout: str = "pets", n_classes: int = CLASSES, per_class: int = PER_CLASS,
                size: int = SIZE, seed: int = SEED, bad: bool = False, split_dirs: bool = False) -> dict[str, str]:
-    """Synthetic data in `layout`: pets (`synth_pets`), folders (`DIR/<class>/`, or `DIR/train|valid/<class>/` with
-    `split_dirs`) or csv (`DIR/images/` + `DIR/labels.csv` with a split column); returns `synth_pets`'s plants."""
+    """Synthetic data in `layout`: pets (`synth_pets`), folders (`DIR/<class>/`, or `DIR/train|valid/<class>/`
+    with `split_dirs`) or csv (`DIR/images/` + `DIR/labels.csv` with a split column); returns `synth_pets`'s
+    plants."""
     if layout == "pets":
         return synth_pets(out, n_classes, per_class, size, seed, bad)
     if layout not in ("folders", "csv"):

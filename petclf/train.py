@@ -126,9 +126,9 @@ def resolve_device(cfg: TrainConfig) -> Compute:
 def load_run_data(cfg: TrainConfig, progress=None):
     """The run's verified, split data, with its groups file checked against the classes before anything is
     built."""
-    from petclf.data import load_pets
+    from petclf.data import load_data
 
-    data = load_pets(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed, progress=progress,
+    data = load_data(cfg.data, split=cfg.split, valid_pct=cfg.valid_pct, seed=cfg.seed, progress=progress,
                      layout=cfg.layout, labels=cfg.labels, use_cache=cfg.cache)
     run_groups(cfg, data.vocab)
     return data

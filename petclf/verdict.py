@@ -1,6 +1,6 @@
 """Three answers for every photo, as data and in words, the same on every surface (the demo, its API, `petclf
-predict`, the report): one of the model's classes (sure, or the likely two or three), a cat or a dog of a breed it
-does not know, or not a cat or a dog.
+predict`, the report): one of the model's classes (sure, or the likely two or three), a cat or a dog of a
+breed it does not know, or not a cat or a dog.
 
     from petclf.verdict import make_verdict
     v = make_verdict(probs, group_probs, display, groups, "species", open_set={"pet": True, "known": False,
@@ -9,13 +9,12 @@ does not know, or not a cat or a dog.
     v.species_text        # 'Dog, 97 %'            | 'Not a cat or a dog'
     v.breed_text          # 'Russian Blue, 83 %'   | 'Russian Blue 40 % or Egyptian Mau 28 %' (unsure: the likely ones)
                           # | 'Not one of the 37 breeds this model knows; closest: Beagle 31 %'
-
-"Unsure which breed", "a breed it does not know" and "not a pet" are different answers: an unsure breed lists the
-likely breeds (of the species the model is sure of); another breed names the species and never a sure breed; only
-the open-set signals (`petclf.openset`: the backbone's ImageNet head) say a photo is not a cat or a dog. A bundle
-without them says only what its not-a-pet detector can (`petclf.notapet`: "none of the N classes", which cannot tell
-another breed from no pet), and a model without groups (a user's own classes) gets no species answer: nothing is
-shown rather than something made up.
+"Unsure which breed", "a breed it does not know" and "not a pet" are different answers: an unsure breed lists
+the likely breeds (of the species the model is sure of); another breed names the species and never a sure
+breed; only the open-set signals (`petclf.openset`: the backbone's ImageNet head) say a photo is not a cat or
+a dog. A bundle without them says only what its not-a-pet detector can (`petclf.notapet`: "none of the N
+classes", which cannot tell another breed from no pet), and a model without groups (a user's own classes) gets
+no species answer: nothing is shown rather than something made up.
 """
 
 from __future__ import annotations
@@ -72,8 +71,8 @@ def sure_group(group_probs: dict[str, float], unsure_below: float) -> tuple[str 
 
 
 def likely_classes(probs: dict[str, float], groups: dict[str, str], species: str | None) -> list[tuple[str, float]]:
-    """The two or three likely classes, most likely first; only those of `species` when the model is sure of it
-    (so the list never contradicts the species answer); none that rounds to 0 % but the first."""
+    """The two or three likely classes, most likely first; only those of `species` when the model is sure of
+    it (so the list never contradicts the species answer); none that rounds to 0 % but the first."""
     ranked = [(c, p) for c, p in probs.items() if species is None or groups.get(c) == species]
     ranked.sort(key=lambda cp: -cp[1])
     keep = ranked[:2] + [cp for cp in ranked[2:LIKELY_MAX] if cp[1] >= LIKELY_MIN_PROB]
@@ -119,10 +118,10 @@ def make_verdict(probs: dict[str, float], group_probs: dict[str, float], display
                  score: float | None = None, unsure_below: float = UNSURE_BELOW,
                  open_set: dict[str, Any] | None = None, noun: str = "breed",
                  species_below: float | None = None) -> Verdict:
-    """The answers for one image from its class probabilities, group probabilities, the not-a-pet detector's result
-    (`not_a_pet`, `score`) and the open-set signals (`open_set`: {pet, known, species, species_prob} and optionally
-    agrees, see `petclf.openset`), which decide where a bundle has them. A group is sure from `species_below`
-    (default: the breed's `unsure_below`)."""
+    """The answers for one image from its class probabilities, group probabilities, the not-a-pet detector's
+    result (`not_a_pet`, `score`) and the open-set signals (`open_set`: {pet, known, species, species_prob}
+    and optionally agrees, see `petclf.openset`), which decide where a bundle has them. A group is sure from
+    `species_below` (default: the breed's `unsure_below`)."""
     answer = open_set_answer(open_set) if open_set is not None else "none" if not_a_pet else "known"
     if answer == "other":  # the species from the ImageNet head, the closest class of it (never a sure one)
         species, species_prob = open_set["species"], float(open_set["species_prob"])
@@ -130,8 +129,9 @@ def make_verdict(probs: dict[str, float], group_probs: dict[str, float], display
     else:
         species, species_prob = sure_group(group_probs, unsure_below if species_below is None else species_below)
     top, top_p = max(probs.items(), key=lambda cp: cp[1])
-    # a top breed of the other species is no sure answer: the two answers must agree; nor one the backbone's own
-    # ImageNet head disagrees with (`open_set["agrees"]`, petclf.openset.SURE_RULE; absent: no such signal)
+    # a top breed of the other species is no sure answer: the two answers must agree; nor one the backbone's
+    # own ImageNet head disagrees with (`open_set["agrees"]`, petclf.openset.SURE_RULE; absent: no such
+    # signal)
     sure = (answer == "known" and top_p >= unsure_below and (species is None or groups.get(top) == species)
             and bool((open_set or {}).get("agrees", True)))
     if answer != "other":
@@ -151,9 +151,10 @@ def open_set_answer(signals: dict[str, Any]) -> str:
 
 def held_out_answers(probs: np.ndarray, targs: np.ndarray, groups: list[str] | None,
                      unsure_below: float) -> dict[str, Any]:
-    """How photos the model did not train on were answered by the breed rule: sure and right, sure and wrong, unsure
-    with the right one among the likely ones, unsure without it; and the group right (None without groups). The
-    report's "Answers" rows; the open-set answers need each photo's features, which the report's pass does not keep."""
+    """How photos the model did not train on were answered by the breed rule: sure and right, sure and wrong,
+    unsure with the right one among the likely ones, unsure without it; and the group right (None without
+    groups). The report's "Answers" rows; the open-set answers need each photo's features, which the report's
+    pass does not keep."""
     n = max(len(targs), 1)
     top, p = probs.argmax(1), probs.max(1)
     sure = p >= unsure_below

@@ -109,3 +109,4 @@ class Output:
     def has(self, part: str) -> bool:
         """True once a line holding `part` was read."""
         return any(part in line for line in self.lines)
+

@@ -66,7 +66,14 @@ def test_report_and_app_take_small_helpers_from_the_ground_floor(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_modules_stay_short(module):
-    assert len((PKG / f"{module}.py").read_text().splitlines()) <= 600
+    assert len((PKG / f"{module}.py").read_text().splitlines()) <= 450  # split by job past this
+
+
+def test_long_lines_stay_rare():
+    """Lines over 110 characters under 2 % of the package: code goes into the right module, not sideways."""
+    lines = [line for m in MODULES for line in (PKG / f"{m}.py").read_text().splitlines()]
+    long = [line for line in lines if len(line) > 110]
+    assert len(long) < 0.02 * len(lines), f"{len(long)} of {len(lines)} lines run past 110 characters"
 
 
 RECIPE_MODULES = {"recipe", "finetune", "probe", "probefit"}  # where a recipe may be told apart by name

@@ -157,8 +157,8 @@ def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_
 @pytest.mark.slow
 def test_csv_layout_end_to_end_with_groups_and_resume(cli, tmp_path):
     from conftest import tiny_config
+    from stop import StopAfter
 
-    from petclf.callbacks import StopAfter
     from petclf.train import train
 
     data, run = tmp_path / "csvdata", tmp_path / "runs" / "csv"

@@ -11,9 +11,9 @@ from petclf.preprocess import Preprocess, crop_box
 @pytest.mark.parametrize("size,presize", [(224, 460), (96, 128)])
 def test_preprocessing_equals_fastai_validation_batch(synth_dir, size, presize):
     """Sizes where fastai's area-downsampling hack kicks in (460 -> 224) and where it does not."""
-    from petclf.data import load_pets, make_dataloaders
+    from petclf.data import load_data, make_dataloaders
 
-    pets = load_pets(synth_dir, seed=42)
+    pets = load_data(synth_dir, seed=42)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     dls = make_dataloaders(pets, bs=8, size=size, presize=presize, mean=mean, std=std, workers=0)
     xb, _ = dls.valid.one_batch()

@@ -27,7 +27,7 @@ def copy_run(tiny_run, dest: Path, synth_dir: Path | None, artefacts: bool = Tru
     from matplotlib.figure import Figure
 
     from petclf.config import TrainConfig, save_config
-    from petclf.data import load_pets
+    from petclf.data import load_data
 
     run_dir, learn = tiny_run
     run = dest / "run"
@@ -52,7 +52,7 @@ def copy_run(tiny_run, dest: Path, synth_dir: Path | None, artefacts: bool = Tru
         fig.subplots().semilogx([1e-5, 1e-3, 1e-1], [2.0, 1.0, 3.0])
         fig.savefig(run / "lr_find.png")
     if not (run / "data_report.json").is_file():
-        load_pets(synth_dir, seed=42).report.save(run)
+        load_data(synth_dir, seed=42).report.save(run)
     return run
 
 
@@ -326,12 +326,12 @@ def test_a_seed_0_run_is_judged_on_its_own_validation_photos(synth_dir, tmp_path
     run on the seed-42 split, 14 of its 16 images from the run's own training half)."""
     from conftest import tiny_config
 
-    from petclf.data import load_pets
+    from petclf.data import load_data
     from petclf.evaluation import evaluate
     from petclf.train import train
 
     run = train(tiny_config(synth_dir, tmp_path / "run", seed=0, epochs=1), latest=False).run_dir
-    own, other = load_pets(synth_dir, seed=0), load_pets(synth_dir, seed=42)
+    own, other = load_data(synth_dir, seed=0), load_data(synth_dir, seed=42)
     assert own.valid_idx != other.valid_idx  # else the test could not tell the two apart
     ev = evaluate(run, workers=0)
     assert sorted(map(str, ev.items)) == sorted(str(own.items[i]) for i in own.valid_idx)
@@ -371,12 +371,12 @@ def test_an_unwritable_report_folder_fails_before_the_work(cli, tiny_run, tmp_pa
 def test_a_probe_run_is_judged_by_its_out_of_fold_predictions(tiny_run, synth_dir, tmp_path):
     """A probe run trained on every photo: `--split valid` reads oof.json instead of judging the model on its own
     training photos, and the page says so."""
-    from petclf.data import load_pets
+    from petclf.data import load_data
     from petclf.oof import OOF_NAME, OOF_NOTE
     from petclf.report import write_report
 
     run = copy_run(tiny_run, tmp_path, synth_dir)
-    pets = load_pets(synth_dir, seed=42)
+    pets = load_data(synth_dir, seed=42)
     classes = [c["name"] for c in json.loads((run / "model.json").read_text())["classes"]]
     labels = np.array([classes.index(label) for label in pets.labels])
     logits = np.eye(len(classes))[labels] * 5.0
@@ -428,13 +428,13 @@ def _pin_signals(run: Path, items: list[Path], labels: list[str]) -> None:
 
 @pytest.mark.slow
 def test_the_report_counts_each_open_set_answer_as_predict_gives_it(tiny_run, synth_dir, tmp_path):
-    from petclf.data import load_pets
+    from petclf.data import load_data
     from petclf.predict import load_model
     from petclf.report import write_report
     from petclf.report_numbers import ANSWER_KINDS, answer_kind
 
     run = copy_run(tiny_run, tmp_path, synth_dir)
-    pets = load_pets(synth_dir, seed=42)
+    pets = load_data(synth_dir, seed=42)
     _pin_signals(run, pets.items, pets.labels)
     paths = write_report(run, workers=0)
     r = json.loads(paths["json"].read_text())

@@ -20,10 +20,10 @@ def all_breeds_run(out: Path, data: Path) -> Path:
 
     from petclf.bundle import make_manifest, write_bundle
     from petclf.config import TrainConfig, save_config
-    from petclf.data import load_pets
+    from petclf.data import load_data
     from petclf.model import FASTAI_HEAD, build_model
 
-    pets = load_pets(data, seed=42)
+    pets = load_data(data, seed=42)
     write_bundle(build_model("resnet18", len(pets.vocab)), out,
                  make_manifest("resnet18", FASTAI_HEAD, pets.vocab, 64, 80, [0.485, 0.456, 0.406],
                                [0.229, 0.224, 0.225]))

@@ -101,7 +101,7 @@ def hostile(tmp_path_factory) -> dict:
     weights, config, data report, an example photo with a hostile name), made once for the module."""
     from petclf.bundle import make_manifest, write_bundle
     from petclf.config import TrainConfig, save_config
-    from petclf.data import load_pets
+    from petclf.data import load_data
     from petclf.layouts import read_groups
     from petclf.model import FASTAI_HEAD, build_model
 
@@ -121,7 +121,7 @@ def hostile(tmp_path_factory) -> dict:
     groups_csv = root / "groups.csv"
     with groups_csv.open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([("label", GROUP_NAME), *[(n, GROUPS[i % 2]) for i, n in enumerate(names)]])
-    pets = load_pets(data, layout="csv", labels=labels, split="random")
+    pets = load_data(data, layout="csv", labels=labels, split="random")
     group_name, groups = read_groups(groups_csv, pets.vocab)
     metrics = {"error_rate": 0.5, "<img src=http://evil.example/m.png>": "[m](http://evil.example/m)"}
     manifest = make_manifest("resnet18", FASTAI_HEAD, pets.vocab, 64, 80, [0.485, 0.456, 0.406],

@@ -16,8 +16,8 @@ import torch
 import yaml
 from conftest import PRESIZE, SIZE, tiny_config
 from helpers import HANG_GUARD_S, wait_for
+from stop import StopAfter
 
-from petclf.callbacks import StopAfter
 from petclf.config import TrainConfig
 from petclf.device import default_workers
 from petclf.errors import PetclfError
@@ -418,12 +418,12 @@ def test_lr_find_on_flat_noise_says_so_and_falls_back(synth_dir, tmp_path):
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
 
-    from petclf.data import load_pets
+    from petclf.data import load_data
     from petclf.lrfind import FALLBACK_LR, lr_find, plot_lr_find
     from petclf.recipe import build_dataloaders
 
     cfg = tiny_cfg(synth_dir, tmp_path / "r")
-    dls = build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu")
+    dls = build_dataloaders(cfg, load_data(cfg.data, seed=cfg.seed), "cpu")
     learn = Learner(dls, Untrainable(dls.c), loss_func=CrossEntropyLossFlat(), path=tmp_path)
     found = lr_find(learn, max_steps=50)
     assert found.flat["flat"] and found.fallback and found.used == "fallback" and found.suggestion == FALLBACK_LR
@@ -442,10 +442,10 @@ def test_lr_find_records_every_suggestion_and_uses_valley(synth_dir, tmp_path):
     weights = efficientnet_lite0_weights(tmp_path / "lite0.safetensors")
     cfg = tiny_cfg(synth_dir, tmp_path / "r", arch="tf_efficientnet_lite0", weights=str(weights), pretrained=True,
                    lr=None)
-    from petclf.data import load_pets
+    from petclf.data import load_data
 
     compute = resolve_device(cfg)
-    learn = build_learner(cfg, build_dataloaders(cfg, load_pets(cfg.data, seed=cfg.seed), "cpu"), FASTAI_HEAD,
+    learn = build_learner(cfg, build_dataloaders(cfg, load_data(cfg.data, seed=cfg.seed), "cpu"), FASTAI_HEAD,
                           compute, pretrained=True, path=tmp_path)
     found = lr_find(learn, max_steps=50)
     rec = found.record()
