@@ -231,6 +231,9 @@ class TrainConfig:
                        "tensorboard).", RUN, choices=LogTo, resume=True, lr_find=False)
     cache: bool = setting(True, "Reuse cached image checks and probe features (`petclf cache info`); "
                           "--no-cache recomputes them all and writes none.", MACHINE, resume=True)
+    keep_checkpoints: bool = setting(True, "Keep RUN/checkpoints/ (last.pt, best.safetensors) once the model is "
+                                     "exported; --no-keep-checkpoints frees their disk.", RUN, resume=True,
+                                     lr_find=False)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -19,6 +19,7 @@ is complete, and only when the run is in petclf's own `exports/`. Every stage sh
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -144,6 +145,8 @@ def finish(recipe, learn, state, latest: bool = True) -> TrainResult:
         check_finite(learn)
         metrics = recipe.metrics(learn, state)
         export_run(recipe, learn, metrics)
+        if not recipe.ctx.cfg.keep_checkpoints:  # the bundle is complete: nothing left to resume
+            shutil.rmtree(run.checkpoints, ignore_errors=True)
         if latest:
             update_latest(run.root)
     return TrainResult(learn, run.root, distributed.broadcast(metrics.to_json()))

@@ -561,3 +561,11 @@ def test_the_summary_line_says_which_error_it_gives(tiny_run):
     probe = {**m, "estimate": "5-fold cross-validation", "calibration": cal}
     said = train_summary(TrainResult(tiny_run.learn, tiny_run.run_dir, probe)).splitlines()
     assert said[0].startswith("cross-validation error") and said[1] == f"warning: {why}"
+
+
+def test_no_keep_checkpoints_removes_them_once_the_model_is_exported(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(synth_dir, out, epochs=1, freeze_epochs=0, lr=1e-3, keep_checkpoints=False))
+    assert (out / "model.json").is_file() and (out / "model.safetensors").is_file()
+    assert not (out / "checkpoints").exists()  # the bundle is whole; last.pt and best.safetensors are gone
+    assert yaml.safe_load((out / "config.yaml").read_text())["keep_checkpoints"] is False
