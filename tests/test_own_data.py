@@ -36,7 +36,7 @@ def _check_train_predict_report(cli, data: Path, run: Path, *flags, tiny: list =
     table = cli("predict", run / "examples", "--model", run)
     pets = all(c["name"] in PETS_BREEDS for c in manifest["classes"])
     assert table.exit_code == 0 and ("top breeds" if pets else "top classes") in table.stdout, table.output
-    assert rows and all(r["breed_id"] in [c["name"] for c in manifest["classes"]] for r in rows)
+    assert rows and all(r["class_id"] in [c["name"] for c in manifest["classes"]] for r in rows)
     rep = cli("report", "--model", run)
     assert rep.exit_code == 0, rep.output
     return {"check": check.output, "train": res.output, "manifest": manifest, "rows": rows,
@@ -147,8 +147,8 @@ def test_folders_layout_end_to_end_with_lr_find_and_petclf_serve_title(cli, tmp_
         assert "Which dessert or animal?" in page and "Cat or dog" not in page and "cat_chelsea" not in page
         assert '"orig_name": "01.jpg"' in page  # the examples: the validation photos the run kept
         classes, groups, answer = _ask(url, data / "valid" / "Red fox" / "5.jpg")
-        assert answer["breed_id"] in {"Crème brûlée", "Red fox", "blue whale"} and not groups
-        assert answer["breed_sure"] is (answer["prob"] >= 1.0)  # --unsure-below 1: short of certainty, unsure
+        assert answer["class_id"] in {"Crème brûlée", "Red fox", "blue whale"} and not groups
+        assert answer["class_sure"] is (answer["prob"] >= 1.0)  # --unsure-below 1: short of certainty, unsure
     finally:
         server.terminate()
         server.wait(HANG_GUARD_S)
@@ -185,7 +185,7 @@ def test_csv_layout_end_to_end_with_groups_and_resume(cli, tmp_path):
     demo = _serve_in_process(run)
     try:
         classes, kind, answer = _ask(demo.local_url, data / "images" / "photo-0001.jpg")
-        assert answer["breed_id"] in {"Crème brûlée", "Red fox", "blue whale"}
+        assert answer["class_id"] in {"Crème brûlée", "Red fox", "blue whale"}
         assert {c["label"] for c in kind["confidences"]} == {"food", "animal"}
         page = json.dumps(demo.config, ensure_ascii=False)
         assert "Which class is this?" in page and '"Kind"' in page
