@@ -8,7 +8,7 @@ breed it does not know, or not a cat or a dog.
     v.answer              # 'known' | 'other' (a cat or dog of another breed) | 'not_a_pet' | 'none' (see ANSWERS)
     v.species_text        # 'Dog, 97 %'            | 'Not a cat or a dog'
     v.breed_text          # 'Russian Blue, 83 %'   | 'Russian Blue 40 % or Egyptian Mau 28 %' (unsure: the likely ones)
-                          # | 'Not one of the 37 breeds this model knows; closest: Beagle 31 %'
+                          # | 'Not one of the 37 breeds this model knows; closest: Beagle'
 "Unsure which breed", "a breed it does not know" and "not a pet" are different answers: an unsure breed lists
 the likely breeds (of the species the model is sure of); another breed names the species and never a sure
 breed; only the open-set signals (`petclf.openset`: the backbone's ImageNet head) say a photo is not a cat or
@@ -104,9 +104,9 @@ def breed_words(likely: list[tuple[str, float]], sure: bool, display: dict[str, 
     """The breed answer in words."""
     if answer in ("not_a_pet", "none"):
         return f"No {noun}: this does not look like the photos the model was trained on"
-    if answer == "other":
-        b, p = likely[0]
-        return f"{none_of(n, noun).capitalize()}; closest: {display.get(b, b)} {percent(p)}"
+    if answer == "other":  # no percent: a closed-set head is often 100 % sure of a breed it was never shown
+        b, _ = likely[0]
+        return f"{none_of(n, noun).capitalize()}; closest: {display.get(b, b)}"
     if sure:
         b, p = likely[0]
         return f"{display.get(b, b)}, {percent(p)}"
