@@ -97,7 +97,7 @@ def test_pets_layout_end_to_end_with_the_probe(cli, tmp_path):
                                        "--config", _settings(tmp_path, probe_size=SIZE))
     assert "layout pets:" in got["check"] and "species" in got["check"]
     assert got["manifest"]["data"]["layout"] == "pets" and got["manifest"]["group_name"] == "species"
-    assert all(r["species"] in ("cat", "dog") for r in got["rows"])
+    assert all(r["group"] in ("cat", "dog") for r in got["rows"])
     s = got["report"]["summary"]
     assert s["group_name"] == "species" and s["split_used"] == "out-of-fold" and "species accuracy" in got["html"]
     assert "head: Linear trained on crops of the feature maps (30 epochs, from the probe at C = " \
