@@ -20,9 +20,9 @@ import torch
 from fastai.interpret import ClassificationInterpretation
 from fastai.torch_core import TensorBase
 
-from petclf.bundle import Manifest, class_groups, display_names
+from petclf.bundle import Manifest, class_groups
 from petclf.calibrate import N_BINS, ece, nll, reliability_bins, softmax, wilson
-from petclf.config import REPORT_MIN_VAL, REPORT_TOP_LOSSES, UNSURE_BELOW
+from petclf.config import REPORT_MIN_VAL, REPORT_TOP_LOSSES
 from petclf.evaluation import Evaluation, Run
 from petclf.labels import class_noun, error_kind, error_name
 from petclf.oof import OOF_NOTE
@@ -305,26 +305,13 @@ def signals_off(manifest: Manifest) -> str:
 
 
 def photo_verdicts(ev: Evaluation, probs: np.ndarray) -> list:
-    """Each judged photo's `Verdict` from its calibrated `probs` and its features' signals, by the rules every
-    other surface uses (`predict.signal_rows`, `verdict.make_verdict`; a group is sure from UNSURE_BELOW where
-    the open-set signals are on, as `petclf predict` has it)."""
-    from petclf.predict import OPEN_SET_FIELDS, signal_rows
-    from petclf.verdict import make_verdict
+    """Each judged photo's `Verdict` from its calibrated `probs` (columns in the model's class order) and its
+    features' signals, by the very rules `petclf predict` and the demo use (`Predictor.verdict`)."""
+    from petclf.predict import Predictor, signal_rows
 
-    m = ev.manifest
-    group_name, groups = class_groups(m)
-    display, noun, names = display_names(m), class_noun(group_name), sorted(set(groups.values()))
+    answerer = Predictor(None, ev.manifest, detector=ev.detector, open_set=ev.open_set)  # no network: rules only
     rows = signal_rows(ev.features, ev.detector, ev.open_set, probs.argmax(1))
-    out = []
-    for p, row in zip(probs, rows, strict=True):
-        by_class = dict(zip(ev.classes, map(float, p), strict=True))
-        by_group = {g: sum(q for c, q in by_class.items() if groups[c] == g) for g in names}
-        score = None if ev.detector is None else float(row["score"])
-        flagged = None if score is None else bool(score < ev.detector.threshold)
-        signals = None if ev.open_set is None else {k: row[k].item() for k in OPEN_SET_FIELDS}
-        out.append(make_verdict(by_class, by_group, display, groups, group_name, flagged, score, m.unsure_below,
-                                signals, noun, None if ev.open_set is None else UNSURE_BELOW))
-    return out
+    return [answerer.verdict(p, row) for p, row in zip(probs, rows, strict=True)]
 
 
 def answer_kind(v) -> str:
