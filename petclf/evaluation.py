@@ -37,6 +37,7 @@ from petclf.notapet import Detector
 from petclf.oof import oof_outputs, read_oof
 from petclf.openset import OpenSet
 from petclf.progress import bar_unless
+from petclf.runfiles import RunDir
 
 
 class ReportError(PetclfError):
@@ -66,10 +67,9 @@ class Run:
 
 def read_run(model_dir: str | Path) -> Run:
     """The run's artefacts beside the bundle (metrics, config, lr_find plot, data report)."""
-    d = Path(model_dir)
-    lr_find = d / "lr_find.png"
-    return Run(read_json(d / "metrics.json"), read_run_config(d / "config.yaml"),
-               lr_find if lr_find.is_file() else None, read_json(d / "data_report.json"))
+    run = RunDir(Path(model_dir))
+    return Run(read_json(run.metrics), read_run_config(run.config), run.lr_find if run.lr_find.is_file() else None,
+               read_json(run.data_report))
 
 
 def recorded_data(manifest: Manifest, run: Run) -> str | None:
